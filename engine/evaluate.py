@@ -1,0 +1,204 @@
+"""Batched inference with a content-addressed logits cache, metrics, and the N×N zero-shot matrix.
+
+Tokenisation happens once per (locale, split) and is sorted by length so batches carry little
+padding. Logits are cached on disk (diskcache) under the model's content fingerprint and the data's
+fingerprint, so re-scoring an ensemble or re-opening the app never repeats a forward pass. Cache
+values are raw ``.npy`` bytes + JSON (nothing is unpickled).
+"""
+from __future__ import annotations
+
+import io
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .data import Dataset
+from .device import resolve_device
+from .metrics import classification_metrics, softmax
+from .progress import ProgressFn, Tracker, sub_progress
+from .zoo import Zoo, fingerprint_state
+
+DEFAULT_CACHE = Path(__file__).resolve().parent.parent / "cache"
+
+
+def default_cache_dir() -> Path:
+    import os
+
+    return Path(os.environ.get("FUSION_CACHE_DIR", DEFAULT_CACHE))
+
+
+@dataclass
+class Encoded:
+    """A tokenised split, in length order (``order`` maps back to the original order)."""
+
+    input_ids: List[torch.Tensor]
+    order: np.ndarray
+    labels: np.ndarray
+    fingerprint: str
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+
+@dataclass
+class Scored:
+    logits: np.ndarray          # [N, C] in the split's original order
+    seconds: float              # wall time of the forward passes that produced them
+    peak_mem_mb: float
+    cached: bool = False
+
+
+def _pack(logits: np.ndarray, meta: dict) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, logits.astype(np.float32), allow_pickle=False)
+    head = json.dumps(meta).encode()
+    return len(head).to_bytes(4, "little") + head + buf.getvalue()
+
+
+def _unpack(blob: bytes):
+    n = int.from_bytes(blob[:4], "little")
+    meta = json.loads(blob[4:4 + n])
+    return np.load(io.BytesIO(blob[4 + n:]), allow_pickle=False), meta
+
+
+class Evaluator:
+    """Scores zoo models, merged state dicts and their ensembles on a dataset's splits."""
+
+    def __init__(self, zoo: Zoo, dataset: Dataset, cache_dir: Optional[Path] = None,
+                 device: str = "auto", batch_size: int = 64, max_length: int = 64,
+                 use_cache: bool = True):
+        if set(zoo.labels) and zoo.labels != dataset.labels:
+            diff = sorted(set(zoo.labels) ^ set(dataset.labels))
+            raise ValueError("the zoo's label set does not match the dataset's"
+                             + (f" (differs in: {', '.join(diff[:6])})" if diff else " (same names, other order)"))
+        self.zoo, self.dataset = zoo, dataset
+        self.device = resolve_device(device)
+        self.batch_size, self.max_length = batch_size, max_length
+        self._tokenizer = None
+        self._encoded: Dict[tuple, Encoded] = {}
+        self._model = None
+        self.cache = None
+        if use_cache:
+            import diskcache
+
+            self.cache = diskcache.Cache(str(Path(cache_dir or default_cache_dir()) / "logits"))
+
+    # ---- tokenisation ----------------------------------------------------------------------
+    @property
+    def tokenizer(self):
+        if self._tokenizer is None:
+            self._tokenizer = self.zoo.tokenizer()
+        return self._tokenizer
+
+    def encoded(self, locale: str, split: str = "test") -> Encoded:
+        key = (locale, split)
+        if key not in self._encoded:
+            data = self.dataset.get(locale, split)
+            ids = self.tokenizer(list(data.texts), truncation=True, max_length=self.max_length)["input_ids"]
+            order = np.argsort([len(x) for x in ids], kind="stable")
+            self._encoded[key] = Encoded([torch.tensor(ids[i]) for i in order], order,
+                                         np.asarray(data.labels), self.dataset.fingerprint(locale, split))
+        return self._encoded[key]
+
+    # ---- forward passes --------------------------------------------------------------------
+    def forward(self, model: torch.nn.Module, enc: Encoded, progress: Optional[ProgressFn] = None) -> Scored:
+        """Batched inference with dynamic padding; returns logits in the original order."""
+        pad = self.tokenizer.pad_token_id or 0
+        model = model.to(self.device).eval()
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        tracker = Tracker(progress, len(enc), "forward")
+        chunks = []
+        start = time.perf_counter()
+        with torch.inference_mode():
+            for lo in range(0, len(enc), self.batch_size):
+                batch = enc.input_ids[lo:lo + self.batch_size]
+                ids = torch.nn.utils.rnn.pad_sequence(batch, batch_first=True, padding_value=pad)
+                mask = (ids != pad).long()
+                out = model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits
+                chunks.append(out.float())
+                tracker.advance(len(batch))
+        logits = torch.cat(chunks).cpu().numpy()
+        seconds = time.perf_counter() - start
+        restored = np.empty_like(logits)
+        restored[enc.order] = logits
+        return Scored(restored, seconds, self._peak_mem_mb(model))
+
+    def _peak_mem_mb(self, model: torch.nn.Module) -> float:
+        """CUDA: peak allocated; CPU: parameter + buffer bytes (activations are small and transient)."""
+        if self.device.type == "cuda":
+            return torch.cuda.max_memory_allocated(self.device) / 2 ** 20
+        return sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers())) / 2 ** 20
+
+    def working_model(self, state: Dict[str, torch.Tensor]) -> torch.nn.Module:
+        """One model instance reused for every in-memory candidate (no re-instantiation)."""
+        if self._model is None:
+            self._model = self.zoo.build_model(state).to(self.device)
+        else:
+            self._model.load_state_dict(state, strict=False)
+        return self._model
+
+    def _cached(self, key: str, compute) -> Scored:
+        if self.cache is not None:
+            blob = self.cache.get(key)
+            if blob is not None:
+                logits, meta = _unpack(blob)
+                return Scored(logits, meta["seconds"], meta["peak_mem_mb"], cached=True)
+        scored = compute()
+        if self.cache is not None:
+            self.cache.set(key, _pack(scored.logits, {"seconds": scored.seconds,
+                                                      "peak_mem_mb": scored.peak_mem_mb}))
+        return scored
+
+    def _key(self, model_fp: str, locale: str, split: str) -> str:
+        return f"logits|{model_fp}|{self.encoded(locale, split).fingerprint}|{self.max_length}|{self.zoo.tokenizer_fingerprint()}"
+
+    def source_logits(self, model_locale: str, locale: str, split: str = "test",
+                      progress: Optional[ProgressFn] = None) -> Scored:
+        enc = self.encoded(locale, split)
+        return self._cached(self._key(self.zoo.fingerprint(model_locale), locale, split),
+                            lambda: self.forward(self.zoo.load_model(model_locale), enc, progress))
+
+    def state_logits(self, state: Dict[str, torch.Tensor], locale: str, split: str = "test",
+                     progress: Optional[ProgressFn] = None, cache: bool = True) -> Scored:
+        enc = self.encoded(locale, split)
+        compute = lambda: self.forward(self.working_model(state), enc, progress)  # noqa: E731
+        if not cache:
+            return compute()
+        return self._cached(self._key("state-" + fingerprint_state(state), locale, split), compute)
+
+    # ---- metrics ---------------------------------------------------------------------------
+    def score(self, scored: Scored, locale: str, split: str = "test") -> Dict[str, float]:
+        labels = self.encoded(locale, split).labels
+        metrics = classification_metrics(softmax(scored.logits), labels)
+        metrics["latency_ms"] = 1000 * scored.seconds / max(1, len(labels))
+        metrics["peak_mem_mb"] = scored.peak_mem_mb
+        return metrics
+
+    def evaluate_source(self, model_locale: str, locale: str, split: str = "test",
+                        progress: Optional[ProgressFn] = None) -> Dict[str, float]:
+        return self.score(self.source_logits(model_locale, locale, split, progress), locale, split)
+
+    def evaluate_state(self, state: Dict[str, torch.Tensor], locale: str, split: str = "test",
+                       progress: Optional[ProgressFn] = None) -> Dict[str, float]:
+        return self.score(self.state_logits(state, locale, split, progress), locale, split)
+
+    def nxn(self, split: str = "test", metric: str = "accuracy", models: Optional[List[str]] = None,
+            locales: Optional[List[str]] = None, progress: Optional[ProgressFn] = None) -> pd.DataFrame:
+        """Every source model (rows) × every locale's split (columns)."""
+        models = models or self.zoo.locales
+        locales = locales or [l for l in self.dataset.locales if self.dataset.has(l, split)]
+        table = pd.DataFrame(index=pd.Index(models, name="model"), columns=pd.Index(locales, name="locale"),
+                             dtype=float)
+        cells = [(m, l) for m in models for l in locales]
+        started = time.perf_counter()
+        for i, (m, l) in enumerate(cells):
+            child = sub_progress(progress, i / len(cells), (i + 1) / len(cells), f"{m} on {l}: ", started)
+            table.loc[m, l] = self.evaluate_source(m, l, split, child)[metric]
+        return table

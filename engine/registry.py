@@ -1,0 +1,124 @@
+"""One registry per kind of method (merges, ensembles), each entry a function plus its parameter schema.
+
+The schema is what the UI draws controls from and what the evolutionary search mutates, so a new
+method needs exactly one decorated function in one file.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+
+
+@dataclass(frozen=True)
+class Param:
+    """A declared parameter: its type, range, default, and whether it takes one value per model."""
+
+    name: str
+    kind: str  # "float" | "int" | "bool" | "choice"
+    default: Any
+    low: Optional[float] = None
+    high: Optional[float] = None
+    choices: Tuple[Any, ...] = ()
+    per_model: bool = False
+    low_open: bool = False  # True: the low bound itself is not allowed, e.g. density in (0, 1]
+    help: str = ""
+
+    def check(self, value: Any, where: str = "") -> Any:
+        """Returns the value coerced to the declared type, or raises ValueError saying why."""
+        label = f"{where}parameter '{self.name}'"
+        if self.per_model and isinstance(value, (list, tuple)):
+            return [Param(self.name, self.kind, self.default, self.low, self.high, self.choices,
+                          False, self.low_open).check(v, where) for v in value]
+        if self.kind == "bool":
+            if isinstance(value, bool):
+                return value
+            raise ValueError(f"{label} must be true or false, got {value!r}")
+        if self.kind == "choice":
+            if value in self.choices:
+                return value
+            raise ValueError(f"{label} must be one of {list(self.choices)}, got {value!r}")
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{label} must be a number, got {value!r}") from None
+        if math.isnan(number) or math.isinf(number):
+            raise ValueError(f"{label} must be finite, got {value!r}")
+        if self.kind == "int":
+            if number != int(number):
+                raise ValueError(f"{label} must be a whole number, got {value!r}")
+            number = int(number)
+        if self.low is not None and (number < self.low or (self.low_open and number == self.low)):
+            bracket = "(" if self.low_open else "["
+            raise ValueError(f"{label} must be in {bracket}{self.low}, {self.high}], got {value!r}")
+        if self.high is not None and number > self.high:
+            bracket = "(" if self.low_open else "["
+            raise ValueError(f"{label} must be in {bracket}{self.low}, {self.high}], got {value!r}")
+        return number
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"name": self.name, "kind": self.kind, "default": self.default, "low": self.low,
+                "high": self.high, "choices": list(self.choices), "per_model": self.per_model,
+                "help": self.help}
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    fn: Callable[..., Any]
+    params: Tuple[Param, ...]
+    summary: str = ""
+    meta: Dict[str, Any] = field(default_factory=dict)
+
+    def param(self, name: str) -> Param:
+        for p in self.params:
+            if p.name == name:
+                return p
+        raise KeyError(f"method '{self.name}' has no parameter '{name}'")
+
+    def resolve(self, given: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+        """Defaults filled in, every value checked, unknown names rejected."""
+        given = dict(given or {})
+        known = {p.name for p in self.params}
+        unknown = sorted(set(given) - known)
+        if unknown:
+            raise ValueError(f"method '{self.name}' has no parameter(s) {unknown}; "
+                             f"it takes {sorted(known) or 'none'}")
+        return {p.name: p.check(given.get(p.name, p.default), f"{self.name}: ")
+                for p in self.params}
+
+
+class Registry:
+    """Name -> Method. ``@registry.register("ties", params=[...])`` adds one."""
+
+    def __init__(self, kind: str):
+        self.kind = kind
+        self._methods: Dict[str, Method] = {}
+
+    def register(self, name: str, params: Sequence[Param] = (), summary: str = "", **meta):
+        def add(fn: Callable[..., Any]) -> Callable[..., Any]:
+            if name in self._methods:
+                raise ValueError(f"{self.kind} method '{name}' registered twice")
+            doc = summary or (fn.__doc__ or "").strip().split("\n")[0]
+            self._methods[name] = Method(name, fn, tuple(params), doc, dict(meta))
+            return fn
+        return add
+
+    def get(self, name: str) -> Method:
+        try:
+            return self._methods[name]
+        except KeyError:
+            raise KeyError(f"unknown {self.kind} method '{name}'; known: {', '.join(self.names())}") from None
+
+    def names(self) -> List[str]:
+        return sorted(self._methods)
+
+    def __iter__(self) -> Iterable[Method]:
+        return iter(self._methods[n] for n in self.names())
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._methods
+
+    def schema(self) -> Dict[str, Dict[str, Any]]:
+        return {m.name: {"summary": m.summary, "params": [p.to_dict() for p in m.params], **m.meta}
+                for m in self}

@@ -1,0 +1,190 @@
+"""The results store: every run (merge, ensemble, evaluation, N×N, evolution, sweep) in one SQLite file.
+
+One place, documented: ``<cache>/runs.sqlite``. A run row holds its kind, recipe, sources and weights,
+metrics, timings, status and live progress; a ``series`` table holds per-step metrics (fitness curves).
+SQLite in WAL mode lets the job threads write while pages read. Runs left ``queued``/``running`` by a
+process that is gone are marked ``interrupted`` when the store is next opened — never silently lost.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Optional
+
+STATUSES = ("queued", "running", "done", "failed", "cancelled", "interrupted")
+ACTIVE = ("queued", "running")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    id TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    name TEXT NOT NULL DEFAULT '',
+    status TEXT NOT NULL,
+    target TEXT,
+    method TEXT,
+    params TEXT NOT NULL DEFAULT '{}',
+    sources TEXT NOT NULL DEFAULT '[]',
+    weights TEXT NOT NULL DEFAULT '[]',
+    metrics TEXT NOT NULL DEFAULT '{}',
+    result TEXT NOT NULL DEFAULT '{}',
+    error TEXT,
+    progress REAL NOT NULL DEFAULT 0,
+    message TEXT NOT NULL DEFAULT '',
+    eta_s REAL,
+    created REAL NOT NULL,
+    started REAL,
+    finished REAL,
+    owner TEXT,
+    parent TEXT
+);
+CREATE INDEX IF NOT EXISTS runs_created ON runs(created);
+CREATE TABLE IF NOT EXISTS series (
+    run_id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    step INTEGER NOT NULL,
+    value TEXT NOT NULL,
+    PRIMARY KEY (run_id, name, step)
+);
+"""
+
+LIVE_OWNERS: set = set()  # owners (stores) alive in this process; their active runs are not stale
+
+JSON_FIELDS = ("params", "sources", "weights", "metrics", "result")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class Store:
+    """Thread-safe access to the runs database (one connection per thread)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.owner = f"{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        LIVE_OWNERS.add(self.owner)
+        self._local = threading.local()
+        with self._conn() as c:
+            c.executescript(SCHEMA)
+        self.mark_interrupted()
+
+    def _conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(str(self.path), timeout=30, isolation_level=None)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.row_factory = sqlite3.Row
+            self._local.conn = conn
+        return conn
+
+    # ---- writing ---------------------------------------------------------------------------
+    def create(self, kind: str, name: str = "", target: Optional[str] = None,
+               method: Optional[str] = None, params: Optional[dict] = None,
+               sources: Iterable[str] = (), weights: Iterable[float] = (),
+               parent: Optional[str] = None, status: str = "queued") -> str:
+        run_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+        self._conn().execute(
+            "INSERT INTO runs (id, kind, name, status, target, method, params, sources, weights, "
+            "created, owner, parent) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+            (run_id, kind, name, status, target, method, json.dumps(params or {}),
+             json.dumps(list(sources)), json.dumps([float(w) for w in weights]), time.time(),
+             self.owner, parent))
+        return run_id
+
+    def update(self, run_id: str, **fields: Any) -> None:
+        if not fields:
+            return
+        bad = set(fields) - {"status", "name", "target", "method", "params", "sources", "weights",
+                             "metrics", "result", "error", "progress", "message", "eta_s",
+                             "started", "finished"}
+        if bad:
+            raise ValueError(f"unknown run fields {sorted(bad)}")
+        if "status" in fields and fields["status"] not in STATUSES:
+            raise ValueError(f"unknown status {fields['status']!r}")
+        values = [json.dumps(v) if k in JSON_FIELDS else v for k, v in fields.items()]
+        sets = ", ".join(f"{k}=?" for k in fields)
+        self._conn().execute(f"UPDATE runs SET {sets} WHERE id=?", (*values, run_id))
+
+    def add_point(self, run_id: str, name: str, step: int, value: Any) -> None:
+        self._conn().execute("INSERT OR REPLACE INTO series (run_id, name, step, value) VALUES (?,?,?,?)",
+                             (run_id, name, int(step), json.dumps(value)))
+
+    def delete(self, run_id: str) -> None:
+        c = self._conn()
+        c.execute("DELETE FROM series WHERE run_id=?", (run_id,))
+        c.execute("DELETE FROM runs WHERE id=?", (run_id,))
+
+    def mark_interrupted(self) -> int:
+        """Runs left active by a dead process become ``interrupted``; returns how many."""
+        count = 0
+        for row in self._conn().execute("SELECT id, owner FROM runs WHERE status IN ('queued','running')"):
+            pid = int((row["owner"] or "0:").split(":")[0] or 0)
+            other_live_process = pid and pid != os.getpid() and _pid_alive(pid)
+            if row["owner"] not in LIVE_OWNERS and not other_live_process:
+                self.update(row["id"], status="interrupted", finished=time.time(),
+                            message="interrupted: the app stopped while this run was active")
+                count += 1
+        return count
+
+    def close(self) -> None:
+        """This store's active runs count as stale from now on (as after a restart)."""
+        LIVE_OWNERS.discard(self.owner)
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+    # ---- reading ---------------------------------------------------------------------------
+    @staticmethod
+    def _row(row: sqlite3.Row) -> Dict[str, Any]:
+        out = dict(row)
+        for k in JSON_FIELDS:
+            out[k] = json.loads(out[k]) if out.get(k) else ({} if k in ("params", "metrics", "result") else [])
+        return out
+
+    def get(self, run_id: str) -> Dict[str, Any]:
+        row = self._conn().execute("SELECT * FROM runs WHERE id=?", (run_id,)).fetchone()
+        if row is None:
+            raise KeyError(f"no run with id '{run_id}'")
+        return self._row(row)
+
+    def runs(self, kind: Optional[str] = None, status: Optional[Iterable[str]] = None,
+             target: Optional[str] = None, limit: int = 1000, parent: Optional[str] = None) -> List[Dict[str, Any]]:
+        sql, args = "SELECT * FROM runs WHERE 1=1", []
+        if kind:
+            sql += " AND kind=?"
+            args.append(kind)
+        if status:
+            status = list(status)
+            sql += f" AND status IN ({','.join('?' * len(status))})"
+            args += status
+        if target:
+            sql += " AND target=?"
+            args.append(target)
+        if parent:
+            sql += " AND parent=?"
+            args.append(parent)
+        sql += " ORDER BY created DESC LIMIT ?"
+        args.append(limit)
+        return [self._row(r) for r in self._conn().execute(sql, args)]
+
+    def series(self, run_id: str, name: Optional[str] = None) -> List[Dict[str, Any]]:
+        sql, args = "SELECT name, step, value FROM series WHERE run_id=?", [run_id]
+        if name:
+            sql += " AND name=?"
+            args.append(name)
+        rows = self._conn().execute(sql + " ORDER BY name, step", args)
+        return [{"name": r["name"], "step": r["step"], "value": json.loads(r["value"])} for r in rows]
