@@ -1,0 +1,217 @@
+"""``python -m engine COMMAND``: the engine from the command line, for scripts and GPU boxes.
+
+Every command has ``--help`` and ``--json``; errors print one line to stderr and exit with 2.
+Commands register themselves with :func:`command`, so a module adds one in one place.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any, Callable, Dict, List, Optional
+
+from .progress import text_bar
+
+COMMANDS: Dict[str, tuple] = {}
+
+
+def command(name: str, help: str, args: Optional[Callable[[argparse.ArgumentParser], None]] = None):
+    """Registers ``fn(args) -> (json_data, text)``; ``args(parser)`` adds its options."""
+    def register(fn):
+        COMMANDS[name] = (help, args or (lambda p: None), fn)
+        return fn
+    return register
+
+
+def workspace_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("workspace")
+    g.add_argument("--zoo", default="", help="manifest, folder with zoo.json, or folder to scan (default: demo zoo)")
+    g.add_argument("--pattern", default="{base}_massive_k_{locale}", help="folder name pattern when scanning")
+    g.add_argument("--base", default=None, help="pretrained base model folder or hub id")
+    g.add_argument("--data", default="zoo", choices=["zoo", "demo", "massive", "jsonl", "table"])
+    g.add_argument("--data-path", default="", help="path for --data jsonl/table")
+    g.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
+    g.add_argument("--cache-dir", default="", help="cache/results folder (default: ./cache)")
+    g.add_argument("--batch-size", type=int, default=64)
+
+
+def open_from_args(args):
+    from .workspace import Settings, open_workspace
+
+    return open_workspace(Settings(zoo=args.zoo, pattern=args.pattern, base=args.base, data=args.data,
+                                   data_path=args.data_path, device=args.device, cache_dir=args.cache_dir,
+                                   batch_size=args.batch_size))
+
+
+def progress_for(args):
+    return None if getattr(args, "quiet", False) else text_bar()
+
+
+def table_text(rows: List[dict], floatfmt: str = "{:.3f}") -> str:
+    if not rows:
+        return "(nothing)"
+    cols = list(rows[0])
+    cells = [[floatfmt.format(r[c]) if isinstance(r[c], float) else str(r[c]) for c in cols] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
+    line = lambda vals: "  ".join(v.ljust(w) for v, w in zip(vals, widths))  # noqa: E731
+    return "\n".join([line(cols), line(["-" * w for w in widths])] + [line(r) for r in cells])
+
+
+# ---- commands --------------------------------------------------------------------------------
+@command("locales", "list the 51 MASSIVE locales with their ISO 639-3 codes")
+def cmd_locales(args):
+    from .languages import locale_table
+
+    rows = locale_table()
+    return rows, table_text(rows)
+
+
+def _similarity_args(p):
+    p.add_argument("--target", required=True)
+    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--sinkhorn-iters", type=int, default=20)
+    p.add_argument("--features", default="syntax_knn")
+    p.add_argument("--sources", nargs="*", default=None, help="available source locales (default: all)")
+
+
+@command("similarity", "URIEL similarity and source weights for a target locale", _similarity_args)
+def cmd_similarity(args):
+    from .languages import similarity_matrix, target_weights
+
+    weights = target_weights(args.target, sources=args.sources, features=args.features,
+                             top_k=args.top_k, sinkhorn_iters=args.sinkhorn_iters)
+    sims = similarity_matrix(args.features)[args.target]
+    rows = [{"source": loc, "weight": float(w), "similarity": float(sims[loc])} for loc, w in weights.items()]
+    return {"target": args.target, "features": args.features, "weights": weights, "rows": rows}, table_text(rows)
+
+
+def _build_args(p):
+    p.add_argument("--out", default="", help="folder (default: cache/demo_zoo)")
+    p.add_argument("--size", default="default", choices=["tiny", "default", "full"])
+    p.add_argument("--locales", nargs="*", default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int, default=None, help="fine-tuning steps per locale")
+
+
+@command("build-demo", "build (or resume) the offline demo zoo", _build_args)
+def cmd_build_demo(args):
+    from .demo.build import build_demo_zoo
+    from .workspace import default_demo_dir
+
+    manifest = build_demo_zoo(args.out or default_demo_dir(), size=args.size, locales=args.locales,
+                              seed=args.seed, steps=args.steps, progress=progress_for(args))
+    spec = json.loads(manifest.read_text())
+    return ({"manifest": str(manifest), **{k: spec[k] for k in ("name", "models", "labels", "build_seconds")}},
+            f"demo zoo ready: {manifest} ({len(spec['models'])} models, {len(spec['labels'])} labels, "
+            f"built in {spec['build_seconds']} s)")
+
+
+def _info_args(p):
+    workspace_args(p)
+
+
+@command("info", "what the workspace holds: models, locales, labels, data sizes, notes", _info_args)
+def cmd_info(args):
+    ws = open_from_args(args)
+    data = {**ws.zoo.describe(), "data": ws.dataset.summary(), "notes": ws.notes}
+    text = (f"zoo {ws.zoo.name}: {len(ws.zoo.locales)} models, {data['parameters']:,} parameters, "
+            f"{len(ws.zoo.labels)} labels\nbase: {data['base']}\n" + table_text(data["data"])
+            + "".join(f"\nnote: {n}" for n in ws.notes))
+    return data, text
+
+
+def _evaluate_args(p):
+    workspace_args(p)
+    p.add_argument("--model", required=True, help="a zoo locale (e.g. de-DE) or a model folder")
+    p.add_argument("--locale", required=True)
+    p.add_argument("--split", default="test", choices=["train", "validation", "test"])
+
+
+@command("evaluate", "evaluate one model of the zoo (or a model folder) on a locale", _evaluate_args)
+def cmd_evaluate(args):
+    from pathlib import Path
+
+    from .zoo import load_state_dict
+
+    ws = open_from_args(args)
+    if args.model in ws.zoo.models:
+        metrics = ws.evaluator.evaluate_source(args.model, args.locale, args.split, progress_for(args))
+    else:
+        state = load_state_dict(Path(args.model))
+        metrics = ws.evaluator.evaluate_state(state, args.locale, args.split, progress_for(args))
+    rows = [{"metric": k, "value": float(v)} for k, v in metrics.items()]
+    return {"model": args.model, "locale": args.locale, "split": args.split, "metrics": metrics}, table_text(rows)
+
+
+def _nxn_args(p):
+    workspace_args(p)
+    p.add_argument("--split", default="test", choices=["train", "validation", "test"])
+    p.add_argument("--metric", default="accuracy")
+    p.add_argument("--csv", default="", help="also write the matrix to this CSV file")
+
+
+@command("nxn", "the zero-shot matrix: every source model on every locale's test set", _nxn_args)
+def cmd_nxn(args):
+    ws = open_from_args(args)
+    table = ws.evaluator.nxn(args.split, args.metric, progress=progress_for(args))
+    if args.csv:
+        table.to_csv(args.csv)
+    return ({"metric": args.metric, "split": args.split, "matrix": json.loads(table.to_json(orient="index"))},
+            table.round(3).to_string())
+
+
+# ---- entry -----------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    _load_plugins()
+    parser = argparse.ArgumentParser(prog="python -m engine", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (help_text, add_args, _) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.add_argument("--json", action="store_true", help="print machine-readable JSON on stdout")
+        p.add_argument("--quiet", action="store_true", help="no progress bar")
+        add_args(p)
+    return parser
+
+
+def _load_plugins() -> None:
+    """Commands that live next to their engine module (merge, ensemble, evolve, sweep)."""
+    import importlib
+
+    for mod in ("engine.cli_methods",):
+        try:
+            importlib.import_module(mod)
+        except ModuleNotFoundError as exc:
+            if exc.name != mod:
+                raise
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help()
+        return 2
+    _, _, fn = COMMANDS[args.command]
+    try:
+        data, text = fn(args)
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # one line, never a bare traceback
+        msg = str(exc).strip() or type(exc).__name__
+        if isinstance(exc, KeyError) and msg.startswith(("'", '"')):
+            msg = msg[1:-1]
+        print(f"error: {msg}", file=sys.stderr)
+        if getattr(args, "debug", False):
+            raise
+        return 2
+    print(json.dumps(data, indent=2, default=_json_default, ensure_ascii=False) if args.json else text)
+    return 0
+
+
+def _json_default(obj: Any):
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    if hasattr(obj, "item"):
+        return obj.item()
+    return str(obj)

@@ -1,0 +1,103 @@
+"""A workspace = a zoo + the dataset it is evaluated on + an evaluator, opened from a few settings.
+
+The CLI and the dashboard both open one from the same :class:`Settings`, so "what is loaded"
+means the same thing everywhere.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional
+
+from .data import DataError, Dataset
+from .evaluate import Evaluator, default_cache_dir
+from .zoo import DEFAULT_PATTERN, Zoo, ZooError
+
+DATA_KINDS = ("zoo", "demo", "massive", "jsonl", "table")
+
+
+def default_demo_dir() -> Path:
+    return Path(os.environ.get("FUSION_DEMO_DIR", default_cache_dir() / "demo_zoo"))
+
+
+@dataclass
+class Settings:
+    """Where the models and the data come from. ``data='zoo'`` uses the dataset the manifest names."""
+
+    zoo: str = ""                    # manifest, folder with zoo.json, or folder to scan; "" = demo zoo
+    pattern: str = DEFAULT_PATTERN
+    base: Optional[str] = None
+    data: str = "zoo"
+    data_path: str = ""
+    text_column: str = "text"
+    label_column: str = "label"
+    device: str = "auto"
+    cache_dir: str = ""
+    batch_size: int = 64
+
+    def to_dict(self) -> Dict[str, object]:
+        return asdict(self)
+
+
+def open_dataset(settings: Settings, zoo: Zoo) -> Dataset:
+    """The dataset the settings name, restricted to nothing: callers pick locales."""
+    kind = settings.data
+    if kind not in DATA_KINDS:
+        raise DataError(f"unknown data source '{kind}'; use one of {', '.join(DATA_KINDS)}")
+    from .data import loaders
+
+    if kind == "zoo":
+        spec = zoo.info.get("dataset")
+        if not spec:
+            raise DataError(f"the zoo '{zoo.name}' names no dataset in its manifest; choose one "
+                            f"(massive, jsonl, table or demo)")
+        kind, path = spec.get("kind"), zoo.root / spec.get("path", "")
+        if kind == "massive_jsonl":
+            return loaders.load_massive_jsonl(path)
+        if kind == "massive":
+            return loaders.load_massive(spec.get("locales") or zoo.locales)
+        raise DataError(f"the zoo's manifest names an unknown dataset kind '{kind}'")
+    if kind == "demo":
+        from .data.demo import build_demo_dataset
+
+        return build_demo_dataset(locales=zoo.locales, n_intents=len(zoo.labels))
+    if kind == "massive":
+        return loaders.load_massive(zoo.locales)
+    if not settings.data_path:
+        raise DataError(f"data source '{kind}' needs a path")
+    if kind == "jsonl":
+        return loaders.load_massive_jsonl(settings.data_path)
+    return loaders.load_table(settings.data_path, text_column=settings.text_column,
+                              label_column=settings.label_column, labels=zoo.labels)
+
+
+@dataclass
+class Workspace:
+    settings: Settings
+    zoo: Zoo
+    dataset: Dataset
+    evaluator: Evaluator
+    notes: List[str] = field(default_factory=list)
+
+    @property
+    def cache_dir(self) -> Path:
+        return Path(self.settings.cache_dir) if self.settings.cache_dir else default_cache_dir()
+
+    def target_locales(self) -> List[str]:
+        """Locales with test data: the targets a user can pick."""
+        return [l for l in self.dataset.locales if self.dataset.has(l, "test")]
+
+
+def open_workspace(settings: Optional[Settings] = None) -> Workspace:
+    settings = settings or Settings()
+    zoo_path = settings.zoo or str(default_demo_dir())
+    if not settings.zoo and not (Path(zoo_path) / "zoo.json").exists():
+        raise ZooError(f"the demo zoo is not built yet at {zoo_path}; run `python -m engine build-demo`")
+    zoo = Zoo.open(zoo_path, settings.pattern, settings.base)
+    notes = zoo.validate()
+    dataset = open_dataset(settings, zoo)
+    cache = Path(settings.cache_dir) if settings.cache_dir else None
+    evaluator = Evaluator(zoo, dataset, cache_dir=cache, device=settings.device,
+                          batch_size=settings.batch_size)
+    return Workspace(settings, zoo, dataset, evaluator, notes)
