@@ -1,0 +1,248 @@
+"""Candidates and baselines: the one orchestration layer the CLI, the pages, sweeps and evolution share.
+
+A :class:`Candidate` is a recipe (merge or ensemble of some sources for a target). It is built,
+evaluated on the target's validation and test splits, and compared with the target's baselines:
+the best single source among the chosen ones, the best zero-shot model of the whole zoo, and the
+target's own model (the upper bound). Leave-one-out: the target's own model is never a source.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Dict, Iterable, List, Optional, Tuple
+
+import numpy as np
+import torch
+
+from .progress import ProgressFn, Tracker, sub_progress
+from .workspace import Workspace
+
+DATA_MODES = ("target", "sources", "both")
+
+
+class CandidateError(ValueError):
+    """A recipe that cannot be run as given (unknown source, target among sources, ...)."""
+
+
+@dataclass
+class Candidate:
+    kind: str                       # "merge" | "ensemble"
+    method: str
+    target: str
+    sources: List[str]
+    weights: List[float]
+    params: Dict[str, object] = field(default_factory=dict)
+    seed: int = 0
+    data_mode: str = "sources"      # which language's data data-aware methods (Fisher, RegMean, fit) use
+    data_examples: int = 64
+
+    def label(self) -> str:
+        return f"{self.kind}:{self.method} → {self.target} ({len(self.sources)} sources)"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def check_candidate(ws: Workspace, cand: Candidate) -> None:
+    if cand.kind not in ("merge", "ensemble"):
+        raise CandidateError(f"unknown candidate kind '{cand.kind}'")
+    if not cand.sources:
+        raise CandidateError("choose at least one source model")
+    for s in cand.sources:
+        ws.zoo.path(s)
+    if cand.target in cand.sources:
+        raise CandidateError(f"the target {cand.target} is among the sources: its own model may only "
+                             f"be a baseline (leave-one-out)")
+    if len(cand.weights) != len(cand.sources):
+        raise CandidateError(f"{len(cand.weights)} weights for {len(cand.sources)} sources")
+    w = np.asarray(cand.weights, dtype=float)
+    if not np.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:
+        raise CandidateError("weights must be finite, non-negative and not all zero")
+    if cand.data_mode not in DATA_MODES:
+        raise CandidateError(f"data_mode must be one of {DATA_MODES}")
+    ws.dataset.get(cand.target, "test")
+
+
+def suggest_sources(ws: Workspace, target: str, top_k: int = 5, features: str = "syntax_knn",
+                    sinkhorn_iters: int = 20) -> Dict[str, float]:
+    """URIEL weights for the target over the zoo's other models (leave-one-out)."""
+    from .languages import target_weights
+
+    available = [l for l in ws.zoo.locales if l != target]
+    return target_weights(target, sources=available, features=features, top_k=top_k,
+                          sinkhorn_iters=sinkhorn_iters)
+
+
+# ---- baselines -----------------------------------------------------------------------------------
+def source_scores(ws: Workspace, target: str, models: Optional[Iterable[str]] = None, split: str = "test",
+                  progress: Optional[ProgressFn] = None) -> Dict[str, float]:
+    """Accuracy of each zoo model on the target's split (cached logits after the first time)."""
+    models = list(models or ws.zoo.locales)
+    tracker = Tracker(progress, len(models), "scoring source models")
+    out = {}
+    for m in models:
+        out[m] = ws.evaluator.evaluate_source(m, target, split)["accuracy"]
+        tracker.advance(1)
+    return out
+
+
+def baselines(ws: Workspace, target: str, sources: Iterable[str], split: str = "test",
+              progress: Optional[ProgressFn] = None) -> Dict[str, Dict[str, object]]:
+    scores = source_scores(ws, target, split=split, progress=progress)
+    sources = [s for s in sources if s in scores]
+    out: Dict[str, Dict[str, object]] = {}
+    if sources:
+        best = max(sources, key=lambda s: scores[s])
+        out["best_source"] = {"model": best, "accuracy": scores[best]}
+    zero_shot = {m: a for m, a in scores.items() if m != target}
+    if zero_shot:
+        best = max(zero_shot, key=zero_shot.get)
+        out["best_zero_shot"] = {"model": best, "accuracy": zero_shot[best]}
+    if target in scores:
+        out["target_model"] = {"model": target, "accuracy": scores[target]}
+    return out
+
+
+# ---- building candidates -------------------------------------------------------------------------
+def data_batches(ws: Workspace, locales: List[str], split: str, n: int, batch_size: int = 16):
+    """Tokenised labelled batches from the given locales' split (for Fisher, RegMean, fitting)."""
+    tok = ws.evaluator.tokenizer
+    texts, labels = [], []
+    for loc in locales:
+        part = ws.dataset.get(loc, split)
+        texts += part.texts[:n]
+        labels += part.labels[:n]
+    batches = []
+    for lo in range(0, len(texts), batch_size):
+        enc = tok(texts[lo:lo + batch_size], padding=True, truncation=True, max_length=ws.evaluator.max_length,
+                  return_tensors="pt")
+        enc["labels"] = torch.tensor(labels[lo:lo + batch_size])
+        batches.append(dict(enc))
+    return batches
+
+
+def merge_context(ws: Workspace, cand: Candidate):
+    """What data-aware merges need: a model builder, per-source batches, a validation scorer."""
+    from .merge.context import MergeContext
+
+    def batches(i: int):
+        source, n = cand.sources[i], cand.data_examples
+        if cand.data_mode == "target":
+            return data_batches(ws, [cand.target], "validation", n)
+        own = data_batches(ws, [source], "train", n)
+        return own if cand.data_mode == "sources" else own + data_batches(ws, [cand.target], "validation", n)
+
+    def score(state):
+        scored = ws.evaluator.state_logits(state, cand.target, "validation", cache=False)
+        return ws.evaluator.score(scored, cand.target, "validation")["accuracy"]
+
+    return MergeContext(build_model=ws.zoo.build_model, batches=batches, score=score)
+
+
+def build_merge(ws: Workspace, cand: Candidate, progress: Optional[ProgressFn] = None):
+    """Loads the sources (and base when the method needs it) and merges them in memory."""
+    from .merge import MERGES, merge_state_dicts
+
+    method = MERGES.get(cand.method)
+    tracker = Tracker(sub_progress(progress, 0, 0.3), len(cand.sources) + 1, "loading sources")
+    states = []
+    for s in cand.sources:
+        states.append(ws.zoo.state_dict(s))
+        tracker.advance(1, f"loaded {s}")
+    base = ws.zoo.base_state_dict() if method.meta.get("needs_base") else None
+    tracker.advance(1)
+    context = merge_context(ws, cand) if method.meta.get("needs_data") else None
+    return merge_state_dicts(cand.method, states, cand.weights, base=base, params=cand.params,
+                             names=list(cand.sources), context=context, device=ws.evaluator.device,
+                             seed=cand.seed, progress=sub_progress(progress, 0.3, 0.8))
+
+
+def ensemble_logits(ws: Workspace, cand: Candidate, split: str) -> Tuple[np.ndarray, float]:
+    """Per-source logits on the target's split [K, N, C] and their summed forward time."""
+    scored = [ws.evaluator.source_logits(s, cand.target, split) for s in cand.sources]
+    return np.stack([s.logits for s in scored]), float(sum(s.seconds for s in scored))
+
+
+def evaluate_candidate(ws: Workspace, cand: Candidate, progress: Optional[ProgressFn] = None,
+                       splits: Tuple[str, ...] = ("validation", "test")) -> dict:
+    """Builds the candidate, scores it on the target's splits, and compares it with baselines."""
+    check_candidate(ws, cand)
+    started = time.perf_counter()
+    splits = tuple(s for s in splits if ws.dataset.has(cand.target, s))
+    metrics: Dict[str, Dict[str, float]] = {}
+    extra: Dict[str, object] = {}
+    if cand.kind == "merge":
+        state, report = build_merge(ws, cand, progress)
+        build_s = time.perf_counter() - started
+        for split in splits:
+            metrics[split] = ws.evaluator.evaluate_state(state, cand.target, split)
+        extra["merge_notes"] = list(getattr(report, "notes", []))[:20]
+        extra["state"] = state
+    else:
+        from .ensemble import ENSEMBLES, combine, fit
+        from .metrics import classification_metrics
+
+        method = ENSEMBLES.get(cand.method)
+        fitted = None
+        if method.meta.get("needs_fit"):
+            fit_locs = [cand.target] if cand.data_mode == "target" else list(cand.sources)
+            fit_logits, fit_labels = [], []
+            for loc in fit_locs:
+                lg, _ = ensemble_logits(ws, Candidate(cand.kind, cand.method, loc, cand.sources, cand.weights), "validation")
+                fit_logits.append(lg)
+                fit_labels.append(ws.evaluator.encoded(loc, "validation").labels)
+            fitted = fit(cand.method, np.concatenate(fit_logits, axis=1), np.concatenate(fit_labels),
+                         weights=cand.weights, params=cand.params, seed=cand.seed)
+            extra["learned_weights"] = dict(zip(cand.sources, map(float, fitted.model_weights())))
+        build_s = time.perf_counter() - started
+        for split in splits:
+            logits, forward_s = ensemble_logits(ws, cand, split)
+            t0 = time.perf_counter()
+            probs = combine(cand.method, logits, weights=cand.weights, params=cand.params, fitted=fitted)
+            fuse_s = time.perf_counter() - t0
+            labels = ws.evaluator.encoded(cand.target, split).labels
+            m = classification_metrics(probs, labels)
+            m["latency_ms"] = 1000 * (forward_s + fuse_s) / len(labels)
+            m["fuse_ms"] = 1000 * fuse_s
+            metrics[split] = m
+        extra["fitted"] = fitted
+    base = baselines(ws, cand.target, cand.sources, "test", sub_progress(progress, 0.8, 1.0, "baselines: "))
+    test_acc = metrics.get("test", {}).get("accuracy")
+    return {"metrics": metrics, "baselines": base, "build_seconds": build_s,
+            "seconds": time.perf_counter() - started, "test_accuracy": test_acc, **extra}
+
+
+def candidate_job(ws: Workspace, cand: Candidate, export_dir: Optional[Path] = None):
+    """A job function for the runner: evaluate, persist metrics, optionally export a merge."""
+    def job(ctx):
+        out = evaluate_candidate(ws, cand, ctx.progress)
+        state = out.pop("state", None)
+        fitted = out.pop("fitted", None)
+        result = {k: v for k, v in out.items() if k != "metrics"}
+        if export_dir is not None and state is not None:
+            result["export"] = str(export_candidate(ws, cand, state, Path(export_dir) / ctx.run_id))
+        if fitted is not None and export_dir is not None:
+            path = Path(export_dir) / ctx.run_id / "fusion"
+            fitted.save(path)
+            result["fusion"] = str(path)
+        return {"metrics": out["metrics"], "result": result,
+                "message": f"test accuracy {out['test_accuracy']:.3f}" if out["test_accuracy"] is not None else "done"}
+    return job
+
+
+def export_candidate(ws: Workspace, cand: Candidate, state, out_dir: Path) -> Path:
+    from .merge.export import export_merge
+
+    recipe = {**cand.to_dict(), "zoo": ws.zoo.name, "base": str(ws.zoo.base) if ws.zoo.base else None}
+    return export_merge(state, ws.zoo.path(cand.sources[0]), out_dir, recipe)
+
+
+def submit_candidate(runner, ws: Workspace, cand: Candidate, export_dir: Optional[Path] = None,
+                     name: str = "") -> str:
+    check_candidate(ws, cand)
+    lane = "light" if cand.kind == "ensemble" else "compute"
+    return runner.submit(cand.kind, candidate_job(ws, cand, export_dir), lane=lane,
+                         name=name or cand.label(), target=cand.target, method=cand.method,
+                         params={**cand.params, "seed": cand.seed, "data_mode": cand.data_mode},
+                         sources=cand.sources, weights=cand.weights)

@@ -1,0 +1,462 @@
+"""MASSIVE locales, their URIEL vectors (lang2vec), and the similarity -> weights pipeline.
+
+Weights for a target follow MergingUriel's order (``weigh_sources`` does steps 2-5):
+  1. universe = the target plus the available sources (default: the other 51 locales), in locale order;
+  2. cosine similarity of URIEL vectors; negative cosines clipped to 0 ("unrelated": Sinkhorn needs a
+     nonnegative matrix; URIEL values are >= 0 so real data never has any); the diagonal set to 0;
+  3. top-K per row: exactly K largest off-diagonal entries kept (ties: earlier locale first), rest 0;
+  4. Sinkhorn over the whole filtered matrix: ``sinkhorn_iters`` rounds of row then column
+     normalisation (0 rounds = the filtered similarities themselves);
+  5. the target's row, zero entries dropped, renormalised to sum 1, sorted descending.
+The universe is the locales that have models, as in MergingUriel (its matrix covers the languages
+with models), so "restrict to the available models" happens before top-K: K sources are always
+chosen among the available ones, and with fewer than K available all of them are used.
+
+lang2vec is imported once to build a small on-disk cache (``uriel_vectors.npz`` in ``cache/`` or
+``$FUSION_CACHE_DIR``); later processes read only that file. Cosine treats missing URIEL values
+('--') pairwise (each pair compared on the features both have) and gives a zero vector similarity 0
+with every other locale and 1 with itself, so no matrix ever holds NaN.
+"""
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import os
+import threading
+import warnings
+from dataclasses import dataclass, replace
+from importlib import metadata
+from pathlib import Path
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import pandas as pd
+
+# MASSIVE 1.1's 52 locales (1.0's 51 + ca-ES) -> (ISO 639-3 code as lang2vec has it, English name).
+# Individual-language codes where URIEL has them (arb, azj, pes, khk, zsm, nob, als, swh, cmn);
+# Latvian only as the macrolanguage lav (URIEL has no lvs).
+_LOCALES = {
+    "af-ZA": ("afr", "Afrikaans"), "am-ET": ("amh", "Amharic"), "ar-SA": ("arb", "Arabic"),
+    "az-AZ": ("azj", "Azerbaijani"), "bn-BD": ("ben", "Bengali"), "ca-ES": ("cat", "Catalan"),
+    "cy-GB": ("cym", "Welsh"), "da-DK": ("dan", "Danish"), "de-DE": ("deu", "German"),
+    "el-GR": ("ell", "Greek"), "en-US": ("eng", "English"), "es-ES": ("spa", "Spanish"),
+    "fa-IR": ("pes", "Persian"), "fi-FI": ("fin", "Finnish"), "fr-FR": ("fra", "French"),
+    "he-IL": ("heb", "Hebrew"), "hi-IN": ("hin", "Hindi"), "hu-HU": ("hun", "Hungarian"),
+    "hy-AM": ("hye", "Armenian"), "id-ID": ("ind", "Indonesian"), "is-IS": ("isl", "Icelandic"),
+    "it-IT": ("ita", "Italian"), "ja-JP": ("jpn", "Japanese"), "jv-ID": ("jav", "Javanese"),
+    "ka-GE": ("kat", "Georgian"), "km-KH": ("khm", "Khmer"), "kn-IN": ("kan", "Kannada"),
+    "ko-KR": ("kor", "Korean"), "lv-LV": ("lav", "Latvian"), "ml-IN": ("mal", "Malayalam"),
+    "mn-MN": ("khk", "Mongolian"), "ms-MY": ("zsm", "Malay"), "my-MM": ("mya", "Burmese"),
+    "nb-NO": ("nob", "Norwegian Bokmål"), "nl-NL": ("nld", "Dutch"), "pl-PL": ("pol", "Polish"),
+    "pt-PT": ("por", "Portuguese"), "ro-RO": ("ron", "Romanian"), "ru-RU": ("rus", "Russian"),
+    "sl-SL": ("slv", "Slovenian"), "sq-AL": ("als", "Albanian"), "sv-SE": ("swe", "Swedish"),
+    "sw-KE": ("swh", "Swahili"), "ta-IN": ("tam", "Tamil"), "te-IN": ("tel", "Telugu"),
+    "th-TH": ("tha", "Thai"), "tl-PH": ("tgl", "Tagalog"), "tr-TR": ("tur", "Turkish"),
+    "ur-PK": ("urd", "Urdu"), "vi-VN": ("vie", "Vietnamese"),
+    "zh-CN": ("cmn", "Chinese (Simplified)"), "zh-TW": ("cmn", "Chinese (Traditional)"),
+}
+LOCALES: Tuple[str, ...] = tuple(sorted(_LOCALES))
+ISO: Dict[str, str] = {loc: iso for loc, (iso, _) in _LOCALES.items()}
+NAMES: Dict[str, str] = {loc: name for loc, (_, name) in _LOCALES.items()}
+# Used for one feature set when the code's own vector there is empty: URIEL's family tree has no
+# entry for nob (all zeros) but has one for the macrolanguage nor (North Germanic).
+FALLBACK_ISO: Dict[str, str] = {"nob": "nor"}
+
+FEATURE_SETS: Tuple[str, ...] = ("syntax_knn", "phonology_knn", "inventory_knn", "fam", "geo")
+DEFAULT_FEATURES = "syntax_knn"
+CACHE_ENV = "FUSION_CACHE_DIR"
+CACHE_FILE = "uriel_vectors.npz"
+_FORMAT = 1
+
+
+class UnknownLocaleError(ValueError):
+    """A locale that is not one of the 52 MASSIVE locales; carries close matches to suggest."""
+
+    def __init__(self, locale: object, suggestions: Sequence[str] = ()):
+        self.locale = locale
+        self.suggestions = tuple(suggestions)
+        hint = f"; did you mean {', '.join(self.suggestions)}?" if self.suggestions else ""
+        super().__init__(f"unknown locale {locale!r}{hint} (MASSIVE locales look like 'de-DE'; "
+                         f"see locale_table())")
+
+
+class UnknownFeatureSetError(ValueError):
+    """A feature-set name that is not offered."""
+
+
+class NoSimilarityError(ValueError):
+    """The target is similar to none of the sources under a feature set, so there are no weights."""
+
+
+class UrielUnavailableError(ImportError):
+    """lang2vec (or the pkg_resources it imports) is missing and no cache file exists yet."""
+
+
+def resolve_locale(value: object) -> str:
+    """The canonical MASSIVE locale for ``value`` ('de_de' -> 'de-DE'), or UnknownLocaleError."""
+    if isinstance(value, str):
+        text = value.strip().replace("_", "-")
+        for loc in LOCALES:
+            if loc.lower() == text.lower():
+                return loc
+        lang = text.split("-")[0].lower()
+        hits = [loc for loc in LOCALES if loc.split("-")[0] == lang]
+        if len(text) >= 3:
+            hits += [loc for loc in LOCALES if text.lower() in NAMES[loc].lower()]
+        lowered = {loc.lower(): loc for loc in LOCALES}
+        hits += [lowered[m] for m in difflib.get_close_matches(text.lower(), lowered, n=3, cutoff=0.5)]
+        raise UnknownLocaleError(value, list(dict.fromkeys(hits))[:5])
+    raise UnknownLocaleError(value)
+
+
+def locale_table() -> List[Dict[str, str]]:
+    """One row per MASSIVE locale: locale, ISO 639-3 code, English name."""
+    return [{"locale": loc, "iso": ISO[loc], "name": NAMES[loc]} for loc in LOCALES]
+
+
+def parse_features(features: Union[str, Sequence[str]] = DEFAULT_FEATURES) -> Tuple[str, ...]:
+    """Feature-set names from 'a+b' (or a list); lang2vec concatenates them in that order."""
+    parts = features.split("+") if isinstance(features, str) else list(features)
+    parts = [p.strip() if isinstance(p, str) else p for p in parts]
+    valid = f"valid: {', '.join(FEATURE_SETS)}, or several joined with '+'"
+    if not parts or any(not p for p in parts):
+        raise UnknownFeatureSetError(f"empty feature set in {features!r}; {valid}")
+    for part in parts:
+        if part == "learned":
+            raise UnknownFeatureSetError("lang2vec's 'learned' set needs unpickling and is not "
+                                         f"offered; {valid}")
+        if part not in FEATURE_SETS:
+            raise UnknownFeatureSetError(f"unknown feature set {part!r}; {valid}")
+    if len(set(parts)) != len(parts):
+        raise UnknownFeatureSetError(f"feature set repeated in {features!r}; {valid}")
+    return tuple(parts)
+
+
+# ---------------------------------------------------------------- URIEL vectors and their cache
+
+_lock = threading.Lock()
+_tables: Dict[str, dict] = {}  # cache file path -> {set: (values, names, iso used per locale)}
+_similarities: Dict[Tuple[str, str], np.ndarray] = {}
+
+
+def default_cache_dir() -> Path:
+    """$FUSION_CACHE_DIR, else ``cache/`` at the project root."""
+    env = os.environ.get(CACHE_ENV)
+    return Path(env) if env else Path(__file__).resolve().parent.parent / "cache"
+
+
+def _cache_key() -> str:
+    try:
+        version = metadata.version("lang2vec")
+    except metadata.PackageNotFoundError:
+        version = "absent"
+    spec = [_FORMAT, version, sorted(ISO.items()), sorted(FALLBACK_ISO.items()), FEATURE_SETS]
+    return hashlib.sha256(json.dumps(spec).encode()).hexdigest()[:16]
+
+
+def _import_lang2vec():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pkg_resources announces its own deprecation
+        try:
+            import pkg_resources  # noqa: F401  (lang2vec needs it at import time)
+        except ImportError as exc:
+            raise UrielUnavailableError(
+                "lang2vec needs pkg_resources, which setuptools 82 removed: "
+                "pip install 'setuptools<82' (requirements.txt pins it)") from exc
+        try:
+            import lang2vec.lang2vec as l2v
+        except ImportError as exc:
+            raise UrielUnavailableError(f"lang2vec is not importable ({exc}): "
+                                        "pip install lang2vec==1.1.2") from exc
+    return l2v
+
+
+def _compute_tables() -> dict:
+    """Vectors of all 52 locales for every offered set, straight from lang2vec ('--' -> NaN).
+
+    Columns that are zero or missing for every locale are dropped: they change no cosine."""
+    l2v = _import_lang2vec()
+    codes = sorted(set(ISO.values()) | set(FALLBACK_ISO.values()))
+    tables = {}
+    for fs in FEATURE_SETS:
+        raw = l2v.get_features(codes, fs, header=True)
+        by_code = {c: np.array([np.nan if v == "--" else float(v) for v in raw[c]], np.float32)
+                   for c in codes}
+        used = []
+        for loc in LOCALES:
+            code = ISO[loc]
+            if not np.nan_to_num(by_code[code]).any() and code in FALLBACK_ISO:
+                code = FALLBACK_ISO[code]
+            used.append(code)
+        values = np.vstack([by_code[c] for c in used])
+        keep = (np.nan_to_num(values) != 0).any(axis=0)
+        names = np.array([str(n) for n in raw["CODE"]])[keep]
+        tables[fs] = (values[:, keep], names, np.array(used))
+    return tables
+
+
+def _read(path: Path) -> Optional[dict]:
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            if str(npz["key"]) != _cache_key():
+                return None
+            return {fs: (npz[f"{fs}.values"], npz[f"{fs}.names"], npz[f"{fs}.iso"])
+                    for fs in FEATURE_SETS}
+    except Exception:  # missing, truncated, foreign or older file: rebuild rather than fail
+        return None
+
+
+def _write(path: Path, tables: dict) -> None:
+    arrays = {"key": np.array(_cache_key())}
+    for fs, (values, names, used) in tables.items():
+        arrays.update({f"{fs}.values": values, f"{fs}.names": names, f"{fs}.iso": used})
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npz")
+        np.savez_compressed(tmp, **arrays)
+        os.replace(tmp, path)  # atomic: a reader in another process never sees half a file
+    except OSError as exc:
+        warnings.warn(f"could not write the URIEL cache {path} ({exc}); keeping it in memory only")
+
+
+def _cache_path(cache_dir: Union[str, os.PathLike, None]) -> Path:
+    return (Path(cache_dir) if cache_dir is not None else default_cache_dir()) / CACHE_FILE
+
+
+def _tables_for(cache_dir, force: bool = False) -> dict:
+    """Memory, else the disk cache, else lang2vec (then written to disk). One builder at a time."""
+    path = _cache_path(cache_dir)
+    key = str(path.resolve())
+    with _lock:
+        if force or key not in _tables:
+            tables = None if force else _read(path)
+            if tables is None:
+                tables = _compute_tables()
+                _write(path, tables)
+            _tables[key] = tables
+            for sim_key in [k for k in _similarities if k[0] == key]:
+                del _similarities[sim_key]
+        return _tables[key]
+
+
+def build_cache(cache_dir: Union[str, os.PathLike, None] = None, force: bool = False) -> Path:
+    """Makes sure the vector cache exists (building it is the one step that imports lang2vec,
+    ~5 s); ``force`` rebuilds it. Returns the file's path."""
+    _tables_for(cache_dir, force)
+    return _cache_path(cache_dir)
+
+
+def clear_memory_cache() -> None:
+    """Forgets the in-process copies; the next call reads the disk cache again."""
+    with _lock:
+        _tables.clear()
+        _similarities.clear()
+
+
+def _locales_arg(locales: Optional[Iterable[str]]) -> List[str]:
+    if locales is None:
+        return list(LOCALES)
+    if isinstance(locales, str):
+        locales = [locales]
+    return list(dict.fromkeys(resolve_locale(loc) for loc in locales))
+
+
+def feature_vectors(features: Union[str, Sequence[str]] = DEFAULT_FEATURES,
+                    locales: Optional[Iterable[str]] = None, cache_dir=None) -> pd.DataFrame:
+    """URIEL vectors (locale rows, feature columns; NaN = missing), sets concatenated in order."""
+    sets = parse_features(features)
+    tables = _tables_for(cache_dir)
+    values = np.hstack([tables[fs][0] for fs in sets]).astype(np.float64)
+    names = [str(n) for fs in sets for n in tables[fs][1]]
+    return pd.DataFrame(values, index=list(LOCALES), columns=names).loc[_locales_arg(locales)]
+
+
+def vector_sources(features: Union[str, Sequence[str]] = DEFAULT_FEATURES,
+                   cache_dir=None) -> Dict[Tuple[str, str], str]:
+    """(locale, set) -> the fallback ISO code whose vector stands in for the locale's own."""
+    tables = _tables_for(cache_dir)
+    return {(loc, fs): str(code) for fs in parse_features(features)
+            for loc, code in zip(LOCALES, tables[fs][2]) if code != ISO[loc]}
+
+
+# ------------------------------------------------------------------------- similarity and weights
+
+def cosine_similarity(vectors) -> np.ndarray:
+    """Pairwise cosine of the rows, each pair over the features both have (NaN = missing).
+
+    A pair with no common nonzero feature (e.g. an all-zero vector) gets 0, where cosine is
+    undefined; the diagonal is always 1. Never NaN."""
+    x = np.asarray(vectors, dtype=np.float64)
+    if x.ndim != 2:
+        raise ValueError(f"vectors must be a 2-D array (one row per language), got shape {x.shape}")
+    seen = (~np.isnan(x)).astype(np.float64)
+    x0 = np.nan_to_num(x, nan=0.0)
+    dot = x0 @ x0.T
+    norms2 = (x0 ** 2) @ seen.T  # [i, j]: |x_i|^2 over the features row j has
+    denom = np.sqrt(norms2 * norms2.T)
+    sim = np.divide(dot, denom, out=np.zeros_like(dot), where=denom > 0)
+    sim = np.clip(sim, -1.0, 1.0)
+    np.fill_diagonal(sim, 1.0)
+    return sim
+
+
+def similarity_matrix(locales: Optional[Iterable[str]] = None,
+                      features: Union[str, Sequence[str]] = DEFAULT_FEATURES,
+                      cache_dir=None) -> pd.DataFrame:
+    """Cosine similarity of URIEL vectors (locale index and columns), all 52 locales by default."""
+    sets = parse_features(features)
+    chosen = _locales_arg(locales)
+    key = (str(_cache_path(cache_dir).resolve()), "+".join(sets))
+    if key not in _similarities:
+        _similarities[key] = cosine_similarity(feature_vectors(sets, cache_dir=cache_dir).to_numpy())
+    full = pd.DataFrame(_similarities[key], index=list(LOCALES), columns=list(LOCALES))
+    return full.loc[chosen, chosen].copy()
+
+
+def _check_int(name: str, value: object, low: int) -> int:
+    ok = isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+    if not ok or value < low:
+        raise ValueError(f"{name} must be a whole number >= {low}, got {value!r}")
+    return int(value)
+
+
+def _square(matrix, what: str) -> np.ndarray:
+    m = np.array(matrix, dtype=np.float64)
+    if m.ndim != 2 or m.shape[0] != m.shape[1]:
+        raise ValueError(f"{what} needs a square matrix, got shape {m.shape}")
+    if not np.isfinite(m).all():
+        raise ValueError(f"{what} needs finite values, got NaN or infinity")
+    return m
+
+
+def _top_indices(row: np.ndarray, self_index: int, k: int) -> List[int]:
+    """Indices of the k largest entries but ``self_index``; ties go to the earlier index."""
+    others = [j for j in range(len(row)) if j != self_index]
+    order = np.argsort(-row[others], kind="stable")[:k]
+    return [others[j] for j in order]
+
+
+def top_k_filter(matrix, k: int) -> np.ndarray:
+    """Keeps exactly min(k, n-1) largest off-diagonal entries per row; everything else is 0."""
+    m = _square(matrix, "top_k_filter")
+    k = _check_int("top_k", k, 1)
+    out = np.zeros_like(m)
+    for i in range(m.shape[0]):
+        kept = _top_indices(m[i], i, k)
+        out[i, kept] = m[i, kept]
+    return out
+
+
+def sinkhorn(matrix, iterations: int = 20) -> np.ndarray:
+    """Alternately scales rows then columns of a nonnegative matrix to sum 1, ``iterations`` times.
+
+    0 iterations returns the input. All-zero rows/columns stay zero (no division by zero); the
+    last step is a column step, so columns sum to 1 exactly and rows approach 1 as it converges."""
+    m = _square(matrix, "sinkhorn")
+    iterations = _check_int("sinkhorn_iters", iterations, 0)
+    if (m < 0).any():
+        raise ValueError("sinkhorn needs a nonnegative matrix (clip negative similarities first)")
+    for _ in range(iterations):
+        rows = m.sum(axis=1, keepdims=True)
+        m = np.divide(m, rows, out=np.zeros_like(m), where=rows > 0)
+        cols = m.sum(axis=0, keepdims=True)
+        m = np.divide(m, cols, out=np.zeros_like(m), where=cols > 0)
+    return m
+
+
+@dataclass(frozen=True)
+class SimilarityResult:
+    """Everything a view needs: the heatmap (``matrix``), the neighbours bar chart, the weights."""
+
+    target: str
+    features: str
+    top_k: int
+    sinkhorn_iters: int
+    matrix: pd.DataFrame          # cosine similarity over target + sources
+    balanced: pd.DataFrame        # after clipping, top-K and Sinkhorn
+    neighbours: Tuple[Tuple[str, float], ...]  # the target's kept top-K: (locale, similarity)
+    weights: Dict[str, float]     # source -> weight, sums to 1, descending
+    notes: Tuple[str, ...] = ()
+
+    def table(self) -> pd.DataFrame:
+        """Neighbours with name, similarity and weight (0 for those left out)."""
+        return pd.DataFrame([{"locale": loc, "name": NAMES.get(loc, loc), "similarity": sim,
+                              "weight": self.weights.get(loc, 0.0)} for loc, sim in self.neighbours])
+
+
+def weigh_sources(similarity: pd.DataFrame, target: str, top_k: int = 5, sinkhorn_iters: int = 20,
+                  features: str = "custom") -> SimilarityResult:
+    """Steps 2-5 of the module pipeline on any similarity DataFrame whose index includes target."""
+    k = _check_int("top_k", top_k, 1)
+    iters = _check_int("sinkhorn_iters", sinkhorn_iters, 0)
+    names = [str(n) for n in similarity.index]
+    if list(similarity.columns) != list(similarity.index):
+        raise ValueError("the similarity matrix needs the same locales as index and columns")
+    if target not in names:
+        raise UnknownLocaleError(target, difflib.get_close_matches(target, names, n=3))
+    if len(names) < 2:
+        raise ValueError(f"no source locales to weight for target {target}")
+    notes = []
+    if k > len(names) - 1:
+        notes.append(f"only {len(names) - 1} sources available: using all of them (top_k={k})")
+        k = len(names) - 1
+    values = np.clip(_square(similarity.to_numpy(), "weigh_sources"), 0.0, None)
+    np.fill_diagonal(values, 0.0)
+    balanced = sinkhorn(top_k_filter(values, k), iters)
+    t = names.index(target)
+    kept = _top_indices(values[t], t, k)
+    row = balanced[t]
+    if row.sum() <= 0:
+        raise NoSimilarityError(
+            f"{target} has similarity 0 with every source under '{features}' (no shared "
+            "feature, e.g. no relative in the family tree): no weights; choose another feature "
+            "set or concatenate one, e.g. 'syntax_knn+fam'")
+    ranked = sorted((j for j in kept if row[j] > 0), key=lambda j: -row[j])  # ties: neighbour order
+    weights = {names[j]: float(row[j] / row.sum()) for j in ranked}
+    dropped = [names[j] for j in kept if row[j] <= 0]
+    if dropped:
+        notes.append(f"{', '.join(dropped)} in the top-{k} but with similarity 0: no weight")
+    return SimilarityResult(
+        target=target, features=features, top_k=k, sinkhorn_iters=iters,
+        matrix=similarity.copy(), balanced=pd.DataFrame(balanced, index=names, columns=names),
+        neighbours=tuple((names[j], float(similarity.iat[t, j])) for j in kept),
+        weights=weights, notes=tuple(notes))
+
+
+def target_similarity(target: str, sources: Optional[Iterable[str]] = None,
+                      features: Union[str, Sequence[str]] = DEFAULT_FEATURES, top_k: int = 5,
+                      sinkhorn_iters: int = 20, cache_dir=None) -> SimilarityResult:
+    """URIEL weights for ``target`` over ``sources`` (default: every other locale), with the
+    matrices and neighbours behind them. The target is never its own source (leave-one-out)."""
+    target = resolve_locale(target)
+    sets = parse_features(features)
+    _check_int("top_k", top_k, 1)
+    _check_int("sinkhorn_iters", sinkhorn_iters, 0)
+    notes = []
+    pool = [loc for loc in LOCALES if loc != target] if sources is None else _locales_arg(sources)
+    if target in pool:
+        pool.remove(target)
+        notes.append(f"{target} left out of its own sources (leave-one-out)")
+    if not pool:
+        raise ValueError(f"no source locales to weight for target {target}: give at least one "
+                         "source other than the target")
+    universe = [loc for loc in LOCALES if loc == target or loc in pool]
+    sim = similarity_matrix(universe, sets, cache_dir)
+    result = weigh_sources(sim, target, top_k, sinkhorn_iters, "+".join(sets))
+    chosen = {loc for loc, _ in result.neighbours} | {target}
+    for (loc, fs), code in vector_sources(sets, cache_dir).items():
+        if loc in chosen:
+            notes.append(f"{loc}: URIEL has no '{fs}' vector for {ISO[loc]}; {code}'s is used")
+    twins = [loc for loc, _ in result.neighbours if ISO[loc] == ISO[target]]
+    if twins:
+        notes.append(f"{', '.join(twins)}: same ISO code as {target} ({ISO[target]}), identical "
+                     "URIEL vectors")
+    return replace(result, notes=tuple(notes) + result.notes)
+
+
+def target_weights(target: str, sources: Optional[Iterable[str]] = None,
+                   features: Union[str, Sequence[str]] = DEFAULT_FEATURES, top_k: int = 5,
+                   sinkhorn_iters: int = 20, cache_dir=None) -> Dict[str, float]:
+    """source locale -> weight (sums to 1, descending); see ``target_similarity``."""
+    return target_similarity(target, sources, features, top_k, sinkhorn_iters, cache_dir).weights
