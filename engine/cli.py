@@ -76,13 +76,15 @@ def _similarity_args(p):
 
 @command("similarity", "URIEL similarity and source weights for a target locale", _similarity_args)
 def cmd_similarity(args):
-    from .languages import similarity_matrix, target_weights
+    from .languages import target_similarity
 
-    weights = target_weights(args.target, sources=args.sources, features=args.features,
-                             top_k=args.top_k, sinkhorn_iters=args.sinkhorn_iters)
-    sims = similarity_matrix(args.features)[args.target]
-    rows = [{"source": loc, "weight": float(w), "similarity": float(sims[loc])} for loc, w in weights.items()]
-    return {"target": args.target, "features": args.features, "weights": weights, "rows": rows}, table_text(rows)
+    res = target_similarity(args.target, sources=args.sources, features=args.features,
+                            top_k=args.top_k, sinkhorn_iters=args.sinkhorn_iters)
+    rows = res.table().to_dict(orient="records")
+    text = table_text(rows) + "".join(f"\nnote: {n}" for n in res.notes)
+    return {"target": res.target, "features": res.features, "top_k": res.top_k,
+            "sinkhorn_iters": res.sinkhorn_iters, "weights": res.weights, "neighbours": rows,
+            "notes": list(res.notes)}, text
 
 
 def _build_args(p):
