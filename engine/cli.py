@@ -179,7 +179,7 @@ def _load_plugins() -> None:
     """Commands that live next to their engine module (merge, ensemble, evolve, sweep)."""
     import importlib
 
-    for mod in ("engine.cli_methods",):
+    for mod in ("engine.cli_methods", "engine.cli_evolve", "engine.cli_sweep"):
         try:
             importlib.import_module(mod)
         except ModuleNotFoundError as exc:

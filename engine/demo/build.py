@@ -46,7 +46,7 @@ class DemoSize:
 
 SIZES: Dict[str, DemoSize] = {
     "tiny": DemoSize("tiny", 1, 4, 30, 16, 1e-3, ("de-DE", "nl-NL", "en-US", "es-ES")),
-    "default": DemoSize("default", 6, 12, 80, 32, 1e-4, None),
+    "default": DemoSize("default", 6, 12, 80, 32, 4e-4, None),
     "full": DemoSize("full", 6, 12, 100, 32, 1e-4, ()),  # () = every locale the data supports
 }
 
