@@ -173,11 +173,12 @@ def evaluate_candidate(ws: Workspace, cand: Candidate, progress: Optional[Progre
     metrics: Dict[str, Dict[str, float]] = {}
     extra: Dict[str, object] = {}
     if cand.kind == "merge":
-        state, report = build_merge(ws, cand, progress)
+        state = build_merge(ws, cand, progress)
+        report = state.report
         build_s = time.perf_counter() - started
         for split in splits:
             metrics[split] = ws.evaluator.evaluate_state(state, cand.target, split)
-        extra["merge_notes"] = list(getattr(report, "notes", []))[:20]
+        extra["merge_report"] = {k: v for k, v in report.to_dict().items() if k != "treatment"}
         extra["state"] = state
     else:
         from .ensemble import ENSEMBLES, combine, fit

@@ -1,0 +1,102 @@
+"""Merge-kernel throughput against a raw tensor sum over the same bytes.
+
+For each method the baseline is the cheapest thing that touches the same memory: summing the
+tensors the method reads (K sources, plus the base for task-vector methods) into one output with
+plain torch adds. ratio = baseline time / method time (1.0 = as fast as a raw sum; goal for
+linear / task arithmetic >= 0.5). "kernel" times the per-tensor kernel alone, "loop" the whole
+``merge_state_dicts`` (key iteration, NaN/inf checks, dtype handling) on a state dict.
+
+    python bench/bench_merge.py [--mb 64] [--sources 3] [--device cpu|cuda] [--repeat 3]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from engine.merge import MERGES, merge_state_dicts  # noqa: E402
+
+METHODS = [("linear", {}), ("task_arithmetic", {}), ("ties", {"density": 0.2}),
+           ("dare_linear", {"density": 0.5}), ("dare_ties", {"density": 0.5})]
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(fn, device, repeat):
+    fn()  # warm-up (allocator, kernels)
+    sync(device)
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def raw_sum(tensors):
+    out = torch.add(tensors[0], tensors[1])
+    for t in tensors[2:]:
+        out.add_(t)
+    return out
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--mb", type=float, default=64.0, help="size of one model in MB (fp32)")
+    parser.add_argument("--sources", type=int, default=3)
+    parser.add_argument("--tensors", type=int, default=4, help="tensors per model")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device here")
+    per_tensor = int(args.mb * 2 ** 20 / 4 / args.tensors)
+    side = int(per_tensor ** 0.5)
+    shape = (side, per_tensor // side)
+    gen = torch.Generator().manual_seed(0)
+    base = {f"layer.{i}.weight": torch.randn(shape, generator=gen).to(device)
+            for i in range(args.tensors)}
+    sources = [{k: v + 0.01 * torch.randn(shape, generator=gen).to(device)
+                for k, v in base.items()} for _ in range(args.sources)]
+    weights = torch.full((args.sources,), 1.0 / args.sources, device=device)
+    key = "layer.0.weight"
+    one = [s[key] for s in sources]
+    model_mb = 4 * shape[0] * shape[1] * args.tensors / 2 ** 20
+    print(f"device {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else f'{torch.get_num_threads()} threads'}), "
+          f"{args.sources} sources + base, {args.tensors} tensors of {shape} per model "
+          f"({model_mb:.0f} MB/model, {model_mb * (args.sources + 1):.0f} MB in total)")
+    print(f"{'method':<16}{'kernel ms':>10}{'raw ms':>9}{'ratio':>7}{'GB/s':>7}"
+          f"{'loop ms':>10}{'raw ms':>9}{'ratio':>7}")
+    for name, params in METHODS:
+        method = MERGES.get(name)
+        resolved = method.resolve(params)
+        uses_base = method.meta["needs_base"]
+        inputs = one + ([base[key]] if uses_base else [])
+        gen_k = torch.Generator(device=device).manual_seed(1)
+        kernel = timed(lambda: method.fn(one, weights, base[key] if uses_base else None, key=key,
+                                         generator=gen_k, **resolved), device, args.repeat)
+        raw = timed(lambda: raw_sum(inputs), device, args.repeat)
+        loop = timed(lambda: merge_state_dicts(name, sources, weights.tolist(),
+                                               base=base if uses_base else None, params=params,
+                                               device=device), device, args.repeat)
+        raw_loop = timed(lambda: [raw_sum([s[k] for s in sources] + ([base[k]] if uses_base
+                                                                    else [])) for k in base],
+                         device, args.repeat)
+        moved = (len(inputs) + 1) * one[0].numel() * 4 / 1e9
+        print(f"{name:<16}{kernel * 1e3:>10.1f}{raw * 1e3:>9.1f}{raw / kernel:>7.2f}"
+              f"{moved / kernel:>7.1f}{loop * 1e3:>10.1f}{raw_loop * 1e3:>9.1f}"
+              f"{raw_loop / loop:>7.2f}")
+
+
+if __name__ == "__main__":
+    main()
