@@ -195,7 +195,7 @@ def evaluate_candidate(ws: Workspace, cand: Candidate, progress: Optional[Progre
                 fit_labels.append(ws.evaluator.encoded(loc, "validation").labels)
             fitted = fit(cand.method, np.concatenate(fit_logits, axis=1), np.concatenate(fit_labels),
                          weights=cand.weights, params=cand.params, seed=cand.seed)
-            extra["learned_weights"] = dict(zip(cand.sources, map(float, fitted.model_weights())))
+            extra["learned_weights"] = dict(zip(cand.sources, map(float, fitted.model_weights)))
         build_s = time.perf_counter() - started
         for split in splits:
             logits, forward_s = ensemble_logits(ws, cand, split)
