@@ -33,6 +33,8 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import pandas as pd
 
+from .similarity import _check_int, _square, _top_indices, cosine_similarity, sinkhorn, top_k_filter  # noqa: F401
+
 # MASSIVE 1.1's 52 locales (1.0's 51 + ca-ES) -> (ISO 639-3 code as lang2vec has it, English name).
 # Individual-language codes where URIEL has them (arb, azj, pes, khk, zsm, nob, als, swh, cmn);
 # Latvian only as the macrolanguage lav (URIEL has no lvs).
@@ -282,25 +284,6 @@ def vector_sources(features: Union[str, Sequence[str]] = DEFAULT_FEATURES,
 
 # ------------------------------------------------------------------------- similarity and weights
 
-def cosine_similarity(vectors) -> np.ndarray:
-    """Pairwise cosine of the rows, each pair over the features both have (NaN = missing).
-
-    A pair with no common nonzero feature (e.g. an all-zero vector) gets 0, where cosine is
-    undefined; the diagonal is always 1. Never NaN."""
-    x = np.asarray(vectors, dtype=np.float64)
-    if x.ndim != 2:
-        raise ValueError(f"vectors must be a 2-D array (one row per language), got shape {x.shape}")
-    seen = (~np.isnan(x)).astype(np.float64)
-    x0 = np.nan_to_num(x, nan=0.0)
-    dot = x0 @ x0.T
-    norms2 = (x0 ** 2) @ seen.T  # [i, j]: |x_i|^2 over the features row j has
-    denom = np.sqrt(norms2 * norms2.T)
-    sim = np.divide(dot, denom, out=np.zeros_like(dot), where=denom > 0)
-    sim = np.clip(sim, -1.0, 1.0)
-    np.fill_diagonal(sim, 1.0)
-    return sim
-
-
 def similarity_matrix(locales: Optional[Iterable[str]] = None,
                       features: Union[str, Sequence[str]] = DEFAULT_FEATURES,
                       cache_dir=None) -> pd.DataFrame:
@@ -312,57 +295,6 @@ def similarity_matrix(locales: Optional[Iterable[str]] = None,
         _similarities[key] = cosine_similarity(feature_vectors(sets, cache_dir=cache_dir).to_numpy())
     full = pd.DataFrame(_similarities[key], index=list(LOCALES), columns=list(LOCALES))
     return full.loc[chosen, chosen].copy()
-
-
-def _check_int(name: str, value: object, low: int) -> int:
-    ok = isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-    if not ok or value < low:
-        raise ValueError(f"{name} must be a whole number >= {low}, got {value!r}")
-    return int(value)
-
-
-def _square(matrix, what: str) -> np.ndarray:
-    m = np.array(matrix, dtype=np.float64)
-    if m.ndim != 2 or m.shape[0] != m.shape[1]:
-        raise ValueError(f"{what} needs a square matrix, got shape {m.shape}")
-    if not np.isfinite(m).all():
-        raise ValueError(f"{what} needs finite values, got NaN or infinity")
-    return m
-
-
-def _top_indices(row: np.ndarray, self_index: int, k: int) -> List[int]:
-    """Indices of the k largest entries but ``self_index``; ties go to the earlier index."""
-    others = [j for j in range(len(row)) if j != self_index]
-    order = np.argsort(-row[others], kind="stable")[:k]
-    return [others[j] for j in order]
-
-
-def top_k_filter(matrix, k: int) -> np.ndarray:
-    """Keeps exactly min(k, n-1) largest off-diagonal entries per row; everything else is 0."""
-    m = _square(matrix, "top_k_filter")
-    k = _check_int("top_k", k, 1)
-    out = np.zeros_like(m)
-    for i in range(m.shape[0]):
-        kept = _top_indices(m[i], i, k)
-        out[i, kept] = m[i, kept]
-    return out
-
-
-def sinkhorn(matrix, iterations: int = 20) -> np.ndarray:
-    """Alternately scales rows then columns of a nonnegative matrix to sum 1, ``iterations`` times.
-
-    0 iterations returns the input. All-zero rows/columns stay zero (no division by zero); the
-    last step is a column step, so columns sum to 1 exactly and rows approach 1 as it converges."""
-    m = _square(matrix, "sinkhorn")
-    iterations = _check_int("sinkhorn_iters", iterations, 0)
-    if (m < 0).any():
-        raise ValueError("sinkhorn needs a nonnegative matrix (clip negative similarities first)")
-    for _ in range(iterations):
-        rows = m.sum(axis=1, keepdims=True)
-        m = np.divide(m, rows, out=np.zeros_like(m), where=rows > 0)
-        cols = m.sum(axis=0, keepdims=True)
-        m = np.divide(m, cols, out=np.zeros_like(m), where=cols > 0)
-    return m
 
 
 @dataclass(frozen=True)
