@@ -6,7 +6,7 @@ plain torch adds. ratio = baseline time / method time (1.0 = as fast as a raw su
 linear / task arithmetic >= 0.5). "kernel" times the per-tensor kernel alone, "loop" the whole
 ``merge_state_dicts`` (key iteration, NaN/inf checks, dtype handling) on a state dict.
 
-    python bench/bench_merge.py [--mb 64] [--sources 3] [--device cpu|cuda] [--repeat 3]
+    python bench/bench_merge.py [--mb 128] [--sources 3] [--device cpu|cuda] [--repeat 7]
 """
 from __future__ import annotations
 
@@ -30,16 +30,21 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def timed(fn, device, repeat):
-    fn()  # warm-up (allocator, kernels)
+def paired(fn, reference, device, repeat):
+    """Times fn and reference back to back, ``repeat`` times; medians of both and of the
+    per-pair ratio reference/fn (pairs cancel most of the drift from processes sharing the
+    machine)."""
+    fn(), reference()  # warm-up (allocator, kernels)
     sync(device)
-    times = []
+    ours, theirs = [], []
     for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        sync(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for bucket, f in ((ours, fn), (theirs, reference)):
+            start = time.perf_counter()
+            f()
+            sync(device)
+            bucket.append(time.perf_counter() - start)
+    ratio = statistics.median(t / o for o, t in zip(ours, theirs))
+    return statistics.median(ours), statistics.median(theirs), ratio
 
 
 def raw_sum(tensors):
@@ -51,11 +56,11 @@ def raw_sum(tensors):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--mb", type=float, default=64.0, help="size of one model in MB (fp32)")
+    parser.add_argument("--mb", type=float, default=128.0, help="size of one model in MB (fp32)")
     parser.add_argument("--sources", type=int, default=3)
-    parser.add_argument("--tensors", type=int, default=4, help="tensors per model")
+    parser.add_argument("--tensors", type=int, default=2, help="tensors per model")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--repeat", type=int, default=7)
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -72,9 +77,10 @@ def main(argv=None):
     key = "layer.0.weight"
     one = [s[key] for s in sources]
     model_mb = 4 * shape[0] * shape[1] * args.tensors / 2 ** 20
-    print(f"device {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else f'{torch.get_num_threads()} threads'}), "
-          f"{args.sources} sources + base, {args.tensors} tensors of {shape} per model "
-          f"({model_mb:.0f} MB/model, {model_mb * (args.sources + 1):.0f} MB in total)")
+    where = (torch.cuda.get_device_name(device) if device.type == "cuda"
+             else f"{torch.get_num_threads()} threads")
+    print(f"device {device} ({where}), {args.sources} sources + base, {args.tensors} tensors "
+          f"of {shape} per model ({model_mb:.0f} MB/model, {model_mb * (args.sources + 1):.0f} MB in total)")
     print(f"{'method':<16}{'kernel ms':>10}{'raw ms':>9}{'ratio':>7}{'GB/s':>7}"
           f"{'loop ms':>10}{'raw ms':>9}{'ratio':>7}")
     for name, params in METHODS:
@@ -83,19 +89,20 @@ def main(argv=None):
         uses_base = method.meta["needs_base"]
         inputs = one + ([base[key]] if uses_base else [])
         gen_k = torch.Generator(device=device).manual_seed(1)
-        kernel = timed(lambda: method.fn(one, weights, base[key] if uses_base else None, key=key,
-                                         generator=gen_k, **resolved), device, args.repeat)
-        raw = timed(lambda: raw_sum(inputs), device, args.repeat)
-        loop = timed(lambda: merge_state_dicts(name, sources, weights.tolist(),
-                                               base=base if uses_base else None, params=params,
-                                               device=device), device, args.repeat)
-        raw_loop = timed(lambda: [raw_sum([s[k] for s in sources] + ([base[k]] if uses_base
-                                                                    else [])) for k in base],
-                         device, args.repeat)
+        kernel, raw, ratio = paired(
+            lambda: method.fn(one, weights, base[key] if uses_base else None, key=key,
+                              generator=gen_k, **resolved),
+            lambda: raw_sum(inputs), device, args.repeat)
+        loop, raw_loop, loop_ratio = paired(
+            lambda: merge_state_dicts(name, sources, weights.tolist(),
+                                      base=base if uses_base else None, params=params,
+                                      device=device),
+            lambda: [raw_sum([s[k] for s in sources] + ([base[k]] if uses_base else []))
+                     for k in base], device, args.repeat)
         moved = (len(inputs) + 1) * one[0].numel() * 4 / 1e9
-        print(f"{name:<16}{kernel * 1e3:>10.1f}{raw * 1e3:>9.1f}{raw / kernel:>7.2f}"
+        print(f"{name:<16}{kernel * 1e3:>10.1f}{raw * 1e3:>9.1f}{ratio:>7.2f}"
               f"{moved / kernel:>7.1f}{loop * 1e3:>10.1f}{raw_loop * 1e3:>9.1f}"
-              f"{raw_loop / loop:>7.2f}")
+              f"{loop_ratio:>7.2f}")
 
 
 if __name__ == "__main__":

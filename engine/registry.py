@@ -58,7 +58,7 @@ class Param:
 
     def to_dict(self) -> Dict[str, Any]:
         return {"name": self.name, "kind": self.kind, "default": self.default, "low": self.low,
-                "high": self.high, "choices": list(self.choices), "per_model": self.per_model,
+                "high": self.high, "low_open": self.low_open, "choices": list(self.choices), "per_model": self.per_model,
                 "help": self.help}
 
 

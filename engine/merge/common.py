@@ -1,0 +1,85 @@
+"""Shared pieces of the merge kernels: the error type, weight handling, small tensor helpers.
+
+Kernels receive float32 tensors on the compute device, already checked (same shapes, finite) and
+weights normalised to sum to one, so each kernel is only its formula.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+import torch
+from torch import Tensor
+
+
+class MergeError(ValueError):
+    """A merge cannot run as asked: bad input, bad parameters, or a missing model/base/context."""
+
+
+@dataclass
+class Prepared:
+    """What a whole-model pre-pass (Fisher, Gram matrices, layer search) hands to the per-key loop.
+
+    ``extras[key]`` are extra keyword arguments for the kernel on that key; ``labels[key]`` says how
+    the key was treated (goes into the MergeReport), ``default_label`` how keys without extras
+    were; ``notes`` are free-form lines for the report.
+    """
+
+    extras: Dict[str, Dict[str, Any]] = field(default_factory=dict)
+    labels: Dict[str, str] = field(default_factory=dict)
+    notes: List[str] = field(default_factory=list)
+    default_label: Optional[str] = None  # label of keys without extras (None: the method name)
+
+
+# method name -> whole-model pre-pass, run once before the per-key loop. Kept out of the
+# registry's meta so that ``MERGES.schema()`` stays plain data (JSON-serialisable).
+PREPARERS: Dict[str, Callable[..., Prepared]] = {}
+
+
+def each(value: Any, count: int, name: str = "value") -> List[Any]:
+    """A per-model parameter as a list of ``count`` values (a scalar is broadcast)."""
+    if isinstance(value, (list, tuple)):
+        if len(value) != count:
+            raise MergeError(f"parameter '{name}' has {len(value)} values but there are "
+                             f"{count} source models")
+        return list(value)
+    return [value] * count
+
+
+def normalise_weights(weights: Sequence[float], count: int,
+                      names: Optional[Sequence[str]] = None) -> List[float]:
+    """Checks one finite, non-negative weight per source and scales them to sum to one."""
+    try:
+        values = [float(w) for w in (weights.tolist() if isinstance(weights, Tensor) else weights)]
+    except (TypeError, ValueError):
+        raise MergeError(f"weights must be numbers, got {weights!r}") from None
+    if len(values) != count:
+        raise MergeError(f"got {len(values)} weights for {count} source models")
+    for i, w in enumerate(values):
+        label = names[i] if names else f"#{i}"
+        if w != w or w in (float("inf"), float("-inf")):
+            raise MergeError(f"weight of model '{label}' is not finite ({w})")
+        if w < 0:
+            raise MergeError(f"weight of model '{label}' is negative ({w}); weights must be >= 0")
+    total = sum(values)
+    if total <= 0:
+        raise MergeError("all weights are zero; at least one source model needs a positive weight")
+    return [w / total for w in values]
+
+
+def weighted_sum(tensors: Sequence[Tensor], weights: Sequence[float]) -> Tensor:
+    """Σ w_i t_i in one output buffer (reads each input once; zero weights are skipped)."""
+    out: Optional[Tensor] = None
+    for t, w in zip(tensors, weights):
+        if w == 0:
+            continue
+        if out is None:
+            out = t * w
+        else:
+            out.add_(t, alpha=w)
+    return out if out is not None else torch.zeros_like(tensors[0])
+
+
+def linear_average(tensors: Sequence[Tensor], weights: Tensor) -> Tensor:
+    """The fallback every method uses where its own rule does not apply (weights sum to one)."""
+    return weighted_sum(tensors, weights.tolist())

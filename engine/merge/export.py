@@ -1,0 +1,179 @@
+"""Writes a merged state dict as a standard Hugging Face folder, with its recipe.
+
+The folder loads with ``AutoModelForSequenceClassification.from_pretrained`` (config and tokenizer
+files come from a source/template folder, weights from the state dict) and says how it was made:
+``recipe.json`` always, ``mergekit.yaml`` when mergekit 0.1.5 can reproduce the merge.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
+
+import torch
+from safetensors.torch import save_file
+from torch import Tensor
+
+from .. import __version__ as ENGINE_VERSION
+from . import MERGES
+from .common import MergeError
+
+TOKENIZER_FILES = ("special_tokens_map.json", "added_tokens.json", "sentencepiece.bpe.model",
+                   "spiece.model", "vocab.txt", "vocab.json", "merges.txt")
+TA_FAMILY = {"task_arithmetic", "ties", "dare_linear", "dare_ties", "breadcrumbs",
+             "breadcrumbs_ties", "della", "della_linear"}
+RANDOM = {"dare_linear", "dare_ties", "della", "della_linear"}
+
+
+def _template_files(template: Path) -> List[Path]:
+    if not (template / "config.json").is_file():
+        raise MergeError(f"template folder '{template}' has no config.json")
+    files = [template / "config.json"]
+    for f in sorted(template.iterdir()):
+        if f.is_file() and (f.name.startswith("tokenizer") or f.name in TOKENIZER_FILES):
+            files.append(f)
+    return files
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Tensor):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, torch.dtype):
+        return str(value).replace("torch.", "")
+    raise TypeError(f"not JSON-serialisable: {type(value).__name__}")
+
+
+def mergekit_config(recipe: Mapping[str, Any],
+                    out_dtype: str = "float32") -> Tuple[Optional[Dict[str, Any]], str]:
+    """The mergekit config (as a dict) reproducing ``recipe``, or None and the reason why not."""
+    name = recipe["method"]
+    method = MERGES.get(name)
+    kit = method.meta.get("mergekit")
+    if not kit:
+        return None, f"mergekit has no '{name}' method"
+    sources = [str(s) for s in recipe.get("sources", [])]
+    weights = [float(w) for w in recipe.get("weights") or [1.0] * len(sources)]
+    if len(weights) != len(sources) or not sources:
+        return None, "recipe needs one weight per source"
+    total = sum(weights)
+    weights = [w / total for w in weights]
+    params = dict(method.resolve(recipe.get("params") or {}))
+    config: Dict[str, Any] = {"merge_method": kit}
+    shared: Dict[str, Any] = {}
+    if name == "linear":
+        config["models"] = [{"model": s, "parameters": {"weight": w}}
+                            for s, w in zip(sources, weights)]
+        shared["normalize"] = True
+    elif name == "slerp":
+        if len(sources) != 2:
+            return None, "mergekit's slerp takes exactly two models (ours chains pairs)"
+        config["base_model"] = sources[0]
+        config["models"] = [{"model": sources[0]}, {"model": sources[1]}]
+        shared["t"] = weights[1]
+    elif name == "model_stock":
+        if max(weights) - min(weights) > 1e-9:
+            return None, "mergekit's model_stock averages with equal weights only"
+        config["base_model"] = str(recipe.get("base"))
+        config["models"] = [{"model": s} for s in sources]
+        shared["filter_wise"] = params["filter_wise"]
+    elif name in TA_FAMILY:
+        if params.get("rescale") == "inverse_density":
+            return None, "mergekit rescales by the L1 norm only (rescale='inverse_density')"
+        config["base_model"] = str(recipe.get("base"))
+        models = []
+        for i, (s, w) in enumerate(zip(sources, weights)):
+            p: Dict[str, Any] = {"weight": w}
+            for per in ("density", "gamma", "epsilon"):
+                if per in params:
+                    value = params[per]
+                    p[per] = value[i] if isinstance(value, list) else value
+            models.append({"model": s, "parameters": p})
+        config["models"] = models
+        shared["lambda"] = params["scale"]
+        shared["normalize"] = params.get("normalize", False)
+        if "rescale" in params:
+            shared["rescale"] = params["rescale"] == "l1"
+    else:  # a method registered with a mergekit name but no translation here
+        return None, f"no mergekit translation for '{name}'"
+    if "base_model" in config and config["base_model"] in ("None", ""):
+        return None, "recipe has no base model"
+    config["parameters"] = shared
+    config["dtype"] = "float32"
+    config["out_dtype"] = out_dtype
+    return config, ""
+
+
+def _yaml(config: Dict[str, Any], header: List[str]) -> str:
+    import yaml  # a dependency of transformers
+
+    body = yaml.safe_dump(config, sort_keys=False, default_flow_style=False, allow_unicode=True)
+    return "".join(f"# {line}\n" for line in header) + body
+
+
+def export_merge(state_dict: Mapping[str, Tensor], template_dir: Union[str, Path],
+                 out_dir: Union[str, Path], recipe: Mapping[str, Any]) -> Path:
+    """Writes ``out_dir`` = config + tokenizer of ``template_dir``, model.safetensors, recipe.json
+    and (when mergekit can express it) mergekit.yaml; returns ``out_dir``.
+
+    recipe: at least ``method``; usually params, sources (paths/ids, used verbatim in
+    mergekit.yaml), weights, seed, base. engine_version and a UTC timestamp are added; a merged
+    dict's report (``state_dict.report``) is added as ``report``.
+    """
+    template, out = Path(template_dir), Path(out_dir)
+    if "method" not in recipe or recipe["method"] not in MERGES:
+        raise MergeError(f"recipe names no known merge method: {recipe.get('method')!r}")
+    if not state_dict:
+        raise MergeError("nothing to export: the state dict is empty")
+    files = _template_files(template)
+    if out.resolve() == template.resolve():
+        raise MergeError(f"export folder '{out}' is the template folder; choose another")
+    out.mkdir(parents=True, exist_ok=True)
+    for f in files:
+        shutil.copyfile(f, out / f.name)
+
+    tensors, seen = {}, set()
+    for key, t in state_dict.items():
+        t = t.detach().to("cpu").contiguous()
+        if t.untyped_storage().data_ptr() in seen:  # safetensors refuses shared storage
+            t = t.clone()
+        seen.add(t.untyped_storage().data_ptr())
+        tensors[key] = t
+    tmp = out / "model.safetensors.tmp"
+    save_file(tensors, str(tmp), metadata={"format": "pt"})
+    os.replace(tmp, out / "model.safetensors")
+
+    record = dict(recipe)
+    record.setdefault("engine_version", ENGINE_VERSION)
+    record.setdefault("created", _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+    report = getattr(state_dict, "report", None)
+    if report is not None and "report" not in record:
+        record["report"] = report.to_dict()
+    float_dtypes = {t.dtype for t in tensors.values() if t.is_floating_point()}
+    out_dtype = str(float_dtypes.pop()).replace("torch.", "") if len(float_dtypes) == 1 \
+        else "float32"
+    config, reason = mergekit_config(record, out_dtype)
+    yaml_path = out / "mergekit.yaml"
+    if config is None:
+        record["mergekit_yaml"] = None
+        record["mergekit_note"] = reason
+        if yaml_path.exists():
+            yaml_path.unlink()
+    else:
+        header = [f"mergekit 0.1.5 config reproducing this '{record['method']}' merge "
+                  f"(engine {ENGINE_VERSION})."]
+        if record["method"] in RANDOM:
+            header.append("Random dropping: mergekit uses its own RNG, so its result matches in "
+                          "distribution, not bit for bit.")
+        if config.get("base_model"):
+            header.append("Tensors missing from base_model (a classification head) were "
+                          "linear-averaged by the engine.")
+        yaml_path.write_text(_yaml(config, header), encoding="utf-8")
+        record["mergekit_yaml"] = yaml_path.name
+    (out / "recipe.json").write_text(json.dumps(record, indent=2, default=_plain,
+                                                ensure_ascii=False), encoding="utf-8")
+    return out

@@ -1,0 +1,47 @@
+"""Weighted averaging in parameter space: linear and task arithmetic."""
+from __future__ import annotations
+
+from typing import List, Optional
+
+from torch import Tensor
+
+from ..registry import Param
+from . import MERGES
+from .common import weighted_sum
+
+SCALE = Param("scale", "float", 1.0, 0.0, 10.0,
+              help="λ: multiplies the merged task vector before it is added to the base "
+                   "(mergekit's 'lambda'). Weights are normalised, so λ = N with equal weights "
+                   "is the classic sum of N task vectors.")
+
+
+@MERGES.register("linear", params=[], family="linear", needs_base=False, needs_data=False,
+                 mergekit="linear", min_sources=1, random=False)
+def linear(tensors: List[Tensor], weights: Tensor, base: Optional[Tensor] = None, *,
+           key: str = "", generator=None) -> Tensor:
+    """Σ w_i θ_i with normalised weights (mergekit linear, normalize=true).
+
+    Every tensor, the classification head included, is averaged the same way; equal weights give
+    the plain average, URIEL/Sinkhorn weights the similarity-weighted one. The base is not used.
+    """
+    return weighted_sum(tensors, weights.tolist())
+
+
+@MERGES.register("task_arithmetic", params=[SCALE], family="linear", needs_base=True,
+                 needs_data=False, mergekit="task_arithmetic", min_sources=1, random=False)
+def task_arithmetic(tensors: List[Tensor], weights: Tensor, base: Tensor, *, key: str = "",
+                    generator=None, scale: float = 1.0) -> Tensor:
+    """θ_base + λ Σ w_i (θ_i − θ_base) (mergekit task_arithmetic with normalised weights).
+
+    Computed as (1 − λΣw)·θ_base + λ·Σ w_i θ_i, which reads each tensor once instead of
+    materialising K deltas. A classification head is absent from a pretrained base: the engine
+    linear-averages it instead (recorded in the MergeReport).
+    """
+    w = weights.tolist()
+    out = weighted_sum(tensors, w)
+    if scale != 1.0:
+        out.mul_(scale)
+    coefficient = 1.0 - scale * sum(w)
+    if coefficient != 0.0:
+        out.add_(base, alpha=coefficient)
+    return out

@@ -1,0 +1,241 @@
+"""The streaming merge loop: one key at a time, every method through the same checks.
+
+Memory: the K source state dicts (the caller's), the output, and per key the K inputs converted to
+float32 on the compute device plus the kernel's scratch — never a stacked copy of whole models.
+"""
+from __future__ import annotations
+
+import time
+import zlib
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
+
+import torch
+from torch import Tensor
+
+from ..progress import ProgressFn, Tracker, sub_progress
+from ..registry import Method
+from . import MERGES
+from .common import PREPARERS, MergeError, Prepared, linear_average, normalise_weights
+from .context import MergeContext
+
+StateDict = Mapping[str, Tensor]
+
+
+@dataclass
+class MergeReport:
+    """What happened: the resolved recipe and, per key, which rule produced it."""
+
+    method: str
+    params: Dict[str, Any]
+    weights: List[float]
+    names: List[str]
+    seed: int
+    device: str
+    treatment: Dict[str, str] = field(default_factory=dict)
+    notes: List[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def counts(self) -> Dict[str, int]:
+        """How many tensors got each treatment, e.g. {'ties': 36, 'linear (base lacks it)': 4}."""
+        return dict(Counter(self.treatment.values()))
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"method": self.method, "params": self.params, "weights": self.weights,
+                "names": self.names, "seed": self.seed, "device": self.device,
+                "seconds": round(self.seconds, 3), "counts": self.counts(), "notes": self.notes,
+                "treatment": self.treatment}
+
+
+class MergedStateDict(dict):
+    """The merged state dict (a plain dict of tensors) carrying its ``report``."""
+
+    report: MergeReport
+
+
+def key_generator(seed: int, key: str, device: torch.device) -> torch.Generator:
+    """A generator for one tensor, from the seed and a stable hash of its name (so results do
+    not depend on the order keys are visited, nor on Python's hash randomisation)."""
+    gen = torch.Generator(device=device)
+    gen.manual_seed((int(seed) * 1_000_003 + zlib.crc32(key.encode("utf-8"))) % (2 ** 63))
+    return gen
+
+
+def resolve_method(method: Union[str, Method]) -> Method:
+    if isinstance(method, Method):
+        return method
+    if method not in MERGES:
+        raise MergeError(f"unknown merge method '{method}'; known: {', '.join(MERGES.names())}")
+    return MERGES.get(method)
+
+
+def resolve_params(method: Method, params: Optional[Mapping[str, Any]], count: int) -> Dict:
+    """Defaults filled in and checked; per-model values broadcast to one per source."""
+    try:
+        resolved = method.resolve(dict(params or {}))
+    except ValueError as exc:
+        raise MergeError(str(exc)) from None
+    for p in method.params:
+        if p.per_model:
+            value = resolved[p.name]
+            if isinstance(value, list) and len(value) != count:
+                raise MergeError(f"{method.name}: parameter '{p.name}' has {len(value)} values "
+                                 f"but there are {count} source models")
+    return resolved
+
+
+def match_base(base: StateDict, keys: Sequence[str]) -> Dict[str, str]:
+    """Source key -> base key. Exact names first; otherwise the name without its first
+    component ('roberta.encoder…' -> 'encoder…'), since a bare encoder is saved without the
+    task model's prefix."""
+    found = {}
+    for key in keys:
+        if key in base:
+            found[key] = key
+        elif "." in key and key.split(".", 1)[1] in base:
+            found[key] = key.split(".", 1)[1]
+    return found
+
+
+def _check_keys(sources: Sequence[StateDict], names: Sequence[str]) -> List[str]:
+    keys = list(sources[0].keys())
+    first = set(keys)
+    for state, name in zip(sources[1:], names[1:]):
+        other = set(state.keys())
+        if other != first:
+            missing, extra = sorted(first - other), sorted(other - first)
+            parts = []
+            if missing:
+                parts.append(f"lacks {len(missing)} tensor(s) of '{names[0]}', e.g. {missing[:3]}")
+            if extra:
+                parts.append(f"has {len(extra)} tensor(s) '{names[0]}' lacks, e.g. {extra[:3]}")
+            raise MergeError(f"model '{name}' does not match model '{names[0]}': "
+                             + "; ".join(parts))
+    for key in keys:  # shapes up front: a data-aware pre-pass must not run on mismatched models
+        shape = sources[0][key].shape
+        for state, name in zip(sources[1:], names[1:]):
+            if state[key].shape != shape:
+                raise MergeError(f"tensor '{key}' has shape {tuple(state[key].shape)} in model "
+                                 f"'{name}' but {tuple(shape)} in model '{names[0]}'")
+    return keys
+
+
+def all_finite(t: Tensor) -> bool:
+    """One reduction instead of a boolean copy: a NaN/inf entry makes the sum non-finite (a
+    finite tensor whose sum overflows is re-checked exactly)."""
+    if not t.is_floating_point() or bool(torch.isfinite(t.sum(dtype=torch.float32))):
+        return True
+    return bool(torch.isfinite(t).all())
+
+
+def _finite(t: Tensor, who: str, key: str) -> None:
+    if not all_finite(t):
+        raise MergeError(f"model '{who}' tensor '{key}' contains NaN or inf")
+
+
+def merge_state_dicts(method: Union[str, Method], sources: Sequence[StateDict],
+                      weights: Optional[Sequence[float]] = None, base: Optional[StateDict] = None,
+                      params: Optional[Mapping[str, Any]] = None,
+                      names: Optional[Sequence[str]] = None,
+                      context: Optional[MergeContext] = None,
+                      device: Union[str, torch.device, None] = None,
+                      dtype: Optional[torch.dtype] = None, seed: int = 0,
+                      progress: Optional[ProgressFn] = None) -> MergedStateDict:
+    """Merges K state dicts with a registered method; returns the merged dict with ``.report``.
+
+    weights: one non-negative number per source (None: equal), normalised to sum to one.
+    base: the PRETRAINED base, required by task-vector methods (meta needs_base); tensors the base
+        lacks (a classification head) are linear-averaged and recorded in the report.
+    Computes in float32 on ``device`` (default CPU); each output tensor is written in the
+    sources' dtype (or ``dtype``) on the sources' device. Non-floating tensors are copied when
+    all sources agree. Random methods draw from a generator seeded by (seed, key).
+    """
+    started = time.perf_counter()
+    method = resolve_method(method)
+    sources = list(sources)
+    if not sources:
+        raise MergeError("no source models to merge")
+    count = len(sources)
+    names = [str(n) for n in names] if names is not None else [f"model {i}" for i in
+                                                                range(count)]
+    if len(names) != count:
+        raise MergeError(f"got {len(names)} names for {count} source models")
+    w = normalise_weights([1.0] * count if weights is None else weights, count, names)
+    resolved = resolve_params(method, params, count)
+    if count < method.meta.get("min_sources", 1):
+        raise MergeError(f"merge method '{method.name}' needs at least "
+                         f"{method.meta['min_sources']} source models, got {count}")
+    needs_base = bool(method.meta.get("needs_base"))
+    if needs_base and base is None:
+        raise MergeError(f"merge method '{method.name}' needs the pretrained base model "
+                         "(task vectors are differences from it); pass base=")
+    keys = _check_keys(sources, names)
+    base_keys = match_base(base, keys) if needs_base else {}
+    compute = torch.device(device) if device is not None else torch.device("cpu")
+    report = MergeReport(method.name, resolved, w, names, int(seed), str(compute))
+    if base is not None and not needs_base:
+        report.notes.append(f"{method.name} does not use a base model; the given base was ignored")
+    if needs_base:
+        renamed = sum(1 for k, b in base_keys.items() if k != b)
+        if renamed:
+            report.notes.append(f"{renamed} base tensors matched without the task model's prefix")
+        lacking = len(keys) - len(base_keys)
+        if lacking:
+            report.notes.append(f"{lacking} tensors missing from the base (e.g. the "
+                                "classification head) were linear-averaged")
+
+    prepared = Prepared()
+    loop_progress = progress
+    preparer = PREPARERS.get(method.name)
+    if preparer is not None:
+        prepared = preparer(sources, w, base, context, resolved, names=names, device=compute,
+                            seed=int(seed), progress=sub_progress(progress, 0.0, 0.9))
+        report.notes.extend(prepared.notes)
+        loop_progress = sub_progress(progress, 0.9, 1.0)
+
+    kernel_params = {p.name: resolved[p.name] for p in method.params}
+    weight_tensor = torch.tensor(w, dtype=torch.float32, device=compute)
+    tracker = Tracker(loop_progress, len(keys), f"merging ({method.name})")
+    out = MergedStateDict()
+    for key in keys:
+        originals = [state[key] for state in sources]
+        shape = originals[0].shape
+        for t, name in zip(originals, names):
+            _finite(t, name, key)
+        if not all(t.is_floating_point() for t in originals):
+            if any(t.dtype != originals[0].dtype or not torch.equal(t, originals[0])
+                   for t in originals[1:]):
+                raise MergeError(f"non-floating tensor '{key}' differs between source models; "
+                                 "it cannot be averaged")
+            out[key] = originals[0].clone()
+            report.treatment[key] = "copied (not floating point)"
+            tracker.advance(1)
+            continue
+        tensors = [t.to(device=compute, dtype=torch.float32) for t in originals]
+        base_t = None
+        if needs_base and key in base_keys:
+            raw = base[base_keys[key]]
+            if raw.shape != shape:
+                raise MergeError(f"tensor '{key}' has shape {tuple(shape)} in the sources but "
+                                 f"{tuple(raw.shape)} in the base model")
+            _finite(raw, "base", key)
+            base_t = raw.to(device=compute, dtype=torch.float32)
+        if needs_base and base_t is None:
+            merged = linear_average(tensors, weight_tensor)
+            report.treatment[key] = "linear (base lacks it)"
+        else:
+            extras = prepared.extras.get(key, {})
+            merged = method.fn(tensors, weight_tensor, base_t, key=key,
+                               generator=key_generator(seed, key, compute),
+                               **kernel_params, **extras)
+            report.treatment[key] = prepared.labels.get(key, prepared.default_label
+                                                         or method.name)
+        if not all_finite(merged):
+            raise MergeError(f"merge method '{method.name}' produced NaN/inf in tensor '{key}'")
+        out[key] = merged.to(device=originals[0].device, dtype=dtype or originals[0].dtype)
+        del tensors, base_t, merged
+        tracker.advance(1)
+    report.seconds = time.perf_counter() - started
+    out.report = report
+    return out
