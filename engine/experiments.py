@@ -165,19 +165,26 @@ def ensemble_logits(ws: Workspace, cand: Candidate, split: str) -> Tuple[np.ndar
 
 
 def evaluate_candidate(ws: Workspace, cand: Candidate, progress: Optional[ProgressFn] = None,
-                       splits: Tuple[str, ...] = ("validation", "test")) -> dict:
-    """Builds the candidate, scores it on the target's splits, and compares it with baselines."""
+                       splits: Tuple[str, ...] = ("validation", "test"), with_baselines: bool = True) -> dict:
+    """Builds the candidate, scores it on the target's splits, and compares it with baselines.
+
+    Returns metrics per split, the predicted class ids per split (for paired tests), baselines,
+    timings, and (popped by callers) the merged ``state`` or the ``fitted`` fusion.
+    """
     check_candidate(ws, cand)
     started = time.perf_counter()
     splits = tuple(s for s in splits if ws.dataset.has(cand.target, s))
     metrics: Dict[str, Dict[str, float]] = {}
+    predictions: Dict[str, List[int]] = {}
     extra: Dict[str, object] = {}
     if cand.kind == "merge":
         state = build_merge(ws, cand, progress)
         report = state.report
         build_s = time.perf_counter() - started
         for split in splits:
-            metrics[split] = ws.evaluator.evaluate_state(state, cand.target, split)
+            scored = ws.evaluator.state_logits(state, cand.target, split)
+            metrics[split] = ws.evaluator.score(scored, cand.target, split)
+            predictions[split] = scored.logits.argmax(axis=1).tolist()
         extra["merge_report"] = {k: v for k, v in report.to_dict().items() if k != "treatment"}
         extra["state"] = state
     else:
@@ -207,10 +214,12 @@ def evaluate_candidate(ws: Workspace, cand: Candidate, progress: Optional[Progre
             m["latency_ms"] = 1000 * (forward_s + fuse_s) / len(labels)
             m["fuse_ms"] = 1000 * fuse_s
             metrics[split] = m
+            predictions[split] = probs.argmax(axis=1).tolist()
         extra["fitted"] = fitted
-    base = baselines(ws, cand.target, cand.sources, "test", sub_progress(progress, 0.8, 1.0, "baselines: "))
+    base = (baselines(ws, cand.target, cand.sources, "test", sub_progress(progress, 0.8, 1.0, "baselines: "))
+            if with_baselines else {})
     test_acc = metrics.get("test", {}).get("accuracy")
-    return {"metrics": metrics, "baselines": base, "build_seconds": build_s,
+    return {"metrics": metrics, "predictions": predictions, "baselines": base, "build_seconds": build_s,
             "seconds": time.perf_counter() - started, "test_accuracy": test_acc, **extra}
 
 
@@ -220,7 +229,7 @@ def candidate_job(ws: Workspace, cand: Candidate, export_dir: Optional[Path] = N
         out = evaluate_candidate(ws, cand, ctx.progress)
         state = out.pop("state", None)
         fitted = out.pop("fitted", None)
-        result = {k: v for k, v in out.items() if k != "metrics"}
+        result = {k: v for k, v in out.items() if k not in ("metrics", "predictions")}
         if export_dir is not None and state is not None:
             result["export"] = str(export_candidate(ws, cand, state, Path(export_dir) / ctx.run_id))
         if fitted is not None and export_dir is not None:

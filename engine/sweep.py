@@ -1,0 +1,239 @@
+"""Experiments at scale: a sweep runs every cell of a spec as ONE background job and stores each cell
+as its own run, so a large comparison can be stopped, resumed, and reported on.
+
+- Each cell is a merge or ensemble candidate evaluated on the target's validation and test splits;
+  its run (kind ``merge``/``ensemble``, ``parent`` = the sweep's run id) holds the metrics per split,
+  the grid values and axes in ``params`` (with the deterministic ``cell_key``), and the test-split
+  predictions in ``result['predictions']`` (a list of class ids) for paired tests.
+- A cell whose key is already stored as done (by this or any earlier sweep) is not recomputed: a
+  re-submitted or resumed sweep links the stored run instead (series ``cells`` of the sweep run
+  lists every cell it covers, computed or reused).
+- Baselines come from the zero-shot scores of every zoo model on each target (the N×N column, from
+  the logits cache): best source among a cell's sources, best zero-shot model overall, the target's
+  own model (upper bound); the equal-weight linear merge of the same sources is added as a cell.
+- Executors: ``local`` (default) runs cells one after another in the job's thread, sharing the
+  workspace's caches; ``ray`` hands them to a Ray cluster (see :mod:`engine.sweep_ray`). Either way
+  the driver writes the store, and both give the same numbers.
+"""
+from __future__ import annotations
+
+import time
+import traceback
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple, Union
+
+import numpy as np
+
+from .experiments import Candidate, evaluate_candidate, source_scores
+from .progress import Cancelled, Progress, ProgressFn, sub_progress
+from .store import Store
+from .sweep_spec import Cell, expand_cells, load_spec
+from .workspace import Workspace
+
+EXECUTORS = ("local", "ray")
+
+
+class SweepError(ValueError):
+    """A sweep that cannot be started or resumed as asked."""
+
+
+def _plain(value: Any) -> Any:
+    """JSON-safe copy (numpy scalars/arrays to Python)."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+# ---- one cell ------------------------------------------------------------------------------------
+def compute_cell(ws: Workspace, cand: Candidate, progress: Optional[ProgressFn] = None) -> Dict[str, Any]:
+    """Evaluates one candidate; returns plain data: metrics per split, test predictions, timings."""
+    started = time.time()
+    out = evaluate_candidate(ws, cand, progress, with_baselines=False)
+    out.pop("state", None), out.pop("fitted", None)
+    predictions = out.pop("predictions")
+    result = {k: v for k, v in out.items() if k != "metrics"}
+    result["predictions"] = {"test": predictions["test"]}
+    result["forward_passes"] = 1 if cand.kind == "merge" else len(cand.sources)
+    return _plain({"metrics": out["metrics"], "result": result, "started": started, "finished": time.time()})
+
+
+def target_reference(ws: Workspace, target: str, models: Iterable[str],
+                     progress: Optional[ProgressFn] = None) -> Dict[str, Any]:
+    """Per-target baselines from every zoo model's zero-shot score (logits cache), plus the labels and
+    the test predictions of the models the report compares against (``models``, best zero-shot, own)."""
+    scores = source_scores(ws, target, progress=progress)
+    labels = ws.evaluator.encoded(target, "test").labels
+    zero = {m: a for m, a in scores.items() if m != target}
+    best = max(zero, key=zero.get) if zero else None
+    keep = sorted({m for m in models if m in scores} | ({best} if best else set())
+                  | ({target} if target in scores else set()))
+    predictions = {m: ws.evaluator.source_logits(m, target, "test").logits.argmax(axis=1).tolist() for m in keep}
+    return _plain({"labels": labels, "scores": scores,
+                   "best_zero_shot": {"model": best, "accuracy": zero[best]} if best else None,
+                   "target_model": {"model": target, "accuracy": scores[target]} if target in scores else None,
+                   "predictions": predictions})
+
+
+# ---- store ---------------------------------------------------------------------------------------
+def find_cells(store: Store, keys: Iterable[str]) -> Dict[str, Dict[str, Any]]:
+    """Newest finished run per cell key among ``keys`` (any sweep's)."""
+    wanted, found = set(keys), {}
+    for kind in ("merge", "ensemble"):
+        for row in store.runs(kind=kind, status=["done"], limit=10 ** 9):
+            key = row["params"].get("cell_key")
+            if key in wanted and key not in found and "predictions" in row["result"]:
+                found[key] = row
+    return found
+
+
+def _record(store: Store, sweep_id: str, cell: Cell, outcome: Union[Dict[str, Any], BaseException],
+            name: str) -> Tuple[str, bool]:
+    """Writes one cell's run; returns (run id, succeeded)."""
+    c = cell.candidate
+    run_id = store.create(c.kind, name=f"{name}: {c.label()}", target=c.target, method=c.method,
+                          params=cell.run_params(), sources=c.sources, weights=c.weights, parent=sweep_id,
+                          status="running")
+    if isinstance(outcome, BaseException):
+        text = "".join(traceback.format_exception_only(type(outcome), outcome)).strip()
+        store.update(run_id, status="failed", finished=time.time(), error=text, message=f"failed: {outcome}"[:200])
+        return run_id, False
+    result = {**outcome["result"], "cell_key": cell.key, "role": cell.role, "axes": cell.axes,
+              "method_params": c.params, "sweep": sweep_id}
+    acc = outcome["metrics"].get("test", {}).get("accuracy")
+    store.update(run_id, status="done", metrics=outcome["metrics"], result=result, progress=1.0, eta_s=0.0,
+                 started=outcome["started"], finished=outcome["finished"],
+                 message=f"test accuracy {acc:.3f}" if acc is not None else "done")
+    return run_id, True
+
+
+# ---- executors -----------------------------------------------------------------------------------
+def _local_cells(ws: Workspace, cells: List[Cell], step) -> Iterator[Tuple[Cell, Any]]:
+    for i, cell in enumerate(cells):
+        try:
+            yield cell, compute_cell(ws, cell.candidate, step(i, cell))
+        except Cancelled:
+            raise
+        except Exception as exc:  # one bad cell is recorded as failed; the sweep goes on
+            yield cell, exc
+
+
+def sweep_job(ws: Workspace, spec, executor: str = "local", address: Optional[str] = None,
+              num_cpus: int = 2, ray_options: Optional[Dict[str, Any]] = None):
+    """A JobFn for :class:`~engine.jobs.JobRunner` that runs the whole sweep with progress and ETA."""
+    spec = load_spec(spec)
+    if executor not in EXECUTORS:
+        raise SweepError(f"unknown executor '{executor}'; use one of {', '.join(EXECUTORS)}")
+    if executor == "ray":
+        from .sweep_ray import require_ray
+
+        require_ray()
+
+    def job(ctx):
+        t0 = time.perf_counter()
+        ctx.progress(Progress(0, 1, "expanding the sweep", 0.0))
+        cells = expand_cells(ws, spec)
+        targets = list(dict.fromkeys(c.candidate.target for c in cells))
+        found = find_cells(ctx.store, [c.key for c in cells])
+        todo = [c for c in cells if c.key not in found]
+        links: Dict[str, str] = {}
+        for cell in cells:
+            if cell.key in found:
+                links[cell.key] = found[cell.key]["id"]
+                ctx.log("cells", len(links) - 1, {"key": cell.key, "run_id": links[cell.key], "reused": True})
+        total = len(targets) + len(todo)
+
+        def step(done: int, message: str) -> ProgressFn:
+            return sub_progress(ctx.progress, done / total, (done + 1) / total, message, t0)
+
+        references = {}
+        for i, target in enumerate(targets):
+            models = {s for c in cells if c.candidate.target == target for s in c.candidate.sources}
+            references[target] = target_reference(ws, target, models, step(i, f"baselines {target}: "))
+        summary = {"spec": spec.to_dict(), "executor": executor, "cells_total": len(cells),
+                   "reused": len(found), "computed": 0, "failed": {}, "targets": references}
+        ctx.update(result=summary)
+
+        offset = len(targets)
+        if executor == "local":
+            stream = _local_cells(ws, todo, lambda i, c: step(offset + i, f"cell {i + 1}/{len(todo)} {c.candidate.label()}: "))
+        else:
+            from .sweep_ray import ray_cells
+
+            stream = ray_cells(ws, todo, tick=ctx.check, address=address, num_cpus=num_cpus,
+                               options=ray_options)
+        for done, (cell, outcome) in enumerate(stream, start=1):
+            run_id, ok = _record(ctx.store, ctx.run_id, cell, outcome, spec.name)
+            if ok:
+                links[cell.key] = run_id
+                summary["computed"] += 1
+                ctx.log("cells", len(links) - 1, {"key": cell.key, "run_id": run_id, "reused": False})
+            else:
+                summary["failed"][cell.key] = run_id
+            ctx.progress(Progress(offset + done, total, f"{done}/{len(todo)} cells computed",
+                                  time.perf_counter() - t0))
+        summary["cells"] = links
+        summary["seconds"] = time.perf_counter() - t0
+        failed = len(summary["failed"])
+        return {"result": summary,
+                "metrics": {"cells": len(cells), "computed": summary["computed"], "reused": summary["reused"],
+                            "failed": failed, "seconds": summary["seconds"]},
+                "message": f"{len(links)}/{len(cells)} cells ({summary['computed']} computed, "
+                           f"{summary['reused']} reused" + (f", {failed} failed)" if failed else ")")}
+    return job
+
+
+def submit_sweep(runner, ws: Workspace, spec, executor: str = "local", address: Optional[str] = None,
+                 num_cpus: int = 2, ray_options: Optional[Dict[str, Any]] = None,
+                 resumed_from: Optional[str] = None) -> str:
+    """Submits the sweep as one job on the compute lane; returns the sweep's run id."""
+    spec = load_spec(spec)
+    fn = sweep_job(ws, spec, executor, address, num_cpus, ray_options)
+    params = {"spec": spec.to_dict(), "executor": executor, "address": address, "num_cpus": num_cpus,
+              "settings": ws.settings.to_dict()}
+    if resumed_from:
+        params["resumed_from"] = resumed_from
+    return runner.submit("sweep", fn, lane="compute", name=f"sweep {spec.name}", params=params)
+
+
+def resume_sweep(runner, ws: Workspace, sweep_run_id: str, executor: Optional[str] = None,
+                 address: Optional[str] = None) -> str:
+    """Re-submits a stored sweep's spec: finished cells are linked, only the rest is computed.
+
+    Returns the new sweep run id (its ``params['resumed_from']`` names the old one).
+    """
+    row = runner.store.get(sweep_run_id)
+    if row["kind"] != "sweep" or "spec" not in row["params"]:
+        raise SweepError(f"run {sweep_run_id} is a {row['kind']} run, not a sweep")
+    if row["status"] in ("queued", "running"):
+        raise SweepError(f"sweep {sweep_run_id} is still {row['status']}; cancel it (or wait) before resuming")
+    old = row["params"]
+    return submit_sweep(runner, ws, old["spec"], executor or old.get("executor", "local"),
+                        address if address is not None else old.get("address"), old.get("num_cpus", 2),
+                        resumed_from=sweep_run_id)
+
+
+def sweep_cells(store: Store, sweep_run_id: str) -> List[Dict[str, Any]]:
+    """The finished cell runs a sweep covers (computed by it or reused), one per cell key."""
+    ids = [p["value"]["run_id"] for p in store.series(sweep_run_id, "cells")]
+    ids += list((store.get(sweep_run_id)["result"].get("cells") or {}).values())
+    rows, seen = [], set()
+    for run_id in dict.fromkeys(ids):
+        try:
+            row = store.get(run_id)
+        except KeyError:
+            continue
+        key = row["params"].get("cell_key")
+        if row["status"] == "done" and key not in seen:
+            seen.add(key)
+            rows.append(row)
+    for row in store.runs(parent=sweep_run_id, status=["done"], limit=10 ** 9):
+        key = row["params"].get("cell_key")
+        if key and key not in seen:
+            seen.add(key)
+            rows.append(row)
+    return rows
