@@ -83,6 +83,7 @@ class Evaluator:
         self._tokenizer = None
         self._encoded: Dict[tuple, Encoded] = {}
         self._model = None
+        self._source: tuple = (None, None)  # (locale, model): the last zoo model loaded, reused
         self.cache = None
         if use_cache:
             import diskcache
@@ -163,7 +164,13 @@ class Evaluator:
                       progress: Optional[ProgressFn] = None) -> Scored:
         enc = self.encoded(locale, split)
         return self._cached(self._key(self.zoo.fingerprint(model_locale), locale, split),
-                            lambda: self.forward(self.zoo.load_model(model_locale), enc, progress))
+                            lambda: self.forward(self.source_model(model_locale), enc, progress))
+
+    def source_model(self, model_locale: str) -> torch.nn.Module:
+        """The zoo model for a locale; the last one stays loaded (N×N rows reuse it)."""
+        if self._source[0] != model_locale:
+            self._source = (model_locale, self.zoo.load_model(model_locale).to(self.device))
+        return self._source[1]
 
     def state_logits(self, state: Dict[str, torch.Tensor], locale: str, split: str = "test",
                      progress: Optional[ProgressFn] = None, cache: bool = True) -> Scored:

@@ -42,12 +42,13 @@ class DemoSize:
     batch_size: int
     lr: float
     locales: Optional[Sequence[str]]  # None = the data module's default set
+    min_val_accuracy: float = 0.0     # keep training (lower lr, ≤ 2× steps) until validation reaches it
 
 
 SIZES: Dict[str, DemoSize] = {
     "tiny": DemoSize("tiny", 1, 4, 30, 16, 1e-3, ("de-DE", "nl-NL", "en-US", "es-ES")),
-    "default": DemoSize("default", 6, 12, 80, 32, 4e-4, None),
-    "full": DemoSize("full", 6, 12, 100, 32, 1e-4, ()),  # () = every locale the data supports
+    "default": DemoSize("default", 6, 12, 80, 32, 4e-4, None, 0.9),
+    "full": DemoSize("full", 6, 12, 80, 32, 4e-4, (), 0.9),  # () = every locale the data supports
 }
 
 
@@ -85,9 +86,25 @@ def make_base_classifier(encoder_dir: Path, out_dir: Path, labels: List[str], se
     return out_dir
 
 
+def accuracy(model, tok, data, batch_size: int = 64) -> float:
+    model.eval()
+    correct = 0
+    with torch.inference_mode():
+        for lo in range(0, len(data), batch_size):
+            batch = tok(data.texts[lo:lo + batch_size], padding=True, truncation=True, max_length=64,
+                        return_tensors="pt")
+            pred = model(**batch).logits.argmax(-1)
+            correct += int((pred == torch.tensor(data.labels[lo:lo + batch_size])).sum())
+    model.train()
+    return correct / max(1, len(data))
+
+
 def finetune(base_dir: Path, dataset: Dataset, locale: str, out_dir: Path, steps: int,
-             batch_size: int, lr: float, seed: int, progress: Optional[ProgressFn] = None) -> dict:
-    """Plain AdamW fine-tuning with linear warm-up/decay; saves an HF folder and ``training.json``."""
+             batch_size: int, lr: float, seed: int, progress: Optional[ProgressFn] = None,
+             min_val_accuracy: float = 0.0) -> dict:
+    """AdamW with linear warm-up/decay for ``steps``; then, while validation accuracy is below
+    ``min_val_accuracy``, rounds of 20 more steps at lr/4 (at most ``steps`` more). Saves an HF
+    folder and ``training.json``."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     _seed_everything(seed)
@@ -103,8 +120,10 @@ def finetune(base_dir: Path, dataset: Dataset, locale: str, out_dir: Path, steps
     order: List[int] = []
     tracker = Tracker(progress, steps, f"fine-tuning {locale}")
     start = time.perf_counter()
-    losses = []
-    for step in range(steps):
+    losses: List[float] = []
+
+    def step(schedule) -> None:
+        nonlocal order
         if len(order) < batch_size:
             order.extend(rng.permutation(len(train)).tolist())
         idx, order = order[:batch_size], order[batch_size:]
@@ -114,16 +133,33 @@ def finetune(base_dir: Path, dataset: Dataset, locale: str, out_dir: Path, steps
         out.loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-        sched.step()
+        if schedule is not None:
+            schedule.step()
         opt.zero_grad(set_to_none=True)
-        losses.append(float(out.loss))
+        losses.append(float(out.loss.detach()))
         tracker.advance(1, f"fine-tuning {locale} (loss {np.mean(losses[-10:]):.3f})")
+
+    for _ in range(steps):
+        step(sched)
+    val_acc, extra = None, 0
+    if min_val_accuracy > 0 and dataset.has(locale, "validation"):
+        val = dataset.get(locale, "validation")
+        val_acc = accuracy(model, tok, val)
+        while val_acc < min_val_accuracy and extra < steps:
+            for group in opt.param_groups:
+                group["lr"] = lr / 4
+            tracker.total += 20
+            for _ in range(20):
+                step(None)
+            extra += 20
+            val_acc = accuracy(model, tok, val)
     tmp = out_dir.with_name(out_dir.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     model.eval()
     model.save_pretrained(str(tmp), safe_serialization=True)
     tok.save_pretrained(str(tmp))
-    record = {"locale": locale, "steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed,
+    record = {"locale": locale, "steps": steps, "extra_steps": extra, "validation_accuracy": val_acc,
+              "batch_size": batch_size, "lr": lr, "seed": seed,
               "final_loss": float(np.mean(losses[-10:])), "seconds": time.perf_counter() - start,
               "train_examples": len(train)}
     (tmp / "training.json").write_text(json.dumps(record, indent=2))
@@ -185,7 +221,8 @@ def build_demo_zoo(out_dir: str | Path, size: str = "default", locales: Optional
             records[locale] = json.loads(done.read_text())
             continue
         records[locale] = finetune(base, dataset, locale, folder, steps, spec.batch_size, spec.lr,
-                                   seed, sub_progress(progress, lo, hi, f"[{i + 1}/{len(locales)}] ", started))
+                                   seed, sub_progress(progress, lo, hi, f"[{i + 1}/{len(locales)}] ", started),
+                                   spec.min_val_accuracy)
     manifest.write_text(json.dumps({
         "name": f"demo-{size}",
         "base": "base",
