@@ -139,8 +139,8 @@ class Evaluator:
 
     def working_model(self, state: Dict[str, torch.Tensor]) -> torch.nn.Module:
         """One model instance reused for every in-memory candidate (no re-instantiation)."""
-        if self._model is None:
-            self._model = self.zoo.build_model(state).to(self.device)
+        if self._model is None:  # built from a copy: later loads must not write into ``state``
+            self._model = self.zoo.build_model({k: v.clone() for k, v in state.items()}).to(self.device)
         else:
             self._model.load_state_dict(state, strict=False)
         return self._model

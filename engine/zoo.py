@@ -342,7 +342,9 @@ class Zoo:
 def model_from_dir(model_dir: Path):
     """A sequence classifier from a local HF folder: safetensors only, no remote code."""
     from transformers import AutoModelForSequenceClassification
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # the engine reports its own progress
     safetensors_files(model_dir)
     try:
         model = AutoModelForSequenceClassification.from_pretrained(

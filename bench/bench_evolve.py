@@ -1,0 +1,103 @@
+"""Where an evolutionary generation's time goes, and how many candidates it evaluates per second.
+
+Runs a few generations of EvoMerge and CMA-ES (seed 004's defaults otherwise: population 8,
+3 sources) on the demo zoo when it is built (cache/demo_zoo), else on the tiny test zoo, and splits
+each generation's wall time into model evaluation (loading a candidate into the working model +
+forward passes on the dev data, frankenmerge's own dev passes and the champion's test pass
+included), merging (the merge kernels) and the rest (genome operations, bookkeeping, checkpoint).
+Goal: outside-evaluation share <= 10 %.
+
+    python bench/bench_evolve.py [--zoo DIR] [--target nl-NL] [--generations 3] [--dev-size 0]
+                                 [--device auto] [--algorithms evomerge cmaes] [--threads 1]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from engine.cli import table_text  # noqa: E402
+from engine.device import describe_device  # noqa: E402
+from engine.evolve import Evolution, EvolveConfig  # noqa: E402
+from engine.workspace import Settings, open_workspace  # noqa: E402
+
+
+def default_zoo() -> Path:
+    demo = ROOT / "cache" / "demo_zoo"
+    if (demo / "zoo.json").exists():
+        return demo
+    tiny = ROOT / "cache" / "test_zoo"
+    if not (tiny / "zoo.json").exists():
+        from engine.demo.build import build_demo_zoo
+
+        build_demo_zoo(tiny, size="tiny")
+    return tiny
+
+
+def measure(ws, config: EvolveConfig) -> dict:
+    started = time.perf_counter()
+    evo = Evolution(ws, config)
+    setup = time.perf_counter() - started
+    while evo.step():
+        pass
+    r = evo.result()
+    total = r["seconds"]
+    steady = [h for h in r["history"] if h["generation"] > 0]
+    steady_s = sum(h["seconds"] for h in steady) or float("nan")
+    steady_eval = sum(h["eval_seconds"] for h in steady)
+    return {"algorithm": config.algorithm if config.algorithm == "evomerge"
+            else f"cmaes:{config.method}",
+            "gens": r["generation"] + 1, "evals": r["evaluations"],
+            "forwards": r["forward_passes"], "setup_s": setup, "gen_s": total / (r["generation"] + 1),
+            "evals/s": r["evals_per_s"], "eval %": 100 * r["eval_seconds"] / total,
+            "merge %": 100 * r["merge_seconds"] / total,
+            "other %": 100 * r["overhead_share"],
+            "outside %": 100 * r["outside_eval_share"],
+            "outside % (gen>=1)": 100 * (1 - steady_eval / steady_s) if steady else float("nan")}
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--zoo", default="", help="zoo folder (default: demo zoo, else tiny)")
+    parser.add_argument("--target", default="nl-NL")
+    parser.add_argument("--generations", type=int, default=3)
+    parser.add_argument("--dev-size", type=int, default=0, help="0: the whole validation split")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--top-k", type=int, default=3)
+    parser.add_argument("--algorithms", nargs="*", default=["evomerge", "cmaes"])
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (1: steady figures on a shared machine; 0: torch's)")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    zoo = Path(args.zoo) if args.zoo else default_zoo()
+    with tempfile.TemporaryDirectory() as cache:
+        ws = open_workspace(Settings(zoo=str(zoo), cache_dir=cache, device=args.device))
+        dev = ws.dataset.get(args.target, "validation")
+        n_dev = args.dev_size or len(dev)
+        params = ws.zoo.parameter_count()
+        print(f"zoo {ws.zoo.name} ({zoo}): {len(ws.zoo.locales)} models, {params / 1e6:.1f} M "
+              f"parameters, {ws.zoo.config().get('num_hidden_layers')} layers; target "
+              f"{args.target}, {n_dev} dev examples; {describe_device(ws.evaluator.device)}")
+        rows = []
+        for algorithm in args.algorithms:
+            config = EvolveConfig(target=args.target, algorithm=algorithm, top_k=args.top_k,
+                                  generations=args.generations, dev_size=args.dev_size,
+                                  patience=0, seed=0)
+            rows.append(measure(ws, config))
+        print(table_text(rows, "{:.2f}"))
+        worst = max(r["outside %"] for r in rows)
+        print(f"goal: outside-evaluation share <= 10 %: {'met' if worst <= 10 else 'not met'} "
+              f"(worst {worst:.1f} %)")
+
+
+if __name__ == "__main__":
+    main()

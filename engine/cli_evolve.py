@@ -1,0 +1,139 @@
+"""``python -m engine evolve``: an EvoMerge or CMA-ES search from the command line.
+
+The run goes through the same JobRunner and results store as the dashboard's
+(``<cache>/runs.sqlite``), so it shows up on the Evolve page and can be resumed from either side.
+Ctrl-C cancels it after the current evaluation; ``--resume RUN_ID`` continues it.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import fields
+
+from .cli import command, open_from_args, progress_for, table_text, workspace_args
+from .progress import Progress
+
+
+def _default(name: str):
+    from .evolve import EvolveConfig
+
+    field = {f.name: f for f in fields(EvolveConfig)}[name]
+    return field.default
+
+
+def _evolve_args(p) -> None:
+    from .evolve import ALGORITHMS
+
+    workspace_args(p)
+    p.add_argument("--target", help="target locale (required unless --resume)")
+    p.add_argument("--algorithm", choices=ALGORITHMS, default=_default("algorithm"))
+    p.add_argument("--sources", nargs="*", default=None,
+                   help="source locales (default: the target's URIEL top-k)")
+    p.add_argument("--weights", nargs="*", type=float, default=None,
+                   help="starting weights, one per source (default: URIEL, else equal)")
+    p.add_argument("--top-k", type=int, default=_default("top_k"))
+    p.add_argument("--generations", type=int, default=_default("generations"))
+    p.add_argument("--population", type=int, default=_default("population"))
+    p.add_argument("--seed", type=int, default=_default("seed"))
+    p.add_argument("--fitness-weights", default="",
+                   help="e.g. accuracy=0.5,loss=0.5,latency=0,memory=0 (default), or 'seed' for "
+                        "seed 004's 0.3/0.4/0.2/0.1")
+    p.add_argument("--dev-size", type=int, default=_default("dev_size"),
+                   help="dev examples of the target's validation split (0: all)")
+    p.add_argument("--patience", type=int, default=_default("patience"),
+                   help="stop after this many generations without gain (0: never)")
+    p.add_argument("--mutation-sigma", type=float, default=_default("mutation_sigma"))
+    p.add_argument("--mutation-rate", type=float, default=_default("mutation_rate"))
+    p.add_argument("--method", default=_default("method"), help="CMA-ES: merge method to tune")
+    p.add_argument("--layer-groups", type=int, default=_default("layer_groups"),
+                   help="CMA-ES: transformer layers per group (0: one global group)")
+    p.add_argument("--resume", metavar="RUN_ID", help="continue an interrupted/cancelled run")
+    p.add_argument("--export", metavar="DIR", help="write the champion as an HF folder here")
+
+
+def _follow(store, run_id: str, bar) -> dict:
+    start = time.perf_counter()
+    while True:
+        row = store.get(run_id)
+        if bar is not None and row["status"] == "running":
+            bar(Progress(row["progress"], 1.0, row["message"] or "", time.perf_counter() - start))
+        if row["status"] not in ("queued", "running"):
+            return row
+        time.sleep(0.25)
+
+
+def _summary(row: dict) -> str:
+    result = row.get("result") or {}
+    champion = result.get("champion") or {}
+    lines = [f"run {row['id']}: {row['status']} — {row.get('message', '')}"]
+    history = result.get("history") or []
+    if history:
+        lines.append(table_text([{k: h[k] for k in ("generation", "best", "mean", "worst",
+                                                    "diversity", "champion", "evals_per_s")}
+                                 for h in history], "{:.4f}"))
+    if champion:
+        recipe = champion.get("recipe") or {}
+        lines.append(f"champion (generation {champion['generation']}, {champion['origin']}): "
+                     f"fitness {champion['fitness']:.4f}, dev accuracy "
+                     f"{champion['dev'].get('accuracy', float('nan')):.3f}, test accuracy "
+                     f"{(champion.get('test') or {}).get('accuracy', float('nan')):.3f}")
+        if recipe.get("name"):
+            lines.append(f"recipe: {recipe['name']} (combo {recipe['combo']}), weights "
+                         + ", ".join(f"{k} {v:.3f}" for k, v in recipe["weights"].items()))
+        elif recipe.get("groups"):
+            lines.append(f"recipe: {recipe['method']} over {len(recipe['groups'])} layer groups")
+    for name, base in (result.get("baselines") or {}).items():
+        lines.append(f"baseline {name}: {base['model']} test accuracy {base['accuracy']:.3f}")
+    if result.get("combo_counts"):
+        lines.append("combinations used: " + ", ".join(f"{k}×{v}" for k, v in
+                                                       result["combo_counts"].items()))
+    if row["status"] in ("cancelled", "interrupted", "failed"):
+        lines.append(f"resume with: python -m engine evolve --resume {row['id']}")
+    return "\n".join(lines)
+
+
+@command("evolve", "evolutionary merge search (EvoMerge or CMA-ES) for a target locale",
+         _evolve_args)
+def cmd_evolve(args):
+    from .evolve import (EvolveConfig, EvolveError, export_champion, parse_fitness_weights,
+                         resume_evolution, submit_evolution)
+    from .jobs import JobRunner
+    from .store import Store
+
+    ws = open_from_args(args)
+    store = Store(ws.cache_dir / "runs.sqlite")
+    runner = JobRunner(store)
+    try:
+        if args.resume:
+            run_id = resume_evolution(runner, ws, args.resume)
+        else:
+            if not args.target:
+                raise EvolveError("choose a --target locale (or --resume RUN_ID)")
+            config = EvolveConfig(
+                target=args.target, algorithm=args.algorithm, sources=args.sources or None,
+                weights=args.weights or None, top_k=args.top_k, generations=args.generations,
+                population=args.population, seed=args.seed, dev_size=args.dev_size,
+                patience=args.patience, mutation_sigma=args.mutation_sigma,
+                mutation_rate=args.mutation_rate, method=args.method,
+                layer_groups=args.layer_groups)
+            if args.fitness_weights:
+                config.fitness_weights = parse_fitness_weights(args.fitness_weights)
+            run_id = submit_evolution(runner, ws, config)
+        try:
+            row = _follow(store, run_id, progress_for(args))
+        except KeyboardInterrupt:
+            runner.cancel(run_id)
+            runner.wait(run_id)
+            print(f"\ncancelled; resume with: python -m engine evolve --resume {run_id}",
+                  file=sys.stderr)
+            raise
+    finally:
+        runner.shutdown()
+    if row["status"] == "failed":
+        raise EvolveError(f"run {run_id} failed: {(row.get('error') or '').splitlines()[0]}")
+    if args.export:
+        path = export_champion(ws, store, run_id, args.export)
+        row["result"]["export"] = str(path)
+    text = _summary(row) + (f"\nexported to {row['result']['export']}" if args.export else "")
+    return {"run_id": run_id, "status": row["status"], "metrics": row["metrics"],
+            "result": row["result"]}, text

@@ -1,0 +1,60 @@
+"""Evolutionary merge search: EvoMerge (seed 004) and CMA-ES over per-layer-group recipes.
+
+Both optimise a composite fitness on the TARGET's dev data (its validation split, or a seeded
+sample of ``dev_size`` examples) and test the champion on the untouched test split whenever it
+changes, so overfitting shows as a dev/test gap. Leave-one-out: the target's own model is never a
+source. Deterministic for a seed; resumable from a JSON checkpoint after every generation.
+
+Public API (for the CLI and the Evolve page)
+--------------------------------------------
+``EvolveConfig`` (dataclass; defaults): target (required), algorithm="evomerge" | "cmaes",
+    sources=None (URIEL top_k neighbours), weights=None (URIEL, else equal), top_k=3,
+    generations=50, population=8, seed=0,
+    fitness_weights={"accuracy": .5, "loss": .5, "latency": 0, "memory": 0}
+    (``SEED_FITNESS`` = seed 004's .3/.4/.2/.1), dev_split="validation", dev_size=0 (whole split),
+    patience=5, min_delta=0.001;
+    EvoMerge: elites=2, mutants_per_elite=3, group_size=3, mutation_sigma=0.05 (× each parameter's
+    range), mutation_rate=0.25, diversity_threshold=0.02, reseed=2;
+    CMA-ES: method="ties", layer_groups=2 (layers per group; 0 = global), sigma0=0.2, tune=None
+    (per-model float params of the method), method_params={}.
+``submit_evolution(runner, ws, config, name="") -> run_id``: an "evolve" run on the compute lane.
+``resume_evolution(runner, ws, run_id, name="") -> run_id``: continues an interrupted / cancelled /
+    failed run from its last generation as a NEW run with ``parent=run_id`` (curves copied over).
+``resumable_runs(ws, store) -> [run row]``: stopped-early evolutions that can be resumed.
+``export_champion(ws, store, run_id, out_dir) -> Path``: the champion as an HF folder + recipe.json.
+``Evolution(ws, config)``: the synchronous loop (``run()``, or ``step()`` per generation).
+``parse_fitness_weights("accuracy=.3,loss=.4,latency=.2,memory=.1")``; ``MERGES`` schemas drive
+    the mutation ranges.
+
+Series logged per generation g (``store.series(run_id, name)``, step = g, generation 0 = the
+initial population): "best", "mean", "worst" (population fitness), "champion" (best-ever fitness),
+"diversity" (mean pairwise gene distance, 0..1), "evals_per_s"; and only in generations where the
+champion changed: "champion_test_accuracy", "champion_dev_accuracy".
+
+Run row: kind "evolve", method "evomerge" | "cmaes:<method>", params = the resolved config,
+sources / weights = the starting ones. ``row["result"]`` (updated after every generation):
+algorithm, target, sources, weights, generation (last completed), generations, stopped (None, or
+"plateau: …" / "cma-es: …"), champion {fitness, generation, origin, recipe, candidate, dev (dev
+metrics), test (test metrics), export_method}, start_fitness, evaluations (candidates),
+forward_passes (dev passes, frankenmerge's included), seconds, eval_seconds, merge_seconds,
+outside_eval_share, overhead_share, evals_per_s, history [{generation, best, mean, worst,
+diversity, champion, evaluations, seconds, eval_seconds, merge_seconds, evals_per_s, failed,
+reseeded (EvoMerge)}], baselines (best_source / best_zero_shot / target_model test accuracy),
+config, checkpoint (path); EvoMerge adds combo_counts {"000": n, …} (bit 0 first:
+linear|SLERP, DARE|TIES, frankenmerge|inverse variance) and reseeded; CMA-ES adds sigma,
+dimensions, groups. At the end ``row["metrics"]`` =
+{dev_split: champion dev metrics, "test": champion test metrics}.
+"""
+from .config import (ALGORITHMS, DEFAULT_FITNESS, FITNESS_TERMS, SEED_FITNESS, EvolveConfig,
+                     EvolveError, parse_fitness_weights)
+from .job import (checkpoint_dir, evolve_job, export_champion, export_evolution,
+                  resumable_runs, resume_evolution, submit_evolution)
+from .runner import Evolution, resolve_config
+
+SERIES = ("best", "mean", "worst", "champion", "diversity", "evals_per_s",
+          "champion_test_accuracy", "champion_dev_accuracy")
+
+__all__ = ["ALGORITHMS", "DEFAULT_FITNESS", "FITNESS_TERMS", "SEED_FITNESS", "SERIES", "Evolution",
+           "EvolveConfig", "EvolveError", "checkpoint_dir", "evolve_job", "export_champion",
+           "export_evolution", "parse_fitness_weights", "resolve_config", "resumable_runs",
+           "resume_evolution", "submit_evolution"]

@@ -1,0 +1,143 @@
+"""The settings of one evolutionary run, checked up front so a bad value fails before any work.
+
+Defaults follow seed 004 (population 8, 50 generations, 2 elites mutated 3× each, the bottom 6
+merged in two groups of 3, patience 5 at a 0.001 improvement). Two deliberate departures, both
+documented where they act: mutation σ / rate act on the *recipe* (per-model weights and method
+parameters, σ relative to each parameter's declared range), not on model weights; and the default
+fitness leaves latency and memory at weight 0, because merges of one architecture run at the same
+speed and size, so those terms would only add timing noise (and make a seed's run unrepeatable).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Dict, List, Optional
+
+ALGORITHMS = ("evomerge", "cmaes")
+FITNESS_TERMS = ("accuracy", "loss", "latency", "memory")
+DEFAULT_FITNESS = {"accuracy": 0.5, "loss": 0.5, "latency": 0.0, "memory": 0.0}
+SEED_FITNESS = {"accuracy": 0.3, "loss": 0.4, "latency": 0.2, "memory": 0.1}  # seed 004's weights
+
+
+class EvolveError(ValueError):
+    """An evolutionary run that cannot start or resume as asked (bad setting, no checkpoint, ...)."""
+
+
+@dataclass
+class EvolveConfig:
+    """One run. ``sources=None`` takes the target's URIEL top-k (leave-one-out) and their weights."""
+
+    target: str
+    algorithm: str = "evomerge"            # "evomerge" | "cmaes"
+    sources: Optional[List[str]] = None    # None: URIEL top_k neighbours of the target
+    weights: Optional[List[float]] = None  # starting per-model weights (None: URIEL, else equal)
+    top_k: int = 3                         # seed 004 merges 3 models
+    generations: int = 50
+    population: int = 8
+    seed: int = 0
+    fitness_weights: Dict[str, float] = field(default_factory=lambda: dict(DEFAULT_FITNESS))
+    dev_split: str = "validation"          # the target's split the search optimises on
+    dev_size: int = 0                      # 0: the whole split; n: a seeded sample of n examples
+    patience: int = 5                      # generations without a champion gain > min_delta; 0: off
+    min_delta: float = 0.001
+    # EvoMerge
+    elites: int = 2
+    mutants_per_elite: int = 3
+    group_size: int = 3                    # losers merged in groups of this size
+    mutation_sigma: float = 0.05           # Gaussian σ as a fraction of each parameter's range
+    mutation_rate: float = 0.25            # chance that each gene mutates (at least one always does)
+    diversity_threshold: float = 0.02      # below it, `reseed` random hybrids join the next generation
+    reseed: int = 2
+    # CMA-ES
+    method: str = "ties"                   # the registered merge method CMA-ES tunes
+    layer_groups: int = 2                  # transformer layers per group; 0: one group (global)
+    sigma0: float = 0.2                    # initial step size in the [0, 1] gene space
+    tune: Optional[List[str]] = None       # method params tuned per group (None: per-model floats)
+    method_params: Dict[str, Any] = field(default_factory=dict)  # fixed values for the others
+
+    def check(self) -> "EvolveConfig":
+        """Raises EvolveError naming the first bad setting; returns self."""
+        def need(ok: bool, message: str) -> None:
+            if not ok:
+                raise EvolveError(message)
+
+        need(self.algorithm in ALGORITHMS,
+             f"unknown algorithm '{self.algorithm}'; use {' or '.join(ALGORITHMS)}")
+        need(bool(self.target), "choose a target locale")
+        need(self.generations >= 0, f"generations must be >= 0, got {self.generations}")
+        need(self.population >= 2, f"population must be >= 2, got {self.population}")
+        need(self.top_k >= 1, f"top_k must be >= 1, got {self.top_k}")
+        need(self.dev_size >= 0, f"dev_size must be >= 0 (0 = whole split), got {self.dev_size}")
+        need(self.dev_split in ("train", "validation"),
+             f"dev_split must be 'validation' or 'train' (the test split stays untouched), "
+             f"got '{self.dev_split}'")
+        need(self.patience >= 0 and self.min_delta >= 0, "patience and min_delta must be >= 0")
+        need(self.algorithm != "evomerge" or 1 <= self.elites < self.population,
+             f"elites must be in 1..population-1, got {self.elites} (population {self.population})")
+        need(self.mutants_per_elite >= 1, "mutants_per_elite must be >= 1")
+        need(self.group_size >= 2, f"group_size must be >= 2, got {self.group_size}")
+        need(self.mutation_sigma > 0, f"mutation_sigma must be > 0, got {self.mutation_sigma}")
+        need(0 <= self.mutation_rate <= 1, f"mutation_rate must be in [0, 1], got {self.mutation_rate}")
+        need(self.diversity_threshold >= 0 and self.reseed >= 0,
+             "diversity_threshold and reseed must be >= 0")
+        need(self.layer_groups >= 0, f"layer_groups must be >= 0, got {self.layer_groups}")
+        need(self.sigma0 > 0, f"sigma0 must be > 0, got {self.sigma0}")
+        self.fitness_weights = check_fitness_weights(self.fitness_weights)
+        if self.sources is not None:
+            need(len(self.sources) >= 1, "choose at least one source model")
+            need(len(set(self.sources)) == len(self.sources), "a source is listed twice")
+            need(self.target not in self.sources,
+                 f"the target {self.target} is among the sources: its own model may only be a "
+                 f"baseline (leave-one-out)")
+            if self.weights is not None:
+                need(len(self.weights) == len(self.sources),
+                     f"{len(self.weights)} weights for {len(self.sources)} sources")
+                need(all(w >= 0 for w in self.weights) and sum(self.weights) > 0,
+                     "weights must be non-negative and not all zero")
+        return self
+
+    def to_dict(self) -> Dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Dict[str, Any]) -> "EvolveConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise EvolveError(f"unknown evolution setting(s) {unknown}")
+        return cls(**data)
+
+
+def check_fitness_weights(weights: Dict[str, float]) -> Dict[str, float]:
+    """All four terms present (missing ones 0), non-negative, not all zero."""
+    unknown = sorted(set(weights) - set(FITNESS_TERMS))
+    if unknown:
+        raise EvolveError(f"unknown fitness term(s) {unknown}; use {', '.join(FITNESS_TERMS)}")
+    out = {}
+    for term in FITNESS_TERMS:
+        try:
+            value = float(weights.get(term, 0.0))
+        except (TypeError, ValueError):
+            raise EvolveError(f"fitness weight '{term}' must be a number, "
+                              f"got {weights.get(term)!r}") from None
+        if not value >= 0:
+            raise EvolveError(f"fitness weight '{term}' must be >= 0, got {value}")
+        out[term] = value
+    if sum(out.values()) <= 0:
+        raise EvolveError("at least one fitness weight must be positive")
+    return out
+
+
+def parse_fitness_weights(text: str) -> Dict[str, float]:
+    """'accuracy=0.3,loss=0.4,latency=0.2,memory=0.1' (or 'seed' for seed 004's weights)."""
+    if text.strip() == "seed":
+        return dict(SEED_FITNESS)
+    out: Dict[str, float] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, sep, value = part.partition("=")
+        if not sep:
+            raise EvolveError(f"fitness weight '{part}' must look like name=value")
+        try:
+            out[name.strip()] = float(value)
+        except ValueError:
+            raise EvolveError(f"fitness weight '{part}': '{value}' is not a number") from None
+    return check_fitness_weights(out)

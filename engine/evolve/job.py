@@ -1,0 +1,156 @@
+"""Evolution as background jobs: submit, resume after a restart or a cancel, export the champion.
+
+Resuming creates a new run whose ``parent`` is the interrupted one (the JobRunner gives every
+submission its own row): the new run first copies the parent's curve points up to the
+checkpointed generation, then continues with the next generation from the parent's checkpoint,
+writing its own checkpoints under ``<cache>/evolve/<new run id>/``. With the same seed the
+finished chain gives the same champion and curves as an uninterrupted run.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Union
+
+from ..store import ACTIVE
+from .config import EvolveConfig, EvolveError
+from .runner import CHECKPOINT, Evolution, read_checkpoint, resolve_config
+
+
+def checkpoint_dir(ws, run_id: str) -> Path:
+    """Where a run's checkpoint lives: ``<cache>/evolve/<run_id>/``."""
+    return ws.cache_dir / "evolve" / run_id
+
+
+def run_label(config: EvolveConfig) -> str:
+    return "evomerge" if config.algorithm == "evomerge" else f"cmaes:{config.method}"
+
+
+def _final(evo: Evolution, result: Dict[str, Any]) -> Dict[str, Any]:
+    champion = result["champion"]
+    metrics = {evo.config.dev_split: champion["dev"], "test": champion["test"]}
+    message = (f"champion test accuracy {champion['test']['accuracy']:.3f} (dev "
+               f"{champion['dev']['accuracy']:.3f}); {result['stopped'] or 'all generations run'}")
+    return {"metrics": metrics, "result": result, "message": message}
+
+
+def evolve_job(ws, config: EvolveConfig, resume_from: Optional[Path] = None,
+               parent: Optional[str] = None):
+    """A JobRunner job: the whole evolution, streaming curves and the champion into its run row."""
+    def job(ctx):
+        state = None
+        if resume_from is not None:
+            state = read_checkpoint(resume_from)
+            if parent is not None:
+                for point in ctx.store.series(parent):
+                    if point["step"] <= state["generation"]:
+                        ctx.log(point["name"], point["step"], point["value"])
+        evo = Evolution(ws, None if state else config, state=state,
+                        checkpoint_dir=checkpoint_dir(ws, ctx.run_id), log=ctx.log,
+                        progress=ctx.progress, update=lambda r: ctx.update(result=r))
+        return _final(evo, evo.run())
+    return job
+
+
+def submit_evolution(runner, ws, config: EvolveConfig, name: str = "") -> str:
+    """Checks the config, fills in the sources (URIEL top-k), submits; returns the run id."""
+    config = resolve_config(ws, config)
+    return runner.submit("evolve", evolve_job(ws, config), lane="compute",
+                         name=name or f"{run_label(config)} → {config.target}",
+                         target=config.target, method=run_label(config), params=config.to_dict(),
+                         sources=config.sources, weights=config.weights)
+
+
+def _checkpoint_of(ws, row: Dict[str, Any]) -> Path:
+    recorded = (row.get("result") or {}).get("checkpoint")
+    return Path(recorded).parent if recorded else checkpoint_dir(ws, row["id"])
+
+
+def resume_evolution(runner, ws, run_id: str, name: str = "") -> str:
+    """Continues an interrupted, cancelled or failed run from its last completed generation, as a
+    new run linked to it by ``parent``; returns the new run id."""
+    row = runner.store.get(run_id)
+    if row["kind"] != "evolve":
+        raise EvolveError(f"run {run_id} is a '{row['kind']}' run, not an evolution")
+    if row["status"] in ACTIVE:
+        raise EvolveError(f"run {run_id} is still {row['status']}; cancel it first")
+    folder = _checkpoint_of(ws, row)
+    state = read_checkpoint(folder)
+    config = EvolveConfig.from_dict(state["config"])
+    if state["stopped"] or state["generation"] >= config.generations:
+        raise EvolveError(f"run {run_id} already finished ({state['stopped'] or 'all generations'})"
+                          f"; nothing to resume")
+    return runner.submit("evolve", evolve_job(ws, config, resume_from=folder, parent=run_id),
+                         lane="compute", parent=run_id,
+                         name=name or f"{run_label(config)} → {config.target} (resumed)",
+                         target=config.target, method=run_label(config), params=config.to_dict(),
+                         sources=config.sources, weights=config.weights)
+
+
+def resumable_runs(ws, store) -> List[Dict[str, Any]]:
+    """Evolution runs that stopped early (interrupted, cancelled, failed) with a checkpoint that
+    has generations left and no resumed run yet, newest first: what a page offers to resume."""
+    out = []
+    for row in store.runs(kind="evolve", status=("interrupted", "cancelled", "failed")):
+        if store.runs(parent=row["id"], limit=1):
+            continue
+        try:
+            state = read_checkpoint(_checkpoint_of(ws, row))
+        except EvolveError:
+            continue
+        if not state["stopped"] and state["generation"] < state["config"]["generations"]:
+            out.append(row)
+    return out
+
+
+def export_evolution(evo: Evolution, out_dir: Union[str, Path], run_id: str = "") -> Path:
+    """Writes the champion like any merge (HF folder + recipe.json); see export_merge."""
+    from ..merge.export import export_merge
+
+    ws, config, champion = evo.ws, evo.config, evo.champion
+    recipe_data = evo.champion_recipe()
+    groups = recipe_data.get("groups") or []
+    single = groups[0] if len(groups) == 1 else None
+    if single is not None:  # CMA-ES with one group: an ordinary merge of that method
+        weights, params = list(single["weights"].values()), single["params"]
+    elif config.algorithm == "evomerge":  # stage 3 names the method; 'mix' is our own gene
+        weights = list(recipe_data["weights"].values())
+        params = {k: v for k, v in recipe_data["stages"][2]["params"].items() if k != "mix"}
+    else:
+        weights, params = list(config.weights), {}
+    recipe = {"kind": "evolve", "method": evo.search.export_method(champion.candidate),
+              "target": config.target, "sources": config.sources, "weights": weights,
+              "params": params, "seed": config.seed, "zoo": ws.zoo.name,
+              "base": str(ws.zoo.base) if ws.zoo.base else None, "run_id": run_id,
+              "evolve": recipe_data, "fitness": champion.fitness, "dev": champion.metrics,
+              "test": evo.champion_test, "config": config.to_dict()}
+    out = export_merge(evo.champion_model(), ws.zoo.path(config.sources[0]), out_dir, recipe)
+    if config.algorithm == "cmaes" and single is None:
+        _drop_mergekit(out, "per-layer-group weights and parameters: no single mergekit "
+                            "config written (mergekit-evolve expresses them as slices)")
+    return out
+
+
+def _drop_mergekit(out: Path, note: str) -> None:
+    """export_merge describes one global recipe; a grouped one must not claim a mergekit twin."""
+    (out / "mergekit.yaml").unlink(missing_ok=True)
+    path = out / "recipe.json"
+    record = json.loads(path.read_text(encoding="utf-8"))
+    record["mergekit_yaml"], record["mergekit_note"] = None, note
+    path.write_text(json.dumps(record, indent=2, ensure_ascii=False), encoding="utf-8")
+
+
+def export_champion(ws, store, run_id: str, out_dir: Union[str, Path]) -> Path:
+    """Rebuilds a run's champion from its checkpoint and exports it (any status, once generation
+    0 is done)."""
+    row = store.get(run_id)
+    if row["kind"] != "evolve":
+        raise EvolveError(f"run {run_id} is a '{row['kind']}' run, not an evolution")
+    state = read_checkpoint(_checkpoint_of(ws, row))
+    if not state.get("champion"):
+        raise EvolveError(f"run {run_id} has no champion yet")
+    return export_evolution(Evolution(ws, state=state), out_dir, run_id)
+
+
+__all__ = ["CHECKPOINT", "checkpoint_dir", "evolve_job", "export_champion", "export_evolution",
+           "resumable_runs", "resume_evolution", "submit_evolution"]

@@ -1,0 +1,311 @@
+"""The generation loop both searches share: evaluate, keep the best-ever champion (tested on the
+untouched test split whenever it changes), log the curves, checkpoint, stop on a plateau.
+
+A search (EvoMerge or CMA-ES) proposes candidates and selects among evaluated ones; this loop owns
+the rest. Everything random comes from one seeded generator (and CMA-ES's own seeded one), every
+evaluation is deterministic on a device, so a seed gives the same curves, and a checkpoint (plain
+JSON, written after every generation) continues exactly where a run stopped.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional
+
+import numpy as np
+
+from ..merge import MERGES, MergeError
+from ..progress import Progress
+from .build import Sources
+from .cmaes import CmaSearch
+from .config import EvolveConfig, EvolveError
+from .evomerge import EvoMergeSearch
+from .fitness import Fitness
+from .member import Member
+
+CHECKPOINT = "checkpoint.json"
+CHECKPOINT_VERSION = 1
+
+
+def resolve_config(ws, config: EvolveConfig) -> EvolveConfig:
+    """A checked copy with the sources and starting weights filled in (URIEL top-k when none are
+    given: the target's own model is never a source)."""
+    config = EvolveConfig.from_dict(json.loads(json.dumps(config.to_dict()))).check()
+    if config.target not in ws.dataset.locales:
+        raise EvolveError(f"the dataset has no locale '{config.target}'; it has "
+                          f"{', '.join(ws.dataset.locales)}")
+    if config.sources is None:
+        from ..experiments import suggest_sources
+
+        suggested = suggest_sources(ws, config.target, top_k=config.top_k)
+        if not suggested:
+            raise EvolveError(f"no source models to merge for {config.target}")
+        config.sources = list(suggested)
+        config.weights = config.weights or [float(w) for w in suggested.values()]
+    for source in config.sources:
+        ws.zoo.path(source)  # a clear ZooError for an unknown source
+    if config.weights is None:
+        config.weights = [1.0] * len(config.sources)
+    total = float(sum(config.weights))
+    config.weights = [float(w) / total for w in config.weights]
+    return config.check()
+
+
+def needs_base(config: EvolveConfig) -> bool:
+    if config.algorithm == "evomerge":
+        return True
+    return config.method in MERGES and bool(MERGES.get(config.method).meta.get("needs_base"))
+
+
+def make_search(config: EvolveConfig, keys: List[str]):
+    if config.algorithm == "evomerge":
+        return EvoMergeSearch(config, config.sources, config.weights)
+    return CmaSearch(config, config.sources, config.weights, keys)
+
+
+def read_checkpoint(folder: Path) -> Dict[str, Any]:
+    path = Path(folder) / CHECKPOINT
+    if not path.is_file():
+        raise EvolveError(f"no evolution checkpoint at {path}")
+    data = json.loads(path.read_text(encoding="utf-8"))
+    if data.get("version") != CHECKPOINT_VERSION:
+        raise EvolveError(f"checkpoint {path} has version {data.get('version')}, "
+                          f"expected {CHECKPOINT_VERSION}")
+    return data
+
+
+class Evolution:
+    """One run: ``run()`` to the end, or ``step()`` one generation at a time (tests, bench).
+
+    log(name, step, value), progress(Progress) and update(result) are the job's callbacks
+    (``progress`` raising Cancelled stops the run between two evaluations); ``state`` is a
+    checkpoint to continue from.
+    """
+
+    def __init__(self, ws, config: Optional[EvolveConfig] = None, *,
+                 checkpoint_dir: Optional[Path] = None,
+                 log: Optional[Callable[[str, int, Any], None]] = None,
+                 progress: Optional[Callable[[Progress], None]] = None,
+                 update: Optional[Callable[[Dict[str, Any]], None]] = None,
+                 state: Optional[Dict[str, Any]] = None):
+        if state is not None:
+            config = EvolveConfig.from_dict(state["config"])
+        elif config is None:
+            raise EvolveError("an evolution needs a config or a checkpoint")
+        else:
+            config = resolve_config(ws, config)
+        self.ws, self.config = ws, config
+        self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else None
+        self._log, self._progress, self._update = log, progress, update
+        self.sources = Sources(ws, config.sources, needs_base(config))
+        self.search = make_search(config, self.sources.keys)
+        self.fitness = Fitness(ws, config.target, config.fitness_weights, config.dev_split,
+                               config.dev_size, config.seed)
+        # The evaluator's first working model adopts the tensors it is built from (assign=True):
+        # build it from a private copy so that no candidate's state dict is ever overwritten.
+        ws.evaluator.working_model({k: v.clone() for k, v in self.sources.states[0].items()})
+        if state is None:  # a resumed run keeps its own latency / memory reference
+            self.fitness.set_reference(self.sources.states[0])
+            self.fitness.evaluations, self.fitness.seconds = 0, 0.0  # count the search's work
+        self.rng = np.random.default_rng(config.seed)
+        self.generation = -1
+        self.champion: Optional[Member] = None
+        self.champion_state = None
+        self.champion_generation = -1
+        self.champion_test: Optional[Dict[str, float]] = None
+        self.history: List[Dict[str, Any]] = []
+        self.stale, self.reference = 0, -math.inf
+        self.stopped: Optional[str] = None
+        self.evaluations, self.seconds, self.merge_seconds = 0, 0.0, 0.0
+        self.baselines: Optional[Dict[str, Any]] = None
+        if state is not None:
+            self._restore(state)
+        self._clock = time.perf_counter()
+        self._done_at_start = self.generation + 1
+
+    # ---- the loop ----------------------------------------------------------------------------
+    @property
+    def finished(self) -> bool:
+        return self.stopped is not None or self.generation >= self.config.generations
+
+    def run(self) -> Dict[str, Any]:
+        """Every remaining generation; returns the final result."""
+        if self.baselines is None:
+            from ..experiments import baselines
+
+            self._report(self.generation + 1, "baselines: the zoo's models on the target's test split")
+            self.baselines = baselines(self.ws, self.config.target, self.config.sources, "test")
+        while self.step():
+            pass
+        self._report(self.config.generations + 1, f"finished: {self.stopped or 'all generations'}")
+        return self.result()
+
+    def step(self) -> bool:
+        """Runs the next generation; returns whether another one follows."""
+        if self.finished:
+            return False
+        g = self.generation + 1
+        started = time.perf_counter()
+        eval_before, merge_before = self.fitness.seconds, self.merge_seconds
+        cands = self.search.initial(self.rng) if g == 0 else self.search.propose(g, self.rng)
+        changed = False
+        members = []
+        for i, cand in enumerate(cands):
+            self._report(g + i / len(cands), f"generation {g}: candidate {i + 1}/{len(cands)}")
+            member, state = self._evaluate(cand, g)
+            members.append(member)
+            if not member.error and (self.champion is None
+                                     or member.fitness > self.champion.fitness):
+                self.champion, self.champion_state, self.champion_generation = member, state, g
+                changed = True
+            del state
+        if self.champion is None:
+            raise EvolveError(f"every candidate of generation {g} failed: {members[0].error}")
+        self.search.accept(g, members)
+        if changed:
+            self.champion_test = self.fitness.test(self.champion_state)
+        wall = time.perf_counter() - started
+        self.generation = g
+        self.evaluations += len(members)
+        self.seconds += wall
+        self._plateau()
+        self._record(g, members, wall, self.fitness.seconds - eval_before,
+                     self.merge_seconds - merge_before, changed)
+        self._report(g + 1, f"generation {g} done: champion {self.champion.fitness:.4f}")
+        return not self.finished
+
+    def _evaluate(self, cand: Dict[str, Any], g: int):
+        plain = self.search.plain(cand)
+        started, eval_before = time.perf_counter(), self.fitness.seconds
+        try:
+            state = self.search.build(cand, self.sources, self.fitness.score, self.config.seed)
+        except MergeError as exc:  # seed 004: a merge can fail; it scores lowest and the run goes on
+            return Member(plain, 0.0, {}, cand["origin"], g, f"merge failed: {exc}"), None
+        finally:  # merging time, without frankenmerge's own dev evaluations
+            self.merge_seconds += (time.perf_counter() - started) - (self.fitness.seconds - eval_before)
+        fitness, metrics = self.fitness(state)
+        return Member(plain, fitness, metrics, cand["origin"], g), state
+
+    def _plateau(self) -> None:
+        if self.champion.fitness > self.reference + self.config.min_delta:
+            self.stale, self.reference = 0, self.champion.fitness
+        else:
+            self.stale += 1
+        if self.config.patience and self.stale >= self.config.patience:
+            self.stopped = f"plateau: no gain above {self.config.min_delta} for {self.stale} generations"
+        if not self.stopped:
+            self.stopped = self.search.stop_reason()
+
+    def _record(self, g: int, members: List[Member], wall: float, eval_s: float, merge_s: float,
+                changed: bool) -> None:
+        values = [m.fitness for m in self.search.population]
+        row = {"generation": g, "best": max(values), "mean": float(np.mean(values)),
+               "worst": min(values), "diversity": self.search.diversity(),
+               "champion": self.champion.fitness, "evaluations": len(members),
+               "seconds": wall, "eval_seconds": eval_s, "merge_seconds": merge_s,
+               "evals_per_s": len(members) / max(wall, 1e-9),
+               "failed": sum(1 for m in members if m.error)}
+        if hasattr(self.search, "reseeded"):
+            row["reseeded"] = self.search.reseeded
+        self.history.append(row)
+        if self._log is not None:
+            for name in ("best", "mean", "worst", "champion", "diversity", "evals_per_s"):
+                self._log(name, g, row[name])
+            if changed:
+                self._log("champion_test_accuracy", g, self.champion_test["accuracy"])
+                self._log("champion_dev_accuracy", g, self.champion.metrics["accuracy"])
+        self.save()
+        if self._update is not None:
+            self._update(self.result())
+
+    def _report(self, done: float, message: str) -> None:
+        if self._progress is None:
+            return
+        total = self.config.generations + 1
+        elapsed = time.perf_counter() - self._clock
+        fresh = done - self._done_at_start  # after a resume, the ETA extrapolates this session
+        scaled = elapsed * done / fresh if fresh > 0 else 0.0
+        self._progress(Progress(min(done, total), total, message, scaled))
+
+    # ---- results -----------------------------------------------------------------------------
+    def champion_recipe(self) -> Optional[Dict[str, Any]]:
+        return self.search.recipe(self.champion.candidate) if self.champion else None
+
+    def champion_model(self):
+        """The champion's merged state dict (rebuilt from its recipe after a resume)."""
+        if self.champion is None:
+            raise EvolveError("no champion yet: the run has not evaluated anything")
+        if self.champion_state is None:
+            self.champion_state = self.search.build(self.champion.candidate, self.sources,
+                                                    self.fitness.score, self.config.seed)
+        return self.champion_state
+
+    def result(self) -> Dict[str, Any]:
+        """Plain data for the run row: the champion's recipe and scores, curves, counts."""
+        c = self.config
+        champion = None
+        if self.champion is not None:
+            champion = {"fitness": self.champion.fitness, "generation": self.champion_generation,
+                        "origin": self.champion.origin, "recipe": self.champion_recipe(),
+                        "candidate": self.champion.candidate, "dev": self.champion.metrics,
+                        "test": self.champion_test,
+                        "export_method": self.search.export_method(self.champion.candidate)}
+        total_s = max(self.seconds, 1e-9)
+        eval_s = self.fitness.seconds
+        out = {"algorithm": c.algorithm, "target": c.target, "sources": c.sources,
+               "weights": c.weights, "generation": self.generation, "generations": c.generations,
+               "stopped": self.stopped, "champion": champion,
+               "start_fitness": self.history[0]["best"] if self.history else None,
+               "evaluations": self.evaluations, "forward_passes": self.fitness.evaluations,
+               "seconds": self.seconds, "eval_seconds": eval_s, "merge_seconds": self.merge_seconds,
+               "outside_eval_share": max(0.0, 1 - eval_s / total_s) if self.seconds else None,
+               "overhead_share": max(0.0, 1 - (eval_s + self.merge_seconds) / total_s)
+               if self.seconds else None,
+               "evals_per_s": self.evaluations / total_s, "history": self.history,
+               "baselines": self.baselines, "config": c.to_dict(),
+               "checkpoint": str(self.checkpoint_dir / CHECKPOINT) if self.checkpoint_dir else None}
+        out.update(self.search.extra())
+        return out
+
+    # ---- checkpoint --------------------------------------------------------------------------
+    def save(self) -> Optional[Path]:
+        """Writes the checkpoint (JSON, atomically) after a generation; None without a folder."""
+        if self.checkpoint_dir is None:
+            return None
+        data = {"version": CHECKPOINT_VERSION, "config": self.config.to_dict(),
+                "generation": self.generation, "search": self.search.state(),
+                "rng": self.rng.bit_generator.state,
+                "champion": self.champion.to_dict() if self.champion else None,
+                "champion_generation": self.champion_generation,
+                "champion_test": self.champion_test, "history": self.history,
+                "stale": self.stale, "reference": self.reference, "stopped": self.stopped,
+                "evaluations": self.evaluations, "forward_passes": self.fitness.evaluations,
+                "eval_seconds": self.fitness.seconds, "seconds": self.seconds,
+                "merge_seconds": self.merge_seconds, "baselines": self.baselines,
+                "fitness_reference": self.fitness.reference}
+        self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        path = self.checkpoint_dir / CHECKPOINT
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data), encoding="utf-8")
+        os.replace(tmp, path)
+        return path
+
+    def _restore(self, data: Dict[str, Any]) -> None:
+        self.generation = int(data["generation"])
+        self.search.load(data["search"])
+        self.rng.bit_generator.state = data["rng"]
+        self.champion = Member.from_dict(data["champion"]) if data["champion"] else None
+        self.champion_generation = int(data["champion_generation"])
+        self.champion_test = data["champion_test"]
+        self.history = list(data["history"])
+        self.stale, self.reference = int(data["stale"]), float(data["reference"])
+        self.stopped = data["stopped"]
+        self.evaluations, self.seconds = int(data["evaluations"]), float(data["seconds"])
+        self.fitness.evaluations = int(data["forward_passes"])
+        self.fitness.seconds = float(data["eval_seconds"])
+        self.merge_seconds = float(data.get("merge_seconds", 0.0))
+        self.baselines = data.get("baselines")
+        self.fitness.reference = data.get("fitness_reference")  # the run's own latency reference
