@@ -29,7 +29,8 @@ def workspace_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--pattern", default="{base}_massive_k_{locale}", help="folder name pattern when scanning")
     g.add_argument("--base", default=None, help="pretrained base model folder or hub id")
     g.add_argument("--data", default="zoo", choices=["zoo", "demo", "massive", "jsonl", "table"])
-    g.add_argument("--data-path", default="", help="path for --data jsonl/table")
+    g.add_argument("--data-path", default="", help="file/folder for --data jsonl/table; hub id or local copy for massive")
+    g.add_argument("--extra-locales", default="", help="massive: comma-separated targets without a model")
     g.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     g.add_argument("--cache-dir", default="", help="cache/results folder (default: ./cache)")
     g.add_argument("--batch-size", type=int, default=64)
@@ -39,7 +40,7 @@ def open_from_args(args):
     from .workspace import Settings, open_workspace
 
     return open_workspace(Settings(zoo=args.zoo, pattern=args.pattern, base=args.base, data=args.data,
-                                   data_path=args.data_path, device=args.device, cache_dir=args.cache_dir,
+                                   data_path=args.data_path, extra_locales=args.extra_locales, device=args.device, cache_dir=args.cache_dir,
                                    batch_size=args.batch_size))
 
 

@@ -242,9 +242,12 @@ def candidate_job(ws: Workspace, cand: Candidate, export_dir: Optional[Path] = N
 
 
 def export_candidate(ws: Workspace, cand: Candidate, state, out_dir: Path) -> Path:
+    """HF folder + recipe.json (+ mergekit.yaml naming the real source folders, so it reruns)."""
     from .merge.export import export_merge
 
-    recipe = {**cand.to_dict(), "zoo": ws.zoo.name, "base": str(ws.zoo.base) if ws.zoo.base else None}
+    recipe = {**cand.to_dict(), "source_locales": list(cand.sources),
+              "sources": [str(ws.zoo.path(s).resolve()) for s in cand.sources],
+              "zoo": ws.zoo.name, "base": str(ws.zoo.base.resolve()) if ws.zoo.base else None}
     return export_merge(state, ws.zoo.path(cand.sources[0]), out_dir, recipe)
 
 

@@ -29,7 +29,8 @@ class Settings:
     pattern: str = DEFAULT_PATTERN
     base: Optional[str] = None
     data: str = "zoo"
-    data_path: str = ""
+    data_path: str = ""              # jsonl/table: the file or folder; massive: hub id or local copy
+    extra_locales: str = ""          # massive: comma-separated targets that have no model of their own
     text_column: str = "text"
     label_column: str = "label"
     device: str = "auto"
@@ -63,7 +64,9 @@ def open_dataset(settings: Settings, zoo: Zoo) -> Dataset:
 
         return build_demo_dataset(locales=zoo.locales, n_intents=len(zoo.labels))
     if kind == "massive":
-        return loaders.load_massive(zoo.locales)
+        extra = [l.strip() for l in settings.extra_locales.split(",") if l.strip()]
+        return loaders.load_massive(list(dict.fromkeys(zoo.locales + extra)),
+                                    name=settings.data_path or "AmazonScience/massive")
     if not settings.data_path:
         raise DataError(f"data source '{kind}' needs a path")
     if kind == "jsonl":
