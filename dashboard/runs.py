@@ -1,0 +1,213 @@
+"""Live job progress (fragments that poll the store) and the result card of a finished candidate."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import streamlit as st
+
+from engine import figures
+from engine.progress import format_seconds
+from engine.store import ACTIVE
+
+from . import state
+from .widgets import chart
+
+POLL_S = 1.0
+STATUS_ICON = {"queued": "⏳", "running": "▶️", "done": "✅", "failed": "❌", "cancelled": "⏹️",
+               "interrupted": "⚠️"}
+
+
+def progress_text(run: dict) -> str:
+    pct = 100 * float(run.get("progress") or 0)
+    eta = run.get("eta_s")
+    eta_text = f" · ETA {format_seconds(eta)}" if run["status"] == "running" and eta is not None else ""
+    elapsed = ""
+    if run.get("started"):
+        elapsed = f" · {format_seconds(time.time() - run['started'])} elapsed"
+    msg = run.get("message") or run["status"]
+    return f"{run.get('name') or run['kind']} — {pct:.0f}%{eta_text}{elapsed} · {msg}"
+
+
+def progress_row(run: dict, cancel: bool = True, key: str = "", compact: bool = False) -> None:
+    """One active run: a progress bar with ETA and a cancel button (below it when ``compact``)."""
+    if compact:
+        bar = button = st.container()
+    else:
+        bar, button = st.columns([6, 1], vertical_alignment="center")
+    bar.progress(min(1.0, float(run.get("progress") or 0)), text=progress_text(run))
+    if cancel and button.button("Cancel", key=f"cancel-{key}-{run['id']}", icon=":material/stop_circle:",
+                                type="tertiary" if compact else "secondary"):
+        if not state.runner().cancel(run["id"]):
+            st.warning("this run is not active in this server process")
+
+
+def watch(run_id: Optional[str], key: str) -> Optional[dict]:
+    """Shows a run's live progress while it is active (polling the store, the page never blocks)
+    and reruns the whole page once it ends, so the caller draws the result. Returns the run row."""
+    if not run_id:
+        return None
+    try:
+        run = state.store().get(run_id)
+    except KeyError:
+        return None
+    if run["status"] not in ACTIVE:
+        return run
+
+    @st.fragment(run_every=POLL_S)
+    def live() -> None:
+        current = state.store().get(run_id)
+        if current["status"] not in ACTIVE:
+            st.rerun(scope="app")
+        progress_row(current, key=key)
+
+    live()
+    return run
+
+
+def active_jobs(where=None, key: str = "jobs", compact: bool = False) -> None:
+    """Every active run of this cache folder, refreshed every second (idle: every 5 s)."""
+    busy = bool(state.store().runs(status=ACTIVE, limit=1))
+
+    @st.fragment(run_every=POLL_S if busy else 5.0)
+    def live() -> None:
+        runs = state.store().runs(status=ACTIVE, limit=20)
+        if not runs:
+            st.caption("No jobs running.")
+            if busy:
+                st.rerun(scope="app")
+            return
+        for run in runs:
+            progress_row(run, key=key, compact=compact)
+
+    with where or st.container():
+        live()
+
+
+def status_line(run: dict) -> None:
+    """A finished run's outcome: error text for failures, a warning for cancelled/interrupted."""
+    if run["status"] == "failed":
+        st.error(f"The run failed: {state.run_error(run)}")
+    elif run["status"] in ("cancelled", "interrupted"):
+        st.warning(f"The run was {run['status']}: {run.get('message', '')}")
+
+
+def baselines_of(run: dict) -> Dict[str, dict]:
+    return (run.get("result") or {}).get("baselines") or {}
+
+
+def result_card(run: dict, extra_bars: Optional[List[tuple]] = None) -> None:
+    """A candidate's test accuracy against the target's baselines, validation vs test, timings."""
+    status_line(run)
+    if run["status"] != "done":
+        return
+    metrics = run.get("metrics") or {}
+    test, val = metrics.get("test", {}), metrics.get("validation", {})
+    base = baselines_of(run)
+    best_source = (base.get("best_source") or {}).get("accuracy")
+    cols = st.columns(5)
+    acc = test.get("accuracy")
+    cols[0].metric("Test accuracy", f"{acc:.3f}" if acc is not None else "–",
+                   delta=f"{acc - best_source:+.3f} vs best source" if acc is not None and best_source is not None else None)
+    cols[1].metric("Validation accuracy", f"{val['accuracy']:.3f}" if "accuracy" in val else "–")
+    cols[2].metric("Test macro-F1", f"{test['macro_f1']:.3f}" if "macro_f1" in test else "–")
+    cols[3].metric("Latency / example", f"{test['latency_ms']:.2f} ms" if "latency_ms" in test else "–")
+    secs = (run.get("result") or {}).get("seconds")
+    cols[4].metric("Build + evaluation", f"{secs:.1f} s" if secs is not None else "–")
+    left, right = st.columns([3, 2])
+    bars = [(f"{run['kind']}: {run.get('method')}", acc if acc is not None else 0.0)]
+    bars += list(extra_bars or [])
+    colours = [figures.CANDIDATE] + [figures.SECONDARY] * (len(bars) - 1)
+    chart(figures.accuracy_bars(bars, base, title=f"{run.get('target')}: test accuracy vs baselines",
+                                colours=colours), f"acc-{run['id']}", left)
+    if test and val:
+        chart(figures.split_bars(metrics), f"split-{run['id']}", right)
+    with st.expander("All metrics"):
+        st.dataframe(metrics_table(metrics), width="stretch")
+
+
+def metrics_table(metrics: Dict[str, Dict[str, float]]):
+    import pandas as pd
+
+    return pd.DataFrame(metrics).rename_axis("metric")
+
+
+def export_panel(run: dict) -> None:
+    """Where the merged model was written, its recipe and mergekit config, as downloads."""
+    result = run.get("result") or {}
+    folder = result.get("export")
+    if not folder:
+        st.caption("This run was not exported.")
+        return
+    path = Path(folder)
+    st.markdown(f"**Exported Hugging Face folder:** `{path}`")
+    st.caption("Loads with `AutoModelForSequenceClassification.from_pretrained(path)`.")
+    recipe, yaml = path / "recipe.json", path / "mergekit.yaml"
+    cols = st.columns(2)
+    if recipe.is_file():
+        text = recipe.read_text(encoding="utf-8")
+        cols[0].download_button("recipe.json", text, file_name=f"{run['id']}-recipe.json",
+                                mime="application/json", icon=":material/download:", key=f"dl-recipe-{run['id']}")
+        with st.expander("recipe.json"):
+            st.json(json.loads(text), expanded=1)
+    if yaml.is_file():
+        text = yaml.read_text(encoding="utf-8")
+        cols[1].download_button("mergekit.yaml", text, file_name=f"{run['id']}-mergekit.yaml",
+                                mime="text/yaml", icon=":material/download:", key=f"dl-yaml-{run['id']}")
+        with st.expander("mergekit.yaml"):
+            st.code(text, language="yaml")
+    elif recipe.is_file():
+        note = json.loads(recipe.read_text(encoding="utf-8")).get("mergekit_note")
+        if note:
+            st.caption(f"No mergekit.yaml: {note}.")
+
+
+def run_label(run: dict) -> str:
+    acc = ((run.get("metrics") or {}).get("test") or {}).get("accuracy")
+    score = f" · test {acc:.3f}" if acc is not None else ""
+    when = time.strftime("%H:%M:%S", time.localtime(run["created"]))
+    return f"{STATUS_ICON.get(run['status'], '')} {when} {run.get('method') or run['kind']} → {run.get('target')}{score}"
+
+
+def demo_builder() -> None:
+    """The demo zoo is built offline, as a background job, from packages already installed."""
+    from engine.data.demo import DEFAULT_LOCALES
+    from engine.demo.build import SIZES, estimate_minutes
+    from engine.workspace import default_demo_dir
+
+    from . import tasks
+
+    active = state.store().runs(kind="demo", status=ACTIVE, limit=1)
+    with st.container(border=True):
+        st.markdown("**Build the demo zoo**: a multilingual base encoder (multilingual-e5-small, trimmed) "
+                    "and one intent classifier per locale, fine-tuned here, offline, into "
+                    f"`{default_demo_dir()}`.")
+        if active:
+            watch(active[0]["id"], key="demo")
+            return
+        size = st.segmented_control("Size", ["tiny", "default"], default="default", key="demo_size") or "default"
+        n = len(SIZES[size].locales or DEFAULT_LOCALES)
+        st.caption(f"{size}: {n} locales, about {estimate_minutes(size, n)} min on 2 CPU cores. "
+                   "The page stays usable while it builds; an interrupted build resumes.")
+        if st.button("Build the demo zoo", type="primary", icon=":material/construction:", key="demo_build"):
+            with state.engine_errors():
+                st.session_state["demo_run"] = tasks.submit_demo_build(state.runner(), default_demo_dir(), size)
+            st.rerun()
+    if st.session_state.get("demo_run"):
+        status_line(state.store().get(st.session_state["demo_run"]))
+
+
+def source_bars(ws, run: dict) -> List[tuple]:
+    """Each chosen source's own test accuracy on the run's target, when cached (no forward pass)."""
+    from engine.experiments import source_scores
+
+    from . import tasks
+
+    try:
+        if not run.get("sources") or not all(tasks.has_logits(ws, s, run["target"], "test") for s in run["sources"]):
+            return []
+        return [(f"source {s}", a) for s, a in source_scores(ws, run["target"], run["sources"]).items()]
+    except Exception:  # a run from another zoo: no source bars, the card still shows
+        return []

@@ -1,0 +1,142 @@
+"""Where the pages get their objects: one Store + JobRunner per cache folder (shared by every browser
+session of this server, so a job outlives the tab that started it) and, per session, the current
+Workspace opened from :class:`~engine.workspace.Settings`.
+
+Defaults come from the environment, so a test or a demo can point the app somewhere else:
+``FUSION_ZOO`` (zoo manifest/folder; empty = the demo zoo), ``FUSION_DATA`` / ``FUSION_DATA_PATH``,
+``FUSION_DEVICE`` and ``FUSION_CACHE_DIR`` (cache, logits and ``runs.sqlite``).
+"""
+from __future__ import annotations
+
+import json
+import os
+from contextlib import contextmanager
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Iterator, Optional
+
+import streamlit as st
+
+from engine.evaluate import default_cache_dir
+from engine.jobs import JobRunner
+from engine.store import Store
+from engine.workspace import Settings, Workspace, default_demo_dir, open_workspace
+
+SETTINGS_KEY = "settings"
+SELECTION_KEY = "selection"     # what Similarity hands to Merge / Ensemble
+PINNED_KEY = "pinned_runs"      # runs sent to Compare
+
+
+def default_settings() -> Settings:
+    env = os.environ
+    return Settings(zoo=env.get("FUSION_ZOO", ""), data=env.get("FUSION_DATA", "zoo"),
+                    data_path=env.get("FUSION_DATA_PATH", ""), device=env.get("FUSION_DEVICE", "auto"),
+                    cache_dir=env.get("FUSION_CACHE_DIR", ""))
+
+
+def settings() -> Settings:
+    if SETTINGS_KEY not in st.session_state:
+        st.session_state[SETTINGS_KEY] = default_settings()
+    return st.session_state[SETTINGS_KEY]
+
+
+def set_settings(new: Settings) -> None:
+    st.session_state[SETTINGS_KEY] = new
+
+
+def cache_dir(s: Optional[Settings] = None) -> Path:
+    s = s or settings()
+    return Path(s.cache_dir) if s.cache_dir else default_cache_dir()
+
+
+def export_dir() -> Path:
+    return cache_dir() / "exports"
+
+
+# ---- singletons --------------------------------------------------------------------------------
+@st.cache_resource(show_spinner=False)
+def services(cache: str) -> tuple:
+    """(Store, JobRunner) for one cache folder; created once per server process."""
+    store = Store(Path(cache) / "runs.sqlite")
+    return store, JobRunner(store)
+
+
+def store() -> Store:
+    return services(str(cache_dir().resolve()))[0]
+
+
+def runner() -> JobRunner:
+    return services(str(cache_dir().resolve()))[1]
+
+
+@st.cache_resource(show_spinner="Opening the workspace…", max_entries=4)
+def _open(settings_json: str) -> Workspace:
+    return open_workspace(Settings(**json.loads(settings_json)))
+
+
+def settings_key(s: Settings) -> str:
+    return json.dumps(asdict(s), sort_keys=True)
+
+
+def open_current(s: Optional[Settings] = None) -> Workspace:
+    """The workspace for the settings (cached); raises the engine's error when it cannot open.
+    The cache folder is made explicit, so the cache key changes with FUSION_CACHE_DIR."""
+    s = s or settings()
+    return _open(settings_key(replace(s, cache_dir=str(cache_dir(s)))))
+
+
+def workspace() -> Optional[Workspace]:
+    """The current workspace, or None (the reason is kept in ``workspace_error()``)."""
+    try:
+        ws = open_current()
+    except Exception as exc:  # the engine's errors say what to fix
+        st.session_state["workspace_error"] = message(exc)
+        return None
+    st.session_state.pop("workspace_error", None)
+    return ws
+
+
+def workspace_error() -> str:
+    return st.session_state.get("workspace_error", "")
+
+
+def require_workspace() -> Workspace:
+    """The workspace, or an error box that says what is wrong and where to fix it (page stops)."""
+    ws = workspace()
+    if ws is None:
+        st.error(workspace_error())
+        if not demo_built() and not settings().zoo:
+            st.info("The built-in demo zoo is not built yet: build it from the overview page, or open "
+                    "your own zoo on the Setup page.")
+        st.page_link("pages/1_Setup.py", label="Open Setup", icon=":material/settings:")
+        st.stop()
+    return ws
+
+
+def demo_built() -> bool:
+    return (default_demo_dir() / "zoo.json").is_file()
+
+
+# ---- errors ------------------------------------------------------------------------------------
+def message(exc: BaseException) -> str:
+    """The engine's message without the Python noise (KeyError quotes, empty messages)."""
+    text = str(exc).strip()
+    if isinstance(exc, KeyError) and len(exc.args) == 1 and isinstance(exc.args[0], str):
+        text = exc.args[0]
+    return text or type(exc).__name__
+
+
+@contextmanager
+def engine_errors(prefix: str = "") -> Iterator[None]:
+    """Shows an engine error as ``st.error`` (its message, no traceback) and stops the page."""
+    try:
+        yield
+    except Exception as exc:  # st.stop / st.rerun are BaseExceptions and pass through
+        st.error(prefix + message(exc))
+        st.stop()
+
+
+def run_error(run: dict) -> str:
+    """A failed run's error message, without the traceback the store keeps for the logs."""
+    text = (run.get("error") or run.get("message") or "failed").split("\n\n", 1)[0]
+    return text.split(": ", 1)[1] if text.split(": ", 1)[0].isidentifier() and ": " in text else text

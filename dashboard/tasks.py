@@ -1,0 +1,115 @@
+"""Job functions the pages submit that are not candidates (those go through engine.experiments):
+building the demo zoo, the N×N matrix, the sources' logits, the URIEL cache.
+
+Plain engine calls with a progress callback; no streamlit here (they run in worker threads).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable, List, Tuple
+
+from engine.jobs import JobRunner
+from engine.progress import Tracker
+from engine.workspace import Workspace
+
+Pair = Tuple[str, str, str]  # (model locale, data locale, split)
+
+
+def submit_demo_build(runner: JobRunner, out: Path, size: str = "default") -> str:
+    def job(ctx):
+        from engine.demo.build import build_demo_zoo
+
+        manifest = build_demo_zoo(out, size=size, progress=ctx.progress)
+        return {"result": {"manifest": str(manifest), "size": size}, "message": f"demo zoo ready at {out}"}
+
+    return runner.submit("demo", job, lane="compute", name=f"build demo zoo ({size})", params={"size": size})
+
+
+def zoo_signature(ws: Workspace) -> dict:
+    """What an N×N matrix was computed on, so a cached one is shown only for the same zoo and data."""
+    s = ws.settings
+    return {"zoo": ws.zoo.name, "root": str(Path(ws.zoo.root).resolve()), "data": s.data,
+            "data_path": s.data_path, "locales": ws.zoo.locales}
+
+
+def submit_nxn(runner: JobRunner, ws: Workspace, split: str = "test", metric: str = "accuracy") -> str:
+    def job(ctx):
+        table = ws.evaluator.nxn(split, metric, progress=ctx.progress)
+        return {"result": {"matrix": {m: {l: float(v) for l, v in row.items()} for m, row in table.iterrows()},
+                           "split": split, "metric": metric},
+                "message": f"{len(table.index)}×{len(table.columns)} matrix ready"}
+
+    return runner.submit("nxn", job, lane="compute", name=f"zero-shot matrix ({split} {metric})",
+                         method=metric, params={"split": split, **zoo_signature(ws)})
+
+
+def has_logits(ws: Workspace, model: str, locale: str, split: str) -> bool:
+    """Whether a source model's logits on a split are in the on-disk cache (no forward pass)."""
+    ev = ws.evaluator
+    if ev.cache is None or not ws.dataset.has(locale, split):
+        return False
+    checker = getattr(ev, "has_source_logits", None)  # preferred, when the engine offers it
+    if checker is not None:
+        return bool(checker(model, locale, split))
+    return ev._key(ws.zoo.fingerprint(model), locale, split) in ev.cache
+
+
+def ensemble_pairs(ws: Workspace, target: str, sources: Iterable[str], fit_on: str = "") -> List[Pair]:
+    """Every (model, locale, split) an ensemble evaluation reads: the sources on the target's
+    validation/test, every zoo model on the target's test (baselines), and the fitting data."""
+    sources = list(sources)
+    pairs: List[Pair] = []
+    for split in ("validation", "test"):
+        pairs += [(s, target, split) for s in sources]
+    pairs += [(m, target, "test") for m in ws.zoo.locales]
+    if fit_on == "sources":
+        pairs += [(s, loc, "validation") for loc in sources for s in sources]
+    return [p for p in dict.fromkeys(pairs) if ws.dataset.has(p[1], p[2])]
+
+
+def missing_logits(ws: Workspace, pairs: Iterable[Pair]) -> List[Pair]:
+    return [p for p in pairs if not has_logits(ws, *p)]
+
+
+def submit_logits(runner: JobRunner, ws: Workspace, pairs: List[Pair], target: str = "") -> str:
+    def job(ctx):
+        tracker = Tracker(ctx.progress, len(pairs), "scoring sources")
+        for model, locale, split in pairs:
+            ws.evaluator.source_logits(model, locale, split)
+            tracker.advance(1, f"{model} on {locale}/{split}")
+        return {"result": {"pairs": [list(p) for p in pairs]}, "message": f"{len(pairs)} logits cached"}
+
+    return runner.submit("logits", job, lane="compute", name=f"cache logits ({len(pairs)})",
+                         target=target or None)
+
+
+def uriel_ready() -> bool:
+    from engine.languages import CACHE_FILE, default_cache_dir
+
+    return (default_cache_dir() / CACHE_FILE).is_file()
+
+
+def submit_uriel(runner: JobRunner) -> str:
+    def job(ctx):
+        from engine.languages import build_cache
+
+        tracker = Tracker(ctx.progress, 1, "reading URIEL vectors (lang2vec, about 6 s)")
+        path = build_cache()
+        tracker.advance(1, "URIEL vectors cached")
+        return {"result": {"path": str(path)}, "message": "URIEL vectors cached"}
+
+    return runner.submit("uriel", job, lane="light", name="URIEL vector cache")
+
+
+def submit_champion_export(runner: JobRunner, ws: Workspace, run_id: str, out_root: Path) -> str:
+    """Rebuilds an evolution's champion and writes it as an HF folder (a merge: a job)."""
+    def job(ctx):
+        from engine.evolve import export_champion
+
+        tracker = Tracker(ctx.progress, 1, "rebuilding the champion")
+        path = export_champion(ws, ctx.store, run_id, Path(out_root) / f"champion-{run_id}")
+        tracker.advance(1, "exported")
+        return {"result": {"export": str(path)}, "message": f"exported to {path}"}
+
+    return runner.submit("export", job, lane="compute", name=f"export champion of {run_id}",
+                         params={"run": run_id})

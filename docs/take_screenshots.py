@@ -1,0 +1,113 @@
+"""Screenshots of every page for the README: `python docs/take_screenshots.py [--zoo PATH] [--out DIR]`.
+
+Starts the app on the demo zoo (cache/demo_zoo) when it is built, else on the test zoo
+(cache/test_zoo), in a throw-away results folder, walks through the steps in headless Chromium
+(similarity → merge → ensemble → evolve → compare) and saves one PNG per page.
+"""
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+from browser_support import (browser_missing, chromium, click_button, click_tab, expand, full_screenshot,  # noqa: E402
+                             navigate, page_text, set_number, streamlit_server, wait_for, wait_for_text, wait_idle)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    demo = ROOT / "cache" / "demo_zoo"
+    ap.add_argument("--zoo", default=str(demo if (demo / "zoo.json").exists() else ROOT / "cache" / "test_zoo"))
+    ap.add_argument("--out", default=str(ROOT / "docs" / "screenshots"))
+    args = ap.parse_args()
+    reason = browser_missing()
+    if reason:
+        print(f"cannot take screenshots: {reason}", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    work = Path(tempfile.mkdtemp(prefix="fusion-shots-"))
+    cache = work / "cache"
+    cache.mkdir()
+    if (ROOT / "cache" / "uriel_vectors.npz").exists():
+        shutil.copy(ROOT / "cache" / "uriel_vectors.npz", cache)
+    env = {"FUSION_ZOO": args.zoo, "FUSION_CACHE_DIR": str(cache), "FUSION_DEVICE": "cpu",
+           "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    try:
+        with streamlit_server(env, work / "server.log") as url, chromium(work / "profile") as d:
+            def visit(title: str, text: str, timeout: float = 60) -> None:
+                navigate(d, title, heading="Cross-lingual model fusion" if title == "Overview" else None)
+                wait_for_text(d, text, timeout)
+                wait_idle(d, 120)
+
+            def shot(name: str) -> None:
+                full_screenshot(d, out / f"{name}.png")
+                print("saved", out / f"{name}.png")
+
+            d.get(url)
+            wait_for_text(d, "Where to start", 60)
+            wait_idle(d)
+            visit("Setup", "Data per locale")
+            shot("1_setup")
+            visit("Similarity", "Use these sources")
+            click_button(d, "Use these sources")
+            wait_for_text(d, "Stored for Merge, Ensemble and Evolve")
+            shot("2_similarity")
+            visit("Merge", "Run merge")
+            click_button(d, "Run merge")
+            wait_for_text(d, "Test accuracy", 600)
+            wait_idle(d, 60)
+            shot("3_merge")
+            visit("Ensemble", "Kind")
+            if "Compute the sources" in page_text(d):
+                click_button(d, "Compute the sources' outputs")
+            wait_for_text(d, "Test accuracy", 600)
+            click_button(d, "learned fusion")
+            wait_for_text(d, "Learned per-model weights", 120)
+            click_button(d, "Save as a run")
+            wait_for_text(d, "Saved as run", 120)
+            wait_idle(d, 60)
+            shot("4_ensemble")
+            visit("Evolve", "Start evolution")  # CMA-ES first: per-layer-group recipes
+            click_button(d, "CMA-ES (per-layer groups)")
+            wait_idle(d)
+            set_number(d, "Generations", 3)
+            set_number(d, "Population", 4)
+            click_button(d, "Start evolution")
+            wait_for(d, lambda d: "Send to Compare" in page_text(d), 1500, "the CMA-ES run to finish")
+            wait_idle(d, 60)
+            shot("5_evolve_cmaes")
+            expand(d, "New evolutionary run")
+            click_button(d, "EvoMerge (8 combinations)")
+            wait_idle(d)
+            set_number(d, "Generations", 1)
+            set_number(d, "Population", 4)
+            click_button(d, "Start evolution")
+            wait_for_text(d, "evomerge →", 60)  # the page now shows the new run
+            wait_for(d, lambda d: "evomerge →" in page_text(d) and "Send to Compare" in page_text(d), 1500,
+                     "the EvoMerge run to finish")
+            if any(b.is_displayed() and "Start evolution" in b.text for b in d.find_elements("css selector", "button")):
+                expand(d, "New evolutionary run")  # collapse the form again for the picture
+            wait_idle(d, 60)
+            shot("5_evolve")
+            visit("Compare", "Merge vs ensemble")
+            shot("6_compare")
+            click_tab(d, "Zero-shot matrix")
+            click_button(d, "Compute the N×N matrix")
+            wait_for_text(d, "Matrix as CSV", 1200)
+            wait_idle(d, 60)
+            shot("6_compare_nxn")
+            visit("Overview", "Where to start")
+            shot("0_overview")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

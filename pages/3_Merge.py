@@ -1,0 +1,93 @@
+"""Merge: sources + weights + a method from the registry → a background job → the result card."""
+import streamlit as st
+
+from dashboard import runs as runs_view
+from dashboard import state, widgets
+from engine.experiments import DATA_MODES, Candidate, submit_candidate
+from engine.merge import MERGES
+
+st.title("Merge")
+st.caption("Merge the source models in parameter space into one model for the target, then score it on "
+           "the target's validation and test data against the baselines.")
+ws = state.require_workspace()
+
+recipe, settings = st.columns([2, 3], gap="large")
+with recipe:
+    target = widgets.target_picker(ws, "merge")
+    sources, weights = widgets.sources_editor(ws, target, "merge")
+with settings:
+    names = MERGES.names()
+    method_name = st.selectbox("Method", names, index=names.index("ties") if "ties" in names else 0,
+                               key="merge_method")
+    method = MERGES.get(method_name)
+    widgets.method_caption(method)
+    values = widgets.param_controls(method, sources, key="merge")
+    data_mode, examples, seed = "sources", 64, 0
+    extra = st.columns(3)
+    if "batches" in method.meta.get("context", []):
+        data_mode = extra[0].selectbox("Statistics from", DATA_MODES, index=DATA_MODES.index("sources"),
+                                       key="merge_data_mode",
+                                       help="target: the target's validation data; sources: each source's own "
+                                            "training data; both: the two together")
+        examples = int(extra[1].number_input("Examples per locale drawn", 1, 100000, 64, key="merge_examples"))
+    elif method.meta.get("needs_data"):
+        st.caption("Scored on the target's validation split while it chooses.")
+    if method.meta.get("random"):
+        seed = int(extra[2].number_input("Seed", 0, 2 ** 31 - 1, 0, key="merge_seed"))
+    export = st.toggle("Export the merged model (HF folder + recipe + mergekit.yaml)", value=True,
+                       key="merge_export")
+
+    problems = []
+    params, why = widgets.checked_params(method, values)
+    if why:
+        problems.append(why)
+    if not sources:
+        problems.append("choose at least one source (tick 'use' in the table)")
+    elif sum(weights) <= 0:
+        problems.append("the weights are all zero")
+    if method.meta.get("needs_base") and ws.zoo.base is None:
+        problems.append(f"'{method.name}' works on task vectors and needs the pretrained base model; this "
+                        "zoo has none (add 'base' on the Setup page)")
+    if len(sources) < method.meta.get("min_sources", 1):
+        problems.append(f"'{method.name}' needs at least {method.meta['min_sources']} sources")
+    for p in problems:
+        st.warning(p)
+    if st.button("Run merge", type="primary", icon=":material/play_arrow:", disabled=bool(problems),
+                 key="merge_run_button"):
+        cand = Candidate("merge", method.name, target, sources, weights, params=params or {}, seed=seed,
+                         data_mode=data_mode, data_examples=examples)
+        with state.engine_errors():
+            st.session_state["merge_run"] = submit_candidate(
+                state.runner(), ws, cand, export_dir=state.export_dir() if export else None)
+        st.rerun()
+
+st.divider()
+st.subheader("Result")
+history = state.store().runs(kind="merge", limit=30)
+if not history:
+    st.caption("No merge has run yet.")
+    st.stop()
+ids = [r["id"] for r in history]
+chosen = st.session_state.get("merge_run")
+if chosen not in ids:
+    chosen = ids[0]
+labels = {r["id"]: runs_view.run_label(r) for r in history}
+run_id = st.selectbox("Run", ids, index=ids.index(chosen), format_func=labels.get, key=f"merge_show_{chosen}")
+run = runs_view.watch(run_id, key="merge")
+if run is None or run["status"] in ("queued", "running"):
+    st.stop()
+st.caption(f"{run['method']} → {run['target']} from " + ", ".join(
+    f"{s} ({w:.2f})" for s, w in zip(run["sources"], run["weights"])) + f" · params {run['params']}")
+runs_view.result_card(run, extra_bars=runs_view.source_bars(ws, run))
+if run["status"] == "done":
+    report = (run.get("result") or {}).get("merge_report") or {}
+    tab_export, tab_report = st.tabs(["Export", "Merge report"])
+    with tab_export:
+        runs_view.export_panel(run)
+    with tab_report:
+        if report.get("counts"):
+            st.write("Tensors by treatment:", report["counts"])
+        for note in report.get("notes") or (run.get("result") or {}).get("merge_notes") or []:
+            st.caption(f"ℹ️ {note}")
+        if not report:
+            st.caption("No report recorded.")

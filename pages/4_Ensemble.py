@@ -1,0 +1,102 @@
+"""Ensemble: combine the sources' outputs. Once their logits are cached, re-scoring is instant."""
+import json
+
+import streamlit as st
+
+from dashboard import runs as runs_view
+from dashboard import state, tasks, widgets
+from engine import figures
+from engine.ensemble import ENSEMBLES
+from engine.experiments import Candidate, evaluate_candidate, source_scores, submit_candidate
+
+st.title("Ensemble")
+st.caption("Combine the source models in output space: every source classifies the target's text and "
+           "their predictions are fused, by a voting rule or by a fusion fitted on validation data.")
+ws = state.require_workspace()
+
+recipe, settings = st.columns([2, 3], gap="large")
+with recipe:
+    target = widgets.target_picker(ws, "ens")
+    sources, weights = widgets.sources_editor(ws, target, "ens")
+with settings:
+    names = ENSEMBLES.names()
+    rules = [n for n in names if not ENSEMBLES.get(n).meta.get("needs_fit")]
+    learned = [n for n in names if ENSEMBLES.get(n).meta.get("needs_fit")]
+    family = st.segmented_control("Kind", ["voting", "learned fusion"], default="voting", key="ens_family") or "voting"
+    options = rules if family == "voting" else learned
+    default = "weighted_logits" if "weighted_logits" in options else options[0]
+    method = ENSEMBLES.get(st.selectbox("Method", options, index=options.index(default), key=f"ens_method_{family}"))
+    widgets.method_caption(method)
+    if method.meta.get("uses_weights") is False and not method.meta.get("needs_fit"):
+        st.caption("This rule ignores the weights.")
+    values = widgets.param_controls(method, sources, key="ens")
+    data_mode, seed = "target", 0
+    if method.meta.get("needs_fit"):
+        c1, c2 = st.columns(2)
+        has_val = ws.dataset.has(target, "validation")
+        data_mode = c1.selectbox("Fit on validation data of", ["target", "sources"], index=0 if has_val else 1,
+                                 key="ens_fit_on", help="the sources' when the target has no labelled data")
+        seed = int(c2.number_input("Seed", 0, 2 ** 31 - 1, 0, key="ens_seed"))
+
+problems = []
+params, why = widgets.checked_params(method, values)
+if why:
+    problems.append(why)
+if not sources:
+    problems.append("choose at least one source (tick 'use' in the table)")
+elif sum(weights) <= 0:
+    problems.append("the weights are all zero")
+n_models = method.meta.get("n_models")
+if n_models and len(sources) != n_models:
+    problems.append(f"'{method.name}' combines exactly {n_models} models; {len(sources)} are ticked")
+if problems:
+    for p in problems:
+        st.warning(p)
+    st.stop()
+
+cand = Candidate("ensemble", method.name, target, sources, weights, params=params, seed=seed, data_mode=data_mode)
+st.divider()
+pairs = tasks.ensemble_pairs(ws, target, sources, fit_on=data_mode if method.meta.get("needs_fit") else "")
+missing = tasks.missing_logits(ws, pairs)
+if missing:
+    active = [r for r in state.store().runs(kind="logits", status=("queued", "running"), limit=5)]
+    st.info(f"{len(missing)} of {len(pairs)} model outputs are not cached yet. They are computed once "
+            "(one forward pass per model and split); after that every change here re-scores instantly.")
+    if active:
+        runs_view.watch(active[0]["id"], key="ens-logits")
+    elif st.button("Compute the sources' outputs", type="primary", icon=":material/play_arrow:", key="ens_logits"):
+        with state.engine_errors():
+            tasks.submit_logits(state.runner(), ws, missing, target)
+        st.rerun()
+    st.stop()
+
+memo = st.session_state.setdefault("ens_memo", {})
+memo_key = json.dumps(cand.to_dict(), sort_keys=True, default=str)
+if memo_key not in memo:
+    with state.engine_errors(), st.spinner("Scoring…"):
+        out = evaluate_candidate(ws, cand)
+        scores = source_scores(ws, target, sources)
+    memo.clear()  # one entry: the current recipe
+    memo[memo_key] = {"metrics": out["metrics"], "baselines": out["baselines"], "seconds": out["seconds"],
+                      "learned_weights": out.get("learned_weights"), "scores": scores}
+live = memo[memo_key]
+run = {"id": "live", "kind": "ensemble", "method": method.name, "target": target, "status": "done",
+       "metrics": live["metrics"], "result": {"baselines": live["baselines"], "seconds": live["seconds"]}}
+st.subheader(f"{method.name} → {target}")
+runs_view.result_card(run, extra_bars=[(f"source {s}", a) for s, a in live["scores"].items()])
+if live.get("learned_weights"):
+    widgets.chart(figures.model_weights_bars(sources, weights, live["learned_weights"],
+                                             title="Learned per-model weights vs the prior"), "ens_learned")
+
+if st.button("Save as a run", icon=":material/save:", key="ens_save"):
+    with state.engine_errors():
+        st.session_state["ens_run"] = submit_candidate(state.runner(), ws, cand, export_dir=state.export_dir())
+    st.rerun()
+saved = st.session_state.get("ens_run")
+if saved:
+    row = runs_view.watch(saved, key="ens")
+    if row and row["status"] == "done":
+        st.success(f"Saved as run {row['id']} (test accuracy {row['metrics']['test']['accuracy']:.3f}); "
+                   "it is listed on the Compare page.")
+    elif row:
+        runs_view.status_line(row)

@@ -1,0 +1,176 @@
+"""Evolve: search merge recipes (EvoMerge or CMA-ES) on the target's dev data; watch it live."""
+import streamlit as st
+
+from dashboard import runs as runs_view
+from dashboard import state, tasks, widgets
+from engine import figures
+from engine.evolve import (DEFAULT_FITNESS, FITNESS_TERMS, SEED_FITNESS, EvolveConfig, resume_evolution,
+                           submit_evolution)
+from engine.evolve.genome import combo_name
+from engine.merge import MERGES
+from engine.store import ACTIVE
+
+st.title("Evolve")
+st.caption("Search merge recipes for the target: fitness is measured on the target's dev (validation) "
+           "data; the best-ever champion is scored on the untouched test split whenever it changes.")
+ws = state.require_workspace()
+history = state.store().runs(kind="evolve", limit=50)
+
+with st.expander("New evolutionary run", expanded=not history, icon=":material/add:"):
+    recipe, settings = st.columns([2, 3], gap="large")
+    with recipe:
+        target = widgets.target_picker(ws, "evo")
+        sources, weights = widgets.sources_editor(ws, target, "evo")
+    with settings:
+        algorithm = st.segmented_control(
+            "Algorithm", ["evomerge", "cmaes"], default="evomerge", key="evo_algorithm",
+            format_func={"evomerge": "EvoMerge (8 combinations)", "cmaes": "CMA-ES (per-layer groups)"}.get,
+        ) or "evomerge"
+        c = st.columns(4)
+        generations = c[0].number_input("Generations", 0, 500, 10, key="evo_generations")
+        population = c[1].number_input("Population", 2, 64, 8, key="evo_population")
+        patience = c[2].number_input("Patience", 0, 100, 5, key="evo_patience",
+                                     help="stop after this many generations without a champion gain; 0 = off")
+        seed = c[3].number_input("Seed", 0, 2 ** 31 - 1, 0, key="evo_seed")
+        dev_size = st.number_input("Dev examples (0 = the whole validation split)", 0, 100000, 0, key="evo_dev_size")
+        st.markdown("**Fitness weights**")
+        preset = st.toggle("seed 004 weights (accuracy .3, loss .4, latency .2, memory .1)", key="evo_seed_fitness")
+        base_fitness = SEED_FITNESS if preset else DEFAULT_FITNESS
+        fc = st.columns(len(FITNESS_TERMS))
+        fitness = {t: float(fc[i].number_input(t, 0.0, 10.0, float(base_fitness[t]), step=0.05,
+                                               key=f"evo_fit_{t}_{preset}"))
+                   for i, t in enumerate(FITNESS_TERMS)}
+        extra = {}
+        if algorithm == "evomerge":
+            with st.expander("EvoMerge settings"):
+                e = st.columns(4)
+                extra["elites"] = int(e[0].number_input("Elites kept", 1, 32, 2, key="evo_elites"))
+                extra["mutants_per_elite"] = int(e[1].number_input("Mutants per elite", 1, 16, 3, key="evo_mutants"))
+                extra["group_size"] = int(e[2].number_input("Loser group size", 2, 16, 3, key="evo_group"))
+                extra["reseed"] = int(e[3].number_input("Re-seeded when uniform", 0, 16, 2, key="evo_reseed"))
+                e = st.columns(3)
+                extra["mutation_sigma"] = float(e[0].number_input("Mutation σ (× range)", 0.001, 1.0, 0.05,
+                                                                  format="%g", key="evo_sigma"))
+                extra["mutation_rate"] = float(e[1].number_input("Mutation rate", 0.0, 1.0, 0.25, key="evo_rate"))
+                extra["diversity_threshold"] = float(e[2].number_input("Diversity threshold", 0.0, 1.0, 0.02,
+                                                                       format="%g", key="evo_div"))
+        else:
+            names = [m.name for m in MERGES if not m.meta.get("needs_data")]
+            e = st.columns(3)
+            extra["method"] = e[0].selectbox("Merge method tuned", names, index=names.index("ties"), key="evo_method")
+            extra["layer_groups"] = int(e[1].number_input("Layers per group (0 = global)", 0, 64, 2, key="evo_groups"))
+            extra["sigma0"] = float(e[2].number_input("Initial step σ0", 0.01, 1.0, 0.2, key="evo_sigma0"))
+            tunable = [p.name for p in MERGES.get(extra["method"]).params if p.kind == "float" and p.per_model]
+            if tunable:
+                extra["tune"] = st.multiselect("Parameters tuned per group (besides the weights)", tunable,
+                                               default=tunable, key=f"evo_tune_{extra['method']}") or None
+        evals = int(population) * (int(generations) + 1)
+        st.caption(f"About {evals} merges + evaluations on {target}'s dev data.")
+        if st.button("Start evolution", type="primary", icon=":material/play_arrow:", key="evo_start",
+                     disabled=not sources):
+            config = EvolveConfig(target=target, algorithm=algorithm, sources=sources, weights=weights,
+                                  generations=int(generations), population=int(population), seed=int(seed),
+                                  patience=int(patience), dev_size=int(dev_size), fitness_weights=fitness, **extra)
+            with state.engine_errors():
+                st.session_state["evo_run"] = submit_evolution(state.runner(), ws, config)
+            st.rerun()
+
+if not history:
+    st.info("No evolutionary run yet.")
+    st.stop()
+history = state.store().runs(kind="evolve", limit=50)
+ids = [r["id"] for r in history]
+chosen = st.session_state.get("evo_run")
+chosen = chosen if chosen in ids else ids[0]
+labels = {r["id"]: runs_view.run_label(r) + (" (resumed)" if r.get("parent") else "") for r in history}
+run_id = st.selectbox("Run", ids, index=ids.index(chosen), format_func=labels.get, key=f"evo_show_{chosen}")
+was_active = state.store().get(run_id)["status"] in ACTIVE
+
+
+@st.fragment(run_every=runs_view.POLL_S if was_active else None)
+def live_panel() -> None:
+    """Everything about the run, redrawn from the store every second while it runs."""
+    row = state.store().get(run_id)
+    active = row["status"] in ACTIVE
+    if was_active and not active:
+        st.rerun(scope="app")
+    if active:
+        runs_view.progress_row(row, key="evo")
+    else:
+        runs_view.status_line(row)
+    result = row.get("result") or {}
+    champion = result.get("champion") or {}
+    base = result.get("baselines") or {}
+    m = st.columns(5)
+    m[0].metric("Generation", f"{result.get('generation', -1) + 1} / {row['params'].get('generations', 0) + 1}")
+    m[1].metric("Champion fitness", f"{champion['fitness']:.4f}" if champion else "–",
+                delta=f"{champion['fitness'] - result['start_fitness']:+.4f} vs gen 0"
+                if champion and result.get("start_fitness") is not None else None)
+    dev, test = (champion.get("dev") or {}), (champion.get("test") or {})
+    m[2].metric("Champion dev accuracy", f"{dev['accuracy']:.3f}" if "accuracy" in dev else "–")
+    best = (base.get("best_source") or {}).get("accuracy")
+    m[3].metric("Champion test accuracy", f"{test['accuracy']:.3f}" if "accuracy" in test else "–",
+                delta=f"{test['accuracy'] - best:+.3f} vs best source" if "accuracy" in test and best is not None else None)
+    m[4].metric("Evaluations / s", f"{result['evals_per_s']:.2f}" if result.get("evals_per_s") else "–")
+    if result.get("stopped"):
+        st.caption(f"Stopped early: {result['stopped']}")
+    frame = figures.series_frame(state.store().series(run_id))
+    left, right = st.columns(2)
+    if frame.empty:
+        left.caption("Curves appear after generation 0.")
+    else:
+        widgets.chart(figures.fitness_curves(frame), "evo_fitness", left)
+        widgets.chart(figures.champion_accuracy(frame, base), "evo_champion", right)
+    if not champion:
+        return
+    recipe = champion.get("recipe") or {}
+    left, right = st.columns(2)
+    with left:
+        frames = figures.recipe_frames(recipe)
+        if frames:
+            shown = st.selectbox("Champion recipe", list(frames), key="evo_recipe_view",
+                                 help="per source and layer group: the weight, or a per-model parameter")
+            widgets.chart(figures.layer_weights_heatmap(frames[shown], title=f"Champion {shown} per layer group"),
+                          "evo_layers", st)
+    with right:
+        counts = result.get("combo_counts")
+        if counts:
+            named = {f"{k} {combo_name(int(k[::-1], 2))}": v for k, v in counts.items()}
+            widgets.chart(figures.usage_bars(named, "Combinations tried (label bit 0 first)"), "evo_usage", st)
+        elif result.get("sigma") is not None:
+            st.metric("CMA-ES step size σ", f"{result['sigma']:.4f}")
+            st.caption(f"{result.get('dimensions')} dimensions over groups: {', '.join(result.get('groups') or [])}")
+    with st.expander("Champion recipe (JSON)"):
+        st.json({"origin": champion.get("origin"), "generation": champion.get("generation"),
+                 "export_method": champion.get("export_method"), **recipe}, expanded=2)
+
+
+live_panel()
+
+row = state.store().get(run_id)
+result = row.get("result") or {}
+b = st.columns(3)
+if row["status"] in ("cancelled", "interrupted", "failed") and result.get("generation", -1) >= 0:
+    if b[0].button("Resume", icon=":material/resume:", key="evo_resume",
+                   help="continue from the last completed generation as a new run"):
+        with state.engine_errors():
+            st.session_state["evo_run"] = resume_evolution(state.runner(), ws, run_id)
+        st.rerun()
+if (result.get("champion") or {}).get("test"):
+    if b[1].button("Send to Compare", icon=":material/leaderboard:", key="evo_compare"):
+        pinned = st.session_state.setdefault(state.PINNED_KEY, [])
+        if run_id not in pinned:
+            pinned.append(run_id)
+        st.switch_page("pages/6_Compare.py")
+    exports = [r for r in state.store().runs(kind="export", limit=50) if (r.get("params") or {}).get("run") == run_id]
+    if exports:
+        export_row = runs_view.watch(exports[0]["id"], key="evo-export")
+        if export_row and export_row["status"] == "done":
+            runs_view.export_panel(export_row)
+        elif export_row:
+            runs_view.status_line(export_row)
+    elif b[2].button("Export champion", icon=":material/download:", key="evo_export",
+                     help="rebuild the champion and write it as a Hugging Face folder with its recipe"):
+        with state.engine_errors():
+            tasks.submit_champion_export(state.runner(), ws, run_id, state.export_dir())
+        st.rerun()

@@ -1,0 +1,107 @@
+"""Compare: every candidate against the target's baselines, the zero-shot N×N matrix, exports."""
+import pandas as pd
+import streamlit as st
+
+from dashboard import runs as runs_view
+from dashboard import state, tables, tasks, widgets
+from engine import figures
+
+st.title("Compare")
+st.caption("Every merge, ensemble and evolved champion, scored on its target's held-out test split, "
+           "against the best chosen source, the best zero-shot model and the target's own model.")
+
+all_runs = [r for r in state.store().runs(limit=2000) if r["kind"] in tables.CANDIDATE_KINDS]
+frame = tables.runs_frame(all_runs)
+pinned = st.session_state.get(state.PINNED_KEY, [])
+
+tab_runs, tab_nxn = st.tabs(["Runs", "Zero-shot matrix (N×N)"])
+with tab_runs:
+    if frame.empty:
+        st.info("No runs yet: build a candidate on the Merge, Ensemble or Evolve page.")
+    else:
+        f = st.columns(5)
+        def choices(col):
+            return sorted(str(v) for v in frame[col].dropna().unique())
+        targets = f[0].multiselect("Target", choices("target"), key="cmp_target")
+        kinds = f[1].multiselect("Kind", choices("kind"), key="cmp_kind")
+        methods = f[2].multiselect("Method", choices("method"), key="cmp_method")
+        statuses = f[3].multiselect("Status", choices("status"),
+                                    default=["done"] if "done" in choices("status") else [], key="cmp_status")
+        sort_by = f[4].selectbox("Sort by", ["created", "test_accuracy", "gain_vs_best_source",
+                                             "validation_accuracy", "target", "method"], key="cmp_sort")
+        view = frame
+        for col, chosen in (("target", targets), ("kind", kinds), ("method", methods), ("status", statuses)):
+            if chosen:
+                view = view[view[col].astype(str).isin(chosen)]
+        view = view.sort_values(sort_by, ascending=sort_by in ("target", "method"), na_position="last")
+        view = view.reset_index(drop=True)
+        default_rows = [i for i, rid in enumerate(view["id"]) if rid in pinned]
+        table_key = "cmp_table_" + str(abs(hash((tuple(targets), tuple(kinds), tuple(methods),
+                                                  tuple(statuses), sort_by, tuple(pinned)))))
+        event = st.dataframe(
+            view, key=table_key, on_select="rerun", selection_mode="multi-row", hide_index=True,
+            selection_default={"selection": {"rows": default_rows}}, width="stretch",
+            column_order=[c for c in tables.COLUMNS if c != "label"],
+            column_config={c: st.column_config.NumberColumn(format="%.3f") for c in
+                           ("test_accuracy", "validation_accuracy", "test_macro_f1", "gain_vs_best_source",
+                            "best_source", "best_zero_shot", "target_model")})
+        rows = list(event.selection.rows) if event is not None else []
+        chosen = view.iloc[rows] if rows else view.head(30)
+        st.caption(f"{len(view)} runs shown, {len(rows)} selected"
+                   + ("" if rows else " — charts show the first 30; select rows to narrow them"))
+        plotted = chosen[(chosen["status"] == "done") & chosen["test_accuracy"].notna()]
+        base = tables.baselines_by_target(all_runs)
+        figs = figures.compare_bars(plotted, base, title="test accuracy · ")
+        for i in range(0, len(figs), 2):
+            cols = st.columns(2)
+            for col, (target, fig) in zip(cols, figs[i:i + 2]):
+                widgets.chart(fig, f"cmp_fig_{target}", col)
+
+        st.subheader("Merge vs ensemble")
+        summary = tables.summary(view)
+        if summary.empty:
+            st.caption("Nothing finished in this view.")
+        else:
+            st.dataframe(summary, hide_index=True, width="stretch",
+                         column_config={c: st.column_config.NumberColumn(format="%.3f") for c in summary.columns
+                                        if summary[c].dtype.kind == "f"})
+
+        st.subheader("Export")
+        out = view.drop(columns=["label"])
+        c = st.columns(3)
+        c[0].download_button("CSV", out.to_csv(index=False), "runs.csv", "text/csv",
+                             icon=":material/download:", key="cmp_csv")
+        c[1].download_button("JSON", tables.to_json(out), "runs.json", "application/json",
+                             icon=":material/download:", key="cmp_json")
+        c[2].download_button("Markdown", tables.markdown(out[[
+            "kind", "method", "target", "test_accuracy", "validation_accuracy", "gain_vs_best_source",
+            "best_source", "best_zero_shot", "target_model", "sources", "created"]]),
+            "runs.md", "text/markdown", icon=":material/download:", key="cmp_md")
+
+with tab_nxn:
+    ws = state.require_workspace()
+    st.caption("Every source model (rows) on every locale's test split (columns); the diagonal is each "
+               "model in its own language. Computed once as a job; the logits it caches also make "
+               "baselines and ensembles instant.")
+    signature = tasks.zoo_signature(ws)
+    matches = [r for r in state.store().runs(kind="nxn", limit=50)
+               if all(r["params"].get(k) == v for k, v in signature.items())]
+    active = [r for r in matches if r["status"] in ("queued", "running")]
+    finished = [r for r in matches if r["status"] == "done"]
+    if active:
+        runs_view.watch(active[0]["id"], key="nxn")
+    elif st.button("Compute the N×N matrix" if not finished else "Recompute", key="nxn_run",
+                   type="primary" if not finished else "secondary", icon=":material/grid_on:"):
+        with state.engine_errors():
+            tasks.submit_nxn(state.runner(), ws)
+        st.rerun()
+    if finished:
+        result = finished[0]["result"]
+        matrix = pd.DataFrame(result["matrix"]).T
+        widgets.chart(figures.nxn_heatmap(matrix, result.get("metric", "accuracy")), "nxn_fig")
+        st.download_button("Matrix as CSV", matrix.to_csv(), "zero_shot.csv", "text/csv", key="nxn_csv",
+                           icon=":material/download:")
+    elif not active:
+        failed = [r for r in matches if r["status"] == "failed"]
+        if failed:
+            runs_view.status_line(failed[0])
