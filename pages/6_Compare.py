@@ -52,9 +52,10 @@ with tab_runs:
         plotted = chosen[(chosen["status"] == "done") & chosen["test_accuracy"].notna()]
         base = tables.baselines_by_target(all_runs)
         figs = figures.compare_bars(plotted, base, title="test accuracy · ")
-        for i in range(0, len(figs), 2):
-            cols = st.columns(2)
-            for col, (target, fig) in zip(cols, figs[i:i + 2]):
+        per_row = 1 if len(figs) == 1 else 2
+        for i in range(0, len(figs), per_row):
+            cols = st.columns(per_row)
+            for col, (target, fig) in zip(cols, figs[i:i + per_row]):
                 widgets.chart(fig, f"cmp_fig_{target}", col)
 
         st.subheader("Merge vs ensemble")
