@@ -41,7 +41,7 @@ def free_port() -> int:
 
 
 @contextmanager
-def streamlit_server(env: Dict[str, str], log_path: Path, timeout: float = 40.0) -> Iterator[str]:
+def streamlit_server(env: Dict[str, str], log_path: Path, timeout: float = 120.0) -> Iterator[str]:
     """Starts the app on a free localhost port; yields its URL; always stops the server."""
     port = free_port()
     cmd = [sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.port", str(port),

@@ -25,7 +25,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from ..merge import MERGES, MergeContext, merge_state_dicts
+from ..merge import MERGES, MergeCache, MergeContext, merge_state_dicts
 from ..merge.selection import layer_groups
 from .config import EvolveError
 from .genome import Genome
@@ -34,11 +34,17 @@ StateDict = Dict[str, torch.Tensor]
 
 
 class Sources:
-    """The run's source state dicts (and the base when needed), loaded once, on the device."""
+    """The run's source state dicts (and the base when needed), loaded once, on the device.
 
-    def __init__(self, ws, names: Sequence[str], need_base: bool):
+    ``cache`` (on by default) is the MergeCache every merge over these sources shares: their task
+    vectors, sorted magnitudes (TIES) and random draws (DARE) are computed once per run instead of
+    once per candidate; it costs up to ~3× the sources' memory (engine/merge/cache.py). Off:
+    ``cache=False`` (same results, slower)."""
+
+    def __init__(self, ws, names: Sequence[str], need_base: bool, cache: bool = True):
         self.names = list(names)
         self.device = ws.evaluator.device
+        self.cache: Optional[MergeCache] = MergeCache() if cache else None
         self.states = [self._on_device(ws.zoo.state_dict(n)) for n in self.names]
         self.base: Optional[StateDict] = None
         if need_base:
@@ -59,7 +65,8 @@ def build_evomerge(genome: Genome, sources: Sources, score=None, seed: int = 0) 
     """The genome's three-stage merge (see the module docstring); ``score`` is frankenmerge's
     dev scorer. The result carries stage 3's MergeReport with stages 1–2's notes added."""
     interpolation, task_vector, selection = genome.methods
-    common = {"names": sources.names, "device": sources.device, "seed": seed}
+    common = {"names": sources.names, "device": sources.device, "seed": seed,
+              "cache": sources.cache}
     first = merge_state_dicts(interpolation, sources.states, genome.weights, **common)
     second = merge_state_dicts(task_vector, sources.states, genome.weights, base=sources.base,
                                params=genome.params[task_vector], **common)
@@ -104,6 +111,7 @@ def build_grouped(method: str, groups: Sequence[Tuple[str, List[str]]],
         base = {k: sources.base[k] for k in keys if k in sources.base} \
             if sources.base is not None else None
         merged = merge_state_dicts(method, subs, weights, base=base, params=params,
-                                   names=sources.names, device=sources.device, seed=seed)
+                                   names=sources.names, device=sources.device, seed=seed,
+                                   cache=sources.cache)
         out.update(merged)
     return out

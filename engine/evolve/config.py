@@ -37,6 +37,8 @@ class EvolveConfig:
     fitness_weights: Dict[str, float] = field(default_factory=lambda: dict(DEFAULT_FITNESS))
     dev_split: str = "validation"          # the target's split the search optimises on
     dev_size: int = 0                      # 0: the whole split; n: a seeded sample of n examples
+    merge_cache: bool = True               # keep task vectors / sorted magnitudes / draws between
+                                           # merges (faster; up to ~3x the sources' memory)
     patience: int = 5                      # generations without a champion gain > min_delta; 0: off
     min_delta: float = 0.001
     # EvoMerge

@@ -100,7 +100,7 @@ class Evolution:
         self.ws, self.config = ws, config
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else None
         self._log, self._progress, self._update = log, progress, update
-        self.sources = Sources(ws, config.sources, needs_base(config))
+        self.sources = Sources(ws, config.sources, needs_base(config), config.merge_cache)
         self.search = make_search(config, self.sources.keys)
         self.fitness = Fitness(ws, config.target, config.fitness_weights, config.dev_split,
                                config.dev_size, config.seed)

@@ -2,6 +2,7 @@
 
 Memory: the K source state dicts (the caller's), the output, and per key the K inputs converted to
 float32 on the compute device plus the kernel's scratch — never a stacked copy of whole models.
+A MergeCache (opt-in, for repeated merges over the same sources) adds what it keeps: cache.py.
 """
 from __future__ import annotations
 
@@ -17,7 +18,9 @@ from torch import Tensor
 from ..progress import ProgressFn, Tracker, sub_progress
 from ..registry import Method
 from . import MERGES
-from .common import PREPARERS, MergeError, Prepared, linear_average, normalise_weights
+from .cache import MergeCache
+from .common import (CACHE_AWARE, PREPARERS, MergeError, Prepared, all_finite,  # noqa: F401
+                     linear_average, normalise_weights)
 from .context import MergeContext
 
 StateDict = Mapping[str, Tensor]
@@ -121,14 +124,6 @@ def _check_keys(sources: Sequence[StateDict], names: Sequence[str]) -> List[str]
     return keys
 
 
-def all_finite(t: Tensor) -> bool:
-    """One reduction instead of a boolean copy: a NaN/inf entry makes the sum non-finite (a
-    finite tensor whose sum overflows is re-checked exactly)."""
-    if not t.is_floating_point() or bool(torch.isfinite(t.sum(dtype=torch.float32))):
-        return True
-    return bool(torch.isfinite(t).all())
-
-
 def _finite(t: Tensor, who: str, key: str) -> None:
     if not all_finite(t):
         raise MergeError(f"model '{who}' tensor '{key}' contains NaN or inf")
@@ -141,7 +136,8 @@ def merge_state_dicts(method: Union[str, Method], sources: Sequence[StateDict],
                       context: Optional[MergeContext] = None,
                       device: Union[str, torch.device, None] = None,
                       dtype: Optional[torch.dtype] = None, seed: int = 0,
-                      progress: Optional[ProgressFn] = None) -> MergedStateDict:
+                      progress: Optional[ProgressFn] = None,
+                      cache: Optional[MergeCache] = None) -> MergedStateDict:
     """Merges K state dicts with a registered method; returns the merged dict with ``.report``.
 
     weights: one non-negative number per source (None: equal), normalised to sum to one.
@@ -150,6 +146,10 @@ def merge_state_dicts(method: Union[str, Method], sources: Sequence[StateDict],
     Computes in float32 on ``device`` (default CPU); each output tensor is written in the
     sources' dtype (or ``dtype``) on the sources' device. Non-floating tensors are copied when
     all sources agree. Random methods draw from a generator seeded by (seed, key).
+    cache: a MergeCache shared by repeated merges over the same sources and base (an evolutionary
+        search): their float32 copies, NaN/inf checks, task vectors, sorted magnitudes and random
+        draws are then computed once (see engine/merge/cache.py for what it costs in memory).
+        Same results as without it.
     """
     started = time.perf_counter()
     method = resolve_method(method)
@@ -198,11 +198,10 @@ def merge_state_dicts(method: Union[str, Method], sources: Sequence[StateDict],
     weight_tensor = torch.tensor(w, dtype=torch.float32, device=compute)
     tracker = Tracker(loop_progress, len(keys), f"merging ({method.name})")
     out = MergedStateDict()
+    aware = cache is not None and method.name in CACHE_AWARE
     for key in keys:
         originals = [state[key] for state in sources]
         shape = originals[0].shape
-        for t, name in zip(originals, names):
-            _finite(t, name, key)
         if not all(t.is_floating_point() for t in originals):
             if any(t.dtype != originals[0].dtype or not torch.equal(t, originals[0])
                    for t in originals[1:]):
@@ -212,20 +211,29 @@ def merge_state_dicts(method: Union[str, Method], sources: Sequence[StateDict],
             report.treatment[key] = "copied (not floating point)"
             tracker.advance(1)
             continue
-        tensors = [t.to(device=compute, dtype=torch.float32) for t in originals]
-        base_t = None
-        if needs_base and key in base_keys:
-            raw = base[base_keys[key]]
-            if raw.shape != shape:
-                raise MergeError(f"tensor '{key}' has shape {tuple(shape)} in the sources but "
-                                 f"{tuple(raw.shape)} in the base model")
-            _finite(raw, "base", key)
-            base_t = raw.to(device=compute, dtype=torch.float32)
+        raw = base[base_keys[key]] if needs_base and key in base_keys else None
+        if raw is not None and raw.shape != shape:
+            raise MergeError(f"tensor '{key}' has shape {tuple(shape)} in the sources but "
+                             f"{tuple(raw.shape)} in the base model")
+        inputs = None
+        if cache is not None:  # checked and converted once per run
+            inputs = cache.inputs(key, originals, raw, names, compute)
+            tensors, base_t = inputs.tensors, inputs.base if raw is not None else None
+        else:
+            for t, name in zip(originals, names):
+                _finite(t, name, key)
+            tensors = [t.to(device=compute, dtype=torch.float32) for t in originals]
+            base_t = None
+            if raw is not None:
+                _finite(raw, "base", key)
+                base_t = raw.to(device=compute, dtype=torch.float32)
         if needs_base and base_t is None:
             merged = linear_average(tensors, weight_tensor)
             report.treatment[key] = "linear (base lacks it)"
         else:
-            extras = prepared.extras.get(key, {})
+            extras = dict(prepared.extras.get(key, {}))
+            if aware:
+                extras["inputs"] = inputs
             merged = method.fn(tensors, weight_tensor, base_t, key=key,
                                generator=key_generator(seed, key, compute),
                                **kernel_params, **extras)
@@ -234,7 +242,7 @@ def merge_state_dicts(method: Union[str, Method], sources: Sequence[StateDict],
         if not all_finite(merged):
             raise MergeError(f"merge method '{method.name}' produced NaN/inf in tensor '{key}'")
         out[key] = merged.to(device=originals[0].device, dtype=dtype or originals[0].dtype)
-        del tensors, base_t, merged
+        del tensors, base_t, merged, inputs
         tracker.advance(1)
     report.seconds = time.perf_counter() - started
     out.report = report

@@ -11,7 +11,8 @@ from torch import Tensor
 from ..progress import Tracker
 from ..registry import Param
 from . import MERGES
-from .common import PREPARERS, MergeError, Prepared, linear_average, weighted_sum
+from .common import (PREPARERS, MergeError, Prepared, chunk_size, linear_average,
+                     weighted_sum)
 from .context import require_context
 
 # "<prefix>.layer.<n>." and the usual spellings in other architectures (layers, h, block(s)).
@@ -127,11 +128,26 @@ def inverse_variance(tensors: List[Tensor], weights: Tensor, base: Optional[Tens
     Applies to every tensor, the classification head included; the base is not used.
     """
     w = weights.tolist()
+    if granularity == "tensor":
+        return _inverse_variance(tensors, w, epsilon, per_tensor=True)
+    # per entry, everything is elementwise: slice by slice, so the scratch stays in cache
+    flats = [t.reshape(-1) for t in tensors]
+    out = torch.empty_like(flats[0])
+    step = chunk_size()
+    for start in range(0, out.numel(), step):
+        stop = min(out.numel(), start + step)
+        _inverse_variance([f[start:stop] for f in flats], w, epsilon, per_tensor=False,
+                          out=out[start:stop])
+    return out.view(tensors[0].shape)
+
+
+def _inverse_variance(tensors: List[Tensor], w: List[float], epsilon: float, per_tensor: bool,
+                      out: Optional[Tensor] = None) -> Tensor:
     mean = weighted_sum(tensors, w)
     deviations = []
     for t in tensors:
         v = (t - mean).square_()
-        deviations.append(v.mean() if granularity == "tensor" else v)
+        deviations.append(v.mean() if per_tensor else v)
     spread = torch.zeros_like(deviations[0])
     for v, wi in zip(deviations, w):
         spread = spread + wi * v
@@ -139,14 +155,18 @@ def inverse_variance(tensors: List[Tensor], weights: Tensor, base: Optional[Tens
     variances = [v + floor for v in deviations]
     # c_i scaled by the smallest variance so that nothing overflows: c_i = w_i · v_min / v_i,
     # and where v_min = 0 (a model sits exactly on the consensus) c_i = w_i for those models.
-    smallest = torch.stack([v for v, wi in zip(variances, w) if wi > 0]).amin(dim=0)
+    # v_min ≤ v_i, so v_min / v_i is NaN (0/0) exactly where v_i = 0: nan_to_num gives the 1
+    # there, with float arithmetic only (boolean masks and where cost several times more).
+    smallest = None
+    for v, wi in zip(variances, w):
+        if wi > 0:
+            smallest = v if smallest is None else torch.minimum(smallest, v)
     numerator = torch.zeros_like(mean)
     denominator = torch.zeros_like(mean)
     for t, v, wi in zip(tensors, variances, w):
         if wi == 0:
             continue
-        c = wi * torch.where(v > 0, smallest / torch.where(v > 0, v, torch.ones_like(v)),
-                             torch.ones_like(v))
+        c = torch.div(smallest, v).nan_to_num_(nan=1.0).mul_(wi)
         numerator.add_(c * t)
         denominator.add_(c if c.dim() else c.expand_as(denominator))
-    return numerator / denominator
+    return torch.div(numerator, denominator, out=out)

@@ -13,14 +13,16 @@ A classification head missing from the pretrained base is linear-averaged by the
 """
 from __future__ import annotations
 
-from typing import Callable, List, Optional
+from typing import Callable, List, Optional, Tuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from ..registry import Param
 from . import MERGES
-from .common import MergeError, each
+from .combine import Piece, combine, whole
+from .common import CACHE_AWARE, MergeError, each
 from .linear import SCALE
 
 RESCALES = ("l1", "inverse_density", "none")
@@ -53,162 +55,255 @@ EPSILON = Param("epsilon", "float", 0.15, 0.0, 0.5, per_model=True,
 
 # ---- sparsifiers (one task vector at a time) ---------------------------------------------------
 
-def _rescaled(delta: Tensor, keep: Tensor, rescale: str, keep_prob, eps: float = 1e-7) -> Tensor:
-    """Masked delta, rescaled: 'l1' to the original L1 norm (mergekit, unless either norm is
-    below eps), 'inverse_density' by 1/keep_prob, 'none' not at all."""
-    masked = torch.where(keep, delta, 0.0)
+def _rescaled(delta: Tensor, keep: Tensor, rescale: str, keep_prob, eps: float = 1e-7,
+              before: Optional[Tensor] = None) -> Tensor:
+    """Masked delta (``keep``: a 1/0 float mask, overwritten), rescaled: 'l1' to the original L1
+    norm ``before`` (mergekit, unless either norm is below eps), 'inverse_density' by
+    1/keep_prob, 'none' not at all.
+
+    keep·δ + 0 is where(keep, δ, 0) (a dropped entry becomes +0, never −0) at a fraction of
+    where's CPU cost; it differs only on a kept δ = −0, which needs θ_base = +0 there, so the
+    merged entry θ_base + (±0) is the same +0."""
+    masked = keep.mul_(delta).add_(0.0)
     if rescale == "none":
         return masked
     if rescale == "inverse_density":
         return masked.div_(keep_prob)
-    before = torch.linalg.vector_norm(delta, ord=1)
+    before = torch.linalg.vector_norm(delta, ord=1) if before is None else before
     after = torch.linalg.vector_norm(masked, ord=1)
     if before < eps or after < eps:
         return masked
     return masked.mul_(before / after)
 
 
-def _keep(shape, prob, like: Tensor, generator) -> Tensor:
+def _keep(shape, prob, like: Tensor, generator, uniform: Optional[Tensor] = None) -> Tensor:
     """Bernoulli(prob) keep-mask drawn as uniform < prob: on CPU the very stream of mergekit's
-    ``torch.bernoulli(full_like(t, p))`` (the parity tests check it), without its slowness."""
-    return torch.rand(shape, generator=generator, device=like.device, dtype=like.dtype) < prob
+    ``torch.bernoulli(full_like(t, p))`` (the parity tests check it), without its slowness.
+    ``uniform``: those draws, cached (cache.KeyInputs.uniform). The mask is 1/0 floats,
+    relu(sign(prob − u)): a float difference is > 0 exactly when u < prob, and float masks
+    multiply faster than boolean ones."""
+    if uniform is None:
+        uniform = torch.rand(shape, generator=generator, device=like.device, dtype=like.dtype)
+    return torch.rsub(uniform, prob).sign_().relu_()
 
 
-def magnitude(delta: Tensor, density: float) -> Tensor:
+def trim_cut(density: float, n: int, size: Optional[Tensor] = None,
+             sorted_size: Optional[Tensor] = None) -> Tuple[Tensor, int, bool]:
+    """(cut, k, exact) of TIES trimming over n entries: cut is the k-th largest |δ|, k =
+    max(1, ⌊density·n⌋), from ``size`` = |δ| by selection (kthvalue) or from ``sorted_size`` = |δ|
+    sorted ascending by an index lookup — the same value. exact: |δ| ≥ cut holds for exactly k
+    entries (no surplus ties at the cut)."""
+    k = max(1, int(density * n))
+    if sorted_size is not None:
+        cut = sorted_size[n - k]
+        reaching = n - int(torch.searchsorted(sorted_size, cut.reshape(1)))
+    else:
+        cut = torch.kthvalue(size, n - k + 1).values
+        reaching = int(torch.count_nonzero(size >= cut))
+    return cut, k, reaching == k
+
+
+def _below(cut: Tensor) -> float:
+    """The largest float under ``cut`` (> 0): hardshrink keeps |x| > it, i.e. |x| ≥ cut."""
+    return float(torch.nextafter(cut, torch.zeros_like(cut)))
+
+
+def magnitude(delta: Tensor, density: float, sorted_size: Optional[Tensor] = None) -> Tensor:
     """Keeps the top max(1, ⌊density·n⌋) entries by |δ| (TIES trim; no rescaling).
 
-    The cut comes from a selection (kthvalue, O(n)) rather than a full sort. Entries tied in
-    magnitude at the cut are kept in index order; mergekit keeps whichever its (unstable)
-    argsort puts first, so on such ties the two may keep different, equally large, entries.
+    The cut comes from a selection (kthvalue, O(n)) rather than a full sort, or from
+    ``sorted_size`` (|δ| sorted, cached between merges). Entries tied in magnitude at the cut are
+    kept in index order; mergekit keeps whichever its (unstable) argsort puts first, so on such
+    ties the two may keep different, equally large, entries. Zeroing is hardshrink (|x| ≤ λ → +0),
+    a vectorised pass, where a boolean mask and ``where`` would take three.
     """
     if density >= 1:
         return delta
     flat = delta.reshape(-1)
-    size = flat.abs()
-    k = max(1, int(density * flat.numel()))
-    cut = torch.kthvalue(size, flat.numel() - k + 1).values
+    size = flat.abs() if sorted_size is None else None
+    cut, k, exact = trim_cut(density, flat.numel(), size, sorted_size)
     if cut == 0:  # fewer than k non-zeros: keeping them all is the same output
-        keep = size > 0
-    else:
-        keep = size > cut
-        missing = k - int(torch.count_nonzero(keep))
-        if missing > 0:
-            keep[(size == cut).nonzero().squeeze(1)[:missing]] = True
-    return torch.where(keep, flat, 0.0).reshape(delta.shape)
+        return F.hardshrink(flat, 0.0).view(delta.shape)
+    if exact:
+        return F.hardshrink(flat, _below(cut)).view(delta.shape)
+    out = F.hardshrink(flat, float(cut))  # |δ| > cut, then the first ties at the cut
+    size = flat.abs() if size is None else size
+    missing = k - int(torch.count_nonzero(out))
+    ties = (size == cut).nonzero().squeeze(1)[:missing]
+    out[ties] = flat[ties]
+    return out.view(delta.shape)
 
 
-def magnitude_outliers(delta: Tensor, density: float, gamma: float) -> Tensor:
-    """Breadcrumbs: drops the ⌊γn⌋ largest |δ| and then the smallest, so ⌊density·n⌋ remain."""
+def magnitude_outliers(delta: Tensor, density: float, gamma: float,
+                       order: Optional[Tensor] = None) -> Tensor:
+    """Breadcrumbs: drops the ⌊γn⌋ largest |δ| and then the smallest, so ⌊density·n⌋ remain.
+    ``order``: the argsort of |δ| (cached between merges)."""
     if density >= 1:
         return delta
     n = delta.numel()
     target, top = int(density * n), int(gamma * n)
     bottom = max(0, n - target - top)
     flat = delta.reshape(-1)
-    order = torch.sort(flat.abs(), descending=False).indices
+    if order is None:
+        order = magnitude_order(flat)
     keep = order[bottom:bottom + target]
     out = torch.zeros_like(flat)
     out[keep] = flat[keep]
     return out.reshape(delta.shape)
 
 
-def bernoulli(delta: Tensor, density: float, rescale: str, generator) -> Tensor:
-    """DARE: drops each entry with probability 1 − density, then rescales the survivors."""
+def magnitude_order(delta: Tensor) -> Tensor:
+    return torch.sort(delta.reshape(-1).abs(), descending=False).indices
+
+
+def bernoulli(delta: Tensor, density: float, rescale: str, generator,
+              uniform: Optional[Tensor] = None, l1: Optional[Tensor] = None) -> Tensor:
+    """DARE: drops each entry with probability 1 − density, then rescales the survivors.
+    ``uniform`` / ``l1``: the draws and ‖δ‖₁, cached between merges."""
     if density >= 1:
         return delta
-    return _rescaled(delta, _keep(delta.shape, density, delta, generator), rescale, density)
+    keep = _keep(delta.shape, density, delta, generator, uniform)
+    return _rescaled(delta, keep, rescale, density, before=l1)
+
+
+def _rows(delta: Tensor) -> Tensor:
+    return delta if delta.dim() >= 2 else delta.reshape(1, -1)
+
+
+def della_rank(delta: Tensor) -> Tensor:
+    """Each entry's magnitude rank in its row, scaled to [0, 1] (what MagPrune's probabilities
+    rise with)."""
+    rows = _rows(delta)
+    ranks = torch.argsort(torch.argsort(rows.abs(), dim=1, descending=False), dim=1)
+    # mergekit: (rank − min) / (max − min) with min = 0, max = n − 1; a row of one entry
+    # (0/0 there) gets rank 0 here instead of NaN.
+    span = max(rows.shape[1] - 1, 1)
+    return (ranks.to(rows.dtype) / span).clamp(0, 1)
 
 
 def della_magprune(delta: Tensor, density: float, epsilon: float, rescale: str,
-                   generator) -> Tensor:
+                   generator, uniform: Optional[Tensor] = None, l1: Optional[Tensor] = None,
+                   rank: Optional[Tensor] = None) -> Tensor:
     """DELLA MagPrune: per row, keep probability rises linearly with magnitude rank from
-    density − ε (smallest) to density + ε (largest); then rescale."""
+    density − ε (smallest) to density + ε (largest); then rescale. ``uniform`` / ``l1`` /
+    ``rank``: cached between merges."""
     if density >= 1:
         return delta
     if density + epsilon >= 1 or density - epsilon <= 0:
         raise MergeError(f"della: density ± epsilon must stay inside (0, 1); got density "
                          f"{density} and epsilon {epsilon}")
-    rows = delta if delta.dim() >= 2 else delta.reshape(1, -1)
-    ranks = torch.argsort(torch.argsort(rows.abs(), dim=1, descending=False), dim=1)
-    # mergekit: (rank − min) / (max − min) with min = 0, max = n − 1; a row of one entry
-    # (0/0 there) gets rank 0 here instead of NaN.
-    span = max(rows.shape[1] - 1, 1)
-    probs = (density - epsilon) + (ranks.to(rows.dtype) / span).clamp(0, 1) * 2 * epsilon
-    keep = _keep(rows.shape, probs, rows, generator)
-    return _rescaled(rows, keep, rescale, probs).reshape(delta.shape)
+    rows = _rows(delta)
+    rank = della_rank(delta) if rank is None else rank
+    probs = (density - epsilon) + rank * 2 * epsilon
+    keep = _keep(rows.shape, probs, rows, generator, uniform)
+    return _rescaled(rows, keep, rescale, probs, before=l1).reshape(delta.shape)
 
 
 # ---- the generalised kernel ---------------------------------------------------------------------
 
+def trimmed(x: Tensor, base: Tensor, density: float, weight: float,
+            sorted_size: Optional[Tensor]) -> Piece:
+    """w·trim(x − base) slice by slice, the cut known up front from the sorted magnitudes.
+
+    With surplus ties at the cut, each slice keeps |δ| > cut plus its ties while some of the
+    k are still missing: the first ones in index order, as ``magnitude`` keeps them, provided the
+    slices are asked for in order (``combine`` does)."""
+    fx, fb = x.reshape(-1), base.reshape(-1)
+    if density >= 1:
+        return lambda start, stop: torch.sub(fx[start:stop], fb[start:stop]).mul_(weight)
+    n = fx.numel()
+    cut, k, exact = trim_cut(density, n, sorted_size=sorted_size)
+    if cut == 0 or exact:
+        threshold = _below(cut) if cut != 0 else 0.0
+        return lambda start, stop: F.hardshrink(torch.sub(fx[start:stop], fb[start:stop]),
+                                                threshold).mul_(weight)
+    above = n - int(torch.searchsorted(sorted_size, cut.reshape(1), right=True))
+    missing, value = k - above, float(cut)
+
+    def piece(start: int, stop: int) -> Tensor:
+        nonlocal missing
+        d = torch.sub(fx[start:stop], fb[start:stop])
+        kept = F.hardshrink(d, value)
+        if missing > 0:
+            ties = (d.abs() == value).nonzero().squeeze(1)[:missing]
+            kept[ties] = d[ties]
+            missing -= ties.numel()
+        return kept.mul_(weight)
+    return piece
+
+
 def task_merge(tensors: List[Tensor], weights: Tensor, base: Tensor, *,
                sparsify: Optional[Callable[[Tensor, int], Tensor]], consensus: bool,
                normalize: bool, scale: float) -> Tensor:
-    """base + λ · [Σ_i w_i m_i s(δ_i)] / [Σ_i w_i m_i if normalize], m_i the sign-consensus mask.
-
-    The elected sign per entry is the sign of Σ w_i s(δ_i) (zero counts as +, as in mergekit);
-    entries with δ = 0 never agree, so trimmed entries do not dilute the average.
-    """
+    """base + λ · [Σ_i w_i m_i s(δ_i)] / [Σ_i w_i m_i if normalize] (see ``combine``)."""
     w = weights.tolist()
-
-    def delta(i: int) -> Tensor:
-        d = tensors[i] - base
-        return (sparsify(d, i) if sparsify is not None else d).mul_(w[i])
-
-    if not consensus:  # one running sum, no per-source buffers
-        merged = delta(0)
-        for i in range(1, len(tensors)):
-            merged.add_(delta(i))
-        divisor = sum(w)
-        if abs(divisor) < 1e-8:
-            divisor = 1.0
-    else:
-        deltas = [delta(i) for i in range(len(tensors))]
-        total = deltas[0].clone()
-        for d in deltas[1:]:
-            total.add_(d)
-        positive = total >= 0  # the elected sign; a zero sum elects +
-        merged, divisor = total.zero_(), torch.zeros_like(base)
-        for d, wi in zip(deltas, w):
-            agree = torch.where(positive, d > 0, d < 0)
-            merged.add_(torch.where(agree, d, 0.0))
-            divisor.add_(agree.to(divisor.dtype), alpha=wi)
-        divisor[divisor == 0] = 1
-    if normalize:
-        merged.div_(divisor)
-    if scale != 1:
-        merged.mul_(scale)
-    return merged.add_(base)
+    pieces = []
+    for i, t in enumerate(tensors):
+        d = t - base
+        pieces.append(whole((sparsify(d, i) if sparsify is not None else d).mul_(w[i])))
+    return combine(pieces, w, base, consensus=consensus, normalize=normalize, scale=scale)
 
 
 def _register(name: str, *, mergekit: str, params: list, sparsifier: str, consensus: bool,
               normalize_default: bool, doc: str) -> None:
-    """One registry entry per mergekit flavour; the kernel closes over its sparsifier."""
+    """One registry entry per mergekit flavour; the kernel closes over its sparsifier.
+    ``inputs`` (a cache.KeyInputs, when the merge has a MergeCache) supplies the deltas, sorted
+    magnitudes, norms and draws instead of recomputing them; the result is the same."""
 
     def kernel(tensors: List[Tensor], weights: Tensor, base: Tensor, *, key: str = "",
                generator=None, density=1.0, scale: float = 1.0, normalize=normalize_default,
-               rescale: str = "l1", gamma=0.01, epsilon=0.15) -> Tensor:
+               rescale: str = "l1", gamma=0.01, epsilon=0.15, inputs=None) -> Tensor:
         k = len(tensors)
         dens, gams, epss = each(density, k, "density"), each(gamma, k, "gamma"), each(epsilon, k,
                                                                                      "epsilon")
         for d in dens:
             if not 0 < d <= 1:
                 raise MergeError(f"{name}: density must be in (0, 1], got {d}")
-        if sparsifier == "magnitude":
-            sp = lambda d, i: magnitude(d, dens[i])  # noqa: E731
-        elif sparsifier == "outliers":
-            sp = lambda d, i: magnitude_outliers(d, dens[i], gams[i])  # noqa: E731
-        elif sparsifier == "random":
-            sp = lambda d, i: bernoulli(d, dens[i], rescale, generator)  # noqa: E731
-        else:
-            sp = lambda d, i: della_magprune(d, dens[i], epss[i], rescale, generator)  # noqa: E731
-        return task_merge(tensors, weights, base, sparsify=sp, consensus=consensus,
-                          normalize=normalize, scale=scale)
+        w = weights.tolist()
+        drawn = 0  # sources that drew from the key's generator so far (cached draws follow it)
+
+        def sparse(d: Tensor, i: int) -> Tensor:
+            """s(δ_i) with the flavour's sparsifier; with ``inputs``, from their cached parts."""
+            nonlocal drawn
+            if dens[i] >= 1:
+                return d
+            if sparsifier == "magnitude":
+                return magnitude(d, dens[i])
+            if sparsifier == "outliers":
+                order = None if inputs is None else inputs.derived(
+                    "order", i, lambda: magnitude_order(d))
+                return magnitude_outliers(d, dens[i], gams[i], order)
+            uniform = l1 = rank = None
+            if inputs is not None:
+                shape = d.shape if sparsifier == "random" else _rows(d).shape
+                uniform, drawn = inputs.uniform(shape, drawn, generator), drawn + 1
+                l1 = inputs.l1(i) if rescale == "l1" else None
+            if sparsifier == "random":
+                return bernoulli(d, dens[i], rescale, generator, uniform, l1)
+            if inputs is not None:
+                rank = inputs.derived("della_rank", i, lambda: della_rank(d))
+            return della_magprune(d, dens[i], epss[i], rescale, generator, uniform, l1, rank)
+
+        if inputs is None:
+            return task_merge(tensors, weights, base, sparsify=sparse, consensus=consensus,
+                              normalize=normalize, scale=scale)
+        pieces = []
+        for i in range(k):
+            if sparsifier == "magnitude":
+                sorted_size = inputs.sorted_size(i) if dens[i] < 1 else None
+                pieces.append(trimmed(tensors[i], base, dens[i], w[i], sorted_size))
+                continue
+            d = inputs.delta(i)
+            s = sparse(d, i)
+            pieces.append(whole(s * w[i] if s is d else s.mul_(w[i])))  # the cache's δ stays
+        return combine(pieces, w, base, consensus=consensus, normalize=normalize, scale=scale)
 
     kernel.__name__ = name
     kernel.__doc__ = doc
     MERGES.register(name, params=params, family="sparse", needs_base=True, needs_data=False,
                     mergekit=mergekit, min_sources=1,
                     random=sparsifier in ("random", "della"))(kernel)
+    CACHE_AWARE.add(name)
 
 
 _register("ties", mergekit="ties", sparsifier="magnitude", consensus=True, normalize_default=True,
