@@ -50,7 +50,6 @@ def default_zoo() -> Path:
 def measure(ws, config: EvolveConfig) -> dict:
     started = time.perf_counter()
     evo = Evolution(ws, config)
-    sources = evo.sources
     setup = time.perf_counter() - started
     while evo.step():
         pass
@@ -59,7 +58,7 @@ def measure(ws, config: EvolveConfig) -> dict:
     steady = [h for h in r["history"] if h["generation"] > 0]
     steady_s = sum(h["seconds"] for h in steady) or float("nan")
     steady_eval = sum(h["eval_seconds"] for h in steady)
-    cache = sources.cache
+    cache = evo.sources.cache
     return {"algorithm": config.algorithm if config.algorithm == "evomerge"
             else f"cmaes:{config.method}", "cache": "on" if cache is not None else "off",
             "cache MB": cache.nbytes() / 2 ** 20 if cache is not None else 0.0,
