@@ -232,12 +232,16 @@ class Zoo:
         return fingerprint_dir(self.path(locale))
 
     def tokenizer_fingerprint(self) -> str:
+        """Hash of the tokenizer files (memoised: it is part of every logits-cache key)."""
+        if "_tok_fp" in self.__dict__:
+            return self.__dict__["_tok_fp"]
         h = hashlib.sha256()
         folder = self.path(self.locales[0])
         for name in ("tokenizer.json", "tokenizer_config.json", "sentencepiece.bpe.model", "vocab.txt"):
             if (folder / name).exists():
                 h.update((folder / name).read_bytes())
-        return h.hexdigest()[:16]
+        self.__dict__["_tok_fp"] = h.hexdigest()[:16]
+        return self.__dict__["_tok_fp"]
 
     def tokenizer(self):
         from transformers import AutoTokenizer
