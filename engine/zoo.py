@@ -18,6 +18,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
+from .resident import RESIDENT
+
 MANIFEST = "zoo.json"
 DEFAULT_PATTERN = "{base}_massive_k_{locale}"
 LOCALE_RE = r"[a-z]{2,3}-[A-Z]{2}"
@@ -208,14 +210,16 @@ class Zoo:
         return label_list(self.config())
 
     def state_dict(self, locale: str) -> Dict[str, torch.Tensor]:
-        return load_state_dict(self.path(locale))
+        """The model's weights, kept resident between calls (engine/resident.py): the tensors are
+        shared, so never modify them in place."""
+        return RESIDENT.get(self.path(locale), load_state_dict)
 
     def base_state_dict(self) -> Dict[str, torch.Tensor]:
         """The pretrained base, with key names aligned to the classifiers' (prefix added if needed)."""
         if self.base is None:
             raise ZooError("this zoo has no pretrained base model; task-vector merges need one "
                            "(add 'base' to the manifest or pass --base)")
-        state = load_state_dict(self.base)
+        state = RESIDENT.get(self.base, load_state_dict)
         target_keys = set(read_shapes(self.path(self.locales[0])))
         prefix = self.config().get("model_type", "").replace("-", "_")
         if prefix == "xlm_roberta":
@@ -258,7 +262,8 @@ class Zoo:
         config = AutoConfig.from_pretrained(str(self.path(self.locales[0])), trust_remote_code=False)
         with torch.device("meta"):
             model = AutoModelForSequenceClassification.from_config(config)
-        state = state if state is not None else self.state_dict(self.locales[0])
+        if state is None:  # a copy: the model's parameters are its tensors (assign=True)
+            state = {k: v.clone() for k, v in self.state_dict(self.locales[0]).items()}
         missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
         missing = [k for k in missing if "position_ids" not in k]
         if missing or unexpected:

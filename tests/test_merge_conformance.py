@@ -245,3 +245,18 @@ def test_schema_is_plain_data_and_complete():
             assert field in entry, (name, field)
     assert {n for n, e in schema.items() if e["needs_data"]} == {"fisher", "regmean",
                                                                  "frankenmerge"}
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_sources_and_base_are_left_untouched(zoo, name):
+    """Sources stay resident in memory between merges (engine/resident.py): no method may write
+    into its inputs, with or without the repeated-merge cache."""
+    from engine.merge import MergeCache
+
+    before = [{k: v.clone() for k, v in s.items()} for s in zoo["sources"]]
+    base_before = {k: v.clone() for k, v in zoo["base"].items()}
+    merge(zoo, name)
+    merge(zoo, name, cache=MergeCache())
+    for s, b in zip(zoo["sources"], before):
+        assert all(torch.equal(s[k], b[k]) for k in b)
+    assert all(torch.equal(zoo["base"][k], base_before[k]) for k in base_before)

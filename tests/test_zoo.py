@@ -114,3 +114,31 @@ def test_build_model_runs_a_merged_state(tiny_ws):
     state2 = dict(state)
     state2["classifier.out_proj.bias"] = state["classifier.out_proj.bias"] + 1
     assert fingerprint_state(state2) != fingerprint_state(state)
+
+
+def test_weights_stay_resident_until_the_file_changes(tiny_zoo_dir, tmp_path):
+    from engine.resident import ResidentStates, state_bytes
+    from engine.zoo import load_state_dict
+
+    root = copy_zoo(tiny_zoo_dir, tmp_path / "z")
+    folder = root / "e5small_massive_k_de-DE"
+    cache = ResidentStates(budget=10 ** 9)
+    a = cache.get(folder, load_state_dict)
+    b = cache.get(folder, load_state_dict)
+    assert (cache.hits, cache.misses) == (1, 1)
+    key = next(iter(a))
+    assert b[key] is a[key] and b is not a          # shared tensors, a fresh dict
+    state = load_file(str(folder / "model.safetensors"))
+    state[key] = state[key] + 1
+    save_file(state, str(folder / "model.safetensors"))
+    c = cache.get(folder, load_state_dict)
+    assert cache.misses == 2 and torch.equal(c[key], a[key] + 1)
+    assert len(cache._items) == 1                   # the stale version was dropped
+    # a budget smaller than two models keeps only the most recent; zero keeps none
+    other = root / "e5small_massive_k_es-ES"
+    small = ResidentStates(budget=int(state_bytes(a) * 1.5))
+    small.get(folder, load_state_dict), small.get(other, load_state_dict)
+    assert len(small._items) == 1 and small.size <= small.budget
+    off = ResidentStates(budget=0)
+    off.get(folder, load_state_dict), off.get(folder, load_state_dict)
+    assert (off.hits, off.misses, len(off._items)) == (0, 2, 0)
