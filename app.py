@@ -19,6 +19,8 @@ STEPS = [
     ("pages/3_Merge.py", "Merge", ":material/merge:", "Merge the sources in parameter space (linear, TIES, DARE, Fisher, …)."),
     ("pages/4_Ensemble.py", "Ensemble", ":material/groups:", "Combine the sources' outputs: voting rules or learned fusion."),
     ("pages/5_Evolve.py", "Evolve", ":material/genetics:", "Search merge recipes evolutionarily; watch fitness live."),
+    ("pages/7_Sweeps.py", "Sweeps", ":material/table_view:",
+     "Run every target × method at once, resumable; win rates, paired tests, a one-click report."),
     ("pages/6_Compare.py", "Compare", ":material/leaderboard:", "Every run against honest baselines; the N×N matrix; export."),
 ]
 

@@ -3,7 +3,7 @@ import pandas as pd
 import streamlit as st
 
 from dashboard import runs as runs_view
-from dashboard import state, tables, tasks, widgets
+from dashboard import state, sweeps, tables, tasks, widgets
 from engine import figures
 
 st.title("Compare")
@@ -14,7 +14,7 @@ all_runs = [r for r in state.store().runs(limit=2000) if r["kind"] in tables.CAN
 frame = tables.runs_frame(all_runs)
 pinned = st.session_state.get(state.PINNED_KEY, [])
 
-tab_runs, tab_nxn = st.tabs(["Runs", "Zero-shot matrix (N×N)"])
+tab_runs, tab_sweeps, tab_nxn = st.tabs(["Runs", "Sweeps", "Zero-shot matrix (N×N)"])
 with tab_runs:
     if frame.empty:
         st.info("No runs yet: build a candidate on the Merge, Ensemble or Evolve page.")
@@ -78,6 +78,13 @@ with tab_runs:
             "kind", "method", "target", "test_accuracy", "validation_accuracy", "gain_vs_best_source",
             "best_source", "best_zero_shot", "target_model", "sources", "created"]]),
             "runs.md", "text/markdown", icon=":material/download:", key="cmp_md")
+
+with tab_sweeps:
+    finished = [r for r in state.store().runs(kind="sweep", limit=100) if r["status"] != "queued"]
+    if not finished:
+        st.info("No sweep yet: start one on the Sweeps page (or `python -m engine sweep spec.yaml`).")
+    else:
+        sweeps.results_panel(sweeps.pick_sweep(finished, "cmp_sweep_pick"), "cmp_sweep")
 
 with tab_nxn:
     ws = state.require_workspace()

@@ -15,7 +15,8 @@ from streamlit.testing.v1 import AppTest
 ROOT = Path(__file__).resolve().parent.parent
 APP = ROOT / "app.py"
 PAGES = {"Setup": "pages/1_Setup.py", "Similarity": "pages/2_Similarity.py", "Merge": "pages/3_Merge.py",
-         "Ensemble": "pages/4_Ensemble.py", "Evolve": "pages/5_Evolve.py", "Compare": "pages/6_Compare.py"}
+         "Ensemble": "pages/4_Ensemble.py", "Evolve": "pages/5_Evolve.py", "Compare": "pages/6_Compare.py",
+         "Sweeps": "pages/7_Sweeps.py"}
 TIMEOUT = 60
 LOAD_TIMES = {}
 
@@ -274,6 +275,53 @@ def test_compare_lists_the_runs_and_exports_them(app_cache, merge_run):
     assert set(matrix) == {"de-DE", "en-US", "es-ES", "nl-NL"}
     assert any("Zero-shot" in str(c.proto.spec) for c in at.get("plotly_chart"))
     assert {b.label for b in at.get("download_button")} >= {"Matrix as CSV"}
+
+
+def test_sweep_from_the_form_then_its_views_and_report(app_cache):
+    at = goto(open_app(), "Sweeps")
+    at.toggle(key="sw_all").set_value(False)
+    rerun(at)
+    at.multiselect(key="sw_targets").set_value(["de-DE", "nl-NL"])
+    at.multiselect(key="sw_methods").set_value(["merge:linear", "merge:ties", "ensemble:soft"])
+    at.multiselect(key="sw_k").set_value([2])
+    rerun(at)
+    # 2 targets × (3 methods + the equal-weight merge) = 8 cells
+    assert any(c.value.startswith("8 cells over 2 target(s)") for c in at.caption), [c.value for c in at.caption]
+    button(at, "sw_start").click()
+    rerun(at)
+    run_id = at.session_state["sw_run"]
+    row = wait_for(app_cache, run_id, timeout=300)
+    assert row["result"]["cells_total"] == 8 and not row["result"]["failed"]
+    rerun(at)
+    assert not at.error, [e.value for e in at.error]
+    text = " ".join(m.value for m in at.markdown)
+    assert "Which strategy is best?" in text and "Does merging beat ensembling?" in text
+    head = [d.value for d in at.dataframe if "mean_accuracy" in d.value.columns][0]
+    assert {"merge:ties", "ensemble:soft"} <= set(head["variant"])
+    charts = " ".join(str(c.proto.spec) for c in at.get("plotly_chart"))
+    assert "Test accuracy: variant" in charts and "Win rate" in charts and "parcoords" in charts
+    at.selectbox(key="sw_va").set_value("merge:ties")
+    at.selectbox(key="sw_vb").set_value("ensemble:soft")
+    rerun(at)
+    tests = [d.value for d in at.dataframe if "p_value" in d.value.columns][0]
+    assert set(tests["target"]) == {"de-DE", "nl-NL"}
+    button(at, "sw_report").click()
+    rerun(at)
+    folder = Path(app_cache) / "reports" / run_id
+    assert (folder / "report.md").exists() and (folder / "accuracy_heatmap.html").exists()
+    assert {b.label for b in at.get("download_button")} >= {"report.md", "results.csv", "results.json",
+                                                             "Everything (.zip)"}
+    # the Compare page shows the same sweep
+    at = goto(at, "Compare")
+    assert any("mean_accuracy" in d.value.columns for d in at.dataframe)
+    # a bad YAML spec is an error where it is written; nothing else breaks
+    at = goto(at, "Sweeps")
+    at.segmented_control(key="sw_mode").set_value("YAML")
+    rerun(at)
+    at.text_area(key="sw_yaml").set_value("name: x\nmethods: [merge:nonsense]\n")
+    rerun(at)
+    assert any("nonsense" in e.value for e in at.error)
+    assert at.button(key="sw_start").disabled
 
 
 def test_overview_builds_the_demo_zoo_as_a_job(app_cache, tmp_path, monkeypatch):
