@@ -45,13 +45,7 @@ def submit_nxn(runner: JobRunner, ws: Workspace, split: str = "test", metric: st
 
 def has_logits(ws: Workspace, model: str, locale: str, split: str) -> bool:
     """Whether a source model's logits on a split are in the on-disk cache (no forward pass)."""
-    ev = ws.evaluator
-    if ev.cache is None or not ws.dataset.has(locale, split):
-        return False
-    checker = getattr(ev, "has_source_logits", None)  # preferred, when the engine offers it
-    if checker is not None:
-        return bool(checker(model, locale, split))
-    return ev._key(ws.zoo.fingerprint(model), locale, split) in ev.cache
+    return ws.evaluator.has_source_logits(model, locale, split)
 
 
 def ensemble_pairs(ws: Workspace, target: str, sources: Iterable[str], fit_on: str = "") -> List[Pair]:

@@ -166,6 +166,12 @@ class Evaluator:
         return self._cached(self._key(self.zoo.fingerprint(model_locale), locale, split),
                             lambda: self.forward(self.source_model(model_locale), enc, progress))
 
+    def has_source_logits(self, model_locale: str, locale: str, split: str = "test") -> bool:
+        """Whether a zoo model's logits on a split are in the on-disk cache (no forward pass needed)."""
+        if self.cache is None or not self.dataset.has(locale, split):
+            return False
+        return self._key(self.zoo.fingerprint(model_locale), locale, split) in self.cache
+
     def source_model(self, model_locale: str) -> torch.nn.Module:
         """The zoo model for a locale; the last one stays loaded (N×N rows reuse it)."""
         if self._source[0] != model_locale:

@@ -22,7 +22,10 @@ def test_batched_logits_equal_single_example_forward(tiny_ws):
 
 def test_logits_cache_hits_and_is_keyed_by_content(tiny_ws, tmp_path):
     ev = Evaluator(tiny_ws.zoo, tiny_ws.dataset, cache_dir=tmp_path, device="cpu")
+    assert not ev.has_source_logits("en-US", "de-DE")
     first = ev.source_logits("en-US", "de-DE")
+    assert ev.has_source_logits("en-US", "de-DE") and not ev.has_source_logits("en-US", "nl-NL")
+    assert not ev.has_source_logits("en-US", "xx-XX")
     second = ev.source_logits("en-US", "de-DE")
     assert not first.cached and second.cached
     np.testing.assert_array_equal(first.logits, second.logits)
