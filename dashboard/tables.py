@@ -10,7 +10,7 @@ import pandas as pd
 CANDIDATE_KINDS = ("merge", "ensemble", "evolve")
 COLUMNS = ["label", "kind", "method", "target", "status", "test_accuracy", "validation_accuracy",
            "test_macro_f1", "gain_vs_best_source", "best_source", "best_zero_shot", "target_model",
-           "n_sources", "sources", "weights", "params", "latency_ms", "seconds", "created", "id"]
+           "n_sources", "sources", "weights", "params", "latency_ms", "seconds", "zoo", "created", "id"]
 
 
 def _acc(block: Dict[str, object], key: str):
@@ -40,6 +40,7 @@ def runs_frame(runs: Sequence[dict]) -> pd.DataFrame:
             "weights": ", ".join(f"{w:.3f}" for w in r.get("weights") or []),
             "params": json.dumps(r.get("params") or {}, sort_keys=True),
             "latency_ms": _acc(metrics.get("test"), "latency_ms"), "seconds": result.get("seconds"),
+            "zoo": (result.get("provenance") or {}).get("zoo"),
             "created": pd.Timestamp(r["created"], unit="s", tz="UTC").tz_convert(None).floor("s"),
             "id": r["id"],
         })

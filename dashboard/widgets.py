@@ -163,6 +163,16 @@ def sources_editor(ws, target: str, key: str) -> Tuple[List[str], List[float]]:
     return sources, raw
 
 
+def recipe_columns(ws, key: str):
+    """The left column of a recipe (target, sources, weights) and the right one for the method's
+    settings: (settings column, target, sources, weights)."""
+    recipe, settings = st.columns([2, 3], gap="large")
+    with recipe:
+        target = target_picker(ws, key)
+        sources, weights = sources_editor(ws, target, key)
+    return settings, target, sources, weights
+
+
 CHART_CONFIG = {"displaylogo": False, "modeBarButtonsToRemove": ["select2d", "lasso2d", "autoScale2d"]}
 
 

@@ -25,6 +25,8 @@ def main() -> int:
     demo = ROOT / "cache" / "demo_zoo"
     ap.add_argument("--zoo", default=str(demo if (demo / "zoo.json").exists() else ROOT / "cache" / "test_zoo"))
     ap.add_argument("--out", default=str(ROOT / "docs" / "screenshots"))
+    ap.add_argument("--sweeps-from", default="",
+                    help="only the Sweeps page, showing the sweeps stored in this results folder (copied)")
     args = ap.parse_args()
     reason = browser_missing()
     if reason:
@@ -36,6 +38,8 @@ def main() -> int:
     cache.mkdir()
     if (ROOT / "cache" / "uriel_vectors.npz").exists():
         shutil.copy(ROOT / "cache" / "uriel_vectors.npz", cache)
+    for f in Path(args.sweeps_from).glob("runs.sqlite*") if args.sweeps_from else []:
+        shutil.copy(f, cache)
     env = {"FUSION_ZOO": args.zoo, "FUSION_CACHE_DIR": str(cache), "FUSION_DEVICE": "cpu",
            "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     try:
@@ -52,6 +56,12 @@ def main() -> int:
             d.get(url)
             wait_for_text(d, "Where to start", 60)
             wait_idle(d)
+            if args.sweeps_from:
+                visit("Sweeps", "Which strategy is best", 300)
+                click_tab(d, "Method × target")
+                wait_idle(d, 60)
+                shot("7_sweeps")
+                return 0
             visit("Setup", "Data per locale")
             shot("1_setup")
             visit("Similarity", "Use these sources")

@@ -47,6 +47,9 @@ def _evolve_args(p) -> None:
     p.add_argument("--method", default=_default("method"), help="CMA-ES: merge method to tune")
     p.add_argument("--layer-groups", type=int, default=_default("layer_groups"),
                    help="CMA-ES: transformer layers per group (0: one global group)")
+    p.add_argument("--no-merge-cache", action="store_true",
+                   help="do not keep task vectors, sorted magnitudes and draws between merges "
+                        "(slower; saves up to ~3x the sources' memory, for models near the limit)")
     p.add_argument("--resume", metavar="RUN_ID", help="continue an interrupted/cancelled run")
     p.add_argument("--export", metavar="DIR", help="write the champion as an HF folder here")
 
@@ -115,7 +118,7 @@ def cmd_evolve(args):
                 population=args.population, seed=args.seed, dev_size=args.dev_size,
                 patience=args.patience, mutation_sigma=args.mutation_sigma,
                 mutation_rate=args.mutation_rate, method=args.method,
-                layer_groups=args.layer_groups)
+                layer_groups=args.layer_groups, merge_cache=not args.no_merge_cache)
             if args.fitness_weights:
                 config.fitness_weights = parse_fitness_weights(args.fitness_weights)
             run_id = submit_evolution(runner, ws, config)
@@ -135,5 +138,5 @@ def cmd_evolve(args):
         path = export_champion(ws, store, run_id, args.export)
         row["result"]["export"] = str(path)
     text = _summary(row) + (f"\nexported to {row['result']['export']}" if args.export else "")
-    return {"run_id": run_id, "status": row["status"], "metrics": row["metrics"],
-            "result": row["result"]}, text
+    return {"run_id": run_id, "status": row["status"], "params": row["params"],
+            "metrics": row["metrics"], "result": row["result"]}, text

@@ -7,6 +7,8 @@ target's own model (the upper bound). Leave-one-out: the target's own model is n
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -223,6 +225,28 @@ def evaluate_candidate(ws: Workspace, cand: Candidate, progress: Optional[Progre
             "seconds": time.perf_counter() - started, "test_accuracy": test_acc, **extra}
 
 
+def inputs_fingerprint(ws: Workspace, cand: Candidate) -> str:
+    """Content of everything a candidate's numbers depend on (models, base, tokenizer, data, max
+    length): two runs with the same recipe and fingerprint are the same experiment."""
+    from .zoo import fingerprint_dir
+
+    ds = ws.dataset
+    data = {f"{loc}/{split}": ds.fingerprint(loc, split) for loc in [cand.target, *cand.sources]
+            for split in ("train", "validation", "test") if ds.has(loc, split)}
+    base = ws.zoo.base
+    parts = {"models": {s: ws.zoo.fingerprint(s) for s in cand.sources},
+             "base": (fingerprint_dir(Path(base)) if Path(base).is_dir() else str(base)) if base else None,
+             "tokenizer": ws.zoo.tokenizer_fingerprint(), "data": data,
+             "max_length": ws.evaluator.max_length}
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def provenance(ws: Workspace, cand: Candidate) -> Dict[str, object]:
+    """What a stored run was computed on, so results from another zoo or data are told apart."""
+    return {"zoo": ws.zoo.name, "zoo_root": str(Path(ws.zoo.root).resolve()), "data": ws.settings.data,
+            "device": str(ws.evaluator.device), "inputs": inputs_fingerprint(ws, cand)}
+
+
 def candidate_job(ws: Workspace, cand: Candidate, export_dir: Optional[Path] = None):
     """A job function for the runner: evaluate, persist metrics, optionally export a merge."""
     def job(ctx):
@@ -230,6 +254,7 @@ def candidate_job(ws: Workspace, cand: Candidate, export_dir: Optional[Path] = N
         state = out.pop("state", None)
         fitted = out.pop("fitted", None)
         result = {k: v for k, v in out.items() if k not in ("metrics", "predictions")}
+        result["provenance"] = provenance(ws, cand)
         if export_dir is not None and state is not None:
             result["export"] = str(export_candidate(ws, cand, state, Path(export_dir) / ctx.run_id))
         if fitted is not None and export_dir is not None:

@@ -145,22 +145,26 @@ def sweep_job(ws: Workspace, spec, executor: str = "local", address: Optional[st
             if cell.key in found:
                 links[cell.key] = found[cell.key]["id"]
                 ctx.log("cells", len(links) - 1, {"key": cell.key, "run_id": links[cell.key], "reused": True})
-        total = len(targets) + len(todo)
-
-        def step(done: int, message: str) -> ProgressFn:
-            return sub_progress(ctx.progress, done / total, (done + 1) / total, message, t0)
-
+        # Two phases, so the ETA means something: the baselines (cheap once logits are cached) are
+        # shown at 0 % with their own message; the bar and its ETA then count the cells to compute.
         references = {}
         for i, target in enumerate(targets):
             models = {s for c in cells if c.candidate.target == target for s in c.candidate.sources}
-            references[target] = target_reference(ws, target, models, step(i, f"baselines {target}: "))
+            references[target] = target_reference(
+                ws, target, models, sub_progress(ctx.progress, 0.0, 0.0,
+                                                 f"baselines {target} ({i + 1}/{len(targets)}): ", t0))
+        n = max(1, len(todo))
+        t1 = time.perf_counter()
+
+        def step(done: int, message: str) -> ProgressFn:
+            return sub_progress(ctx.progress, done / n, (done + 1) / n, message, t1)
+
         summary = {"spec": spec.to_dict(), "executor": executor, "cells_total": len(cells),
                    "reused": len(found), "computed": 0, "failed": {}, "targets": references}
         ctx.update(result=summary)
 
-        offset = len(targets)
         if executor == "local":
-            stream = _local_cells(ws, todo, lambda i, c: step(offset + i, f"cell {i + 1}/{len(todo)} {c.candidate.label()}: "))
+            stream = _local_cells(ws, todo, lambda i, c: step(i, f"cell {i + 1}/{len(todo)} {c.candidate.label()}: "))
         else:
             from .sweep_ray import ray_cells
 
@@ -174,8 +178,7 @@ def sweep_job(ws: Workspace, spec, executor: str = "local", address: Optional[st
                 ctx.log("cells", len(links) - 1, {"key": cell.key, "run_id": run_id, "reused": False})
             else:
                 summary["failed"][cell.key] = run_id
-            ctx.progress(Progress(offset + done, total, f"{done}/{len(todo)} cells computed",
-                                  time.perf_counter() - t0))
+            ctx.progress(Progress(done, n, f"{done}/{len(todo)} cells computed", time.perf_counter() - t1))
         summary["cells"] = links
         summary["seconds"] = time.perf_counter() - t0
         failed = len(summary["failed"])

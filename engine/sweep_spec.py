@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Union
 
-from .experiments import DATA_MODES, Candidate, CandidateError, suggest_sources
+from .experiments import DATA_MODES, Candidate, CandidateError, inputs_fingerprint, suggest_sources
 from .workspace import Workspace
 
 KEY_VERSION = 1
@@ -207,28 +207,9 @@ class Cell:
                 "data_examples": c.data_examples, "cell_key": self.key, "role": self.role}
 
 
-def _fingerprint_path(path) -> str:
-    from .zoo import fingerprint_dir
-
-    p = Path(path)
-    return fingerprint_dir(p) if p.is_dir() else str(path)
-
-
-def workspace_fingerprint(ws: Workspace, cand: Candidate) -> str:
-    """Content of everything a cell's numbers depend on (models, base, tokenizer, data, max length)."""
-    ds = ws.dataset
-    data = {f"{loc}/{split}": ds.fingerprint(loc, split)
-            for loc in [cand.target, *cand.sources] for split in ("train", *SWEEP_SPLITS) if ds.has(loc, split)}
-    parts = {"models": {s: ws.zoo.fingerprint(s) for s in cand.sources},
-             "base": _fingerprint_path(ws.zoo.base) if ws.zoo.base else None,
-             "tokenizer": ws.zoo.tokenizer_fingerprint(), "data": data,
-             "max_length": ws.evaluator.max_length}
-    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
-
-
 def cell_key(ws: Workspace, cand: Candidate) -> str:
     recipe = {**cand.to_dict(), "weights": [round(float(w), 8) for w in cand.weights]}
-    blob = json.dumps({"v": KEY_VERSION, "ws": workspace_fingerprint(ws, cand), "recipe": recipe,
+    blob = json.dumps({"v": KEY_VERSION, "ws": inputs_fingerprint(ws, cand), "recipe": recipe,
                        "splits": SWEEP_SPLITS}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
 

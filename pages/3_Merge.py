@@ -11,10 +11,7 @@ st.caption("Merge the source models in parameter space into one model for the ta
            "the target's validation and test data against the baselines.")
 ws = state.require_workspace()
 
-recipe, settings = st.columns([2, 3], gap="large")
-with recipe:
-    target = widgets.target_picker(ws, "merge")
-    sources, weights = widgets.sources_editor(ws, target, "merge")
+settings, target, sources, weights = widgets.recipe_columns(ws, "merge")
 with settings:
     names = MERGES.names()
     method_name = st.selectbox("Method", names, index=names.index("ties") if "ties" in names else 0,

@@ -14,10 +14,7 @@ st.caption("Combine the source models in output space: every source classifies t
            "their predictions are fused, by a voting rule or by a fusion fitted on validation data.")
 ws = state.require_workspace()
 
-recipe, settings = st.columns([2, 3], gap="large")
-with recipe:
-    target = widgets.target_picker(ws, "ens")
-    sources, weights = widgets.sources_editor(ws, target, "ens")
+settings, target, sources, weights = widgets.recipe_columns(ws, "ens")
 with settings:
     names = ENSEMBLES.names()
     rules = [n for n in names if not ENSEMBLES.get(n).meta.get("needs_fit")]

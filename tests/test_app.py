@@ -187,6 +187,8 @@ def test_merge_job_shows_progress_then_its_result(merge_run):
     assert metric(at, "Validation accuracy") == f"{row['metrics']['validation']['accuracy']:.3f}"
     base = row["result"]["baselines"]
     assert set(base) == {"best_source", "best_zero_shot", "target_model"}
+    made_on = row["result"]["provenance"]   # what the run was computed on
+    assert made_on["zoo"] and made_on["device"] == "cpu" and len(made_on["inputs"]) == 24
     export = Path(row["result"]["export"])
     assert (export / "model.safetensors").is_file() and (export / "recipe.json").is_file()
     assert str(export) in " ".join(m.value for m in at.markdown)

@@ -384,10 +384,11 @@ def test_cli_runs_cmaes_and_exports(tiny_zoo_dir, tmp_path, capsys):
     rc = main(["evolve", "--zoo", str(tiny_zoo_dir), "--cache-dir", str(tmp_path),
                "--device", "cpu", "--target", TARGET, "--sources", *SOURCES, "--algorithm",
                "cmaes", "--generations", "1", "--population", "2", "--dev-size", "8",
-               "--layer-groups", "1", "--json", "--quiet", "--export", str(out)])
+               "--layer-groups", "1", "--no-merge-cache", "--json", "--quiet", "--export", str(out)])
     assert rc == 0
     data = json.loads(capsys.readouterr().out)
     assert data["status"] == "done" and data["result"]["generation"] == 1
+    assert data["params"]["merge_cache"] is False
     assert (tmp_path / "runs.sqlite").exists()
     assert not (out / "mergekit.yaml").exists()  # per-group weights: no single mergekit twin
     assert json.loads((out / "recipe.json").read_text())["evolve"]["method"] == "ties"

@@ -107,28 +107,45 @@ def fisher_information(model: torch.nn.Module, examples, labels: str = "empirica
     return {k: (v / count).cpu() for k, v in squares.items()}
 
 
+def per_source(sources, weights, context, device, names, statistic) -> List[Optional[Dict[str, Tensor]]]:
+    """``statistic(i, model)`` for every source with a non-zero weight (None for the others), one
+    model alive at a time."""
+    out: List[Optional[Dict[str, Tensor]]] = []
+    for i, state in enumerate(sources):
+        if weights[i] == 0:
+            out.append(None)
+            continue
+        model = _model(context, state, device, names[i])
+        out.append(statistic(i, model))
+        del model
+    return out
+
+
+def prepared_from(stats: List[Optional[Dict[str, Tensor]]], sources, extra: str, label: str,
+                  default_label: str) -> Prepared:
+    """Per key, the sources' statistics handed to the kernel as ``extra``; other keys get the
+    default treatment (a weighted average) under ``default_label``."""
+    keys = set().union(*(f.keys() for f in stats if f is not None))
+    prepared = Prepared(default_label=default_label)
+    for key in keys:
+        if key in sources[0]:
+            prepared.extras[key] = {extra: [None if f is None else f.get(key) for f in stats]}
+            prepared.labels[key] = label
+    return prepared
+
+
 def prepare_fisher(sources, weights, base, context, params, *, names, device, seed, progress):
     context = require_context(context, "fisher", "build_model", "batches")
     n = params["examples"]
     tracker = Tracker(progress, n * sum(1 for w in weights if w > 0), "Fisher information")
-    per_source: List[Optional[Dict[str, Tensor]]] = []
-    for i, state in enumerate(sources):
-        if weights[i] == 0:
-            per_source.append(None)
-            continue
-        model = _model(context, state, device, names[i])
-        gen = torch.Generator().manual_seed(seed + i)
-        per_source.append(fisher_information(
-            model, _examples(context, i, n, names[i]), params["labels"], gen, names[i],
-            lambda: tracker.advance(1, f"Fisher of {names[i]}")))
-        del model
-    keys = set().union(*(f.keys() for f in per_source if f is not None))
-    prepared = Prepared(default_label="linear (not a parameter)")
-    for key in keys:
-        if key in sources[0]:
-            prepared.extras[key] = {"fishers": [None if f is None else f.get(key)
-                                                 for f in per_source]}
-            prepared.labels[key] = "fisher"
+
+    def fisher(i, model):
+        return fisher_information(model, _examples(context, i, n, names[i]), params["labels"],
+                                  torch.Generator().manual_seed(seed + i), names[i],
+                                  lambda: tracker.advance(1, f"Fisher of {names[i]}"))
+
+    prepared = prepared_from(per_source(sources, weights, context, device, names, fisher), sources,
+                             "fishers", "fisher", "linear (not a parameter)")
     prepared.notes.append(f"fisher: {params['labels']} labels, up to {n} examples per source")
     return prepared
 
@@ -226,23 +243,14 @@ def prepare_regmean(sources, weights, base, context, params, *, names, device, s
     context = require_context(context, "regmean", "build_model", "batches")
     n = params["examples"]
     tracker = Tracker(progress, n * sum(1 for w in weights if w > 0), "RegMean Gram matrices")
-    per_source: List[Optional[Dict[str, Tensor]]] = []
-    for i, state in enumerate(sources):
-        if weights[i] == 0:
-            per_source.append(None)
-            continue
-        model = _model(context, state, device, names[i])
-        per_source.append(linear_grams(model, _batches(context, i, n, names[i]), names[i],
-                                       lambda b: tracker.advance(b, f"Gram of {names[i]}")))
-        del model
-    keys = set().union(*(g.keys() for g in per_source if g is not None))
-    prepared = Prepared(default_label="linear (not an nn.Linear weight)")
-    for key in keys:
-        if key in sources[0]:
-            prepared.extras[key] = {"grams": [None if g is None else g.get(key)
-                                              for g in per_source]}
-            prepared.labels[key] = "regmean"
-    prepared.notes.append(f"regmean: Gram matrices of {len(keys)} linear layers, up to {n} "
+
+    def grams(i, model):
+        return linear_grams(model, _batches(context, i, n, names[i]), names[i],
+                            lambda b: tracker.advance(b, f"Gram of {names[i]}"))
+
+    prepared = prepared_from(per_source(sources, weights, context, device, names, grams), sources,
+                             "grams", "regmean", "linear (not an nn.Linear weight)")
+    prepared.notes.append(f"regmean: Gram matrices of {len(prepared.labels)} linear layers, up to {n} "
                           f"examples per source")
     return prepared
 
