@@ -50,6 +50,11 @@ def _evolve_args(p) -> None:
     p.add_argument("--no-merge-cache", action="store_true",
                    help="do not keep task vectors, sorted magnitudes and draws between merges "
                         "(slower; saves up to ~3x the sources' memory, for models near the limit)")
+    p.add_argument("--ray", action="store_true",
+                   help="merge and score each generation's candidates as parallel Ray tasks "
+                        "(local instance unless --address); same results as local")
+    p.add_argument("--address", default=None, help="Ray cluster address, e.g. auto or ray://head:10001")
+    p.add_argument("--ray-cpus", type=int, default=_default("ray_cpus"), help="CPUs of the local Ray instance")
     p.add_argument("--resume", metavar="RUN_ID", help="continue an interrupted/cancelled run")
     p.add_argument("--export", metavar="DIR", help="write the champion as an HF folder here")
 
@@ -118,7 +123,8 @@ def cmd_evolve(args):
                 population=args.population, seed=args.seed, dev_size=args.dev_size,
                 patience=args.patience, mutation_sigma=args.mutation_sigma,
                 mutation_rate=args.mutation_rate, method=args.method,
-                layer_groups=args.layer_groups, merge_cache=not args.no_merge_cache)
+                layer_groups=args.layer_groups, merge_cache=not args.no_merge_cache,
+                executor="ray" if args.ray else "local", address=args.address, ray_cpus=args.ray_cpus)
             if args.fitness_weights:
                 config.fitness_weights = parse_fitness_weights(args.fitness_weights)
             run_id = submit_evolution(runner, ws, config)

@@ -72,16 +72,21 @@ def worker_settings(ws: Workspace) -> Dict[str, Any]:
     return settings
 
 
-def remote_cell(settings: Dict[str, Any], candidate: Dict[str, Any]) -> Dict[str, Any]:
-    """The task body: open (once) the workspace the settings name and evaluate one candidate."""
-    from .sweep import compute_cell
+def worker_workspace(settings: Dict[str, Any]) -> Workspace:
+    """The workspace the driver's settings name, opened once per worker process."""
     from .workspace import Settings, open_workspace
 
     key = json.dumps(settings, sort_keys=True)
-    ws = _WORKSPACES.get(key)
-    if ws is None:
-        ws = _WORKSPACES[key] = open_workspace(Settings(**settings))
-    return compute_cell(ws, Candidate(**candidate))
+    if key not in _WORKSPACES:
+        _WORKSPACES[key] = open_workspace(Settings(**settings))
+    return _WORKSPACES[key]
+
+
+def remote_cell(settings: Dict[str, Any], candidate: Dict[str, Any]) -> Dict[str, Any]:
+    """The task body: evaluate one sweep cell in this worker's workspace."""
+    from .sweep import compute_cell
+
+    return compute_cell(worker_workspace(settings), Candidate(**candidate))
 
 
 def _cause(exc: BaseException) -> BaseException:

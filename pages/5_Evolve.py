@@ -65,6 +65,14 @@ with st.expander("New evolutionary run", expanded=not history, icon=":material/a
             if tunable:
                 extra["tune"] = st.multiselect("Parameters tuned per group (besides the weights)", tunable,
                                                default=tunable, key=f"evo_tune_{extra['method']}") or None
+        c = st.columns([2, 3])
+        executor = c[0].segmented_control(
+            "Evaluate candidates", ["local", "ray"], default="local", key="evo_executor",
+            help="local: one after another in this server; ray: each generation's candidates as parallel "
+                 "Ray tasks (a local instance, or a cluster address) — the same results") or "local"
+        address = c[1].text_input("Ray address (empty: a local instance)", "", key="evo_address",
+                                  disabled=executor != "ray") or None
+        extra.update(executor=executor, address=address if executor == "ray" else None)
         evals = int(population) * (int(generations) + 1)
         st.caption(f"About {evals} merges + evaluations on {target}'s dev data.")
         if st.button("Start evolution", type="primary", icon=":material/play_arrow:", key="evo_start",

@@ -392,3 +392,31 @@ def test_cli_runs_cmaes_and_exports(tiny_zoo_dir, tmp_path, capsys):
     assert (tmp_path / "runs.sqlite").exists()
     assert not (out / "mergekit.yaml").exists()  # per-group weights: no single mergekit twin
     assert json.loads((out / "recipe.json").read_text())["evolve"]["method"] == "ties"
+
+
+def test_ray_fitness_evaluations_give_the_local_run(tiny_ws, reference):
+    """The same EvoMerge generations with every candidate merged and scored as a Ray task on a
+    local instance: the same fitness curves, populations and champion as the local reference."""
+    ray = pytest.importorskip("ray", reason="ray is not installed: the Ray executor is not tested")
+    local, populations = reference
+    try:
+        remote = Evolution(tiny_ws, evo_config(generations=1, executor="ray", ray_cpus=2))
+        seen = []
+        while True:
+            more = remote.step()
+            seen.append([m.to_dict() for m in remote.search.population])
+            if not more:
+                break
+        assert [h["generation"] for h in remote.history] == [0, 1]
+        for mine, theirs in zip(curves(remote.history), curves(local.history[:2])):
+            assert mine == pytest.approx(theirs, abs=1e-6)
+        for mine, theirs in zip(seen, populations[:2]):
+            assert [m["candidate"] for m in mine] == [m["candidate"] for m in theirs]
+        assert remote.fitness.evaluations >= 12      # the workers' dev passes are counted
+        champion_gen = remote.champion_generation
+        if local.champion_generation <= 1:
+            assert champion_gen == local.champion_generation
+            assert remote.champion.candidate == local.champion.candidate
+            assert remote.champion_test["accuracy"] == pytest.approx(local.champion_test["accuracy"])
+    finally:
+        ray.shutdown()

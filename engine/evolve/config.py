@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Dict, List, Optional
 
 ALGORITHMS = ("evomerge", "cmaes")
+EXECUTORS = ("local", "ray")
 FITNESS_TERMS = ("accuracy", "loss", "latency", "memory")
 DEFAULT_FITNESS = {"accuracy": 0.5, "loss": 0.5, "latency": 0.0, "memory": 0.0}
 SEED_FITNESS = {"accuracy": 0.3, "loss": 0.4, "latency": 0.2, "memory": 0.1}  # seed 004's weights
@@ -55,6 +56,11 @@ class EvolveConfig:
     sigma0: float = 0.2                    # initial step size in the [0, 1] gene space
     tune: Optional[List[str]] = None       # method params tuned per group (None: per-model floats)
     method_params: Dict[str, Any] = field(default_factory=dict)  # fixed values for the others
+    # Where a generation's candidates are merged and scored: "local" (this process, one after
+    # another) or "ray" (one Ray task each, in parallel; engine/evolve/remote.py). Same results.
+    executor: str = "local"
+    address: Optional[str] = None          # Ray cluster address; None: a local instance
+    ray_cpus: int = 2                      # CPUs of that local instance
 
     def check(self) -> "EvolveConfig":
         """Raises EvolveError naming the first bad setting; returns self."""
@@ -83,6 +89,8 @@ class EvolveConfig:
              "diversity_threshold and reseed must be >= 0")
         need(self.layer_groups >= 0, f"layer_groups must be >= 0, got {self.layer_groups}")
         need(self.sigma0 > 0, f"sigma0 must be > 0, got {self.sigma0}")
+        need(self.executor in EXECUTORS, f"unknown executor '{self.executor}'; use {' or '.join(EXECUTORS)}")
+        need(self.ray_cpus >= 1, f"ray_cpus must be >= 1, got {self.ray_cpus}")
         self.fitness_weights = check_fitness_weights(self.fitness_weights)
         if self.sources is not None:
             need(len(self.sources) >= 1, "choose at least one source model")

@@ -153,12 +153,13 @@ class Evolution:
         cands = self.search.initial(self.rng) if g == 0 else self.search.propose(g, self.rng)
         changed = False
         members = []
-        for i, cand in enumerate(cands):
-            self._report(g + i / len(cands), f"generation {g}: candidate {i + 1}/{len(cands)}")
-            member, state = self._evaluate(cand, g)
+        evaluated = self._evaluate_remote(cands, g) if self.config.executor == "ray" else (
+            self._evaluate(cand, g, i, len(cands)) for i, cand in enumerate(cands))
+        for member, state in evaluated:  # in candidate order, so ties resolve as they do locally
             members.append(member)
             if not member.error and (self.champion is None
                                      or member.fitness > self.champion.fitness):
+                # state is None from Ray: champion_model() rebuilds it here
                 self.champion, self.champion_state, self.champion_generation = member, state, g
                 changed = True
             del state
@@ -166,7 +167,7 @@ class Evolution:
             raise EvolveError(f"every candidate of generation {g} failed: {members[0].error}")
         self.search.accept(g, members)
         if changed:
-            self.champion_test = self.fitness.test(self.champion_state)
+            self.champion_test = self.fitness.test(self.champion_model())
         wall = time.perf_counter() - started
         self.generation = g
         self.evaluations += len(members)
@@ -177,7 +178,8 @@ class Evolution:
         self._report(g + 1, f"generation {g} done: champion {self.champion.fitness:.4f}")
         return not self.finished
 
-    def _evaluate(self, cand: Dict[str, Any], g: int):
+    def _evaluate(self, cand: Dict[str, Any], g: int, i: int, count: int):
+        self._report(g + i / count, f"generation {g}: candidate {i + 1}/{count}")
         plain = self.search.plain(cand)
         started, eval_before = time.perf_counter(), self.fitness.seconds
         try:
@@ -188,6 +190,30 @@ class Evolution:
             self.merge_seconds += (time.perf_counter() - started) - (self.fitness.seconds - eval_before)
         fitness, metrics = self.fitness(state)
         return Member(plain, fitness, metrics, cand["origin"], g), state
+
+    def _evaluate_remote(self, cands: List[Dict[str, Any]], g: int):
+        """The generation's candidates as parallel Ray tasks (engine/evolve/remote.py); the same
+        (member, state=None) pairs as the local path, in candidate order."""
+        from .remote import ray_candidates
+
+        plains = [self.search.plain(c) for c in cands]
+        outcomes: Dict[int, Dict[str, Any]] = {}
+        tick = lambda done: self._report(  # noqa: E731
+            g + done / len(cands), f"generation {g}: {done}/{len(cands)} candidates scored on Ray")
+        for i, out in ray_candidates(self.ws, self.config, plains, self.fitness.reference, tick):
+            outcomes[i] = out
+        pairs = []
+        for i, cand in enumerate(cands):
+            out = outcomes[i]
+            self.merge_seconds += out.get("merge_s", 0.0)
+            if "error" in out:
+                pairs.append((Member(plains[i], 0.0, {}, cand["origin"], g, out["error"]), None))
+                continue
+            self.fitness.seconds += out["eval_s"]
+            self.fitness.evaluations += out["passes"]
+            pairs.append((Member(plains[i], self.fitness.combine(out["metrics"]), out["metrics"],
+                                 cand["origin"], g), None))
+        return pairs
 
     def _plateau(self) -> None:
         if self.champion.fitness > self.reference + self.config.min_delta:

@@ -1,0 +1,87 @@
+"""Fitness evaluations on Ray: a generation's candidates merged and scored as parallel Ray tasks.
+
+Each worker opens the workspace from the driver's Settings once, and once per run loads the sources
+(with their merge cache), the search (only its stateless ``build``) and the dev sample; a task then
+builds one candidate from its plain recipe and returns its dev metrics. The driver combines them
+into fitness with its own reference, so selection, curves and checkpoints are exactly the local
+ones (tests/test_evolve.py checks a run against the local executor); the champion is rebuilt on
+the driver for its test-split score. Worker time is summed into the run's merge / eval seconds.
+Ray setup (local instance or cluster) is the sweeps' (engine/sweep_ray.py).
+"""
+from __future__ import annotations
+
+import json
+import time
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+
+_CONTEXTS: Dict[str, Tuple[Any, Any, Any, Any]] = {}   # per worker: run key -> (config, sources, search, fitness)
+
+
+def _context(settings: Dict[str, Any], config_data: Dict[str, Any]):
+    from ..sweep_ray import worker_workspace
+    from .build import Sources
+    from .config import EvolveConfig
+    from .fitness import Fitness
+    from .runner import make_search, needs_base
+
+    key = json.dumps([settings, config_data], sort_keys=True, default=str)
+    if key not in _CONTEXTS:
+        ws = worker_workspace(settings)
+        config = EvolveConfig.from_dict(config_data)
+        sources = Sources(ws, config.sources, needs_base(config), config.merge_cache)
+        fitness = Fitness(ws, config.target, config.fitness_weights, config.dev_split,
+                          config.dev_size, config.seed)
+        _CONTEXTS.clear()  # one run per worker at a time: free the previous run's sources
+        _CONTEXTS[key] = (config, sources, make_search(config, sources.keys), fitness)
+    return _CONTEXTS[key]
+
+
+def remote_candidate(settings: Dict[str, Any], config_data: Dict[str, Any], candidate: Dict[str, Any],
+                     reference: Optional[Dict[str, float]]) -> Dict[str, Any]:
+    """The task body: build one candidate, score it on the dev sample; plain data back."""
+    from ..merge import MergeError
+
+    config, sources, search, fitness = _context(settings, config_data)
+    fitness.reference = reference  # frankenmerge's layer choices score with the driver's reference
+    eval_before, passes_before = fitness.seconds, fitness.evaluations
+    started = time.perf_counter()
+    try:
+        state = search.build(candidate, sources, fitness.score, config.seed)
+    except MergeError as exc:
+        return {"error": f"merge failed: {exc}", "merge_s": time.perf_counter() - started}
+    merge_s = (time.perf_counter() - started) - (fitness.seconds - eval_before)
+    metrics = fitness.metrics(state)
+    return {"metrics": metrics, "merge_s": merge_s, "eval_s": fitness.seconds - eval_before,
+            "passes": fitness.evaluations - passes_before}
+
+
+def ray_candidates(ws, config, candidates: List[Dict[str, Any]], reference: Optional[Dict[str, float]],
+                   tick: Callable[[int], None]) -> Iterator[Tuple[int, Dict[str, Any]]]:
+    """Yields (index, outcome) as tasks finish; ``tick(done)`` runs between waits (it may raise
+    Cancelled: the tasks still pending are then cancelled)."""
+    from ..sweep_ray import _cause, init_ray, require_ray, worker_settings
+
+    ray = require_ray()
+    init_ray(config.address, config.ray_cpus)
+    task = ray.remote(remote_candidate).options(num_cpus=1, max_retries=1)
+    settings, data = worker_settings(ws), config.to_dict()
+    pending = {task.remote(settings, data, cand, reference): i for i, cand in enumerate(candidates)}
+    done = 0
+    try:
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1, timeout=0.5)
+            tick(done)
+            for ref in ready:
+                i = pending.pop(ref)
+                try:
+                    outcome = ray.get(ref)
+                except Exception as exc:  # the worker failed: the candidate scores lowest, the run goes on
+                    outcome = {"error": f"evaluation failed on the Ray worker: {_cause(exc)}"}
+                done += 1
+                yield i, outcome
+    finally:
+        for ref in pending:
+            try:
+                ray.cancel(ref)
+            except Exception:
+                pass
