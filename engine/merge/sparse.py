@@ -22,7 +22,7 @@ from torch import Tensor
 from ..registry import Param
 from . import MERGES
 from .combine import Piece, combine, whole
-from .common import CACHE_AWARE, MergeError, each
+from .common import CACHE_AWARE, MergeError, each, select_kth
 from .linear import SCALE
 
 RESCALES = ("l1", "inverse_density", "none")
@@ -90,7 +90,7 @@ def _keep(shape, prob, like: Tensor, generator, uniform: Optional[Tensor] = None
 def trim_cut(density: float, n: int, size: Optional[Tensor] = None,
              sorted_size: Optional[Tensor] = None) -> Tuple[Tensor, int, bool]:
     """(cut, k, exact) of TIES trimming over n entries: cut is the k-th largest |δ|, k =
-    max(1, ⌊density·n⌋), from ``size`` = |δ| by selection (kthvalue) or from ``sorted_size`` = |δ|
+    max(1, ⌊density·n⌋), from ``size`` = |δ| by selection (select_kth) or from ``sorted_size`` = |δ|
     sorted ascending by an index lookup — the same value. exact: |δ| ≥ cut holds for exactly k
     entries (no surplus ties at the cut)."""
     k = max(1, int(density * n))
@@ -98,7 +98,7 @@ def trim_cut(density: float, n: int, size: Optional[Tensor] = None,
         cut = sorted_size[n - k]
         reaching = n - int(torch.searchsorted(sorted_size, cut.reshape(1)))
     else:
-        cut = torch.kthvalue(size, n - k + 1).values
+        cut = select_kth(size, n - k + 1)
         reaching = int(torch.count_nonzero(size >= cut))
     return cut, k, reaching == k
 
