@@ -86,6 +86,15 @@ def active_jobs(where=None, key: str = "jobs", compact: bool = False) -> None:
         live()
 
 
+def send_to_compare(run_id: str, key: str, where=None) -> None:
+    """A button that pins the run (kept in the store across restarts) and opens Compare with it
+    selected."""
+    if (where or st).button("Send to Compare", icon=":material/leaderboard:", key=key,
+                            help="pin this run: Compare opens with the pinned runs selected"):
+        state.store().pin(run_id)
+        st.switch_page("pages/6_Compare.py")
+
+
 def status_line(run: dict) -> None:
     """A finished run's outcome: error text for failures, a warning for cancelled/interrupted."""
     if run["status"] == "failed":

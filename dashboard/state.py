@@ -24,7 +24,6 @@ from engine.workspace import Settings, Workspace, default_demo_dir, open_workspa
 
 SETTINGS_KEY = "settings"
 SELECTION_KEY = "selection"     # what Similarity hands to Merge / Ensemble
-PINNED_KEY = "pinned_runs"      # runs sent to Compare
 
 
 def default_settings() -> Settings:

@@ -50,6 +50,10 @@ CREATE TABLE IF NOT EXISTS series (
     value TEXT NOT NULL,
     PRIMARY KEY (run_id, name, step)
 );
+CREATE TABLE IF NOT EXISTS pins (
+    run_id TEXT PRIMARY KEY,
+    pinned REAL NOT NULL
+);
 """
 
 LIVE_OWNERS: set = set()  # owners (stores) alive in this process; their active runs are not stale
@@ -122,8 +126,22 @@ class Store:
         self._conn().execute("INSERT OR REPLACE INTO series (run_id, name, step, value) VALUES (?,?,?,?)",
                              (run_id, name, int(step), json.dumps(value)))
 
+    def pin(self, run_id: str, pinned: bool = True) -> None:
+        """Marks a run for comparison (kept across restarts), or unmarks it."""
+        if pinned:
+            self.get(run_id)  # a KeyError for an unknown run
+            self._conn().execute("INSERT OR REPLACE INTO pins (run_id, pinned) VALUES (?,?)",
+                                 (run_id, time.time()))
+        else:
+            self._conn().execute("DELETE FROM pins WHERE run_id=?", (run_id,))
+
+    def pinned(self) -> List[str]:
+        """Pinned run ids, oldest pin first."""
+        return [r["run_id"] for r in self._conn().execute("SELECT run_id FROM pins ORDER BY pinned")]
+
     def delete(self, run_id: str) -> None:
         c = self._conn()
+        c.execute("DELETE FROM pins WHERE run_id=?", (run_id,))
         c.execute("DELETE FROM series WHERE run_id=?", (run_id,))
         c.execute("DELETE FROM runs WHERE id=?", (run_id,))
 

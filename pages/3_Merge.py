@@ -77,6 +77,7 @@ st.caption(f"{run['method']} → {run['target']} from " + ", ".join(
     f"{s} ({w:.2f})" for s, w in zip(run["sources"], run["weights"])) + f" · params {run['params']}")
 runs_view.result_card(run, extra_bars=runs_view.source_bars(ws, run))
 if run["status"] == "done":
+    runs_view.send_to_compare(run["id"], "merge_compare")
     report = (run.get("result") or {}).get("merge_report") or {}
     tab_export, tab_report = st.tabs(["Export", "Merge report"])
     with tab_export:

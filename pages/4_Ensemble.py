@@ -95,5 +95,6 @@ if saved:
     if row and row["status"] == "done":
         st.success(f"Saved as run {row['id']} (test accuracy {row['metrics']['test']['accuracy']:.3f}); "
                    "it is listed on the Compare page.")
+        runs_view.send_to_compare(row["id"], "ens_compare")
     elif row:
         runs_view.status_line(row)

@@ -167,11 +167,7 @@ if row["status"] in ("cancelled", "interrupted", "failed") and result.get("gener
             st.session_state["evo_run"] = resume_evolution(state.runner(), ws, run_id)
         st.rerun()
 if (result.get("champion") or {}).get("test"):
-    if b[1].button("Send to Compare", icon=":material/leaderboard:", key="evo_compare"):
-        pinned = st.session_state.setdefault(state.PINNED_KEY, [])
-        if run_id not in pinned:
-            pinned.append(run_id)
-        st.switch_page("pages/6_Compare.py")
+    runs_view.send_to_compare(run_id, "evo_compare", b[1])
     exports = [r for r in state.store().runs(kind="export", limit=50) if (r.get("params") or {}).get("run") == run_id]
     if exports:
         export_row = runs_view.watch(exports[0]["id"], key="evo-export")

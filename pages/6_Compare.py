@@ -12,7 +12,7 @@ st.caption("Every merge, ensemble and evolved champion, scored on its target's h
 
 all_runs = [r for r in state.store().runs(limit=2000) if r["kind"] in tables.CANDIDATE_KINDS]
 frame = tables.runs_frame(all_runs)
-pinned = st.session_state.get(state.PINNED_KEY, [])
+pinned = state.store().pinned()
 
 tab_runs, tab_sweeps, tab_nxn = st.tabs(["Runs", "Sweeps", "Zero-shot matrix (N×N)"])
 with tab_runs:
@@ -47,8 +47,20 @@ with tab_runs:
                             "best_source", "best_zero_shot", "target_model")})
         rows = list(event.selection.rows) if event is not None else []
         chosen = view.iloc[rows] if rows else view.head(30)
-        st.caption(f"{len(view)} runs shown, {len(rows)} selected"
-                   + ("" if rows else " — charts show the first 30; select rows to narrow them"))
+        c = st.columns([4, 1, 1], vertical_alignment="center")
+        c[0].caption(f"{len(view)} runs shown, {len(rows)} selected, {len(pinned)} pinned"
+                     + ("" if rows else " — charts show the first 30; select rows to narrow them"))
+        selected_ids = list(view.iloc[rows]["id"]) if rows else []
+        if c[1].button("Pin selected", key="cmp_pin", disabled=not selected_ids, type="tertiary",
+                       icon=":material/keep:", help="kept across restarts: Compare opens with them selected"):
+            for rid in selected_ids:
+                state.store().pin(rid)
+            st.rerun()
+        if c[2].button("Clear pins", key="cmp_unpin", disabled=not pinned, type="tertiary",
+                       icon=":material/keep_off:"):
+            for rid in pinned:
+                state.store().pin(rid, False)
+            st.rerun()
         plotted = chosen[(chosen["status"] == "done") & chosen["test_accuracy"].notna()]
         base = tables.baselines_by_target(all_runs)
         figs = figures.compare_bars(plotted, base, title="test accuracy · ")

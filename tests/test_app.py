@@ -251,7 +251,13 @@ def test_evolve_runs_live_and_sends_the_champion_to_compare(app_cache):
     button(at, "evo_compare").click()
     rerun(at)
     assert at.title[0].value == "Compare"
-    assert at.session_state["pinned_runs"] == [run_id]
+    store = runner(app_cache).store
+    assert store.pinned() == [run_id]           # kept in the store: survives a restart
+    at = goto(open_app(), "Compare")            # a new session sees the pin too
+    assert any("1 pinned" in c.value for c in at.caption)
+    button(at, "cmp_unpin").click()
+    rerun(at)
+    assert store.pinned() == []
 
 
 def test_compare_lists_the_runs_and_exports_them(app_cache, merge_run):

@@ -120,3 +120,19 @@ def test_runner_rejects_unknown_lane(store):
     with pytest.raises(ValueError, match="unknown lane"):
         runner.submit("merge", counting_job(1), lane="gpu9")
     runner.shutdown()
+
+
+def test_pins_persist_and_vanish_with_their_run(tmp_path):
+    first = Store(tmp_path / "runs.sqlite")
+    a, b = first.create("merge", name="a"), first.create("merge", name="b")
+    first.pin(b)
+    first.pin(a)
+    first.pin(a)                      # pinning twice is one pin
+    with pytest.raises(KeyError):
+        first.pin("no-such-run")
+    first.close()
+    again = Store(tmp_path / "runs.sqlite")   # as after a restart
+    assert again.pinned() == [b, a]
+    again.pin(b, False)
+    again.delete(a)
+    assert again.pinned() == []
