@@ -54,8 +54,10 @@ def open_dataset(settings: Settings, zoo: Zoo) -> Dataset:
             raise DataError(f"the zoo '{zoo.name}' names no dataset in its manifest; choose one "
                             f"(massive, jsonl, table or demo)")
         kind, path = spec.get("kind"), zoo.root / spec.get("path", "")
-        if kind == "massive_jsonl":
-            return loaders.load_massive_jsonl(path)
+        if kind == "massive_jsonl":  # the manifest may say what the data are (the demo's: intents)
+            dataset = loaders.load_massive_jsonl(path)
+            dataset.name = spec.get("name") or dataset.name
+            return dataset
         if kind == "massive":
             return loaders.load_massive(spec.get("locales") or zoo.locales)
         raise DataError(f"the zoo's manifest names an unknown dataset kind '{kind}'")

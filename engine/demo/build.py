@@ -235,7 +235,7 @@ def build_demo_zoo(out_dir: str | Path, size: str = "default", locales: Optional
         "base": "base",
         "models": {loc: f"{MODEL_PREFIX}{loc}" for loc in locales},
         "labels": dataset.labels,
-        "dataset": {"kind": "massive_jsonl", "path": "data"},
+        "dataset": {"kind": "massive_jsonl", "path": "data", "name": "demo intents"},
         "recipe": recipe,
         "training": records,
         "build_seconds": round(time.perf_counter() - started, 1),
