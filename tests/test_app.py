@@ -332,6 +332,38 @@ def test_sweep_from_the_form_then_its_views_and_report(app_cache):
     assert at.button(key="sw_start").disabled
 
 
+def test_a_cancelled_sweep_resumes_from_the_page(app_cache):
+    at = goto(open_app(), "Sweeps")
+    at.toggle(key="sw_all").set_value(False)
+    rerun(at)
+    at.multiselect(key="sw_targets").set_value(["es-ES", "en-US"])
+    at.multiselect(key="sw_methods").set_value(["merge:task_arithmetic", "merge:dare_linear", "ensemble:majority"])
+    at.multiselect(key="sw_k").set_value([2])
+    rerun(at)
+    button(at, "sw_start").click()
+    rerun(at)
+    first = at.session_state["sw_run"]
+    store = runner(app_cache).store
+    deadline = time.time() + 120
+    while not store.runs(parent=first, status=["done"]) and time.time() < deadline:
+        time.sleep(0.01)
+    runner(app_cache).cancel(first)
+    assert runner(app_cache).wait(first, timeout=60)["status"] == "cancelled"
+    done_before = len(store.runs(parent=first, status=["done"]))
+    rerun(at)
+    assert any("cancelled" in w.value for w in at.warning)
+    button(at, "sw_resume").click()
+    rerun(at)
+    resumed = at.session_state["sw_run"]
+    assert resumed != first
+    row = wait_for(app_cache, resumed, timeout=300)
+    assert row["params"]["resumed_from"] == first
+    assert row["metrics"]["reused"] >= done_before and row["metrics"]["computed"] + row["metrics"]["reused"] == 8
+    rerun(at)
+    assert not at.error, [e.value for e in at.error]
+    assert any("mean_accuracy" in d.value.columns for d in at.dataframe)
+
+
 def test_overview_builds_the_demo_zoo_as_a_job(app_cache, tmp_path, monkeypatch):
     monkeypatch.setenv("FUSION_ZOO", "")
     monkeypatch.setenv("FUSION_DEMO_DIR", str(tmp_path / "demo"))
