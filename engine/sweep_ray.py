@@ -95,33 +95,41 @@ def _cause(exc: BaseException) -> BaseException:
     return cause if isinstance(cause, BaseException) else exc
 
 
-def ray_cells(ws: Workspace, cells: List, tick: Callable[[], None], address: Optional[str] = None,
-              num_cpus: int = 2, options: Optional[Dict[str, Any]] = None,
-              max_in_flight: Optional[int] = None) -> Iterator[Tuple[Any, Any]]:
-    """Yields (cell, outcome or exception) as tasks finish; ``tick()`` runs between waits (it raises
-    Cancelled to stop: tasks still queued or running are then cancelled)."""
-    ray = init_ray(address, num_cpus) or require_ray()
-    settings = worker_settings(ws)
-    task = ray.remote(remote_cell).options(**{"num_cpus": 1, "max_retries": 1, **(options or {})})
-    limit = max_in_flight or max(2, 2 * int(ray.cluster_resources().get("CPU", 1)))
-    queue, pending = list(cells), {}
+def ray_map(submit: Callable[[Any], Any], items: List[Any], tick: Callable[[], None],
+            limit: int) -> Iterator[Tuple[Any, Any]]:
+    """Yields (item, result or the worker's exception) as Ray tasks finish, at most ``limit`` in
+    flight; ``submit(item)`` starts one task. ``tick()`` runs between waits (it raises Cancelled to
+    stop: the tasks still queued or running are then cancelled)."""
+    ray = require_ray()
+    queue, pending = list(items), {}
     try:
         while queue or pending:
             while queue and len(pending) < limit:
-                cell = queue.pop(0)
-                pending[task.remote(settings, cell.candidate.to_dict())] = cell
+                item = queue.pop(0)
+                pending[submit(item)] = item
             ready, _ = ray.wait(list(pending), num_returns=1, timeout=0.5)
             tick()
             for ref in ready:
-                cell = pending.pop(ref)
+                item = pending.pop(ref)
                 try:
                     outcome = ray.get(ref)
-                except Exception as exc:  # the cell failed on the worker: record it, go on
+                except Exception as exc:  # the task failed on its worker: hand it over, go on
                     outcome = _cause(exc)
-                yield cell, outcome
+                yield item, outcome
     finally:
         for ref in pending:
             try:
                 ray.cancel(ref)
             except Exception:
                 pass
+
+
+def ray_cells(ws: Workspace, cells: List, tick: Callable[[], None], address: Optional[str] = None,
+              num_cpus: int = 2, options: Optional[Dict[str, Any]] = None,
+              max_in_flight: Optional[int] = None) -> Iterator[Tuple[Any, Any]]:
+    """Yields (cell, outcome or exception) as the sweep's cells finish on Ray (see ray_map)."""
+    ray = init_ray(address, num_cpus) or require_ray()
+    settings = worker_settings(ws)
+    task = ray.remote(remote_cell).options(**{"num_cpus": 1, "max_retries": 1, **(options or {})})
+    limit = max_in_flight or max(2, 2 * int(ray.cluster_resources().get("CPU", 1)))
+    return ray_map(lambda cell: task.remote(settings, cell.candidate.to_dict()), cells, tick, limit)

@@ -4,6 +4,7 @@ The zoo is built with the same code as the app's demo zoo (``engine.demo.build``
 kept in ``cache/test_zoo`` so repeated local runs reuse it (a finished build is reused as it is).
 """
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -34,3 +35,30 @@ def tiny_ws(tiny_zoo_dir, tmp_path_factory):
 
     cache = tmp_path_factory.mktemp("ws_cache")
     return open_workspace(Settings(zoo=str(tiny_zoo_dir), cache_dir=str(cache), device="cpu"))
+
+
+@pytest.fixture(scope="module")
+def app_cache(tiny_zoo_dir, tmp_path_factory):
+    """Environment the app reads its defaults from; the app's runner is shut down afterwards."""
+    cache = tmp_path_factory.mktemp("app_cache")
+    from app_support import LOAD_TIMES
+
+    uriel = ROOT / "cache" / "uriel_vectors.npz"
+    if uriel.exists():  # skip lang2vec's 6 s import; without it the page builds the cache as a job
+        shutil.copy(uriel, cache / uriel.name)
+    mp = pytest.MonkeyPatch()
+    mp.setenv("FUSION_ZOO", str(tiny_zoo_dir))
+    mp.setenv("FUSION_CACHE_DIR", str(cache))
+    mp.setenv("FUSION_DEVICE", "cpu")
+    yield cache
+    from dashboard import state
+
+    store, runner = state.services(str(cache.resolve()))
+    runner.shutdown(wait=True)
+    state.services.clear()
+    state._open.clear()
+    mp.undo()
+    if LOAD_TIMES:
+        print("\npage load times (AppTest, tiny zoo; seconds):")
+        for name, times in LOAD_TIMES.items():
+            print(f"  {name:<11} " + "   ".join(f"{k} {v:5.2f}" for k, v in times.items()))

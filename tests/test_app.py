@@ -3,89 +3,15 @@
 The app is pointed at the tiny zoo and a fresh results folder through FUSION_ZOO / FUSION_CACHE_DIR.
 Jobs run for real in the app's JobRunner (a background thread): a test submits through the page,
 waits on that runner, then reruns the page and reads what it shows. Page load times are measured
-and printed (``pytest -s``).
+and printed (``pytest -s``). The Sweeps page has its own module (test_app_sweeps.py).
 """
-import shutil
 import time
 from pathlib import Path
 
 import pytest
 from streamlit.testing.v1 import AppTest
 
-ROOT = Path(__file__).resolve().parent.parent
-APP = ROOT / "app.py"
-PAGES = {"Setup": "pages/1_Setup.py", "Similarity": "pages/2_Similarity.py", "Merge": "pages/3_Merge.py",
-         "Ensemble": "pages/4_Ensemble.py", "Evolve": "pages/5_Evolve.py", "Compare": "pages/6_Compare.py",
-         "Sweeps": "pages/7_Sweeps.py"}
-TIMEOUT = 60
-LOAD_TIMES = {}
-
-
-@pytest.fixture(scope="module")
-def app_cache(tiny_zoo_dir, tmp_path_factory):
-    """Environment the app reads its defaults from; the app's runner is shut down afterwards."""
-    cache = tmp_path_factory.mktemp("app_cache")
-    uriel = ROOT / "cache" / "uriel_vectors.npz"
-    if uriel.exists():  # skip lang2vec's 6 s import; without it the page builds the cache as a job
-        shutil.copy(uriel, cache / uriel.name)
-    mp = pytest.MonkeyPatch()
-    mp.setenv("FUSION_ZOO", str(tiny_zoo_dir))
-    mp.setenv("FUSION_CACHE_DIR", str(cache))
-    mp.setenv("FUSION_DEVICE", "cpu")
-    yield cache
-    from dashboard import state
-
-    store, runner = state.services(str(cache.resolve()))
-    runner.shutdown(wait=True)
-    state.services.clear()
-    state._open.clear()
-    mp.undo()
-    if LOAD_TIMES:
-        print("\npage load times (AppTest, tiny zoo; seconds):")
-        for name, times in LOAD_TIMES.items():
-            print(f"  {name:<11} " + "   ".join(f"{k} {v:5.2f}" for k, v in times.items()))
-
-
-def runner(cache):
-    from dashboard import state
-
-    return state.services(str(Path(cache).resolve()))[1]
-
-
-def open_app() -> AppTest:
-    at = AppTest.from_file(str(APP), default_timeout=TIMEOUT)
-    at.run()
-    assert not at.exception, [e.value for e in at.exception]
-    return at
-
-
-def goto(at: AppTest, page: str) -> AppTest:
-    at.switch_page(PAGES[page]).run()
-    assert not at.exception, [e.value for e in at.exception]
-    assert at.title[0].value == page
-    return at
-
-
-def rerun(at: AppTest) -> AppTest:
-    at.run()
-    assert not at.exception, [e.value for e in at.exception]
-    return at
-
-
-def metric(at: AppTest, label: str) -> str:
-    found = [m.value for m in at.metric if m.label == label]
-    assert found, f"no metric {label!r}; have {[m.label for m in at.metric]}"
-    return found[0]
-
-
-def button(at: AppTest, key: str):
-    return at.button(key=key)
-
-
-def wait_for(cache, run_id: str, timeout: float = 120) -> dict:
-    row = runner(cache).wait(run_id, timeout=timeout)
-    assert row["status"] == "done", (row["status"], row.get("error"))
-    return row
+from app_support import LOAD_TIMES, PAGES, button, goto, metric, open_app, rerun, runner, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -283,85 +209,6 @@ def test_compare_lists_the_runs_and_exports_them(app_cache, merge_run):
     assert set(matrix) == {"de-DE", "en-US", "es-ES", "nl-NL"}
     assert any("Zero-shot" in str(c.proto.spec) for c in at.get("plotly_chart"))
     assert {b.label for b in at.get("download_button")} >= {"Matrix as CSV"}
-
-
-def test_sweep_from_the_form_then_its_views_and_report(app_cache):
-    at = goto(open_app(), "Sweeps")
-    at.toggle(key="sw_all").set_value(False)
-    rerun(at)
-    at.multiselect(key="sw_targets").set_value(["de-DE", "nl-NL"])
-    at.multiselect(key="sw_methods").set_value(["merge:linear", "merge:ties", "ensemble:soft"])
-    at.multiselect(key="sw_k").set_value([2])
-    rerun(at)
-    # 2 targets × (3 methods + the equal-weight merge) = 8 cells
-    assert any(c.value.startswith("8 cells over 2 target(s)") for c in at.caption), [c.value for c in at.caption]
-    button(at, "sw_start").click()
-    rerun(at)
-    run_id = at.session_state["sw_run"]
-    row = wait_for(app_cache, run_id, timeout=300)
-    assert row["result"]["cells_total"] == 8 and not row["result"]["failed"]
-    rerun(at)
-    assert not at.error, [e.value for e in at.error]
-    text = " ".join(m.value for m in at.markdown)
-    assert "Which strategy is best?" in text and "Does merging beat ensembling?" in text
-    head = [d.value for d in at.dataframe if "mean_accuracy" in d.value.columns][0]
-    assert {"merge:ties", "ensemble:soft"} <= set(head["variant"])
-    charts = " ".join(str(c.proto.spec) for c in at.get("plotly_chart"))
-    assert "Test accuracy: variant" in charts and "Win rate" in charts and "parcoords" in charts
-    at.selectbox(key="sw_va").set_value("merge:ties")
-    at.selectbox(key="sw_vb").set_value("ensemble:soft")
-    rerun(at)
-    tests = [d.value for d in at.dataframe if "p_value" in d.value.columns][0]
-    assert set(tests["target"]) == {"de-DE", "nl-NL"}
-    button(at, "sw_report").click()
-    rerun(at)
-    folder = Path(app_cache) / "reports" / run_id
-    assert (folder / "report.md").exists() and (folder / "accuracy_heatmap.html").exists()
-    assert {b.label for b in at.get("download_button")} >= {"report.md", "results.csv", "results.json",
-                                                             "Everything (.zip)"}
-    # the Compare page shows the same sweep
-    at = goto(at, "Compare")
-    assert any("mean_accuracy" in d.value.columns for d in at.dataframe)
-    # a bad YAML spec is an error where it is written; nothing else breaks
-    at = goto(at, "Sweeps")
-    at.segmented_control(key="sw_mode").set_value("YAML")
-    rerun(at)
-    at.text_area(key="sw_yaml").set_value("name: x\nmethods: [merge:nonsense]\n")
-    rerun(at)
-    assert any("nonsense" in e.value for e in at.error)
-    assert at.button(key="sw_start").disabled
-
-
-def test_a_cancelled_sweep_resumes_from_the_page(app_cache):
-    at = goto(open_app(), "Sweeps")
-    at.toggle(key="sw_all").set_value(False)
-    rerun(at)
-    at.multiselect(key="sw_targets").set_value(["es-ES", "en-US"])
-    at.multiselect(key="sw_methods").set_value(["merge:task_arithmetic", "merge:dare_linear", "ensemble:majority"])
-    at.multiselect(key="sw_k").set_value([2])
-    rerun(at)
-    button(at, "sw_start").click()
-    rerun(at)
-    first = at.session_state["sw_run"]
-    store = runner(app_cache).store
-    deadline = time.time() + 120
-    while not store.runs(parent=first, status=["done"]) and time.time() < deadline:
-        time.sleep(0.01)
-    runner(app_cache).cancel(first)
-    assert runner(app_cache).wait(first, timeout=60)["status"] == "cancelled"
-    done_before = len(store.runs(parent=first, status=["done"]))
-    rerun(at)
-    assert any("cancelled" in w.value for w in at.warning)
-    button(at, "sw_resume").click()
-    rerun(at)
-    resumed = at.session_state["sw_run"]
-    assert resumed != first
-    row = wait_for(app_cache, resumed, timeout=300)
-    assert row["params"]["resumed_from"] == first
-    assert row["metrics"]["reused"] >= done_before and row["metrics"]["computed"] + row["metrics"]["reused"] == 8
-    rerun(at)
-    assert not at.error, [e.value for e in at.error]
-    assert any("mean_accuracy" in d.value.columns for d in at.dataframe)
 
 
 def test_overview_builds_the_demo_zoo_as_a_job(app_cache, tmp_path, monkeypatch):

@@ -1,7 +1,6 @@
 """Dataset loaders: the built-in demo data (home-assistant-intents + hassil) and the file / hub
 loaders, each tested on real files in tmp_path."""
 import json
-import os
 import random
 import re
 import subprocess

@@ -57,31 +57,18 @@ def remote_candidate(settings: Dict[str, Any], config_data: Dict[str, Any], cand
 
 def ray_candidates(ws, config, candidates: List[Dict[str, Any]], reference: Optional[Dict[str, float]],
                    tick: Callable[[int], None]) -> Iterator[Tuple[int, Dict[str, Any]]]:
-    """Yields (index, outcome) as tasks finish; ``tick(done)`` runs between waits (it may raise
-    Cancelled: the tasks still pending are then cancelled)."""
-    from ..sweep_ray import _cause, init_ray, require_ray, worker_settings
+    """Yields (index, outcome) as the candidates' tasks finish; ``tick(done)`` runs between waits
+    (it may raise Cancelled: the tasks still pending are then cancelled)."""
+    from ..sweep_ray import init_ray, ray_map, require_ray, worker_settings
 
     ray = require_ray()
     init_ray(config.address, config.ray_cpus)
     task = ray.remote(remote_candidate).options(num_cpus=1, max_retries=1)
     settings, data = worker_settings(ws), config.to_dict()
-    pending = {task.remote(settings, data, cand, reference): i for i, cand in enumerate(candidates)}
-    done = 0
-    try:
-        while pending:
-            ready, _ = ray.wait(list(pending), num_returns=1, timeout=0.5)
-            tick(done)
-            for ref in ready:
-                i = pending.pop(ref)
-                try:
-                    outcome = ray.get(ref)
-                except Exception as exc:  # the worker failed: the candidate scores lowest, the run goes on
-                    outcome = {"error": f"evaluation failed on the Ray worker: {_cause(exc)}"}
-                done += 1
-                yield i, outcome
-    finally:
-        for ref in pending:
-            try:
-                ray.cancel(ref)
-            except Exception:
-                pass
+    done = [0]
+    for i, outcome in ray_map(lambda i: task.remote(settings, data, candidates[i], reference),
+                              list(range(len(candidates))), lambda: tick(done[0]), len(candidates)):
+        if isinstance(outcome, BaseException):  # the worker failed: the candidate scores lowest
+            outcome = {"error": f"evaluation failed on the Ray worker: {outcome}"}
+        done[0] += 1
+        yield i, outcome

@@ -1,0 +1,55 @@
+"""What the AppTest modules share: small helpers to drive pages and wait on the app's runner (the
+``app_cache`` fixture, in conftest.py, points the app at the tiny zoo and a fresh results folder)."""
+from pathlib import Path
+
+from streamlit.testing.v1 import AppTest
+
+ROOT = Path(__file__).resolve().parent.parent
+APP = ROOT / "app.py"
+PAGES = {"Setup": "pages/1_Setup.py", "Similarity": "pages/2_Similarity.py", "Merge": "pages/3_Merge.py",
+         "Ensemble": "pages/4_Ensemble.py", "Evolve": "pages/5_Evolve.py", "Compare": "pages/6_Compare.py",
+         "Sweeps": "pages/7_Sweeps.py"}
+TIMEOUT = 60
+LOAD_TIMES = {}
+
+
+def runner(cache):
+    from dashboard import state
+
+    return state.services(str(Path(cache).resolve()))[1]
+
+
+def open_app() -> AppTest:
+    at = AppTest.from_file(str(APP), default_timeout=TIMEOUT)
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def goto(at: AppTest, page: str) -> AppTest:
+    at.switch_page(PAGES[page]).run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.title[0].value == page
+    return at
+
+
+def rerun(at: AppTest) -> AppTest:
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def metric(at: AppTest, label: str) -> str:
+    found = [m.value for m in at.metric if m.label == label]
+    assert found, f"no metric {label!r}; have {[m.label for m in at.metric]}"
+    return found[0]
+
+
+def button(at: AppTest, key: str):
+    return at.button(key=key)
+
+
+def wait_for(cache, run_id: str, timeout: float = 120) -> dict:
+    row = runner(cache).wait(run_id, timeout=timeout)
+    assert row["status"] == "done", (row["status"], row.get("error"))
+    return row
