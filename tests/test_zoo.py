@@ -142,3 +142,18 @@ def test_weights_stay_resident_until_the_file_changes(tiny_zoo_dir, tmp_path):
     off = ResidentStates(budget=0)
     off.get(folder, load_state_dict), off.get(folder, load_state_dict)
     assert (off.hits, off.misses, len(off._items)) == (0, 2, 0)
+
+
+def test_resident_weights_survive_every_kind_of_merge(tiny_ws):
+    """Data-aware merges build real models over the resident tensors (assign=True): the zoo's
+    weights must come out of every merge family unchanged."""
+    from engine.experiments import Candidate, build_merge
+
+    sources = ["de-DE", "en-US"]
+    before = {s: {k: v.clone() for k, v in tiny_ws.zoo.state_dict(s).items()} for s in sources}
+    for method in ("fisher", "regmean", "frankenmerge", "ties", "dare_ties", "slerp"):
+        params = {"examples": 8} if method in ("fisher", "regmean") else {}
+        build_merge(tiny_ws, Candidate("merge", method, "nl-NL", sources, [0.5, 0.5], params=params))
+        for s in sources:
+            now = tiny_ws.zoo.state_dict(s)
+            assert all(torch.equal(now[k], before[s][k]) for k in before[s]), (method, s)
