@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import threading
+import warnings
 from collections import OrderedDict
 from pathlib import Path
 from typing import Callable, Dict, Tuple
@@ -25,7 +26,13 @@ StateDict = Dict[str, torch.Tensor]
 def default_budget() -> int:
     env = os.environ.get("ENGINE_RESIDENT_GB")
     if env not in (None, ""):
-        return int(float(env) * 2 ** 30)
+        try:
+            gib = float(env)
+            if gib >= 0:
+                return int(gib * 2 ** 30)
+        except ValueError:
+            pass
+        warnings.warn(f"ENGINE_RESIDENT_GB={env!r} is not a size in GiB (>= 0); using the default")
     try:
         ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):

@@ -157,3 +157,19 @@ def test_resident_weights_survive_every_kind_of_merge(tiny_ws):
         for s in sources:
             now = tiny_ws.zoo.state_dict(s)
             assert all(torch.equal(now[k], before[s][k]) for k in before[s]), (method, s)
+
+
+def test_resident_budget_from_the_environment(monkeypatch):
+    from engine.resident import default_budget
+
+    monkeypatch.setenv("ENGINE_RESIDENT_GB", "0.5")
+    assert default_budget() == 2 ** 29
+    monkeypatch.setenv("ENGINE_RESIDENT_GB", "0")
+    assert default_budget() == 0
+    monkeypatch.delenv("ENGINE_RESIDENT_GB")
+    auto = default_budget()
+    assert 0 < auto <= 8 * 2 ** 30
+    for bad in ("lots", "-1"):
+        monkeypatch.setenv("ENGINE_RESIDENT_GB", bad)
+        with pytest.warns(UserWarning, match="ENGINE_RESIDENT_GB"):
+            assert default_budget() == auto
