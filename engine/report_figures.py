@@ -24,7 +24,7 @@ def accuracy_heatmap(table: pd.DataFrame, title: str = "Test accuracy: variant Ã
                                texttemplate="%{text}", colorscale="Viridis", colorbar={"title": "accuracy"},
                                hovertemplate="%{y}<br>target %{x}<br>accuracy %{z:.3f}<extra></extra>"))
     fig.update_layout(title=title, xaxis_title="target", yaxis={"autorange": "reversed"},
-                      height=max(300, 40 + 28 * len(table.index)), margin={"l": 260})
+                      height=max(320, 170 + 34 * len(table.index)), margin={"l": 260})
     return fig
 
 
