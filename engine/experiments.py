@@ -91,7 +91,13 @@ def source_scores(ws: Workspace, target: str, models: Optional[Iterable[str]] = 
 
 def baselines(ws: Workspace, target: str, sources: Iterable[str], split: str = "test",
               progress: Optional[ProgressFn] = None) -> Dict[str, Dict[str, object]]:
-    scores = source_scores(ws, target, split=split, progress=progress)
+    return baselines_from_scores(source_scores(ws, target, split=split, progress=progress), target, sources)
+
+
+def baselines_from_scores(scores: Dict[str, float], target: str,
+                          sources: Iterable[str]) -> Dict[str, Dict[str, object]]:
+    """Best chosen source, best zero-shot model (any but the target's own) and the target's own
+    model, from every zoo model's score on the target."""
     sources = [s for s in sources if s in scores]
     out: Dict[str, Dict[str, object]] = {}
     if sources:

@@ -23,7 +23,7 @@ from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple, Union
 
 import numpy as np
 
-from .experiments import Candidate, evaluate_candidate, source_scores
+from .experiments import Candidate, baselines_from_scores, evaluate_candidate, source_scores
 from .progress import Cancelled, Progress, ProgressFn, sub_progress
 from .store import Store
 from .sweep_spec import Cell, expand_cells, load_spec
@@ -92,8 +92,9 @@ def find_cells(store: Store, keys: Iterable[str]) -> Dict[str, Dict[str, Any]]:
 
 
 def _record(store: Store, sweep_id: str, cell: Cell, outcome: Union[Dict[str, Any], BaseException],
-            name: str) -> Tuple[str, bool]:
-    """Writes one cell's run; returns (run id, succeeded)."""
+            name: str, scores: Dict[str, float]) -> Tuple[str, bool]:
+    """Writes one cell's run, with its baselines like any candidate run (from the target's zero-shot
+    ``scores``); returns (run id, succeeded)."""
     c = cell.candidate
     run_id = store.create(c.kind, name=f"{name}: {c.label()}", target=c.target, method=c.method,
                           params=cell.run_params(), sources=c.sources, weights=c.weights, parent=sweep_id,
@@ -103,7 +104,8 @@ def _record(store: Store, sweep_id: str, cell: Cell, outcome: Union[Dict[str, An
         store.update(run_id, status="failed", finished=time.time(), error=text, message=f"failed: {outcome}"[:200])
         return run_id, False
     result = {**outcome["result"], "cell_key": cell.key, "role": cell.role, "axes": cell.axes,
-              "method_params": c.params, "sweep": sweep_id}
+              "method_params": c.params, "sweep": sweep_id,
+              "baselines": baselines_from_scores(scores, c.target, c.sources)}
     acc = outcome["metrics"].get("test", {}).get("accuracy")
     store.update(run_id, status="done", metrics=outcome["metrics"], result=result, progress=1.0, eta_s=0.0,
                  started=outcome["started"], finished=outcome["finished"],
@@ -171,7 +173,8 @@ def sweep_job(ws: Workspace, spec, executor: str = "local", address: Optional[st
             stream = ray_cells(ws, todo, tick=ctx.check, address=address, num_cpus=num_cpus,
                                options=ray_options)
         for done, (cell, outcome) in enumerate(stream, start=1):
-            run_id, ok = _record(ctx.store, ctx.run_id, cell, outcome, spec.name)
+            run_id, ok = _record(ctx.store, ctx.run_id, cell, outcome, spec.name,
+                                 references[cell.candidate.target]["scores"])
             if ok:
                 links[cell.key] = run_id
                 summary["computed"] += 1

@@ -95,6 +95,12 @@ def test_baselines_match_the_nxn_matrix(tiny_ws, swept):
         sources = r.sources.split(", ")
         assert r.best_source_acc == pytest.approx(max(nxn.loc[s, r.target] for s in sources))
         assert r.target_model_acc == pytest.approx(nxn.loc[r.target, r.target])
+    # every cell run carries its baselines like a candidate run (the Compare page reads them)
+    for cell in store.runs(parent=row["id"], status=["done"]):
+        base = cell["result"]["baselines"]
+        best = max(cell["sources"], key=lambda s: nxn.loc[s, cell["target"]])
+        assert base["best_source"] == {"model": best, "accuracy": pytest.approx(nxn.loc[best, cell["target"]])}
+        assert base["target_model"]["accuracy"] == pytest.approx(nxn.loc[cell["target"], cell["target"]])
     # the equal-weight merge baseline is the linear merge of the same sources with equal weights
     eq = frame[frame.role == "equal_merge"].iloc[0]
     direct = evaluate_candidate(tiny_ws, Candidate("merge", "linear", eq.target, eq.sources.split(", "), [0.5, 0.5]))
