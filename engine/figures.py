@@ -91,9 +91,11 @@ def weights_bars(raw: Mapping[str, float], balanced: Mapping[str, float], iterat
     return _layout(fig, title or "Source weights")
 
 
-def _baseline_lines(fig: go.Figure, baselines: Mapping[str, Mapping[str, object]]) -> None:
+def _baseline_lines(fig: go.Figure, baselines: Mapping[str, Mapping[str, object]],
+                    vertical: bool = False) -> None:
     """One dashed line per distinct baseline value, named in the legend (labels drawn on the plot
-    collide with bar labels); baselines that coincide share a line and a legend entry."""
+    collide with bar labels); baselines that coincide share a line and a legend entry. ``vertical``
+    for horizontal bars."""
     lines: Dict[float, List[str]] = {}
     style: Dict[float, Tuple[str, str]] = {}
     for key, (label, colour, dash) in BASELINE_STYLE.items():
@@ -106,17 +108,31 @@ def _baseline_lines(fig: go.Figure, baselines: Mapping[str, Mapping[str, object]
     for y, labels in sorted(lines.items(), reverse=True):
         colour, dash = style[y]
         line = dict(color=colour, dash=dash, width=2)
-        fig.add_hline(y=y, line=line)
+        (fig.add_vline(x=y, line=line) if vertical else fig.add_hline(y=y, line=line))
         fig.add_trace(go.Scatter(x=[None], y=[None], mode="lines", line=line, showlegend=True,
                                  name=f"{' = '.join(labels)}: {y:.3f}", hoverinfo="skip"))
 
 
 def accuracy_bars(bars: Sequence[Tuple[str, float]], baselines: Mapping[str, Mapping[str, object]],
                   title: str = "", colours: Optional[Sequence[str]] = None,
-                  metric: str = "test accuracy") -> go.Figure:
-    """Candidates as bars, the target's baselines as horizontal reference lines."""
+                  metric: str = "test accuracy", horizontal: bool = False) -> go.Figure:
+    """Candidates as bars, the target's baselines as reference lines. ``horizontal``: one row per
+    candidate, best at the top (long labels stay readable when there are many)."""
+    colours = list(colours or [CANDIDATE] * len(bars))
+    if horizontal:
+        order = sorted(range(len(bars)), key=lambda i: bars[i][1])
+        bars, colours = [bars[i] for i in order], [colours[i] for i in order]
+        fig = go.Figure(go.Bar(
+            y=[b[0].replace("<br>", " · ") for b in bars], x=[b[1] for b in bars], orientation="h",
+            marker_color=colours, text=[f"{b[1]:.3f}" for b in bars], textposition="outside",
+            cliponaxis=False, showlegend=False, hovertemplate="%{y}<br>" + metric + " %{x:.3f}<extra></extra>"))
+        _baseline_lines(fig, baselines, vertical=True)
+        fig.update_xaxes(title=metric, range=[0, 1.08])
+        plot_px = 90 + 24 * len(bars)  # the legend goes just under the axis title, in plot fractions
+        return _layout(fig, title, height=plot_px + 50,
+                       legend=dict(orientation="h", yanchor="top", y=-60 / plot_px, xanchor="left", x=0))
     fig = go.Figure(go.Bar(
-        x=[b[0] for b in bars], y=[b[1] for b in bars], marker_color=list(colours or [CANDIDATE] * len(bars)),
+        x=[b[0] for b in bars], y=[b[1] for b in bars], marker_color=colours,
         text=[f"{b[1]:.3f}" for b in bars], textposition="outside", cliponaxis=False, showlegend=False,
         hovertemplate="%{x}<br>" + metric + " %{y:.3f}<extra></extra>"))
     _baseline_lines(fig, baselines)
@@ -264,8 +280,10 @@ def compare_bars(runs: pd.DataFrame, baselines: Mapping[str, Mapping[str, Mappin
     for target, part in runs.groupby("target", sort=True):
         part = part[part[value].notna()]
         bars = [(f"{k}<br>{l}", float(v)) for k, l, v in zip(part["kind"], part[label], part[value])]
+        many = len(bars) > 8  # then one row per run: rotated labels would collide
         fig = accuracy_bars(bars, baselines.get(target, {}), title=f"{title}{target}",
-                            colours=[KIND_COLOURS.get(k, CANDIDATE) for k in part["kind"]])
-        fig.update_xaxes(tickangle=0 if len(bars) <= 6 else -30)
+                            colours=[KIND_COLOURS.get(k, CANDIDATE) for k in part["kind"]], horizontal=many)
+        if not many:
+            fig.update_xaxes(tickangle=0 if len(bars) <= 6 else -30)
         figs.append((str(target), fig))
     return figs

@@ -270,6 +270,24 @@ def test_coinciding_baselines_share_one_reference_line():
     assert names == ["target's own model (de-DE): 0.650", "best source (nl-NL) = best zero-shot (nl-NL): 0.500"]
 
 
+
+def test_many_runs_become_rows_best_on_top():
+    import pandas as pd
+
+    from engine import figures
+
+    runs = pd.DataFrame({"target": ["de-DE"] * 10, "kind": ["merge"] * 9 + ["ensemble"],
+                         "label": [f"run {i}" for i in range(10)], "test_accuracy": [i / 10 for i in range(10)]})
+    base = {"de-DE": {"target_model": {"model": "de-DE", "accuracy": 0.9}}}
+    (_, many), = figures.compare_bars(runs, base)
+    bar = many.data[0]
+    assert bar.orientation == "h" and list(bar.x) == sorted(bar.x)          # best drawn at the top
+    assert bar.y[-1] == "ensemble · run 9" and bar.marker.color[-1] != bar.marker.color[0]
+    assert [round(s.x0, 3) for s in many.layout.shapes if s.type == "line"] == [0.9]
+    (_, few), = figures.compare_bars(runs.head(3), base)
+    assert few.data[0].orientation in (None, "v")
+
+
 def test_recipe_frames_for_both_searches():
     from engine import figures
 
