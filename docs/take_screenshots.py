@@ -98,9 +98,9 @@ def main() -> int:
             set_number(d, "Generations", 1)
             set_number(d, "Population", 4)
             click_button(d, "Start evolution")
-            wait_for_text(d, "evomerge →", 60)  # the page now shows the new run
-            wait_for(d, lambda d: "evomerge →" in page_text(d) and "Send to Compare" in page_text(d), 1500,
-                     "the EvoMerge run to finish")
+            # finished when the EvoMerge-only chart and the champion's buttons are both on the page
+            wait_for(d, lambda d: "Combinations tried" in page_text(d) and "Send to Compare" in page_text(d),
+                     1500, "the EvoMerge run to finish")
             if any(b.is_displayed() and "Start evolution" in b.text for b in d.find_elements("css selector", "button")):
                 expand(d, "New evolutionary run")  # collapse the form again for the picture
             wait_idle(d, 60)

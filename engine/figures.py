@@ -138,10 +138,12 @@ def accuracy_bars(bars: Sequence[Tuple[str, float]], baselines: Mapping[str, Map
     _baseline_lines(fig, baselines)
     fig.update_yaxes(title=metric, range=[0, 1.08])
     tilted = len(bars) > 4
+    two_lines = any("<br>" in b[0] for b in bars)  # labels of two lines need room under the axis
     fig.update_xaxes(tickangle=-30 if tilted else 0)
-    fig = _layout(fig, title, legend=dict(orientation="h", yanchor="top", y=-0.42 if tilted else -0.12,
-                                          xanchor="left", x=0), height=HEIGHT + 40)
-    fig.update_layout(margin=dict(b=90 if tilted else 50))
+    legend_y = -0.42 if tilted else (-0.24 if two_lines else -0.12)
+    fig = _layout(fig, title, legend=dict(orientation="h", yanchor="top", y=legend_y, xanchor="left", x=0),
+                  height=HEIGHT + 40)
+    fig.update_layout(margin=dict(b=90 if tilted or two_lines else 50))
     return fig
 
 
@@ -283,7 +285,5 @@ def compare_bars(runs: pd.DataFrame, baselines: Mapping[str, Mapping[str, Mappin
         many = len(bars) > 8  # then one row per run: rotated labels would collide
         fig = accuracy_bars(bars, baselines.get(target, {}), title=f"{title}{target}",
                             colours=[KIND_COLOURS.get(k, CANDIDATE) for k in part["kind"]], horizontal=many)
-        if not many:
-            fig.update_xaxes(tickangle=0 if len(bars) <= 6 else -30)
         figs.append((str(target), fig))
     return figs
