@@ -65,12 +65,6 @@ def spec_form(ws, key: str = "sweep") -> Dict[str, Any]:
             "equal_merge_baseline": bool(equal)}
 
 
-def spec_yaml(spec: Dict[str, Any]) -> str:
-    import yaml
-
-    return yaml.safe_dump(spec, sort_keys=False, allow_unicode=True)
-
-
 def parse_yaml(text: str) -> Dict[str, Any]:
     import yaml
 

@@ -51,6 +51,7 @@ class ResidentStates:
         self.budget = default_budget() if budget is None else int(budget)
         self._items: "OrderedDict[Tuple, StateDict]" = OrderedDict()
         self._lock = threading.Lock()
+        self._bytes = 0
         self.hits = self.misses = 0
 
     @staticmethod
@@ -61,7 +62,11 @@ class ResidentStates:
 
     @property
     def size(self) -> int:
-        return sum(state_bytes(s) for s in self._items.values())
+        """Bytes held now."""
+        return self._bytes
+
+    def _drop(self, key: Tuple) -> None:
+        self._bytes -= state_bytes(self._items.pop(key))
 
     def get(self, model_dir: Path, load: Callable[[Path], StateDict]) -> StateDict:
         """The state dict of ``model_dir`` (a fresh dict over shared tensors); ``load`` on a miss."""
@@ -76,17 +81,18 @@ class ResidentStates:
         need = state_bytes(state)
         if need <= self.budget:
             with self._lock:
-                stale = [k for k in self._items if k[0] == key[0]]
-                for k in stale:
-                    del self._items[k]
-                while self._items and self.size + need > self.budget:
-                    self._items.popitem(last=False)
+                for k in [k for k in self._items if k[0] == key[0]]:  # an older version of it
+                    self._drop(k)
+                while self._items and self._bytes + need > self.budget:
+                    self._drop(next(iter(self._items)))        # least recently used first
                 self._items[key] = state
+                self._bytes += need
         return dict(state)
 
     def clear(self) -> None:
         with self._lock:
             self._items.clear()
+            self._bytes = 0
 
 
 RESIDENT = ResidentStates()

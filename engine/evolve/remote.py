@@ -11,7 +11,6 @@ Ray setup (local instance or cluster) is the sweeps' (engine/sweep_ray.py).
 from __future__ import annotations
 
 import json
-import time
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 _CONTEXTS: Dict[str, Tuple[Any, Any, Any, Any]] = {}   # per worker: run key -> (config, sources, search, fitness)
@@ -38,21 +37,15 @@ def _context(settings: Dict[str, Any], config_data: Dict[str, Any]):
 
 def remote_candidate(settings: Dict[str, Any], config_data: Dict[str, Any], candidate: Dict[str, Any],
                      reference: Optional[Dict[str, float]]) -> Dict[str, Any]:
-    """The task body: build one candidate, score it on the dev sample; plain data back."""
-    from ..merge import MergeError
+    """The task body: build_and_score one candidate here; plain data back, with this worker's
+    evaluation time and dev passes (frankenmerge's included)."""
+    from .runner import build_and_score
 
     config, sources, search, fitness = _context(settings, config_data)
     fitness.reference = reference  # frankenmerge's layer choices score with the driver's reference
     eval_before, passes_before = fitness.seconds, fitness.evaluations
-    started = time.perf_counter()
-    try:
-        state = search.build(candidate, sources, fitness.score, config.seed)
-    except MergeError as exc:
-        return {"error": f"merge failed: {exc}", "merge_s": time.perf_counter() - started}
-    merge_s = (time.perf_counter() - started) - (fitness.seconds - eval_before)
-    metrics = fitness.metrics(state)
-    return {"metrics": metrics, "merge_s": merge_s, "eval_s": fitness.seconds - eval_before,
-            "passes": fitness.evaluations - passes_before}
+    _, outcome = build_and_score(search, sources, fitness, candidate, config.seed)
+    return {**outcome, "eval_s": fitness.seconds - eval_before, "passes": fitness.evaluations - passes_before}
 
 
 def ray_candidates(ws, config, candidates: List[Dict[str, Any]], reference: Optional[Dict[str, float]],

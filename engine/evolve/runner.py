@@ -77,6 +77,23 @@ def read_checkpoint(folder: Path) -> Dict[str, Any]:
     return data
 
 
+def build_and_score(search, sources: Sources, fitness: Fitness, cand: Dict[str, Any], seed: int):
+    """Merges one candidate in memory and measures it on the dev sample: (state or None, outcome),
+    the outcome plain data — {"metrics", "merge_s"} or {"error", "merge_s"}, merging time without
+    frankenmerge's own dev evaluations. The local loop and the Ray workers both score this way."""
+    started, eval_before = time.perf_counter(), fitness.seconds
+    try:
+        state = search.build(cand, sources, fitness.score, seed)
+    except MergeError as exc:
+        state, outcome = None, {"error": f"merge failed: {exc}"}
+    else:
+        outcome = {}
+    outcome["merge_s"] = (time.perf_counter() - started) - (fitness.seconds - eval_before)
+    if state is not None:
+        outcome["metrics"] = fitness.metrics(state)
+    return state, outcome
+
+
 class Evolution:
     """One run: ``run()`` to the end, or ``step()`` one generation at a time (tests, bench).
 
@@ -181,15 +198,8 @@ class Evolution:
     def _evaluate(self, cand: Dict[str, Any], g: int, i: int, count: int):
         self._report(g + i / count, f"generation {g}: candidate {i + 1}/{count}")
         plain = self.search.plain(cand)
-        started, eval_before = time.perf_counter(), self.fitness.seconds
-        try:
-            state = self.search.build(cand, self.sources, self.fitness.score, self.config.seed)
-        except MergeError as exc:  # seed 004: a merge can fail; it scores lowest and the run goes on
-            return Member(plain, 0.0, {}, cand["origin"], g, f"merge failed: {exc}"), None
-        finally:  # merging time, without frankenmerge's own dev evaluations
-            self.merge_seconds += (time.perf_counter() - started) - (self.fitness.seconds - eval_before)
-        fitness, metrics = self.fitness(state)
-        return Member(plain, fitness, metrics, cand["origin"], g), state
+        state, outcome = build_and_score(self.search, self.sources, self.fitness, cand, self.config.seed)
+        return self._member(plain, cand, g, outcome), state
 
     def _evaluate_remote(self, cands: List[Dict[str, Any]], g: int):
         """The generation's candidates as parallel Ray tasks (engine/evolve/remote.py); the same
@@ -202,18 +212,18 @@ class Evolution:
             g + done / len(cands), f"generation {g}: {done}/{len(cands)} candidates scored on Ray")
         for i, out in ray_candidates(self.ws, self.config, plains, self.fitness.reference, tick):
             outcomes[i] = out
-        pairs = []
-        for i, cand in enumerate(cands):
-            out = outcomes[i]
-            self.merge_seconds += out.get("merge_s", 0.0)
-            if "error" in out:
-                pairs.append((Member(plains[i], 0.0, {}, cand["origin"], g, out["error"]), None))
-                continue
-            self.fitness.seconds += out["eval_s"]
-            self.fitness.evaluations += out["passes"]
-            pairs.append((Member(plains[i], self.fitness.combine(out["metrics"]), out["metrics"],
-                                 cand["origin"], g), None))
-        return pairs
+        for out in outcomes.values():  # the workers' evaluation work, counted as if done here
+            self.fitness.seconds += out.get("eval_s", 0.0)
+            self.fitness.evaluations += out.get("passes", 0)
+        return [(self._member(plains[i], cand, g, outcomes[i]), None) for i, cand in enumerate(cands)]
+
+    def _member(self, plain: Dict[str, Any], cand: Dict[str, Any], g: int, outcome: Dict[str, Any]) -> Member:
+        """A scored candidate from build_and_score's outcome (a failed merge scores lowest)."""
+        self.merge_seconds += outcome.get("merge_s", 0.0)
+        if "error" in outcome:  # seed 004: a merge can fail; it scores lowest and the run goes on
+            return Member(plain, 0.0, {}, cand["origin"], g, outcome["error"])
+        metrics = outcome["metrics"]
+        return Member(plain, self.fitness.combine(metrics), metrics, cand["origin"], g)
 
     def _plateau(self) -> None:
         if self.champion.fitness > self.reference + self.config.min_delta:
