@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterable, List, Tuple
 
+from engine.experiments import zoo_signature  # shared with the CLI, so its N×N runs match
 from engine.jobs import JobRunner
 from engine.progress import Tracker
 from engine.workspace import Workspace
@@ -23,13 +24,6 @@ def submit_demo_build(runner: JobRunner, out: Path, size: str = "default") -> st
         return {"result": {"manifest": str(manifest), "size": size}, "message": f"demo zoo ready at {out}"}
 
     return runner.submit("demo", job, lane="compute", name=f"build demo zoo ({size})", params={"size": size})
-
-
-def zoo_signature(ws: Workspace) -> dict:
-    """What an N×N matrix was computed on, so a cached one is shown only for the same zoo and data."""
-    s = ws.settings
-    return {"zoo": ws.zoo.name, "root": str(Path(ws.zoo.root).resolve()), "data": s.data,
-            "data_path": s.data_path, "locales": ws.zoo.locales}
 
 
 def submit_nxn(runner: JobRunner, ws: Workspace, split: str = "test", metric: str = "accuracy") -> str:

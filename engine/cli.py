@@ -134,16 +134,32 @@ def _evaluate_args(p):
 def cmd_evaluate(args):
     from pathlib import Path
 
+    from .cli_methods import open_store
+    from .experiments import workspace_record
+    from .jobs import run_here
     from .zoo import load_state_dict
 
     ws = open_from_args(args)
-    if args.model in ws.zoo.models:
-        metrics = ws.evaluator.evaluate_source(args.model, args.locale, args.split, progress_for(args))
-    else:
-        state = load_state_dict(Path(args.model))
-        metrics = ws.evaluator.evaluate_state(state, args.locale, args.split, progress_for(args))
+    ws.dataset.get(args.locale, args.split)  # an unknown locale or split is bad input, not a run
+    model = args.model if args.model in ws.zoo.models else str(Path(args.model).resolve())
+
+    def job(ctx):
+        if args.model in ws.zoo.models:
+            metrics = ws.evaluator.evaluate_source(args.model, args.locale, args.split, ctx.progress)
+        else:
+            state = load_state_dict(Path(args.model))
+            metrics = ws.evaluator.evaluate_state(state, args.locale, args.split, ctx.progress)
+        return {"metrics": {args.split: metrics}, "message": f"accuracy {metrics['accuracy']:.3f}",
+                "result": {"model": model, "locale": args.locale, "split": args.split,
+                           "workspace": workspace_record(ws)}}
+
+    row = run_here(open_store(ws), "evaluate", job, echo=progress_for(args),
+                   name=f"evaluate {args.model} on {args.locale}/{args.split}", target=args.locale,
+                   params={"model": model, "split": args.split})
+    metrics = row["metrics"][args.split]
     rows = [{"metric": k, "value": float(v)} for k, v in metrics.items()]
-    return {"model": args.model, "locale": args.locale, "split": args.split, "metrics": metrics}, table_text(rows)
+    return ({"run_id": row["id"], "model": args.model, "locale": args.locale, "split": args.split,
+             "metrics": metrics}, table_text(rows))
 
 
 def _nxn_args(p):
@@ -155,12 +171,28 @@ def _nxn_args(p):
 
 @command("nxn", "the zero-shot matrix: every source model on every locale's test set", _nxn_args)
 def cmd_nxn(args):
+    from .cli_methods import open_store
+    from .experiments import workspace_record, zoo_signature
+    from .jobs import run_here
+
     ws = open_from_args(args)
-    table = ws.evaluator.nxn(args.split, args.metric, progress=progress_for(args))
+    tables = []
+
+    def job(ctx):  # stored as the app's N×N job is, so Compare shows it
+        table = ws.evaluator.nxn(args.split, args.metric, progress=ctx.progress)
+        tables.append(table)
+        return {"result": {"matrix": {m: {l: float(v) for l, v in row.items()} for m, row in table.iterrows()},
+                           "split": args.split, "metric": args.metric, "workspace": workspace_record(ws)},
+                "message": f"{len(table.index)}×{len(table.columns)} matrix ready"}
+
+    row = run_here(open_store(ws), "nxn", job, echo=progress_for(args),
+                   name=f"zero-shot matrix ({args.split} {args.metric})", method=args.metric,
+                   params={"split": args.split, **zoo_signature(ws)})
+    table = tables[0]
     if args.csv:
         table.to_csv(args.csv)
-    return ({"metric": args.metric, "split": args.split, "matrix": json.loads(table.to_json(orient="index"))},
-            table.round(3).to_string())
+    return ({"run_id": row["id"], "metric": args.metric, "split": args.split,
+             "matrix": json.loads(table.to_json(orient="index"))}, table.round(3).to_string())
 
 
 # ---- entry -----------------------------------------------------------------------------------

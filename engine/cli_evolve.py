@@ -56,7 +56,9 @@ def _evolve_args(p) -> None:
     p.add_argument("--address", default=None, help="Ray cluster address, e.g. auto or ray://head:10001")
     p.add_argument("--ray-cpus", type=int, default=_default("ray_cpus"), help="CPUs of the local Ray instance")
     p.add_argument("--resume", metavar="RUN_ID", help="continue an interrupted/cancelled run")
-    p.add_argument("--export", metavar="DIR", help="write the champion as an HF folder here")
+    p.add_argument("--export", metavar="DIR", help="write the champion as an HF folder here "
+                   "(never into the zoo; written whole or not at all)")
+    p.add_argument("--overwrite", action="store_true", help="replace DIR if it is not empty")
 
 
 def _follow(store, run_id: str, bar) -> dict:
@@ -141,7 +143,13 @@ def cmd_evolve(args):
     if row["status"] == "failed":
         raise EvolveError(f"run {run_id} failed: {(row.get('error') or '').splitlines()[0]}")
     if args.export:
-        path = export_champion(ws, store, run_id, args.export)
+        try:
+            path = export_champion(ws, store, run_id, args.export, args.overwrite)
+        except (ValueError, OSError) as exc:  # the run is stored; say how to export it again
+            raise EvolveError(f"the evolution is stored as run {run_id}, but its champion was not "
+                              f"exported: {exc}. Export it with: python -m engine export {run_id} "
+                              f"NEW_DIR --cache-dir {ws.cache_dir} (plus this run's --zoo/--data "
+                              f"options; --overwrite to replace a folder)") from exc
         row["result"]["export"] = str(path)
     text = _summary(row) + (f"\nexported to {row['result']['export']}" if args.export else "")
     return {"run_id": run_id, "status": row["status"], "params": row["params"],

@@ -36,7 +36,10 @@ def candidate_args(p):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-mode", default="sources", choices=["target", "sources", "both"])
     p.add_argument("--data-examples", type=int, default=64)
-    p.add_argument("--export", default="", help="merge: write an HF folder + recipe here")
+    p.add_argument("--export", default="", metavar="DIR",
+                   help="merge: write an HF folder + recipe here; ensemble: a learned fusion "
+                        "(never into the zoo; written whole or not at all)")
+    p.add_argument("--overwrite", action="store_true", help="replace DIR if it is not empty")
 
 
 def candidate_from_args(ws, args, kind):
@@ -62,25 +65,38 @@ def candidate_from_args(ws, args, kind):
 
 
 def _run_candidate(args, kind):
-    from .experiments import evaluate_candidate, export_candidate
+    """Runs the candidate as a stored run (like the app's), so it reaches Compare; a failed export
+    keeps the finished run and says how to export it again."""
+    from .experiments import candidate_fields, candidate_job, check_candidate
+    from .export_guard import ExportError
+    from .jobs import run_here
 
     ws = open_from_args(args)
     cand = candidate_from_args(ws, args, kind)
-    out = evaluate_candidate(ws, cand, progress_for(args))
-    state, fitted = out.pop("state", None), out.pop("fitted", None)
-    if args.export:
-        if state is not None:
-            out["export"] = str(export_candidate(ws, cand, state, Path(args.export)))
-        elif fitted is not None:
-            fitted.save(Path(args.export))
-            out["export"] = args.export
+    check_candidate(ws, cand)
+    out: dict = {}
+    job = candidate_job(ws, cand, export_path=Path(args.export) if args.export else None,
+                        overwrite=args.overwrite, keep=out)
+    row = run_here(open_store(ws), kind, job, echo=progress_for(args), **candidate_fields(cand))
+    result = row["result"]
+    if result.get("export_error"):
+        raise ExportError(result["export_error"])
+    out["export"] = result.get("export") or result.get("fusion")
     rows = [{"split": s, **{k: float(v) for k, v in m.items() if k in ("accuracy", "macro_f1", "nll", "latency_ms")}}
             for s, m in out["metrics"].items()]
     base = [{"baseline": k, "model": v["model"], "accuracy": float(v["accuracy"])} for k, v in out["baselines"].items()]
     text = (f"{cand.label()}\nsources: " + ", ".join(f"{s} ({w:.3f})" for s, w in zip(cand.sources, cand.weights))
             + "\n\n" + table_text(rows) + "\n\n" + table_text(base)
-            + (f"\n\nexported to {out['export']}" if out.get("export") else ""))
-    return {"candidate": cand.to_dict(), **out}, text
+            + (f"\n\nexported to {out['export']}" if out.get("export") else "")
+            + f"\nstored as run {row['id']}")
+    return {"run_id": row["id"], "candidate": cand.to_dict(), **out}, text
+
+
+def open_store(ws):
+    """The one results store of the workspace's cache folder (the app's too)."""
+    from .store import Store
+
+    return Store(ws.cache_dir / "runs.sqlite")
 
 
 def _merge_args(p):
@@ -133,3 +149,27 @@ def cmd_runs(args):
              "test acc": f"{r['metrics'].get('test', {}).get('accuracy', float('nan')):.3f}"
              if isinstance(r["metrics"].get("test"), dict) else ""} for r in runs]
     return runs, table_text(rows)
+
+
+def _export_args(p):
+    workspace_args(p)
+    p.add_argument("run_id", metavar="RUN_ID", help="a stored merge, ensemble or evolve run")
+    p.add_argument("out_dir", metavar="DIR", help="the folder to write (never into the zoo)")
+    p.add_argument("--overwrite", action="store_true", help="replace DIR if it is not empty")
+
+
+@command("export", "rebuild a stored run's merge (or champion, or fusion) and write it to DIR",
+         _export_args)
+def cmd_export(args):
+    from .evaluate import default_cache_dir
+    from .export_run import export_stored_run
+    from .store import Store
+    from .workspace import Settings
+
+    store = Store(Path(args.cache_dir or default_cache_dir()) / "runs.sqlite")
+    fallback = Settings(zoo=args.zoo, pattern=args.pattern, base=args.base, data=args.data,
+                        data_path=args.data_path, extra_locales=args.extra_locales,
+                        device=args.device, cache_dir=args.cache_dir, batch_size=args.batch_size)
+    path = export_stored_run(store, args.run_id, Path(args.out_dir), args.overwrite, fallback,
+                             progress_for(args))
+    return {"run_id": args.run_id, "export": str(path)}, f"run {args.run_id} exported to {path}"

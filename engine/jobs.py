@@ -28,6 +28,7 @@ class JobContext:
     run_id: str
     store: Store
     cancel_event: threading.Event = field(default_factory=threading.Event)
+    echo: Optional[Callable[[Progress], None]] = None  # also shown here (the CLI's progress bar)
     _last_write: float = 0.0
 
     @property
@@ -41,6 +42,8 @@ class JobContext:
     def progress(self, p: Progress) -> None:
         """Engine-style progress callback; throttled writes; raises Cancelled when asked to stop."""
         self.check()
+        if self.echo is not None:
+            self.echo(p)
         now = time.monotonic()
         if now - self._last_write >= PROGRESS_INTERVAL_S or p.fraction >= 1.0:
             self._last_write = now
@@ -80,27 +83,8 @@ class JobRunner:
         return run_id
 
     def _run(self, fn: JobFn, ctx: JobContext) -> None:
-        if ctx.cancelled:
-            self.store.update(ctx.run_id, status="cancelled", finished=time.time(), message="cancelled before start")
-            return
-        self.store.update(ctx.run_id, status="running", started=time.time(), message="started")
         try:
-            result = fn(ctx) or {}
-        except Cancelled:
-            self.store.update(ctx.run_id, status="cancelled", finished=time.time(), message="cancelled")
-        except Exception as exc:  # a failing job records its error; the app and other jobs go on
-            self.store.update(ctx.run_id, status="failed", finished=time.time(),
-                              error=f"{type(exc).__name__}: {exc}\n\n{traceback.format_exc(limit=8)}",
-                              message=f"failed: {exc}"[:200])
-        else:
-            fields = {"status": "done", "finished": time.time(), "progress": 1.0, "eta_s": 0.0,
-                      "message": result.pop("message", "done")}
-            for key in ("metrics", "result", "params", "sources", "weights", "target", "method"):
-                if key in result:
-                    fields[key] = result.pop(key)
-            if result:
-                fields["result"] = {**fields.get("result", {}), **result}
-            self.store.update(ctx.run_id, **fields)
+            execute(fn, ctx)
         finally:
             self._futures.pop(ctx.run_id, None)
             self._contexts.pop(ctx.run_id, None)
@@ -132,3 +116,48 @@ class JobRunner:
             ctx.cancel_event.set()
         for lane in self._lanes.values():
             lane.shutdown(wait=wait, cancel_futures=True)
+
+
+def execute(fn: JobFn, ctx: JobContext) -> Optional[BaseException]:
+    """Runs one job in this thread and records it: running, then done (with its result), failed
+    (with the error) or cancelled; returns the exception that ended it, if any. Ctrl-C marks the
+    run interrupted and is raised again."""
+    store = ctx.store
+    if ctx.cancelled:
+        store.update(ctx.run_id, status="cancelled", finished=time.time(), message="cancelled before start")
+        return None
+    store.update(ctx.run_id, status="running", started=time.time(), message="started")
+    try:
+        result = fn(ctx) or {}
+    except Cancelled as exc:
+        store.update(ctx.run_id, status="cancelled", finished=time.time(), message="cancelled")
+        return exc
+    except Exception as exc:  # a failing job records its error; the app and other jobs go on
+        store.update(ctx.run_id, status="failed", finished=time.time(),
+                     error=f"{type(exc).__name__}: {exc}\n\n{traceback.format_exc(limit=8)}",
+                     message=f"failed: {exc}"[:200])
+        return exc
+    except BaseException:
+        store.update(ctx.run_id, status="interrupted", finished=time.time(), message="interrupted")
+        raise
+    fields = {"status": "done", "finished": time.time(), "progress": 1.0, "eta_s": 0.0,
+              "message": result.pop("message", "done")}
+    for key in ("metrics", "result", "params", "sources", "weights", "target", "method"):
+        if key in result:
+            fields[key] = result.pop(key)
+    if result:
+        fields["result"] = {**fields.get("result", {}), **result}
+    store.update(ctx.run_id, **fields)
+    return None
+
+
+def run_here(store: Store, kind: str, fn: JobFn, echo: Optional[Callable[[Progress], None]] = None,
+             **run_fields: Any) -> Dict[str, Any]:
+    """Runs ``fn`` in this thread as a stored run, exactly as a submitted job is recorded (the
+    CLI's runs reach Compare like the app's); returns the run row. A failure is stored, then
+    raised again."""
+    ctx = JobContext(store.create(kind, **run_fields), store, echo=echo)
+    error = execute(fn, ctx)
+    if error is not None:
+        raise error
+    return store.get(ctx.run_id)

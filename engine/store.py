@@ -2,7 +2,9 @@
 
 One place, documented: ``<cache>/runs.sqlite``. A run row holds its kind, recipe, sources and weights,
 metrics, timings, status and live progress; a ``series`` table holds per-step metrics (fitness curves).
-SQLite in WAL mode lets the job threads write while pages read. Runs left ``queued``/``running`` by a
+SQLite in WAL mode lets the job threads write while pages read; several processes (the app, CLI
+commands, sweep drivers) may write at once: every connection waits up to ``BUSY_TIMEOUT_S`` for a
+lock and every write is retried while SQLite still answers "locked"/"busy". Runs left ``queued``/``running`` by a
 process that is gone are marked ``interrupted`` when the store is next opened — never silently lost.
 """
 from __future__ import annotations
@@ -56,6 +58,9 @@ CREATE TABLE IF NOT EXISTS pins (
 );
 """
 
+BUSY_TIMEOUT_S = 30.0
+WRITE_RETRY_S = 120.0   # a write gives up only after this long of "database is locked"
+
 LIVE_OWNERS: set = set()  # owners (stores) alive in this process; their active runs are not stale
 
 JSON_FIELDS = ("params", "sources", "weights", "metrics", "result")
@@ -71,6 +76,25 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _locked(exc: sqlite3.OperationalError) -> bool:
+    text = str(exc).lower()
+    return "locked" in text or "busy" in text
+
+
+def _retry(write):
+    """Runs ``write`` until SQLite stops answering "locked"/"busy" (another process's write or
+    checkpoint), with growing pauses, for up to ``WRITE_RETRY_S``."""
+    deadline, pause = time.monotonic() + WRITE_RETRY_S, 0.01
+    while True:
+        try:
+            return write()
+        except sqlite3.OperationalError as exc:
+            if not _locked(exc) or time.monotonic() > deadline:
+                raise
+        time.sleep(pause)
+        pause = min(pause * 2, 0.5)
+
+
 class Store:
     """Thread-safe access to the runs database (one connection per thread)."""
 
@@ -80,19 +104,23 @@ class Store:
         self.owner = f"{os.getpid()}:{uuid.uuid4().hex[:8]}"
         LIVE_OWNERS.add(self.owner)
         self._local = threading.local()
-        with self._conn() as c:
-            c.executescript(SCHEMA)
+        _retry(lambda: self._conn().executescript(SCHEMA))
         self.mark_interrupted()
 
     def _conn(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
         if conn is None:
-            conn = sqlite3.connect(str(self.path), timeout=30, isolation_level=None)
-            conn.execute("PRAGMA journal_mode=WAL")
+            conn = sqlite3.connect(str(self.path), timeout=BUSY_TIMEOUT_S, isolation_level=None)
+            conn.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
+            _retry(lambda: conn.execute("PRAGMA journal_mode=WAL"))  # switching needs a moment alone
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.row_factory = sqlite3.Row
             self._local.conn = conn
         return conn
+
+    def _write(self, sql: str, args: Iterable[Any] = ()) -> None:
+        args = tuple(args)
+        _retry(lambda: self._conn().execute(sql, args))
 
     # ---- writing ---------------------------------------------------------------------------
     def create(self, kind: str, name: str = "", target: Optional[str] = None,
@@ -100,7 +128,7 @@ class Store:
                sources: Iterable[str] = (), weights: Iterable[float] = (),
                parent: Optional[str] = None, status: str = "queued") -> str:
         run_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
-        self._conn().execute(
+        self._write(
             "INSERT INTO runs (id, kind, name, status, target, method, params, sources, weights, "
             "created, owner, parent) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
             (run_id, kind, name, status, target, method, json.dumps(params or {}),
@@ -120,35 +148,36 @@ class Store:
             raise ValueError(f"unknown status {fields['status']!r}")
         values = [json.dumps(v) if k in JSON_FIELDS else v for k, v in fields.items()]
         sets = ", ".join(f"{k}=?" for k in fields)
-        self._conn().execute(f"UPDATE runs SET {sets} WHERE id=?", (*values, run_id))
+        self._write(f"UPDATE runs SET {sets} WHERE id=?", (*values, run_id))
 
     def add_point(self, run_id: str, name: str, step: int, value: Any) -> None:
-        self._conn().execute("INSERT OR REPLACE INTO series (run_id, name, step, value) VALUES (?,?,?,?)",
-                             (run_id, name, int(step), json.dumps(value)))
+        self._write("INSERT OR REPLACE INTO series (run_id, name, step, value) VALUES (?,?,?,?)",
+                    (run_id, name, int(step), json.dumps(value)))
 
     def pin(self, run_id: str, pinned: bool = True) -> None:
         """Marks a run for comparison (kept across restarts), or unmarks it."""
         if pinned:
             self.get(run_id)  # a KeyError for an unknown run
-            self._conn().execute("INSERT OR REPLACE INTO pins (run_id, pinned) VALUES (?,?)",
-                                 (run_id, time.time()))
+            self._write("INSERT OR REPLACE INTO pins (run_id, pinned) VALUES (?,?)",
+                        (run_id, time.time()))
         else:
-            self._conn().execute("DELETE FROM pins WHERE run_id=?", (run_id,))
+            self._write("DELETE FROM pins WHERE run_id=?", (run_id,))
 
     def pinned(self) -> List[str]:
         """Pinned run ids, oldest pin first."""
         return [r["run_id"] for r in self._conn().execute("SELECT run_id FROM pins ORDER BY pinned")]
 
     def delete(self, run_id: str) -> None:
-        c = self._conn()
-        c.execute("DELETE FROM pins WHERE run_id=?", (run_id,))
-        c.execute("DELETE FROM series WHERE run_id=?", (run_id,))
-        c.execute("DELETE FROM runs WHERE id=?", (run_id,))
+        self._write("DELETE FROM pins WHERE run_id=?", (run_id,))
+        self._write("DELETE FROM series WHERE run_id=?", (run_id,))
+        self._write("DELETE FROM runs WHERE id=?", (run_id,))
 
     def mark_interrupted(self) -> int:
         """Runs left active by a dead process become ``interrupted``; returns how many."""
         count = 0
-        for row in self._conn().execute("SELECT id, owner FROM runs WHERE status IN ('queued','running')"):
+        # fetch first: updating while a read is open cannot take the write lock in WAL mode
+        active = self._conn().execute("SELECT id, owner FROM runs WHERE status IN ('queued','running')").fetchall()
+        for row in active:
             pid = int((row["owner"] or "0:").split(":")[0] or 0)
             other_live_process = pid and pid != os.getpid() and _pid_alive(pid)
             if row["owner"] not in LIVE_OWNERS and not other_live_process:

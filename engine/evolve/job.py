@@ -8,7 +8,6 @@ finished chain gives the same champion and curves as an uninterrupted run.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
 
@@ -103,8 +102,10 @@ def resumable_runs(ws, store) -> List[Dict[str, Any]]:
     return out
 
 
-def export_evolution(evo: Evolution, out_dir: Union[str, Path], run_id: str = "") -> Path:
+def export_evolution(evo: Evolution, out_dir: Union[str, Path], run_id: str = "",
+                     overwrite: bool = False) -> Path:
     """Writes the champion like any merge (HF folder + recipe.json); see export_merge."""
+    from ..export_guard import zoo_folders
     from ..merge.export import export_merge
 
     ws, config, champion = evo.ws, evo.config, evo.champion
@@ -124,23 +125,15 @@ def export_evolution(evo: Evolution, out_dir: Union[str, Path], run_id: str = ""
               "base": str(ws.zoo.base) if ws.zoo.base else None, "run_id": run_id,
               "evolve": recipe_data, "fitness": champion.fitness, "dev": champion.metrics,
               "test": evo.champion_test, "config": config.to_dict()}
-    out = export_merge(evo.champion_model(), ws.zoo.path(config.sources[0]), out_dir, recipe)
-    if config.algorithm == "cmaes" and single is None:
-        _drop_mergekit(out, "per-layer-group weights and parameters: no single mergekit "
-                            "config written (mergekit-evolve expresses them as slices)")
-    return out
+    # export_merge describes one global recipe; a grouped one must not claim a mergekit twin
+    note = ("per-layer-group weights and parameters: no single mergekit config written "
+            "(mergekit-evolve expresses them as slices)"
+            if config.algorithm == "cmaes" and single is None else None)
+    return export_merge(evo.champion_model(), ws.zoo.path(config.sources[0]), out_dir, recipe,
+                        overwrite=overwrite, protected=zoo_folders(ws.zoo), mergekit_note=note)
 
 
-def _drop_mergekit(out: Path, note: str) -> None:
-    """export_merge describes one global recipe; a grouped one must not claim a mergekit twin."""
-    (out / "mergekit.yaml").unlink(missing_ok=True)
-    path = out / "recipe.json"
-    record = json.loads(path.read_text(encoding="utf-8"))
-    record["mergekit_yaml"], record["mergekit_note"] = None, note
-    path.write_text(json.dumps(record, indent=2, ensure_ascii=False), encoding="utf-8")
-
-
-def export_champion(ws, store, run_id: str, out_dir: Union[str, Path]) -> Path:
+def export_champion(ws, store, run_id: str, out_dir: Union[str, Path], overwrite: bool = False) -> Path:
     """Rebuilds a run's champion from its checkpoint and exports it (any status, once generation
     0 is done)."""
     row = store.get(run_id)
@@ -149,7 +142,7 @@ def export_champion(ws, store, run_id: str, out_dir: Union[str, Path]) -> Path:
     state = read_checkpoint(_checkpoint_of(ws, row))
     if not state.get("champion"):
         raise EvolveError(f"run {run_id} has no champion yet")
-    return export_evolution(Evolution(ws, state=state), out_dir, run_id)
+    return export_evolution(Evolution(ws, state=state), out_dir, run_id, overwrite)
 
 
 __all__ = ["CHECKPOINT", "checkpoint_dir", "evolve_job", "export_champion", "export_evolution",

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-import os
 import shutil
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
@@ -116,14 +115,21 @@ def _yaml(config: Dict[str, Any], header: List[str]) -> str:
 
 
 def export_merge(state_dict: Mapping[str, Tensor], template_dir: Union[str, Path],
-                 out_dir: Union[str, Path], recipe: Mapping[str, Any]) -> Path:
+                 out_dir: Union[str, Path], recipe: Mapping[str, Any], overwrite: bool = False,
+                 protected: Optional[Mapping[Path, str]] = None,
+                 mergekit_note: Optional[str] = None) -> Path:
     """Writes ``out_dir`` = config + tokenizer of ``template_dir``, model.safetensors, recipe.json
-    and (when mergekit can express it) mergekit.yaml; returns ``out_dir``.
+    and (when mergekit can express it, and no ``mergekit_note`` says why not) mergekit.yaml;
+    returns ``out_dir``.
 
     recipe: at least ``method``; usually params, sources (paths/ids, used verbatim in
     mergekit.yaml), weights, seed, base. engine_version and a UTC timestamp are added; a merged
-    dict's report (``state_dict.report``) is added as ``report``.
+    dict's report (``state_dict.report``) is added as ``report``. The folder is written whole or
+    not at all (see :func:`engine.export_guard.export_folder`): never into ``protected`` folders
+    (a zoo's models and base), never over a non-empty folder unless ``overwrite``.
     """
+    from ..export_guard import export_folder
+
     template, out = Path(template_dir), Path(out_dir)
     if "method" not in recipe or recipe["method"] not in MERGES:
         raise MergeError(f"recipe names no known merge method: {recipe.get('method')!r}")
@@ -132,10 +138,16 @@ def export_merge(state_dict: Mapping[str, Tensor], template_dir: Union[str, Path
     files = _template_files(template)
     if out.resolve() == template.resolve():
         raise MergeError(f"export folder '{out}' is the template folder; choose another")
-    out.mkdir(parents=True, exist_ok=True)
+    protected = {**(protected or {}), template.resolve(): "the template model folder"}
+    with export_folder(out, protected, overwrite) as tmp:
+        _write_folder(tmp, state_dict, files, recipe, mergekit_note)
+    return out
+
+
+def _write_folder(out: Path, state_dict: Mapping[str, Tensor], files: List[Path],
+                  recipe: Mapping[str, Any], mergekit_note: Optional[str]) -> None:
     for f in files:
         shutil.copyfile(f, out / f.name)
-
     tensors, seen = {}, set()
     for key, t in state_dict.items():
         t = t.detach().to("cpu").contiguous()
@@ -143,9 +155,7 @@ def export_merge(state_dict: Mapping[str, Tensor], template_dir: Union[str, Path
             t = t.clone()
         seen.add(t.untyped_storage().data_ptr())
         tensors[key] = t
-    tmp = out / "model.safetensors.tmp"
-    save_file(tensors, str(tmp), metadata={"format": "pt"})
-    os.replace(tmp, out / "model.safetensors")
+    save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
 
     record = dict(recipe)
     record.setdefault("engine_version", ENGINE_VERSION)
@@ -156,13 +166,10 @@ def export_merge(state_dict: Mapping[str, Tensor], template_dir: Union[str, Path
     float_dtypes = {t.dtype for t in tensors.values() if t.is_floating_point()}
     out_dtype = str(float_dtypes.pop()).replace("torch.", "") if len(float_dtypes) == 1 \
         else "float32"
-    config, reason = mergekit_config(record, out_dtype)
-    yaml_path = out / "mergekit.yaml"
+    config, reason = (None, mergekit_note) if mergekit_note else mergekit_config(record, out_dtype)
     if config is None:
         record["mergekit_yaml"] = None
         record["mergekit_note"] = reason
-        if yaml_path.exists():
-            yaml_path.unlink()
     else:
         header = [f"mergekit 0.1.5 config reproducing this '{record['method']}' merge "
                   f"(engine {ENGINE_VERSION})."]
@@ -172,8 +179,7 @@ def export_merge(state_dict: Mapping[str, Tensor], template_dir: Union[str, Path
         if config.get("base_model"):
             header.append("Tensors missing from base_model (a classification head) were "
                           "linear-averaged by the engine.")
-        yaml_path.write_text(_yaml(config, header), encoding="utf-8")
-        record["mergekit_yaml"] = yaml_path.name
+        (out / "mergekit.yaml").write_text(_yaml(config, header), encoding="utf-8")
+        record["mergekit_yaml"] = "mergekit.yaml"
     (out / "recipe.json").write_text(json.dumps(record, indent=2, default=_plain,
                                                 ensure_ascii=False), encoding="utf-8")
-    return out
