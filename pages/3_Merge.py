@@ -3,7 +3,8 @@ import streamlit as st
 
 from dashboard import runs as runs_view
 from dashboard import state, widgets
-from engine.experiments import DATA_MODES, Candidate, submit_candidate
+from engine.experiments import DATA_MODES, Candidate, protected_folders, submit_candidate
+from engine.export_guard import ExportError, check_export_dir
 from engine.merge import MERGES
 
 st.title("Merge")
@@ -34,7 +35,20 @@ with settings:
     export = st.toggle("Export the merged model (HF folder + recipe + mergekit.yaml)", value=True,
                        key="merge_export")
 
-    problems = []
+    problems, export_to, replace = [], "", False
+    if export:  # a chosen folder: never the zoo's, replaced only when the user ticks it
+        export_to = st.text_input("Export folder (empty: a new folder per run in the cache)",
+                                  key="merge_export_dir").strip()
+        try:
+            folder = check_export_dir(export_to, protected_folders(ws), overwrite=True) if export_to else None
+        except ExportError as exc:
+            problems.append(str(exc))
+        else:
+            if folder is not None and folder.is_dir() and any(folder.iterdir()):
+                replace = st.checkbox(f"Replace everything in {folder}", key="merge_export_replace")
+                if not replace:
+                    problems.append(f"the export folder {folder} is not empty: tick 'Replace' or "
+                                    f"choose another folder")
     params, why = widgets.checked_params(method, values)
     if why:
         problems.append(why)
@@ -55,7 +69,8 @@ with settings:
                          data_mode=data_mode, data_examples=examples)
         with state.engine_errors():
             st.session_state["merge_run"] = submit_candidate(
-                state.runner(), ws, cand, export_dir=state.export_dir() if export else None)
+                state.runner(), ws, cand, export_dir=state.export_dir() if export else None,
+                export_path=export_to or None, overwrite=replace)
         st.rerun()
 
 st.divider()
@@ -81,6 +96,8 @@ if run["status"] == "done":
     report = (run.get("result") or {}).get("merge_report") or {}
     tab_export, tab_report = st.tabs(["Export", "Merge report"])
     with tab_export:
+        if (run.get("result") or {}).get("export_error"):
+            st.warning(run["result"]["export_error"])
         runs_view.export_panel(run)
     with tab_report:
         if report.get("counts"):
