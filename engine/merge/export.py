@@ -128,7 +128,7 @@ def export_merge(state_dict: Mapping[str, Tensor], template_dir: Union[str, Path
     not at all (see :func:`engine.export_guard.export_folder`): never into ``protected`` folders
     (a zoo's models and base), never over a non-empty folder unless ``overwrite``.
     """
-    from ..export_guard import export_folder
+    from ..export_guard import check_export_dir, export_folder
 
     template, out = Path(template_dir), Path(out_dir)
     if "method" not in recipe or recipe["method"] not in MERGES:
@@ -136,9 +136,10 @@ def export_merge(state_dict: Mapping[str, Tensor], template_dir: Union[str, Path
     if not state_dict:
         raise MergeError("nothing to export: the state dict is empty")
     files = _template_files(template)
+    check_export_dir(out, protected, overwrite=True)  # a zoo's folder is named as such first
     if out.resolve() == template.resolve():
         raise MergeError(f"export folder '{out}' is the template folder; choose another")
-    protected = {**(protected or {}), template.resolve(): "the template model folder"}
+    protected = {template.resolve(): "the template model folder", **(protected or {})}
     with export_folder(out, protected, overwrite) as tmp:
         _write_folder(tmp, state_dict, files, recipe, mergekit_note)
     return out
