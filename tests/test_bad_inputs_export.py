@@ -215,3 +215,32 @@ def test_subprocess_export_error_is_one_line(guard, tmp_path):
     err = proc.stderr.strip()
     assert err.startswith("error:") and "\n" not in err and "model for nl-NL" in err
     stored_run(err, store)
+
+
+def test_merge_page_never_offers_the_zoo_and_replaces_only_when_ticked(app_cache, tiny_zoo_dir, tmp_path):
+    from app_support import button, goto, open_app, rerun, wait_for
+
+    before = tree_hashes(tiny_zoo_dir)
+    at = goto(open_app(), "Merge")
+    at.selectbox(key="merge_method").set_value("linear")
+    at.text_input(key="merge_export_dir").set_value(str(tiny_zoo_dir / "base"))
+    rerun(at)
+    assert any("base model" in w.value and "nothing was written" in w.value for w in at.warning)
+    assert button(at, "merge_run_button").disabled
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("my notes")
+    at.text_input(key="merge_export_dir").set_value(str(mine))
+    rerun(at)
+    assert any("not empty" in w.value for w in at.warning)
+    assert button(at, "merge_run_button").disabled
+    at.checkbox(key="merge_export_replace").check()
+    rerun(at)
+    assert not button(at, "merge_run_button").disabled
+    button(at, "merge_run_button").click()
+    rerun(at)
+    row = wait_for(app_cache, at.session_state["merge_run"])
+    assert row["result"]["export"] == str(mine)
+    assert (mine / "model.safetensors").is_file() and not (mine / "notes.txt").exists()
+    assert tree_hashes(tiny_zoo_dir) == before
