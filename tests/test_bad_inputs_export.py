@@ -244,3 +244,19 @@ def test_merge_page_never_offers_the_zoo_and_replaces_only_when_ticked(app_cache
     assert row["result"]["export"] == str(mine)
     assert (mine / "model.safetensors").is_file() and not (mine / "notes.txt").exists()
     assert tree_hashes(tiny_zoo_dir) == before
+
+
+def test_evolve_champion_export_into_the_zoo_is_refused_and_the_run_kept(guard, capsys, tmp_path):
+    zoo_dir, cache, store = guard
+    ws = ws_args(zoo_dir, cache)
+    assert main(["evolve", "--target", "de-DE", "--sources", "nl-NL", "en-US", "--algorithm", "cmaes",
+                 "--generations", "1", "--population", "2", "--dev-size", "8", "--layer-groups", "1",
+                 "--no-merge-cache", "--export", str(zoo_dir / "base"), "--overwrite", *ws]) == 2
+    err = one_line_error(capsys)
+    assert "base model" in err and "nothing was written" in err
+    run_id = err.split("stored as run ")[1].split(",")[0]
+    assert store.get(run_id)["status"] == "done"
+    assert f"python -m engine export {run_id} NEW_DIR" in err
+    out = tmp_path / "champion"
+    assert main(["export", run_id, str(out), *ws]) == 0
+    assert json.loads((out / "recipe.json").read_text())["run_id"] == run_id
