@@ -328,10 +328,10 @@ def export_failed(ws: Workspace, run_id: str, kind: str, message: str, exc: Exce
 
 
 def protected_folders(ws: Workspace) -> Dict[Path, str]:
-    """Folders no export may write into: the zoo's models, its base and its folder."""
-    from .export_guard import zoo_folders
+    """Folders no export may write into: the zoo's models, base and data, the cache's store."""
+    from .export_guard import workspace_folders
 
-    return zoo_folders(ws.zoo)
+    return workspace_folders(ws)
 
 
 def save_fitted(ws: Workspace, fitted, out_dir: Path, overwrite: bool = False) -> Path:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Dict, Iterator, Mapping, Optional, Union
 
 PathLike = Union[str, Path]
-ROOT_PREFIX = "the folder of the zoo"
+ROOT_PREFIX = "the folder of"  # such a folder may hold a new export in a subfolder, no more
 
 
 class ExportError(ValueError):
@@ -34,8 +34,24 @@ def zoo_folders(zoo) -> Dict[Path, str]:
     if base is not None and Path(base).exists():
         out[Path(base).resolve()] = "the zoo's base model"
     root = getattr(zoo, "root", None)
+    dataset = (getattr(zoo, "info", None) or {}).get("dataset") or {}
+    if root is not None and dataset.get("path") and (Path(root) / dataset["path"]).exists():
+        out.setdefault((Path(root) / dataset["path"]).resolve(), "the zoo's dataset")
     if root is not None and Path(root).exists():
-        out.setdefault(Path(root).resolve(), f"{ROOT_PREFIX} '{getattr(zoo, 'name', root)}'")
+        out.setdefault(Path(root).resolve(), f"{ROOT_PREFIX} the zoo '{getattr(zoo, 'name', root)}'")
+    return out
+
+
+def workspace_folders(ws) -> Dict[Path, str]:
+    """:func:`zoo_folders` plus the workspace's data and its cache folder (the results store and
+    caches; the app's exports go to a subfolder of it)."""
+    out = zoo_folders(ws.zoo)
+    data_path = getattr(ws.settings, "data_path", "")
+    if data_path and Path(data_path).exists():
+        out.setdefault(Path(data_path).resolve(), "the workspace's data")
+    cache = Path(ws.cache_dir)
+    if cache.exists():
+        out.setdefault(cache.resolve(), f"{ROOT_PREFIX} the results store and caches")
     return out
 
 

@@ -10,7 +10,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Optional
 
-from .export_guard import ExportError, check_export_dir, zoo_folders
+from .export_guard import ExportError, check_export_dir, workspace_folders
 from .progress import ProgressFn
 from .workspace import Settings, Workspace, open_workspace
 
@@ -58,7 +58,7 @@ def export_stored_run(store, run_id: str, out_dir: Path, overwrite: bool = False
         raise ExportError(f"the models, base or data of run {run_id} changed since it ran (zoo "
                           f"{ws.zoo.root}); the rebuilt {kind} would not be the one that was "
                           f"scored, so nothing was exported")
-    check_export_dir(out_dir, zoo_folders(ws.zoo), overwrite)  # before minutes of rebuilding
+    check_export_dir(out_dir, workspace_folders(ws), overwrite)  # before minutes of rebuilding
     if kind == "merge":
         return export_candidate(ws, cand, build_merge(ws, cand, progress), Path(out_dir),
                                 overwrite, run_id)

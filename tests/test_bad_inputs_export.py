@@ -77,11 +77,12 @@ def stored_run(err: str, store: Store) -> dict:
     return row
 
 
-def zoo_targets(zoo_dir: Path) -> dict:
+def zoo_targets(zoo_dir: Path, cache: Path = None) -> dict:
     model = zoo_dir / "e5small_massive_k_es-ES"
     return {"model": (model, "model for es-ES"), "inside_model": (model / "merged", "model for es-ES"),
             "base": (zoo_dir / "base", "base model"), "zoo_root": (zoo_dir, "contains"),
-            "around_zoo": (zoo_dir.parent, "contains")}
+            "around_zoo": (zoo_dir.parent, "contains"), "data": (zoo_dir / "data", "the zoo's dataset"),
+            "results_store": (cache, "the results store")}
 
 
 @pytest.mark.parametrize("where", ["model", "base"])
@@ -99,12 +100,13 @@ def test_export_of_a_stored_run_into_the_zoo_is_refused(guard, capsys):
     merge goes through the same guard)."""
     zoo_dir, cache, store = guard
     run_id = next(r["id"] for r in store.runs(kind="merge") if r["status"] == "done")
-    for where, (target, what) in zoo_targets(zoo_dir).items():
+    for where, (target, what) in zoo_targets(zoo_dir, cache).items():
         assert main(["export", run_id, str(target), "--overwrite", "--cache-dir", str(cache),
                      "--quiet"]) == 2, where
         err = one_line_error(capsys)
         assert what in err and f"'{target}'" in err and "nothing was written" in err, (where, err)
     assert not (zoo_dir / "e5small_massive_k_es-ES" / "merged").exists()
+    assert (cache / "runs.sqlite").is_file()
 
 
 def test_non_empty_folder_needs_overwrite_then_export_again(guard, capsys, tmp_path):

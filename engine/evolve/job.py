@@ -105,7 +105,7 @@ def resumable_runs(ws, store) -> List[Dict[str, Any]]:
 def export_evolution(evo: Evolution, out_dir: Union[str, Path], run_id: str = "",
                      overwrite: bool = False) -> Path:
     """Writes the champion like any merge (HF folder + recipe.json); see export_merge."""
-    from ..export_guard import zoo_folders
+    from ..export_guard import workspace_folders
     from ..merge.export import export_merge
 
     ws, config, champion = evo.ws, evo.config, evo.champion
@@ -130,7 +130,7 @@ def export_evolution(evo: Evolution, out_dir: Union[str, Path], run_id: str = ""
             "(mergekit-evolve expresses them as slices)"
             if config.algorithm == "cmaes" and single is None else None)
     return export_merge(evo.champion_model(), ws.zoo.path(config.sources[0]), out_dir, recipe,
-                        overwrite=overwrite, protected=zoo_folders(ws.zoo), mergekit_note=note)
+                        overwrite=overwrite, protected=workspace_folders(ws), mergekit_note=note)
 
 
 def export_champion(ws, store, run_id: str, out_dir: Union[str, Path], overwrite: bool = False) -> Path:
