@@ -95,7 +95,9 @@ def submit_champion_export(runner: JobRunner, ws: Workspace, run_id: str, out_ro
         from engine.evolve import export_champion
 
         tracker = Tracker(ctx.progress, 1, "rebuilding the champion")
-        path = export_champion(ws, ctx.store, run_id, Path(out_root) / f"champion-{run_id}")
+        # the app's own folder for this champion: exporting it again replaces it (atomically)
+        path = export_champion(ws, ctx.store, run_id, Path(out_root) / f"champion-{run_id}",
+                               overwrite=True)
         tracker.advance(1, "exported")
         return {"result": {"export": str(path)}, "message": f"exported to {path}"}
 

@@ -1,4 +1,5 @@
-"""CLI commands for merges, ensembles, the method registries and the runs store."""
+"""CLI commands for merges, ensembles, the method registries, the runs store and re-exporting a
+stored run; merge and ensemble runs are stored like the app's."""
 from __future__ import annotations
 
 import json
