@@ -14,6 +14,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Dict, Iterator, Mapping, Optional, Union
 
+from .store import _pid_alive
+
 PathLike = Union[str, Path]
 ROOT_PREFIX = "the folder of"  # such a folder may hold a new export in a subfolder, no more
 
@@ -91,7 +93,8 @@ def export_folder(out: PathLike, protected: Optional[Mapping[Path, str]] = None,
     target = check_export_dir(out, protected, overwrite)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.parent / f".{target.name}.partial-{uuid.uuid4().hex[:8]}"
+        _remove_stale_partials(target)
+        tmp = target.parent / f".{target.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         tmp.mkdir()
     except OSError as exc:
         raise ExportError(f"cannot write the export folder '{out}': {_reason(exc)}") from exc
@@ -104,6 +107,14 @@ def export_folder(out: PathLike, protected: Optional[Mapping[Path, str]] = None,
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _remove_stale_partials(target: Path) -> None:
+    """Temporary folders of this export left by a killed process (its pid is gone)."""
+    for stale in target.parent.glob(f".{target.name}.partial-*"):
+        pid = stale.name.rsplit(".partial-", 1)[1].split("-")[0]
+        if pid.isdigit() and not _pid_alive(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True)
 
 
 def _swap_in(tmp: Path, target: Path, overwrite: bool) -> None:

@@ -262,3 +262,37 @@ def test_evolve_champion_export_into_the_zoo_is_refused_and_the_run_kept(guard, 
     out = tmp_path / "champion"
     assert main(["export", run_id, str(out), *ws]) == 0
     assert json.loads((out / "recipe.json").read_text())["run_id"] == run_id
+
+
+KILLED_WRITER = """
+import sys, time
+from engine.export_guard import export_folder
+with export_folder(sys.argv[1], overwrite=True) as tmp:
+    (tmp / "model.safetensors").write_bytes(b"half")
+    print("writing", flush=True)
+    time.sleep(60)
+"""
+
+
+def test_kill_9_mid_export_leaves_the_old_folder(tmp_path):
+    """A real process killed while it writes a replacement: the old folder is untouched."""
+    import signal
+
+    old = tmp_path / "export"
+    old.mkdir()
+    (old / "model.safetensors").write_bytes(b"the old model")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_WRITER, str(old)], env=env,
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "writing"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert [p.name for p in old.iterdir()] == ["model.safetensors"]
+    assert (old / "model.safetensors").read_bytes() == b"the old model"
+    assert len(list(tmp_path.glob(".export.partial-*"))) == 1  # the dead writer's, hidden
+    from engine.export_guard import export_folder
+
+    with export_folder(old, overwrite=True) as tmp:  # the next export clears it away
+        (tmp / "model.safetensors").write_bytes(b"the new model")
+    assert [p.name for p in tmp_path.iterdir()] == ["export"]
+    assert (old / "model.safetensors").read_bytes() == b"the new model"
