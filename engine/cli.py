@@ -140,7 +140,7 @@ def cmd_evaluate(args):
     if args.model in ws.zoo.models:
         metrics = ws.evaluator.evaluate_source(args.model, args.locale, args.split, progress_for(args))
     else:
-        state = load_state_dict(Path(args.model))
+        state = load_state_dict(Path(args.model), label=f"model folder {args.model}")
         metrics = ws.evaluator.evaluate_state(state, args.locale, args.split, progress_for(args))
     rows = [{"metric": k, "value": float(v)} for k, v in metrics.items()]
     return {"model": args.model, "locale": args.locale, "split": args.split, "metrics": metrics}, table_text(rows)
