@@ -341,3 +341,20 @@ def test_a_corrupt_logits_cache_is_moved_aside_and_rebuilt(zoo, tmp_path, damage
     text = " ".join(str(w.message) for w in caught)
     assert str(db) in text and str(aside[0]) in text and "moved it aside" in text
     assert fresh.evaluator.source_logits("nl-NL", TARGET).cached   # the rebuilt cache works
+
+
+def test_a_saved_fusion_with_nan_is_refused(tmp_path):
+    from engine.ensemble import EnsembleError, fit, load_fitted
+
+    rng = np.random.default_rng(0)
+    logits, labels = rng.normal(size=(3, 40, 4)).astype(np.float32), rng.integers(0, 4, 40)
+    folder = fit("learned_weights", logits, labels).save(tmp_path / "fusion")
+    path = folder / "tensors.safetensors"
+    tensors = load_file(str(path))
+    name = sorted(k for k in tensors if tensors[k].is_floating_point())[0]
+    tensors[name] = tensors[name].clone()
+    tensors[name].view(-1)[0] = float("nan")
+    save_file(tensors, str(path))
+    with pytest.raises(EnsembleError, match="NaN/inf") as info:
+        load_fitted(folder)
+    assert str(path) in str(info.value) and name in str(info.value)
