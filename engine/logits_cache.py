@@ -92,7 +92,8 @@ class LogitsCache:
         except sqlite3.DatabaseError as exc:
             if not is_corrupt(exc):
                 raise OSError(f"cannot open the logits cache {self.folder / 'cache.db'}: {exc}") from None
-            self._move_aside(exc)
+            if self._still_corrupt():  # not yet rebuilt by another process
+                self._move_aside(exc)
             return diskcache.Cache(str(self.folder), disk=RawDisk)
 
     def _move_aside(self, exc: BaseException) -> None:
@@ -112,11 +113,15 @@ class LogitsCache:
     def _still_corrupt(self) -> bool:
         """Checked on a fresh connection, so a process with a stale handle never moves aside the
         healthy cache another process has just rebuilt."""
+        conn = None
         try:
-            with sqlite3.connect(str(self.folder / "cache.db"), timeout=30) as conn:
-                return conn.execute("PRAGMA quick_check").fetchone()[0] != "ok"
+            conn = sqlite3.connect(str(self.folder / "cache.db"), timeout=30)
+            return conn.execute("PRAGMA quick_check").fetchone()[0] != "ok"
         except sqlite3.DatabaseError as exc:
             return is_corrupt(exc)
+        finally:
+            if conn is not None:
+                conn.close()
 
     def _call(self, fn: Callable[[diskcache.Cache], T]) -> T:
         try:
