@@ -18,8 +18,9 @@ import sqlite3
 import threading
 import time
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Optional, TypeVar
+from typing import Callable, Iterator, Optional, TypeVar
 
 import diskcache
 from diskcache.core import MODE_BINARY, MODE_RAW
@@ -78,6 +79,24 @@ def is_corrupt(exc: BaseException) -> bool:
     return isinstance(exc, sqlite3.DatabaseError) and getattr(exc, "sqlite_errorname", "") in CORRUPT
 
 
+@contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    """An exclusive lock between processes (flock; where there is none, between threads only)."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX
+        fcntl = None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        if fcntl:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            if fcntl:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 class LogitsCache:
     """bytes by str key in ``folder`` (a diskcache over :class:`RawDisk`), healing on corruption."""
 
@@ -92,7 +111,13 @@ class LogitsCache:
         except sqlite3.DatabaseError as exc:
             if not is_corrupt(exc):
                 raise OSError(f"cannot open the logits cache {self.folder / 'cache.db'}: {exc}") from None
-            if self._still_corrupt():  # not yet rebuilt by another process
+            return self._heal(exc)
+
+    def _heal(self, exc: BaseException) -> diskcache.Cache:
+        """Moves a corrupt cache aside and opens an empty one, under a lock every process shares:
+        one moves it, the others then find the rebuilt cache healthy and use it."""
+        with self._lock, _file_lock(self.folder.with_name(self.folder.name + ".lock")):
+            if self._still_corrupt():
                 self._move_aside(exc)
             return diskcache.Cache(str(self.folder), disk=RawDisk)
 
@@ -108,7 +133,7 @@ class LogitsCache:
             return
         warnings.warn(f"the logits cache {self.folder / 'cache.db'} is corrupt ({exc}); moved it aside to "
                       f"{aside} and started an empty one: cached model outputs are recomputed as needed "
-                      f"(delete {aside} when you no longer need it)", RuntimeWarning, stacklevel=4)
+                      f"(delete {aside} when you no longer need it)", RuntimeWarning, stacklevel=5)
 
     def _still_corrupt(self) -> bool:
         """Checked on a fresh connection, so a process with a stale handle never moves aside the
@@ -129,11 +154,8 @@ class LogitsCache:
         except sqlite3.DatabaseError as exc:
             if not is_corrupt(exc):
                 raise
-            with self._lock:
-                self._cache.close()
-                if self._still_corrupt():
-                    self._move_aside(exc)
-                self._cache = self._open()
+            self._cache.close()
+            self._cache = self._heal(exc)
             return fn(self._cache)
 
     def get(self, key: str) -> Optional[bytes]:
