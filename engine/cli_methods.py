@@ -25,7 +25,9 @@ def candidate_args(p):
     workspace_args(p)
     p.add_argument("--target", required=True)
     p.add_argument("--method", required=True)
-    p.add_argument("--sources", nargs="*", default=None, help="source locales (default: URIEL top-K)")
+    p.add_argument("--sources", nargs="*", default=None,
+                   help="source locales, each once (default: URIEL top-K); without --weights they get "
+                        "URIEL weights computed over exactly these sources")
     p.add_argument("--weights", nargs="*", type=float, default=None,
                    help="one per source (default: URIEL weights; 'equal' via --equal)")
     p.add_argument("--equal", action="store_true", help="equal weights")
