@@ -388,3 +388,18 @@ def test_processes_sharing_a_corrupt_logits_cache_move_it_aside_once(tmp_path):
     from engine.logits_cache import LogitsCache
 
     assert all(LogitsCache(folder).get(f"k{i}") == f"vk{i}".encode() for i in range(4))  # all landed
+
+
+def test_the_app_shows_a_corrupt_store_as_one_message(tiny_zoo_dir, tmp_path, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    path = tmp_path / "runs.sqlite"
+    path.write_bytes(b"not a database" * 300)
+    before = path.read_bytes()
+    monkeypatch.setenv("FUSION_ZOO", str(tiny_zoo_dir))
+    monkeypatch.setenv("FUSION_CACHE_DIR", str(tmp_path))
+    at = AppTest.from_file(str(Path(__file__).resolve().parent.parent / "app.py"), default_timeout=60)
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert any(str(path) in e.value and "corrupt" in e.value for e in at.error)
+    assert path.read_bytes() == before
