@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from typing import Any, Callable, Dict, List, Optional
 
 from .progress import text_bar
@@ -196,7 +197,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
     _, _, fn = COMMANDS[args.command]
     try:
-        data, text = fn(args)
+        with warnings.catch_warnings():
+            warnings.showwarning = _one_line_warning
+            data, text = fn(args)
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return 130
@@ -210,6 +213,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
     print(json.dumps(data, indent=2, default=_json_default, ensure_ascii=False) if args.json else text)
     return 0
+
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings (a cache moved aside, a refused cache entry) as one line on stderr, like errors."""
+    print(f"warning: {message}", file=file or sys.stderr)
 
 
 def _json_default(obj: Any):

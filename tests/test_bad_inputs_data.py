@@ -403,3 +403,12 @@ def test_the_app_shows_a_corrupt_store_as_one_message(tiny_zoo_dir, tmp_path, mo
     assert not at.exception, [e.value for e in at.exception]
     assert any(str(path) in e.value and "corrupt" in e.value for e in at.error)
     assert path.read_bytes() == before
+
+
+def test_the_cli_says_a_cache_was_moved_aside_in_one_line(zoo, tmp_path, capsys):
+    cache = tmp_path / "c"
+    (cache / "logits").mkdir(parents=True)
+    (cache / "logits" / "cache.db").write_bytes(b"\0garbage" * 50)
+    assert main(cli(zoo, cache, "evaluate", "--model", "nl-NL", "--locale", TARGET)) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("warning: the logits cache ") and "moved it aside to" in err[0]
