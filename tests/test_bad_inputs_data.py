@@ -4,7 +4,6 @@ Every test works on a copy of the tiny zoo (never on the shared one) and checks 
 and that nothing was lost: the zoo's files are unchanged, earlier runs are still in the store.
 """
 import hashlib
-import io
 import json
 import pickle
 import shutil
@@ -14,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
