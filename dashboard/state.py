@@ -19,7 +19,7 @@ import streamlit as st
 
 from engine.evaluate import default_cache_dir
 from engine.jobs import JobRunner
-from engine.store import Store
+from engine.store import Store, StoreError
 from engine.workspace import Settings, Workspace, default_demo_dir, open_workspace
 
 SETTINGS_KEY = "settings"
@@ -60,12 +60,21 @@ def services(cache: str) -> tuple:
     return store, JobRunner(store)
 
 
+def _services() -> tuple:
+    """The services, or the store's own message (its file, how to recover) and a stopped page."""
+    try:
+        return services(str(cache_dir().resolve()))
+    except StoreError as exc:
+        st.error(str(exc), icon=":material/error:")
+        st.stop()
+
+
 def store() -> Store:
-    return services(str(cache_dir().resolve()))[0]
+    return _services()[0]
 
 
 def runner() -> JobRunner:
-    return services(str(cache_dir().resolve()))[1]
+    return _services()[1]
 
 
 @st.cache_resource(show_spinner="Opening the workspace…", max_entries=4)

@@ -125,6 +125,15 @@ def target_picker(ws, key: str) -> str:
                         help="the language the candidate is built for; its own model is only a baseline")
 
 
+def _uriel_settings(target: str) -> Dict[str, Any]:
+    """The feature set and Sinkhorn iterations Similarity handed over for this target, else defaults."""
+    selection = st.session_state.get(state.SELECTION_KEY) or {}
+    if selection.get("target") == target:
+        return {"features": selection.get("features", "syntax_knn"),
+                "sinkhorn_iters": int(selection.get("sinkhorn_iters", 20))}
+    return {"features": "syntax_knn", "sinkhorn_iters": 20}
+
+
 def default_weights(ws, target: str) -> Tuple[Dict[str, float], str]:
     """Similarity's hand-over when it is for this target, else URIEL top-5 with Sinkhorn."""
     selection = st.session_state.get(state.SELECTION_KEY) or {}
@@ -137,6 +146,24 @@ def default_weights(ws, target: str) -> Tuple[Dict[str, float], str]:
     except Exception as exc:  # a locale URIEL does not know: fall back to equal weights
         others = [l for l in ws.zoo.locales if l != target]
         return {l: 1.0 / len(others) for l in others}, f"equal weights ({state.message(exc)})"
+
+
+def ticked_weights(ws, target: str, shown: Dict[str, float], sources: List[str], raw: List[float],
+                   features: str = "syntax_knn", sinkhorn_iters: int = 20) -> Tuple[List[float], str]:
+    """The weights of the ticked sources, and a note. When the ticks differ from the proposed
+    sources but no weight was edited, the ticked sources get URIEL weights among themselves (one
+    ticked outside the proposal would otherwise keep the 0 it is shown with)."""
+    from engine.experiments import source_weights
+
+    edited = any(abs(w - round(float(shown.get(s, 0.0)), 4)) > 1e-9 for s, w in zip(sources, raw))
+    if not sources or edited or set(sources) == {s for s, w in shown.items() if w > 0}:
+        zero = [s for s, w in zip(sources, raw) if w <= 0]
+        return raw, (f"{', '.join(zero)} ticked with weight 0: no part in the result" if zero else "")
+    try:
+        _, weights = source_weights(ws, target, sources, features=features, sinkhorn_iters=sinkhorn_iters)
+        return weights, f"URIEL weights over the {len(sources)} ticked sources ({features}, Sinkhorn {sinkhorn_iters})"
+    except Exception as exc:  # a locale URIEL does not know, similarity 0: equal weights, said so
+        return [1.0] * len(sources), f"equal weights over the ticked sources ({state.message(exc)})"
 
 
 def sources_editor(ws, target: str, key: str) -> Tuple[List[str], List[float]]:
@@ -156,10 +183,14 @@ def sources_editor(ws, target: str, key: str) -> Tuple[List[str], List[float]]:
                        "weight": st.column_config.NumberColumn("weight", min_value=0.0, format="%.4f")})
     chosen = edited[edited["use"]]
     sources = [str(s) for s in chosen["source"]]
-    raw = [float(w) for w in chosen["weight"].fillna(0.0)]
+    raw, note = ticked_weights(ws, target, weights, sources, [float(w) for w in chosen["weight"].fillna(0.0)],
+                               **_uriel_settings(target))
     total = sum(raw)
     if sources and total > 0:
-        st.caption("normalised: " + ", ".join(f"{s} {w / total:.3f}" for s, w in zip(sources, raw)))
+        st.caption((f"{note}; " if note else "") + "normalised: "
+                   + ", ".join(f"{s} {w / total:.3f}" for s, w in zip(sources, raw)))
+    elif note:
+        st.caption(note)
     return sources, raw
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from typing import Any, Callable, Dict, List, Optional
 
 from .progress import text_bar
@@ -147,7 +148,7 @@ def cmd_evaluate(args):
         if args.model in ws.zoo.models:
             metrics = ws.evaluator.evaluate_source(args.model, args.locale, args.split, ctx.progress)
         else:
-            state = load_state_dict(Path(args.model))
+            state = load_state_dict(Path(args.model), label=f"model folder {args.model}")
             metrics = ws.evaluator.evaluate_state(state, args.locale, args.split, ctx.progress)
         return {"metrics": {args.split: metrics}, "message": f"accuracy {metrics['accuracy']:.3f}",
                 "result": {"model": model, "locale": args.locale, "split": args.split,
@@ -228,7 +229,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
     _, _, fn = COMMANDS[args.command]
     try:
-        data, text = fn(args)
+        with warnings.catch_warnings():
+            warnings.showwarning = _one_line_warning
+            data, text = fn(args)
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return 130
@@ -242,6 +245,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
     print(json.dumps(data, indent=2, default=_json_default, ensure_ascii=False) if args.json else text)
     return 0
+
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings (a cache moved aside, a refused cache entry) as one line on stderr, like errors."""
+    print(f"warning: {message}", file=file or sys.stderr)
 
 
 def _json_default(obj: Any):

@@ -26,7 +26,9 @@ def candidate_args(p):
     workspace_args(p)
     p.add_argument("--target", required=True)
     p.add_argument("--method", required=True)
-    p.add_argument("--sources", nargs="*", default=None, help="source locales (default: URIEL top-K)")
+    p.add_argument("--sources", nargs="*", default=None,
+                   help="source locales, each once (default: URIEL top-K); without --weights they get "
+                        "URIEL weights computed over exactly these sources")
     p.add_argument("--weights", nargs="*", type=float, default=None,
                    help="one per source (default: URIEL weights; 'equal' via --equal)")
     p.add_argument("--equal", action="store_true", help="equal weights")
@@ -44,21 +46,24 @@ def candidate_args(p):
 
 
 def candidate_from_args(ws, args, kind):
-    from .experiments import Candidate, suggest_sources
+    """Named sources get URIEL weights among themselves (unless --weights/--equal say otherwise);
+    none named: the target's URIEL top-K of the zoo."""
+    from .experiments import Candidate, CandidateError, check_unique_sources, source_weights
 
-    if args.sources:
-        sources = list(args.sources)
-        weights = list(args.weights) if args.weights else None
-        if weights is None:
-            uriel = suggest_sources(ws, args.target, top_k=len(sources), features=args.features,
-                                    sinkhorn_iters=args.sinkhorn_iters)
-            weights = [uriel.get(s, 0.0) for s in sources]
-            if sum(weights) <= 0:
-                weights = [1.0] * len(sources)
+    if args.weights and not args.sources:
+        raise CandidateError("--weights needs --sources: name the source locales the weights are for")
+    if args.sources and args.weights:
+        check_unique_sources(args.sources)
+        if len(args.weights) != len(args.sources):
+            raise CandidateError(f"{len(args.weights)} weights for {len(args.sources)} sources: give "
+                                 f"one --weights value per --sources locale")
+        sources, weights = list(args.sources), list(args.weights)
+    elif args.sources and args.equal:
+        check_unique_sources(args.sources)
+        sources, weights = list(args.sources), [1.0] * len(args.sources)
     else:
-        uriel = suggest_sources(ws, args.target, top_k=args.top_k, features=args.features,
-                                sinkhorn_iters=args.sinkhorn_iters)
-        sources, weights = list(uriel), list(uriel.values())
+        sources, weights = source_weights(ws, args.target, args.sources, top_k=args.top_k,
+                                          features=args.features, sinkhorn_iters=args.sinkhorn_iters)
     if args.equal:
         weights = [1.0] * len(sources)
     return Candidate(kind, args.method, args.target, sources, weights, parse_params(args.param),

@@ -3,13 +3,15 @@
 Tokenisation happens once per (locale, split) and is sorted by length so batches carry little
 padding. Logits are cached on disk (diskcache) under the model's content fingerprint and the data's
 fingerprint, so re-scoring an ensemble or re-opening the app never repeats a forward pass. Cache
-values are raw ``.npy`` bytes + JSON (nothing is unpickled).
+values are raw ``.npy`` bytes + JSON, in a cache that refuses anything else (nothing is unpickled;
+engine/logits_cache.py); non-finite logits are never stored.
 """
 from __future__ import annotations
 
 import io
 import json
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -86,9 +88,9 @@ class Evaluator:
         self._source: tuple = (None, None)  # (locale, model): the last zoo model loaded, reused
         self.cache = None
         if use_cache:
-            import diskcache
+            from .logits_cache import LogitsCache
 
-            self.cache = diskcache.Cache(str(Path(cache_dir or default_cache_dir()) / "logits"))
+            self.cache = LogitsCache(Path(cache_dir or default_cache_dir()) / "logits")
 
     # ---- tokenisation ----------------------------------------------------------------------
     @property
@@ -145,13 +147,25 @@ class Evaluator:
             self._model.load_state_dict(state, strict=False)
         return self._model
 
-    def _cached(self, key: str, compute) -> Scored:
+    def _cached(self, key: str, compute, what: str) -> Scored:
+        """The cached logits under ``key``, else ``compute()``'s, stored only when all finite
+        (``what`` names the model in the error). An unreadable or non-finite entry is a miss."""
         if self.cache is not None:
             blob = self.cache.get(key)
             if blob is not None:
-                logits, meta = _unpack(blob)
-                return Scored(logits, meta["seconds"], meta["peak_mem_mb"], cached=True)
+                try:
+                    logits, meta = _unpack(blob)
+                    if np.isfinite(logits).all():
+                        return Scored(logits, meta["seconds"], meta["peak_mem_mb"], cached=True)
+                    problem = "holds non-finite logits"
+                except (ValueError, KeyError, TypeError, EOFError) as exc:
+                    problem = f"is unreadable ({type(exc).__name__})"
+                warnings.warn(f"the logits cache entry for {what} {problem}: recomputed", RuntimeWarning)
         scored = compute()
+        bad = int((~np.isfinite(scored.logits)).sum())
+        if bad:
+            raise FloatingPointError(f"{what} gives {bad} NaN/inf logits of {scored.logits.size}: its weights "
+                                     f"or inputs are broken (nothing was cached or scored)")
         if self.cache is not None:
             self.cache.set(key, _pack(scored.logits, {"seconds": scored.seconds,
                                                       "peak_mem_mb": scored.peak_mem_mb}))
@@ -164,7 +178,8 @@ class Evaluator:
                       progress: Optional[ProgressFn] = None) -> Scored:
         enc = self.encoded(locale, split)
         return self._cached(self._key(self.zoo.fingerprint(model_locale), locale, split),
-                            lambda: self.forward(self.source_model(model_locale), enc, progress))
+                            lambda: self.forward(self.source_model(model_locale), enc, progress),
+                            f"the {model_locale} model ({self.zoo.path(model_locale)}) on {locale}/{split}")
 
     def has_source_logits(self, model_locale: str, locale: str, split: str = "test") -> bool:
         """Whether a zoo model's logits on a split are in the on-disk cache (no forward pass needed)."""
@@ -184,7 +199,8 @@ class Evaluator:
         compute = lambda: self.forward(self.working_model(state), enc, progress)  # noqa: E731
         if not cache:
             return compute()
-        return self._cached(self._key("state-" + fingerprint_state(state), locale, split), compute)
+        return self._cached(self._key("state-" + fingerprint_state(state), locale, split), compute,
+                            f"the model being scored (merged or loaded weights) on {locale}/{split}")
 
     # ---- metrics ---------------------------------------------------------------------------
     def score(self, scored: Scored, locale: str, split: str = "test") -> Dict[str, float]:

@@ -51,6 +51,7 @@ def check_candidate(ws: Workspace, cand: Candidate) -> None:
         raise CandidateError(f"unknown candidate kind '{cand.kind}'")
     if not cand.sources:
         raise CandidateError("choose at least one source model")
+    check_unique_sources(cand.sources)
     for s in cand.sources:
         ws.zoo.path(s)
     if cand.target in cand.sources:
@@ -74,6 +75,41 @@ def suggest_sources(ws: Workspace, target: str, top_k: int = 5, features: str = 
     available = [l for l in ws.zoo.locales if l != target]
     return target_weights(target, sources=available, features=features, top_k=top_k,
                           sinkhorn_iters=sinkhorn_iters)
+
+
+def check_unique_sources(sources: Iterable[str]) -> None:
+    """A source named twice would silently get double weight (or, with URIEL weights, be merged
+    with itself): refuse it."""
+    seen, twice = set(), []
+    for s in sources:
+        if s in seen and s not in twice:
+            twice.append(s)
+        seen.add(s)
+    if twice:
+        raise CandidateError(f"source {', '.join(twice)} is listed more than once: name each source "
+                             f"once (to weight one more, give explicit weights)")
+
+
+def source_weights(ws: Workspace, target: str, sources: Optional[Iterable[str]] = None, top_k: int = 5,
+                   features: str = "syntax_knn", sinkhorn_iters: int = 20) -> Tuple[List[str], List[float]]:
+    """Sources and their URIEL weights. Named sources are weighted among themselves only (Sinkhorn
+    over the target and exactly those sources, top-K = their number), so none gets weight 0 for not
+    being in the zoo-wide top-K; with none named, the target's URIEL top-K of the zoo."""
+    from .languages import target_weights
+
+    if not sources:
+        uriel = suggest_sources(ws, target, top_k=top_k, features=features, sinkhorn_iters=sinkhorn_iters)
+        return list(uriel), [float(w) for w in uriel.values()]
+    sources = list(sources)
+    check_unique_sources(sources)
+    for s in sources:
+        ws.zoo.path(s)  # a clear ZooError for a source the zoo lacks
+    if target in sources:
+        raise CandidateError(f"the target {target} is among the sources: its own model may only "
+                             f"be a baseline (leave-one-out)")
+    uriel = target_weights(target, sources=sources, features=features, top_k=len(sources),
+                           sinkhorn_iters=sinkhorn_iters)
+    return sources, [float(uriel.get(s, 0.0)) for s in sources]
 
 
 # ---- baselines -----------------------------------------------------------------------------------

@@ -66,6 +66,22 @@ LIVE_OWNERS: set = set()  # owners (stores) alive in this process; their active 
 JSON_FIELDS = ("params", "sources", "weights", "metrics", "result")
 
 
+class StoreError(RuntimeError):
+    """The results store cannot be opened; the message names the file and how to recover."""
+
+
+def store_problem(path: Path, exc: sqlite3.Error) -> str:
+    """What went wrong with the store file, and what to do: it is never overwritten or moved here,
+    since it holds every stored run."""
+    name = getattr(exc, "sqlite_errorname", "")
+    if name in ("SQLITE_CORRUPT", "SQLITE_NOTADB"):
+        return (f"the results store {path} is corrupt ({exc}); it was left untouched. To salvage its runs: "
+                f"sqlite3 {path} .recover | sqlite3 {path}.recovered, then move {path}.recovered to {path}; "
+                f"or move {path} aside (or use another --cache-dir / FUSION_CACHE_DIR) to start an empty store")
+    return (f"cannot open the results store {path} ({exc}): check that the file and its folder are readable "
+            f"and writable, or use another --cache-dir / FUSION_CACHE_DIR")
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -104,8 +120,14 @@ class Store:
         self.owner = f"{os.getpid()}:{uuid.uuid4().hex[:8]}"
         LIVE_OWNERS.add(self.owner)
         self._local = threading.local()
-        _retry(lambda: self._conn().executescript(SCHEMA))
-        self.mark_interrupted()
+        try:
+            _retry(lambda: self._conn().executescript(SCHEMA))
+            self.mark_interrupted()
+        except sqlite3.DatabaseError as exc:
+            if getattr(exc, "sqlite_errorname", "").startswith(("SQLITE_BUSY", "SQLITE_LOCKED")):
+                raise
+            self.close()
+            raise StoreError(store_problem(self.path, exc)) from None
 
     def _conn(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)

@@ -72,18 +72,42 @@ def read_shapes(model_dir: Path) -> Dict[str, tuple]:
     return shapes
 
 
-def load_state_dict(model_dir: Path, check_finite: bool = True) -> Dict[str, torch.Tensor]:
+def nonfinite_error(what: str, file: Path, key: str, t: torch.Tensor) -> "ZooError":
+    bad = int((~torch.isfinite(t)).sum())
+    return ZooError(f"{what}: tensor '{key}' in {file} has {bad} NaN/inf value(s) of {t.numel()}: "
+                    f"the weights are broken; rebuild or re-download this model (nothing was scored)")
+
+
+def load_state_dict(model_dir: Path, check_finite: bool = True, label: str = "") -> Dict[str, torch.Tensor]:
+    """All tensors of a model folder; ``label`` (e.g. the locale) names the model in errors."""
     state: Dict[str, torch.Tensor] = {}
     for f in safetensors_files(model_dir):
         try:
-            state.update(load_file(str(f)))
+            part = load_file(str(f))
         except Exception as exc:
             raise ZooError(f"{f} is corrupt or not safetensors: {exc}") from None
-    if check_finite:
-        for key, t in state.items():
-            if t.is_floating_point() and not torch.isfinite(t).all():
-                raise ZooError(f"{model_dir.name}: tensor '{key}' contains NaN or inf values")
+        if check_finite:
+            for key, t in part.items():
+                if t.is_floating_point() and not torch.isfinite(t).all():
+                    raise nonfinite_error(label or model_dir.name, f, key, t)
+        state.update(part)
     return state
+
+
+def check_model_finite(model: torch.nn.Module, model_dir: Path, label: str = "") -> None:
+    """Every floating tensor of a loaded model is finite, else a ZooError naming the model and the
+    file that holds the bad tensor (NaN weights would otherwise score as a silent 1/C accuracy)."""
+    for key, t in model.state_dict().items():
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            files = safetensors_files(model_dir)
+            holder = next((f for f in files if _holds(f, key)), files[0] if len(files) == 1 else model_dir)
+            raise nonfinite_error(label or model_dir.name, holder, key, t)
+
+
+def _holds(file: Path, key: str) -> bool:
+    """Whether a safetensors file holds ``key`` (also under a prefix the model adds or drops)."""
+    with safe_open(str(file), framework="pt") as handle:
+        return any(k == key or k.endswith("." + key) or key.endswith("." + k) for k in handle.keys())
 
 
 _FP_CACHE: Dict[tuple, str] = {}
@@ -212,14 +236,14 @@ class Zoo:
     def state_dict(self, locale: str) -> Dict[str, torch.Tensor]:
         """The model's weights, kept resident between calls (engine/resident.py): the tensors are
         shared, so never modify them in place."""
-        return RESIDENT.get(self.path(locale), load_state_dict)
+        return RESIDENT.get(self.path(locale), lambda d: load_state_dict(d, label=locale))
 
     def base_state_dict(self) -> Dict[str, torch.Tensor]:
         """The pretrained base, with key names aligned to the classifiers' (prefix added if needed)."""
         if self.base is None:
             raise ZooError("this zoo has no pretrained base model; task-vector merges need one "
                            "(add 'base' to the manifest or pass --base)")
-        state = RESIDENT.get(self.base, load_state_dict)
+        state = RESIDENT.get(self.base, lambda d: load_state_dict(d, label="the base model"))
         target_keys = set(read_shapes(self.path(self.locales[0])))
         prefix = self.config().get("model_type", "").replace("-", "_")
         if prefix == "xlm_roberta":
@@ -253,7 +277,7 @@ class Zoo:
         return AutoTokenizer.from_pretrained(str(self.path(self.locales[0])), trust_remote_code=False)
 
     def load_model(self, locale: str):
-        return model_from_dir(self.path(locale))
+        return model_from_dir(self.path(locale), label=locale)
 
     def build_model(self, state: Optional[Dict[str, torch.Tensor]] = None):
         """A classifier with the zoo's architecture, holding ``state`` (e.g. a merge result)."""
@@ -348,8 +372,8 @@ class Zoo:
                 "parameters": self.parameter_count(), "model_type": self.config().get("model_type")}
 
 
-def model_from_dir(model_dir: Path):
-    """A sequence classifier from a local HF folder: safetensors only, no remote code."""
+def model_from_dir(model_dir: Path, label: str = ""):
+    """A sequence classifier from a local HF folder: safetensors only, no remote code, finite weights."""
     from transformers import AutoModelForSequenceClassification
     from transformers.utils import logging as hf_logging
 
@@ -360,4 +384,5 @@ def model_from_dir(model_dir: Path):
             str(model_dir), trust_remote_code=False, use_safetensors=True)
     except Exception as exc:
         raise ZooError(f"cannot load {model_dir} as a sequence classifier: {exc}") from None
+    check_model_finite(model, model_dir, label)
     return model.eval()

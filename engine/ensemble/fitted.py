@@ -126,4 +126,7 @@ def load_fitted(path: Union[str, Path]) -> Fitted:
         tensors = load_file(str(tensor_path))
     except (ValueError, OSError) as e:
         raise EnsembleError(f"cannot read saved fusion in {folder}: {e}") from None
+    bad = [k for k, t in tensors.items() if np.issubdtype(t.dtype, np.floating) and not np.isfinite(t).all()]
+    if bad:
+        raise EnsembleError(f"saved fusion {tensor_path}: tensor '{bad[0]}' has NaN/inf values; refit it")
     return from_config(config, tensors)
