@@ -78,7 +78,8 @@ def load_results(store: Store, sweep_run_id: str, n_boot: int = 1000, seed: int 
                "features": p.get("features", ""), "weighting": p.get("weighting", ""),
                "n_sources": len(run["sources"]), "sources": ", ".join(run["sources"]),
                "equal_weights": bool(np.allclose(run["weights"], run["weights"][0])),
-               "method_params": {k: v for k, v in p.items() if k not in CELL_META},
+               "method_params": res["method_params"] if isinstance(res.get("method_params"), dict)
+               else {k: v for k, v in p.items() if k not in CELL_META},
                "target_data": run_target_data(run)["target"],
                "source_data": bool(run_target_data(run)["source_data"]),
                "accuracy": test.get("accuracy", np.nan),

@@ -146,7 +146,8 @@ def sweep_job(ws: Workspace, spec, executor: str = "local", address: Optional[st
             if cell.key in found:
                 links[cell.key] = found[cell.key]["id"]
                 ctx.log("cells", len(links) - 1, {"key": cell.key, "run_id": links[cell.key], "reused": True,
-                                                  "axes": cell.axes, "role": cell.role})
+                                                  "axes": cell.axes, "role": cell.role,
+                                                  "method_params": cell.candidate.params})
         # Two phases, so the ETA means something: the baselines (cheap once logits are cached) are
         # shown at 0 % with their own message; the bar and its ETA then count the cells to compute.
         references = {}
@@ -228,7 +229,7 @@ def sweep_cells(store: Store, sweep_run_id: str) -> List[Dict[str, Any]]:
     """The finished cell runs a sweep covers (computed by it or reused), one per cell key. A reused
     run (from a page or another sweep) is shown with this sweep's axes and role for its cell."""
     logged = [p["value"] for p in store.series(sweep_run_id, "cells")]
-    overlay = {v["run_id"]: {**v.get("axes", {}), "role": v["role"]} for v in logged if "role" in v}
+    overlay = {v["run_id"]: v for v in logged if "role" in v}
     ids = [v["run_id"] for v in logged]
     ids += list((store.get(sweep_run_id)["result"].get("cells") or {}).values())
     rows, seen = [], set()
@@ -240,7 +241,10 @@ def sweep_cells(store: Store, sweep_run_id: str) -> List[Dict[str, Any]]:
         key = row["params"].get("cell_key")
         if row["status"] == "done" and key not in seen:
             seen.add(key)
-            row["params"] = {**row["params"], **overlay.get(run_id, {})}
+            if run_id in overlay:  # a reused run: this sweep's axes, role and grid values for it
+                cell = overlay[run_id]
+                row["params"] = {**row["params"], **cell.get("axes", {}), "role": cell["role"]}
+                row["result"] = {**row["result"], "method_params": cell.get("method_params", {})}
             rows.append(row)
     for row in store.runs(parent=sweep_run_id, status=["done"], limit=10 ** 9):
         key = row["params"].get("cell_key")
