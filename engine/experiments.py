@@ -81,7 +81,7 @@ def suggest_sources(ws: Workspace, target: str, top_k: int = 5, features: str = 
 
 
 # ---- what a run used, and what makes two runs the same ----------------------------------------
-def _method(kind: str, name: str):
+def method_of(kind: str, name: str):
     if kind == "merge":
         from .merge import MERGES as registry
     else:
@@ -93,7 +93,7 @@ def target_data_use(cand: Candidate) -> Dict[str, object]:
     """Which target data the recipe sees before it is tested, from the method's registry traits
     and the candidate's data_mode: ``target`` is one of :data:`TARGET_DATA`, ``source_data`` says
     whether source-language data was used as well. A zero-shot recipe is ``none``."""
-    meta = _method(cand.kind, cand.method).meta
+    meta = method_of(cand.kind, cand.method).meta
     target, source = "none", False
     if cand.kind == "merge" and meta.get("needs_data"):
         context = meta.get("context") or []
@@ -104,7 +104,7 @@ def target_data_use(cand: Candidate) -> Dict[str, object]:
                 labels = meta.get("uses_labels", True)
                 if isinstance(labels, str):         # a parameter says (Fisher: empirical/sampled)
                     name, value = labels.split("=", 1)
-                    labels = str(_method(cand.kind, cand.method).resolve(cand.params)[name]) == value
+                    labels = str(method_of(cand.kind, cand.method).resolve(cand.params)[name]) == value
                 target = max(target, "labelled target dev" if labels else "unlabelled target text",
                              key=TARGET_DATA.index)
             source = cand.data_mode in ("sources", "both")
@@ -120,7 +120,7 @@ def recipe_key_fields(cand: Candidate) -> Dict[str, object]:
     """The recipe as it determines the numbers: parameters with their defaults filled in, weights
     normalised (4 decimals, as the pages edit them), and seed / data settings only where the method
     reads them, so a page run and a sweep cell of the same experiment get the same key."""
-    method = _method(cand.kind, cand.method)
+    method = method_of(cand.kind, cand.method)
     meta = method.meta
     total = float(sum(cand.weights)) or 1.0
     fields: Dict[str, object] = {
@@ -161,7 +161,7 @@ def run_target_data(run: Dict[str, object]) -> Dict[str, object]:
     if run.get("kind") == "evolve":
         return dict(EVOLVE_TARGET_DATA)
     try:
-        method = _method(str(run.get("kind")), str(run.get("method")))
+        method = method_of(str(run.get("kind")), str(run.get("method")))
         names = {p.name for p in method.params}
         default_mode = "target" if run.get("kind") == "ensemble" else "sources"  # what the pages stored
         cand = Candidate(str(run["kind"]), str(run["method"]), str(run.get("target")), list(run.get("sources") or []),
@@ -223,6 +223,21 @@ def baselines_from_scores(scores: Dict[str, float], target: str,
     if target in scores:
         out["target_model"] = {"model": target, "accuracy": scores[target]}
     return out
+
+
+def gap_closed_vs(accuracy: Optional[float], base: Dict[str, Dict[str, object]],
+                  baseline: str = "best_source") -> Optional[float]:
+    """The sweep report's gap closed for one run: (accuracy − baseline) / (own model − baseline),
+    with the best chosen source as the baseline here (a page run has no equal-weight merge beside
+    it). None when undefined (a value missing, or the own model not better than the baseline)."""
+    from .stats import gap_closed
+
+    low = (base.get(baseline) or {}).get("accuracy")
+    high = (base.get("target_model") or {}).get("accuracy")
+    if accuracy is None or low is None or high is None:
+        return None
+    value = float(gap_closed([accuracy], [float(low)], [float(high)])[0])
+    return None if value != value else value
 
 
 # ---- building candidates -------------------------------------------------------------------------
