@@ -14,6 +14,7 @@ COLUMNS = ["label", "kind", "method", "target", "status", "target_data", "test_a
            "test_macro_f1", "gain_vs_best_source", "best_source", "best_zero_shot", "target_model",
            "n_sources", "sources", "weights", "params", "latency_ms", "seconds", "origin", "zoo", "created", "id",
            "cell_key"]
+ORIGINS = ("page", "sweep", "sweep (CLI)")
 # run params that describe the run, not the method (shown apart or not at all)
 RUN_META = {"cell_key", "role", "target_data", "source_data", "k", "features", "weighting"}
 
@@ -57,15 +58,16 @@ def runs_frame(runs: Sequence[dict]) -> pd.DataFrame:
 
 def one_per_key(frame: pd.DataFrame, keep: Sequence[str] = ()) -> pd.DataFrame:
     """Runs with the same content key are one experiment (from a page and from a sweep, say): one
-    row each, the finished one first (a run in ``keep``, e.g. a pinned one, wins), its ``origin``
+    row each, the first finished one (a run in ``keep``, e.g. a pinned one, wins), its ``origin``
     naming every place it came from ('page + sweep')."""
     if frame.empty:
         return frame
-    keyed = frame["cell_key"].notna()
     rank = frame.assign(_keep=~frame["id"].isin(list(keep)), _done=frame["status"] != "done",
                         _order=range(len(frame)))
-    rank = rank.sort_values(["_keep", "_done", "_order"])
-    origins = rank[keyed].groupby("cell_key")["origin"].agg(lambda o: " + ".join(dict.fromkeys(o)))
+    rank = rank.sort_values(["_keep", "_done", "created"])     # else the first computed
+    keyed = rank["cell_key"].notna()
+    origins = rank[keyed].groupby("cell_key")["origin"].agg(
+        lambda o: " + ".join(sorted(set(o), key=lambda x: (ORIGINS.index(x) if x in ORIGINS else 9, x))))
     first = rank[keyed].drop_duplicates("cell_key")
     first = first.assign(origin=first["cell_key"].map(origins))
     out = pd.concat([first, rank[~keyed]]).sort_values("_order")
