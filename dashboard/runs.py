@@ -138,6 +138,7 @@ def result_card(run: dict, extra_bars: Optional[List[tuple]] = None) -> None:
         st.dataframe(metrics_table(metrics), width="stretch")
 
 
+GAP = "gap closed (best source → own model)"
 GAP_HELP = ("(test accuracy − best source) / (target's own model − best source): 0 = no better than "
             "the best chosen source, 1 = as good as the target's own model. The sweep report uses the same "
             "formula with the equal-weight merge as the baseline.")
@@ -154,7 +155,7 @@ def card_facts(run: dict) -> None:
     gap = gap_closed_vs(acc, baselines_of(run))
     use = run_target_data(run)
     left, right = st.columns([2, 3])
-    left.metric("Gap closed (best source → own model)", f"{100 * gap:.0f} %" if gap is not None else "–",
+    left.metric(GAP.capitalize(), f"{100 * gap:.0f} %" if gap is not None else "–",
                 help=GAP_HELP + ("" if gap is not None else " Undefined here: the own model is not better "
                                  "than the best source, or a baseline is missing."))
     left.metric("Target data used", target_data_text(use),
@@ -166,6 +167,16 @@ def card_facts(run: dict) -> None:
     if not table.empty:
         right.markdown("**Settings**")
         right.dataframe(table, hide_index=True, width="stretch")
+
+
+def champion_facts(run: dict, accuracy: Optional[float], base: Dict[str, dict]) -> None:
+    """An evolution's champion, like a result card: gap closed and the target data it was chosen on."""
+    from engine.experiments import gap_closed_vs, run_target_data, target_data_text
+
+    gap = gap_closed_vs(accuracy, base)
+    st.caption(f"{GAP.capitalize()}: " + (f"{100 * gap:.0f} %" if gap is not None else "–")
+               + f" · target data used: {target_data_text(run_target_data(run))} (the fitness is measured "
+                 "on it: not a zero-shot result)", help=GAP_HELP)
 
 
 def merge_report(run: dict) -> None:

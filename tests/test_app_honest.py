@@ -114,7 +114,7 @@ def test_compare_pins_any_status_one_row_per_experiment_and_target_data(app_cach
     champion = store.create("evolve", name="evomerge → de-DE", target="de-DE", method="evomerge",
                             params={"generations": 3}, sources=page_run["sources"], weights=page_run["weights"],
                             status="cancelled")
-    store.update(champion, result={"champion": {"test": {"accuracy": 0.5}, "dev": {"accuracy": 0.6}},
+    store.update(champion, result={"champion": {"test": {"accuracy": 0.5}, "dev": {"accuracy": 0.6}, "fitness": 0.6},
                                    "baselines": page_run["result"]["baselines"]})
     store.pin(champion)
     at = goto(open_app(), "Compare")
@@ -131,6 +131,10 @@ def test_compare_pins_any_status_one_row_per_experiment_and_target_data(app_cach
     assert any("evomerge" in x and shape == "/" for x, shape in drawn), drawn   # drawn, and hatched
     summary = frames(at, "winner")[0]
     assert "best evolve" in summary.columns and summary["best evolve"].notna().any()
+    # the Evolve page says the same about its champion
+    at = goto(at, "Evolve")
+    facts = [c.value for c in at.caption if c.value.startswith("Gap closed")]
+    assert facts and "● labelled target dev" in facts[0], [c.value for c in at.caption]
 
 
 def test_the_sweep_selector_reads_done_without_a_reload(app_cache):
