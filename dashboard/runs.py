@@ -147,7 +147,7 @@ GAP_HELP = ("(test accuracy − best source) / (target's own model − best sour
 def card_facts(run: dict) -> None:
     """What a reader needs to trust the number: how much of the gap it closes, which target data it
     saw before the test, and its settings as a readable table."""
-    from engine.experiments import gap_closed_vs, run_target_data, target_data_text
+    from engine.runinfo import gap_closed_vs, run_target_data, target_data_text
 
     from .tables import param_rows
 
@@ -171,7 +171,7 @@ def card_facts(run: dict) -> None:
 
 def champion_facts(run: dict, accuracy: Optional[float], base: Dict[str, dict]) -> None:
     """An evolution's champion, like a result card: gap closed and the target data it was chosen on."""
-    from engine.experiments import gap_closed_vs, run_target_data, target_data_text
+    from engine.runinfo import gap_closed_vs, run_target_data, target_data_text
 
     gap = gap_closed_vs(accuracy, base)
     st.caption(f"{GAP.capitalize()}: " + (f"{100 * gap:.0f} %" if gap is not None else "–")

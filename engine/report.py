@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from . import stats
-from .experiments import TARGET_DATA_MARKS, run_target_data
+from .runinfo import TARGET_DATA_MARKS, run_target_data
 from .store import Store
 
 BASELINES = ("best_source", "best_zero_shot", "equal_merge", "target_model")

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from .experiments import TARGET_DATA_MARKS
+from .runinfo import TARGET_DATA_MARKS
 from .report import BASELINE_TITLES, SweepResults, accuracy_table, headline_table, win_rate_table
 
 FAMILY_COLOURS = {"merge": "#1f77b4", "ensemble": "#ff7f0e"}

@@ -23,7 +23,8 @@ from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple, Union
 
 import numpy as np
 
-from .experiments import Candidate, baselines_from_scores, evaluate_candidate, source_scores, target_data_use
+from .experiments import Candidate, baselines_from_scores, evaluate_candidate, source_scores
+from .runinfo import target_data_use
 from .progress import Cancelled, Progress, ProgressFn, sub_progress
 from .store import Store
 from .sweep_spec import Cell, expand_cells, load_spec

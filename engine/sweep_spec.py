@@ -28,8 +28,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Union
 
-from .experiments import (DATA_MODES, KEY_SPLITS, Candidate, CandidateError, candidate_key, suggest_sources,
-                          target_data_use)
+from .experiments import DATA_MODES, Candidate, CandidateError, suggest_sources
+from .runinfo import KEY_SPLITS, candidate_key, target_data_use
 from .workspace import Workspace
 
 WEIGHTINGS = ("uriel", "equal")

@@ -54,7 +54,7 @@ def evolve_job(ws, config: EvolveConfig, resume_from: Optional[Path] = None,
 
 def submit_evolution(runner, ws, config: EvolveConfig, name: str = "") -> str:
     """Checks the config, fills in the sources (URIEL top-k), submits; returns the run id."""
-    from ..experiments import EVOLVE_TARGET_DATA
+    from ..runinfo import EVOLVE_TARGET_DATA
 
     config = resolve_config(ws, config)
     return runner.submit("evolve", evolve_job(ws, config), lane="compute",
