@@ -5,7 +5,8 @@ as its own run, so a large comparison can be stopped, resumed, and reported on.
   its run (kind ``merge``/``ensemble``, ``parent`` = the sweep's run id) holds the metrics per split,
   the grid values and axes in ``params`` (with the deterministic ``cell_key``), and the test-split
   predictions in ``result['predictions']`` (a list of class ids) for paired tests.
-- A cell whose key is already stored as done (by this or any earlier sweep) is not recomputed: a
+- A cell whose key is already stored as done (by this or any earlier sweep, or by a page: candidate
+  runs store the same key, :func:`engine.runinfo.candidate_key`) is not recomputed: a
   re-submitted or resumed sweep links the stored run instead (series ``cells`` of the sweep run
   lists every cell it covers, computed or reused).
 - Baselines come from the zero-shot scores of every zoo model on each target (the N×N column, from
