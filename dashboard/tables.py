@@ -14,7 +14,7 @@ COLUMNS = ["label", "kind", "method", "target", "status", "target_data", "test_a
            "test_macro_f1", "gain_vs_best_source", "best_source", "best_zero_shot", "target_model",
            "n_sources", "sources", "weights", "params", "latency_ms", "seconds", "origin", "zoo", "created", "id",
            "cell_key"]
-ORIGINS = ("page", "sweep", "sweep (CLI)")
+ORIGINS = ("page", "CLI", "sweep", "sweep (CLI)")
 # run params that describe the run, not the method (shown apart or not at all)
 RUN_META = {"cell_key", "role", "target_data", "source_data", "k", "features", "weighting"}
 

@@ -124,7 +124,8 @@ def target_data_text(use: Dict[str, object]) -> str:
 
 
 def run_origin(run: Dict[str, object]) -> str:
-    """Where a stored run came from: page, sweep or sweep (CLI) (older runs: from how they were stored)."""
+    """Where a stored run came from: page, CLI, sweep or sweep (CLI) (older runs: from how they were
+    stored)."""
     result = run.get("result") or {}
     if result.get("origin"):
         return str(result["origin"])
