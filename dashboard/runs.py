@@ -133,8 +133,73 @@ def result_card(run: dict, extra_bars: Optional[List[tuple]] = None) -> None:
                                 colours=colours), f"acc-{run['id']}", left)
     if test and val:
         chart(figures.split_bars(metrics), f"split-{run['id']}", right)
+    card_facts(run)
     with st.expander("All metrics"):
         st.dataframe(metrics_table(metrics), width="stretch")
+
+
+GAP = "gap closed (best source → own model)"
+GAP_HELP = ("(test accuracy − best source) / (target's own model − best source): 0 = no better than "
+            "the best chosen source, 1 = as good as the target's own model. The sweep report uses the same "
+            "formula with the equal-weight merge as the baseline.")
+
+
+def card_facts(run: dict) -> None:
+    """What a reader needs to trust the number: how much of the gap it closes, which target data it
+    saw before the test, and its settings as a readable table."""
+    from engine.runinfo import gap_closed_vs, run_target_data, target_data_text
+
+    from .tables import param_rows
+
+    acc = ((run.get("metrics") or {}).get("test") or {}).get("accuracy")
+    gap = gap_closed_vs(acc, baselines_of(run))
+    use = run_target_data(run)
+    left, right = st.columns([2, 3])
+    left.metric(GAP.capitalize(), f"{100 * gap:.0f} %" if gap is not None else "–",
+                help=GAP_HELP + ("" if gap is not None else " Undefined here: the own model is not better "
+                                 "than the best source, or a baseline is missing."))
+    left.metric("Target data used", target_data_text(use),
+                help="what the recipe saw of the target language before the test: none (zero-shot), "
+                     "unlabelled target text, or labelled target dev data")
+    if use["target"] == "labelled target dev":
+        left.caption("Fitted or chosen on the target's labelled dev data: not a zero-shot result.")
+    table = param_rows(run)
+    if not table.empty:
+        right.markdown("**Settings**")
+        right.dataframe(table, hide_index=True, width="stretch")
+
+
+def champion_facts(run: dict, accuracy: Optional[float], base: Dict[str, dict]) -> None:
+    """An evolution's champion, like a result card: gap closed and the target data it was chosen on."""
+    from engine.runinfo import gap_closed_vs, run_target_data, target_data_text
+
+    gap = gap_closed_vs(accuracy, base)
+    st.caption(f"{GAP.capitalize()}: " + (f"{100 * gap:.0f} %" if gap is not None else "–")
+               + f" · target data used: {target_data_text(run_target_data(run))} (the fitness is measured "
+                 "on it: not a zero-shot result)", help=GAP_HELP)
+
+
+def merge_report(run: dict) -> None:
+    """Which treatment each group of tensors got (how many, where in the model, what it means)."""
+    import pandas as pd
+
+    from engine.merge.run import treatment_meaning
+
+    report = (run.get("result") or {}).get("merge_report") or {}
+    groups = report.get("groups") or [{"treatment": t, "tensors": n, "where": "", "meaning": treatment_meaning(t)}
+                                      for t, n in (report.get("counts") or {}).items()]
+    if groups:
+        total = sum(g["tensors"] for g in groups)
+        st.caption(f"{total} tensors merged with {report.get('method', run.get('method'))}"
+                   + (f" in {report['seconds']:.2f} s" if report.get("seconds") is not None else "")
+                   + "; each row is one treatment:")
+        st.dataframe(pd.DataFrame(groups, columns=["treatment", "tensors", "where", "meaning"]),
+                     hide_index=True, width="stretch",
+                     column_config={"meaning": st.column_config.TextColumn(width="large")})
+    for note in report.get("notes") or (run.get("result") or {}).get("merge_notes") or []:
+        st.caption(f"ℹ️ {note}")
+    if not report:
+        st.caption("No report recorded.")
 
 
 def metrics_table(metrics: Dict[str, Dict[str, float]]):

@@ -116,7 +116,10 @@ def results_panel(run: dict, key: str) -> None:
         st.dataframe(head, hide_index=True, width="stretch", column_config=_numbers(head))
         base = baseline_table(res)
         st.caption("Baselines, mean test accuracy over the sweep's targets: " + ", ".join(
-            f"{BASELINE_TITLES.get(b, b)} {a:.3f}" for b, a in zip(base["baseline"], base["mean_accuracy"])))
+            f"{BASELINE_TITLES.get(b, b)} " + (f"{a:.3f}" if a == a else "not run")
+            for b, a in zip(base["baseline"], base["mean_accuracy"]))
+            + ". ● = fitted or chosen on labelled target dev data, ◐ = used unlabelled target text "
+              "(not zero-shot).")
     with tab_heat:
         figs = report_figures.figures(res)
         chart(figs["accuracy_heatmap"], f"{key}_heat")
@@ -198,13 +201,38 @@ def sweep_label(run: dict) -> str:
 
 
 def pick_sweep(runs: List[dict], key: str, preferred: Optional[str] = None) -> Optional[dict]:
+    """The sweep selector. Its labels carry each sweep's status, and a browser keeps showing the label
+    a keyed widget had when it was chosen; so the widget's key follows the statuses (a finished
+    sweep gets a fresh widget reading 'done') and the choice is remembered apart."""
     if not runs:
         return None
     ids = [r["id"] for r in runs]
-    index = ids.index(preferred) if preferred in ids else 0
+    remembered = st.session_state.get(f"{key}_chosen")
+    if preferred in ids and preferred != st.session_state.get(f"{key}_preferred"):
+        remembered = preferred  # a newly started sweep is shown first
+    st.session_state[f"{key}_preferred"] = preferred
+    index = ids.index(remembered) if remembered in ids else 0
     by_id = {r["id"]: r for r in runs}
-    chosen = st.selectbox("Sweep", ids, index=index, format_func=lambda i: sweep_label(by_id[i]), key=key)
+    statuses = "".join(r["status"][0] for r in runs)
+    chosen = st.selectbox("Sweep", ids, index=index, format_func=lambda i: sweep_label(by_id[i]),
+                          key=f"{key}_{statuses}")
+    st.session_state[f"{key}_chosen"] = chosen
     return by_id[chosen]
+
+
+def refresh_when_done(run: Optional[dict]) -> None:
+    """While the chosen sweep runs, poll it and rerun the page when it ends (its label and results
+    then read 'done' without a reload)."""
+    if not run or run["status"] not in ("queued", "running"):
+        return
+
+    @st.fragment(run_every=1.0)
+    def poll() -> None:
+        if state.store().get(run["id"])["status"] not in ("queued", "running"):
+            st.rerun(scope="app")
+        st.caption(f"Sweep {run['id']} is {run['status']}; results so far.")
+
+    poll()
 
 
 def stored_cells(cells) -> int:

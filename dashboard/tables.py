@@ -7,10 +7,16 @@ from typing import Dict, List, Sequence
 
 import pandas as pd
 
+from engine.runinfo import TARGET_DATA_MARKS, run_origin, run_target_data, target_data_text
+
 CANDIDATE_KINDS = ("merge", "ensemble", "evolve")
-COLUMNS = ["label", "kind", "method", "target", "status", "test_accuracy", "validation_accuracy",
+COLUMNS = ["label", "kind", "method", "target", "status", "target_data", "test_accuracy", "validation_accuracy",
            "test_macro_f1", "gain_vs_best_source", "best_source", "best_zero_shot", "target_model",
-           "n_sources", "sources", "weights", "params", "latency_ms", "seconds", "zoo", "created", "id"]
+           "n_sources", "sources", "weights", "params", "latency_ms", "seconds", "origin", "zoo", "created", "id",
+           "cell_key"]
+ORIGINS = ("page", "CLI", "sweep", "sweep (CLI)")
+# run params that describe the run, not the method (shown apart or not at all)
+RUN_META = {"cell_key", "role", "target_data", "source_data", "k", "features", "weighting"}
 
 
 def _acc(block: Dict[str, object], key: str):
@@ -28,9 +34,12 @@ def runs_frame(runs: Sequence[dict]) -> pd.DataFrame:
         base = result.get("baselines") or {}
         test = _acc(metrics.get("test"), "accuracy")
         best_source = _acc(base.get("best_source"), "accuracy")
+        use = run_target_data(r)
+        mark = "" if use["target"] == "none" else TARGET_DATA_MARKS.get(str(use["target"]), "?") + " "
         rows.append({
-            "label": f"{r.get('method') or r['kind']} · {r['id'][-6:]}",
+            "label": f"{mark}{r.get('method') or r['kind']} · {r['id'][-6:]}",
             "kind": r["kind"], "method": r.get("method"), "target": r.get("target"), "status": r["status"],
+            "target_data": target_data_text(use),
             "test_accuracy": test, "validation_accuracy": _acc(metrics.get("validation"), "accuracy"),
             "test_macro_f1": _acc(metrics.get("test"), "macro_f1"),
             "gain_vs_best_source": None if test is None or best_source is None else test - best_source,
@@ -40,11 +49,60 @@ def runs_frame(runs: Sequence[dict]) -> pd.DataFrame:
             "weights": ", ".join(f"{w:.3f}" for w in r.get("weights") or []),
             "params": json.dumps(r.get("params") or {}, sort_keys=True),
             "latency_ms": _acc(metrics.get("test"), "latency_ms"), "seconds": result.get("seconds"),
-            "zoo": (result.get("provenance") or {}).get("zoo"),
+            "origin": run_origin(r), "zoo": (result.get("provenance") or {}).get("zoo"),
             "created": pd.Timestamp(r["created"], unit="s", tz="UTC").tz_convert(None).floor("s"),
-            "id": r["id"],
+            "id": r["id"], "cell_key": (r.get("params") or {}).get("cell_key"),
         })
     return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def one_per_key(frame: pd.DataFrame, keep: Sequence[str] = ()) -> pd.DataFrame:
+    """Runs with the same content key are one experiment (from a page and from a sweep, say): one
+    row each, the first finished one (a run in ``keep``, e.g. a pinned one, wins), its ``origin``
+    naming every place it came from ('page + sweep')."""
+    if frame.empty:
+        return frame
+    rank = frame.assign(_keep=~frame["id"].isin(list(keep)), _done=frame["status"] != "done",
+                        _order=range(len(frame)))
+    rank = rank.sort_values(["_keep", "_done", "created"])     # else the first computed
+    keyed = rank["cell_key"].notna()
+    origins = rank[keyed].groupby("cell_key")["origin"].agg(
+        lambda o: " + ".join(sorted(set(o), key=lambda x: (ORIGINS.index(x) if x in ORIGINS else 9, x))))
+    first = rank[keyed].drop_duplicates("cell_key")
+    first = first.assign(origin=first["cell_key"].map(origins))
+    out = pd.concat([first, rank[~keyed]]).sort_values("_order")
+    return out.drop(columns=["_keep", "_done", "_order"]).reset_index(drop=True)
+
+
+def param_rows(run: dict) -> pd.DataFrame:
+    """A run's settings as a small readable table (setting, value, what it does), from the method's
+    declared parameters; seed and data settings only where the method reads them."""
+    from engine.runinfo import method_of
+
+    params = {k: v for k, v in (run.get("params") or {}).items() if k not in RUN_META}
+    try:
+        method = method_of(run["kind"], run["method"])
+    except (KeyError, ValueError):
+        return pd.DataFrame({"setting": list(params), "value": [_value(v) for v in params.values()],
+                             "what it does": ""})
+    rows = [{"setting": p.name.replace("_", " "), "value": _value(params.get(p.name, p.default)),
+             "what it does": p.help} for p in method.params]
+    meta = method.meta
+    reads_data = "batches" in (meta.get("context") or []) or meta.get("needs_fit")
+    if reads_data and "data_mode" in params:
+        rows.append({"setting": "fit on" if meta.get("needs_fit") else "statistics from",
+                     "value": str(params["data_mode"]), "what it does": "whose data the method reads"})
+    if meta.get("random") or meta.get("needs_fit"):
+        rows.append({"setting": "seed", "value": str(params.get("seed", 0)), "what it does": "random draws"})
+    return pd.DataFrame(rows, columns=["setting", "value", "what it does"])
+
+
+def _value(v) -> str:
+    if isinstance(v, (list, tuple)):
+        return " · ".join(_value(x) for x in v) + " (per source)"
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
 
 
 def baselines_by_target(runs: Sequence[dict]) -> Dict[str, dict]:
@@ -58,8 +116,9 @@ def baselines_by_target(runs: Sequence[dict]) -> Dict[str, dict]:
 
 
 def summary(frame: pd.DataFrame) -> pd.DataFrame:
-    """Per target: the best merge, the best ensemble and the baselines, and who wins."""
-    done = frame[(frame["status"] == "done") & frame["test_accuracy"].notna()]
+    """Per target: the best merge, the best ensemble, the best evolved champion (a cancelled search's
+    best-so-far included: it was scored on test) and the baselines, and who wins."""
+    done = frame[frame["test_accuracy"].notna()]
     rows = []
     for target, part in done.groupby("target"):
         row = {"target": target}
@@ -69,6 +128,7 @@ def summary(frame: pd.DataFrame) -> pd.DataFrame:
                 best = sub.loc[sub["test_accuracy"].idxmax()]
                 row[f"best {kind}"] = best["test_accuracy"]
                 row[f"best {kind} method"] = best["method"]
+                row[f"best {kind} target data"] = best["target_data"]
                 row[f"{kind} runs"] = len(sub)
                 row[f"{kind} beats best source"] = f"{int((sub['gain_vs_best_source'] > 0).sum())}/{len(sub)}"
         last = part.iloc[0]

@@ -172,7 +172,7 @@ def sources_editor(ws, target: str, key: str) -> Tuple[List[str], List[float]]:
     others = [l for l in ws.zoo.locales if l != target]
     others = sorted(others, key=lambda l: (l not in weights, -float(weights.get(l, 0.0)), l))  # chosen first
     frame = pd.DataFrame({"source": others, "use": [l in weights for l in others],
-                          "weight": [round(float(weights.get(l, 0.0)), 4) for l in others]})
+                          "weight": [float(weights.get(l, 0.0)) for l in others]})  # shown %.4f, kept exact
     version = st.session_state.get("selection_version", 0)
     st.caption(f"Sources and weights {origin}. Weights are normalised to sum 1. The target's own "
                "model is never a source (leave-one-out).")

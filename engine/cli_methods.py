@@ -82,8 +82,8 @@ def _run_candidate(args, kind):
     check_candidate(ws, cand)
     out: dict = {}
     job = candidate_job(ws, cand, export_path=Path(args.export) if args.export else None,
-                        overwrite=args.overwrite, keep=out)
-    row = run_here(open_store(ws), kind, job, echo=progress_for(args), **candidate_fields(cand))
+                        overwrite=args.overwrite, keep=out, origin="CLI")
+    row = run_here(open_store(ws), kind, job, echo=progress_for(args), **candidate_fields(cand, ws))
     result = row["result"]
     if result.get("export_error"):
         raise ExportError(result["export_error"])

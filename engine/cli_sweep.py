@@ -62,7 +62,8 @@ def cmd_sweep(args):
         run_id = resume_sweep(runner, ws, args.resume, executor="ray" if executor == "ray" else None,
                               address=args.address)
     else:
-        run_id = submit_sweep(runner, ws, args.spec, executor, args.address, args.ray_cpus, options)
+        run_id = submit_sweep(runner, ws, args.spec, executor, args.address, args.ray_cpus, options,
+                              origin="sweep (CLI)")
     bar = progress_for(args)
     started = time.perf_counter()
     try:

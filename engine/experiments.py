@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from .progress import ProgressFn, Tracker, sub_progress
+from .runinfo import candidate_key, target_data_use
 from .workspace import Workspace
 
 DATA_MODES = ("target", "sources", "both")
@@ -312,22 +313,28 @@ def workspace_record(ws: Workspace) -> Dict[str, object]:
     return record
 
 
-def candidate_fields(cand: Candidate) -> Dict[str, object]:
-    """The run row's recipe fields, the same for the app's jobs and the CLI's runs."""
-    return dict(name=cand.label(), target=cand.target, method=cand.method,
-                params={**cand.params, "seed": cand.seed, "data_mode": cand.data_mode},
+def candidate_fields(cand: Candidate, ws: Optional[Workspace] = None) -> Dict[str, object]:
+    """The run row's recipe fields, the same for the app's jobs and the CLI's runs: with ``ws``,
+    the content key a sweep finds the run by; always, the target data the recipe uses."""
+    use = target_data_use(cand)
+    params = {**cand.params, "seed": cand.seed, "data_mode": cand.data_mode, "data_examples": cand.data_examples,
+              "target_data": use["target"], "source_data": use["source_data"]}
+    if ws is not None:
+        params["cell_key"] = candidate_key(ws, cand)
+    return dict(name=cand.label(), target=cand.target, method=cand.method, params=params,
                 sources=cand.sources, weights=cand.weights)
 
 
 def candidate_job(ws: Workspace, cand: Candidate, export_dir: Optional[Path] = None,
                   export_path: Optional[Path] = None, overwrite: bool = False,
-                  keep: Optional[dict] = None):
+                  keep: Optional[dict] = None, origin: str = "page"):
     """A job function for the runner: evaluate, persist metrics and the recipe, then export a
     merge (or a fitted fusion) to ``export_path``, or to ``export_dir/<run id>``.
 
     The run records its candidate and workspace, so a failed export loses nothing: the run is
     stored as done with ``export_error`` saying how to export it again. ``keep`` receives the
-    evaluation's full output (predictions included), for the CLI.
+    evaluation's full output (predictions included), for the CLI. The run keeps its test
+    predictions and (in its params) its content key, so a sweep asking for the same cell reuses it.
     """
     def job(ctx):
         out = evaluate_candidate(ws, cand, ctx.progress)
@@ -337,7 +344,10 @@ def candidate_job(ws: Workspace, cand: Candidate, export_dir: Optional[Path] = N
             keep.update(out)
         result = {k: v for k, v in out.items() if k not in ("metrics", "predictions")}
         result.update(provenance=provenance(ws, cand), candidate=cand.to_dict(),
-                      workspace=workspace_record(ws))
+                      workspace=workspace_record(ws), target_data=target_data_use(cand), origin=origin,
+                      forward_passes=1 if cand.kind == "merge" else len(cand.sources))
+        if "test" in out["predictions"]:
+            result["predictions"] = {"test": out["predictions"]["test"]}
         message = (f"test accuracy {out['test_accuracy']:.3f}" if out["test_accuracy"] is not None
                    else "done")
         folder = Path(export_path) if export_path else (Path(export_dir) / ctx.run_id if export_dir else None)
@@ -394,10 +404,11 @@ def export_candidate(ws: Workspace, cand: Candidate, state, out_dir: Path, overw
 
 
 def submit_candidate(runner, ws: Workspace, cand: Candidate, export_dir: Optional[Path] = None,
-                     name: str = "", export_path: Optional[Path] = None, overwrite: bool = False) -> str:
+                     name: str = "", export_path: Optional[Path] = None, overwrite: bool = False,
+                     origin: str = "page") -> str:
     check_candidate(ws, cand)
     lane = "light" if cand.kind == "ensemble" else "compute"
-    fields = candidate_fields(cand)
+    fields = candidate_fields(cand, ws)
     fields["name"] = name or fields["name"]
-    return runner.submit(cand.kind, candidate_job(ws, cand, export_dir, export_path, overwrite),
+    return runner.submit(cand.kind, candidate_job(ws, cand, export_dir, export_path, overwrite, origin=origin),
                          lane=lane, **fields)

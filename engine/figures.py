@@ -17,6 +17,7 @@ BASELINE_STYLE = {  # key in the engine's baselines dict -> (label, colour, dash
     "best_zero_shot": ("best zero-shot", "#f08c00", "dot"),
     "target_model": ("target's own model", "#2f9e44", "dashdot"),
 }
+TARGET_DATA_PATTERNS = {"●": "/", "◐": "."}  # by the target-data mark: labelled dev, unlabelled text
 KIND_COLOURS = {"merge": CANDIDATE, "ensemble": "#ae3ec9", "evolve": "#e8590c"}
 HEIGHT = 340
 
@@ -285,5 +286,10 @@ def compare_bars(runs: pd.DataFrame, baselines: Mapping[str, Mapping[str, Mappin
         many = len(bars) > 8  # then one row per run: rotated labels would collide
         fig = accuracy_bars(bars, baselines.get(target, {}), title=f"{title}{target}",
                             colours=[KIND_COLOURS.get(k, CANDIDATE) for k in part["kind"]], horizontal=many)
+        if "target_data" in part:  # runs that saw target data before the test are hatched
+            shapes = [TARGET_DATA_PATTERNS.get(str(t).split(" ", 1)[0], "") for t in part["target_data"]]
+            if many:  # accuracy_bars sorted the rows by value
+                shapes = [shapes[i] for i in sorted(range(len(bars)), key=lambda i: bars[i][1])]
+            fig.data[0].marker.pattern = dict(shape=shapes, solidity=0.35)
         figs.append((str(target), fig))
     return figs

@@ -19,13 +19,15 @@ import numpy as np
 import pandas as pd
 
 from . import stats
+from .runinfo import TARGET_DATA_MARKS, run_target_data
 from .store import Store
 
 BASELINES = ("best_source", "best_zero_shot", "equal_merge", "target_model")
 BASELINE_TITLES = {"best_source": "best source", "best_zero_shot": "best zero-shot",
                    "equal_merge": "equal-weight merge", "target_model": "target's own model"}
 AXES = ("k", "features", "weighting")
-CELL_META = {"k", "features", "weighting", "seed", "data_mode", "data_examples", "cell_key", "role"}
+CELL_META = {"k", "features", "weighting", "seed", "data_mode", "data_examples", "cell_key", "role",
+             "target_data", "source_data"}
 
 
 class ReportError(ValueError):
@@ -46,7 +48,10 @@ class SweepResults:
 
 # ---- loading ----------------------------------------------------------------------------------------
 def _variant_label(row: Dict[str, Any], varying: set) -> str:
-    parts = [f"{row['kind']}:{row['method']}"]
+    """The variant's name; a variant that saw target data before the test carries its mark first
+    (● labelled target dev, ◐ unlabelled target text), so every table and chart shows it."""
+    mark = TARGET_DATA_MARKS.get(row["target_data"], "?") if row["target_data"] != "none" else ""
+    parts = ([mark] if mark else []) + [f"{row['kind']}:{row['method']}"]
     parts += [f"{k}={v}" for k, v in sorted(row["method_params"].items())]
     if "k" in varying:
         parts.append(f"K={row['k']}")
@@ -73,7 +78,10 @@ def load_results(store: Store, sweep_run_id: str, n_boot: int = 1000, seed: int 
                "features": p.get("features", ""), "weighting": p.get("weighting", ""),
                "n_sources": len(run["sources"]), "sources": ", ".join(run["sources"]),
                "equal_weights": bool(np.allclose(run["weights"], run["weights"][0])),
-               "method_params": {k: v for k, v in p.items() if k not in CELL_META},
+               "method_params": res["method_params"] if isinstance(res.get("method_params"), dict)
+               else {k: v for k, v in p.items() if k not in CELL_META},
+               "target_data": run_target_data(run)["target"],
+               "source_data": bool(run_target_data(run)["source_data"]),
                "accuracy": test.get("accuracy", np.nan),
                "val_accuracy": run["metrics"].get("validation", {}).get("accuracy", np.nan),
                "macro_f1": test.get("macro_f1", np.nan), "nll": test.get("nll", np.nan),
@@ -147,7 +155,8 @@ def headline_table(res: SweepResults) -> pd.DataFrame:
     rows = []
     for variant in _order(res):
         part = res.frame[res.frame["variant"] == variant]
-        row = {"variant": variant, "family": part["family"].iloc[0], "targets": int(part["target"].nunique()),
+        row = {"variant": variant, "family": part["family"].iloc[0], "target_data": part["target_data"].iloc[0],
+               "targets": int(part["target"].nunique()),
                "mean_accuracy": float(part["accuracy"].mean()),
                "mean_val_accuracy": float(part["val_accuracy"].mean())}
         for base in BASELINES:
@@ -232,15 +241,23 @@ def findings(res: SweepResults, alpha: float = 0.05) -> Dict[str, Any]:
             f"best ensemble ({be['variant']}, {pct(be['mean_accuracy'])}) is {pts(diff)}. The merge is ahead on "
             f"{ahead} and behind on {behind} of {len(tests)} targets; McNemar's test (p < {alpha}) finds the "
             f"merge significantly better on {sig_m} and the ensemble on {sig_e}.")
+    equal_run = not np.isnan(base.get("equal_merge", np.nan))
+    if not equal_run:
+        gap = "; the equal-weight merge was not run, so the gap closed is not measured."
+    elif np.isnan(best["mean_gap_closed"]):
+        gap = "; the gap closed is undefined (no target model better than the equal-weight merge)."
+    else:
+        gap = (f", and closes {pct(best['mean_gap_closed'])} of the gap from the equal-weight merge to the "
+               f"target's own model.")
     out["best_text"] = (
         f"{best['variant']} has the best mean test accuracy ({pct(best['mean_accuracy'])} over "
         f"{best['targets']} target(s)). It beats the best of its sources on {pct(best['win_rate_vs_best_source'])} "
         f"of targets ({pts(best['mean_delta_vs_best_source'])} on average), the best zero-shot model on "
-        f"{pct(best['win_rate_vs_best_zero_shot'])}, the equal-weight merge on "
-        f"{pct(best['win_rate_vs_equal_merge'])}"
-        + (f", and closes {pct(best['mean_gap_closed'])} of the gap from the equal-weight merge to the "
-           f"target's own model." if not np.isnan(best["mean_gap_closed"]) else
-           "; the gap closed is undefined (no target model better than the equal-weight merge)."))
+        f"{pct(best['win_rate_vs_best_zero_shot'])}"
+        + (f", the equal-weight merge on {pct(best['win_rate_vs_equal_merge'])}" if equal_run else "")
+        + gap
+        + ("" if best["target_data"] == "none" else
+           f" It used {best['target_data']} before the test, unlike a zero-shot recipe."))
     cost = head.groupby("family")[["forward_passes", "latency_ms"]].mean()
     out["cost"] = cost.to_dict(orient="index")
     out["cost_text"] = " ".join(
@@ -324,6 +341,9 @@ def report_markdown(res: SweepResults, alpha: float = 0.05) -> str:
               "*best zero-shot*: the best model of the whole zoo other than the target's own; *target's own "
               "model*: the upper bound; *equal-weight merge*: the linear merge of the same sources with equal "
               "weights (computed as a cell).",
+              "- *Target data*: what the variant saw of the target language before the test: none (zero-shot), "
+              "◐ unlabelled target text or ● labelled target dev (the mark leads the variant's name); a variant "
+              "fit on labelled target data is not a zero-shot recipe.",
               "- *Win rate*: share of targets where the variant is strictly more accurate than the baseline "
               "(ties are not wins).",
               "- *Gap closed* = (variant − equal-weight merge) / (target model − equal-weight merge) per target, "

@@ -11,9 +11,12 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
+from .runinfo import TARGET_DATA_MARKS
 from .report import BASELINE_TITLES, SweepResults, accuracy_table, headline_table, win_rate_table
 
 FAMILY_COLOURS = {"merge": "#1f77b4", "ensemble": "#ff7f0e"}
+# zero-shot hollow, unlabelled target text half, labelled target dev solid (as the ○ ◐ ● marks)
+TARGET_DATA_SYMBOLS = {"none": "circle-open", "unlabelled target text": "diamond", "labelled target dev": "circle"}
 
 
 def accuracy_heatmap(table: pd.DataFrame, title: str = "Test accuracy: variant × target") -> go.Figure:
@@ -53,7 +56,8 @@ def parameter_coordinates(frame: pd.DataFrame, method: Optional[str] = None,
     f = frame if method is None else frame[frame["method"] == method]
     if f.empty:
         raise ValueError(f"no cells for method {method!r}")
-    candidates = ["target", "method", "k", "features", "weighting"] + [c for c in f.columns if c.startswith("p.")]
+    candidates = [c for c in ("target", "method", "target_data", "k", "features", "weighting") if c in f] + \
+        [c for c in f.columns if c.startswith("p.")]
     dims = []
     for col in candidates:
         values = f[col]
@@ -69,7 +73,10 @@ def parameter_coordinates(frame: pd.DataFrame, method: Optional[str] = None,
     dims.append({"label": "accuracy", "values": f["accuracy"], "range": [0, 1]})
     fig = go.Figure(go.Parcoords(line={"color": f["accuracy"], "colorscale": "Viridis", "showscale": True,
                                        "cmin": 0, "cmax": 1}, dimensions=dims))
-    fig.update_layout(title=title + (f" ({method})" if method else ""))
+    # axis titles are centred on the outer axes: explicit side margins keep "target" whole (a
+    # page theme's slim margins would clip it to "get")
+    fig.update_layout(title=title + (f" ({method})" if method else ""),
+                      margin={"l": 90, "r": 90, "t": 110, "b": 40})
     return fig
 
 
@@ -80,10 +87,13 @@ def cost_scatter(head: pd.DataFrame, cost: str = "latency_ms",
     if cost not in ("latency_ms", "forward_passes"):
         raise ValueError("cost must be 'latency_ms' or 'forward_passes'")
     fig = go.Figure()
-    for family, part in head.groupby("family"):
-        fig.add_scatter(x=part[cost], y=part["mean_accuracy"], mode="markers+text", name=family,
+    data = head["target_data"] if "target_data" in head else pd.Series("none", index=head.index)
+    for (family, use), part in head.assign(target_data=data).groupby(["family", "target_data"]):
+        name = family if use == "none" else f"{family} · {TARGET_DATA_MARKS.get(use, '?')} {use}"
+        fig.add_scatter(x=part[cost], y=part["mean_accuracy"], mode="markers+text", name=name,
                         text=part["variant"], textposition="top center",
-                        marker={"size": 8 + 3 * part["forward_passes"], "color": FAMILY_COLOURS.get(family)},
+                        marker={"size": 8 + 3 * part["forward_passes"], "color": FAMILY_COLOURS.get(family),
+                                "symbol": TARGET_DATA_SYMBOLS.get(use, "x")},
                         customdata=part["forward_passes"],
                         hovertemplate="%{text}<br>accuracy %{y:.3f}<br>" + cost + " %{x:.3g}<br>"
                                       "forward passes %{customdata:.0f}<extra></extra>")

@@ -45,6 +45,7 @@ CREATE TABLE IF NOT EXISTS runs (
     parent TEXT
 );
 CREATE INDEX IF NOT EXISTS runs_created ON runs(created);
+CREATE INDEX IF NOT EXISTS runs_cell_key ON runs(json_extract(params, '$.cell_key'));
 CREATE TABLE IF NOT EXISTS series (
     run_id TEXT NOT NULL,
     name TEXT NOT NULL,
@@ -249,6 +250,22 @@ class Store:
         sql += " ORDER BY created DESC LIMIT ?"
         args.append(limit)
         return [self._row(r) for r in self._conn().execute(sql, args)]
+
+    def runs_with_keys(self, keys: Iterable[str], status: Optional[Iterable[str]] = None) -> List[Dict[str, Any]]:
+        """Runs whose content key (``params.cell_key``) is among ``keys``, newest first: an index
+        lookup, not a scan of every run."""
+        keys = list(dict.fromkeys(keys))
+        out: List[Dict[str, Any]] = []
+        for lo in range(0, len(keys), 500):  # SQLite's limit on bound parameters
+            chunk = keys[lo:lo + 500]
+            sql = (f"SELECT * FROM runs WHERE json_extract(params, '$.cell_key') IN ({','.join('?' * len(chunk))})")
+            args: List[Any] = list(chunk)
+            if status:
+                status = list(status)
+                sql += f" AND status IN ({','.join('?' * len(status))})"
+                args += status
+            out += [self._row(r) for r in self._conn().execute(sql + " ORDER BY created DESC", args)]
+        return sorted(out, key=lambda r: r["created"], reverse=True)
 
     def series(self, run_id: str, name: Optional[str] = None) -> List[Dict[str, Any]]:
         sql, args = "SELECT name, step, value FROM series WHERE run_id=?", [run_id]

@@ -5,7 +5,8 @@ as its own run, so a large comparison can be stopped, resumed, and reported on.
   its run (kind ``merge``/``ensemble``, ``parent`` = the sweep's run id) holds the metrics per split,
   the grid values and axes in ``params`` (with the deterministic ``cell_key``), and the test-split
   predictions in ``result['predictions']`` (a list of class ids) for paired tests.
-- A cell whose key is already stored as done (by this or any earlier sweep) is not recomputed: a
+- A cell whose key is already stored as done (by this or any earlier sweep, or by a page: candidate
+  runs store the same key, :func:`engine.runinfo.candidate_key`) is not recomputed: a
   re-submitted or resumed sweep links the stored run instead (series ``cells`` of the sweep run
   lists every cell it covers, computed or reused).
 - Baselines come from the zero-shot scores of every zoo model on each target (the N×N column, from
@@ -24,6 +25,7 @@ from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple, Union
 import numpy as np
 
 from .experiments import Candidate, baselines_from_scores, evaluate_candidate, source_scores
+from .runinfo import target_data_use
 from .progress import Cancelled, Progress, ProgressFn, sub_progress
 from .store import Store
 from .sweep_spec import Cell, expand_cells, load_spec
@@ -81,18 +83,17 @@ def target_reference(ws: Workspace, target: str, models: Iterable[str],
 
 # ---- store ---------------------------------------------------------------------------------------
 def find_cells(store: Store, keys: Iterable[str]) -> Dict[str, Dict[str, Any]]:
-    """Newest finished run per cell key among ``keys`` (any sweep's)."""
-    wanted, found = set(keys), {}
-    for kind in ("merge", "ensemble"):
-        for row in store.runs(kind=kind, status=["done"], limit=10 ** 9):
-            key = row["params"].get("cell_key")
-            if key in wanted and key not in found and "predictions" in row["result"]:
-                found[key] = row
+    """Newest finished run per cell key among ``keys`` (any sweep's, or a page's: they share the key)."""
+    found: Dict[str, Dict[str, Any]] = {}
+    for row in store.runs_with_keys(keys, status=["done"]):
+        key = row["params"].get("cell_key")
+        if row["kind"] in ("merge", "ensemble") and key not in found and "predictions" in row["result"]:
+            found[key] = row
     return found
 
 
 def _record(store: Store, sweep_id: str, cell: Cell, outcome: Union[Dict[str, Any], BaseException],
-            name: str, scores: Dict[str, float]) -> Tuple[str, bool]:
+            name: str, scores: Dict[str, float], origin: str = "sweep") -> Tuple[str, bool]:
     """Writes one cell's run, with its baselines like any candidate run (from the target's zero-shot
     ``scores``); returns (run id, succeeded)."""
     c = cell.candidate
@@ -104,8 +105,8 @@ def _record(store: Store, sweep_id: str, cell: Cell, outcome: Union[Dict[str, An
         store.update(run_id, status="failed", finished=time.time(), error=text, message=f"failed: {outcome}"[:200])
         return run_id, False
     result = {**outcome["result"], "cell_key": cell.key, "role": cell.role, "axes": cell.axes,
-              "method_params": c.params, "sweep": sweep_id,
-              "baselines": baselines_from_scores(scores, c.target, c.sources)}
+              "method_params": c.params, "sweep": sweep_id, "origin": origin,
+              "target_data": target_data_use(c), "baselines": baselines_from_scores(scores, c.target, c.sources)}
     acc = outcome["metrics"].get("test", {}).get("accuracy")
     store.update(run_id, status="done", metrics=outcome["metrics"], result=result, progress=1.0, eta_s=0.0,
                  started=outcome["started"], finished=outcome["finished"],
@@ -125,7 +126,7 @@ def _local_cells(ws: Workspace, cells: List[Cell], step) -> Iterator[Tuple[Cell,
 
 
 def sweep_job(ws: Workspace, spec, executor: str = "local", address: Optional[str] = None,
-              num_cpus: int = 2, ray_options: Optional[Dict[str, Any]] = None):
+              num_cpus: int = 2, ray_options: Optional[Dict[str, Any]] = None, origin: str = "sweep"):
     """A JobFn for :class:`~engine.jobs.JobRunner` that runs the whole sweep with progress and ETA."""
     spec = load_spec(spec)
     if executor not in EXECUTORS:
@@ -146,7 +147,9 @@ def sweep_job(ws: Workspace, spec, executor: str = "local", address: Optional[st
         for cell in cells:
             if cell.key in found:
                 links[cell.key] = found[cell.key]["id"]
-                ctx.log("cells", len(links) - 1, {"key": cell.key, "run_id": links[cell.key], "reused": True})
+                ctx.log("cells", len(links) - 1, {"key": cell.key, "run_id": links[cell.key], "reused": True,
+                                                  "axes": cell.axes, "role": cell.role,
+                                                  "method_params": cell.candidate.params})
         # Two phases, so the ETA means something: the baselines (cheap once logits are cached) are
         # shown at 0 % with their own message; the bar and its ETA then count the cells to compute.
         references = {}
@@ -174,7 +177,7 @@ def sweep_job(ws: Workspace, spec, executor: str = "local", address: Optional[st
                                options=ray_options)
         for done, (cell, outcome) in enumerate(stream, start=1):
             run_id, ok = _record(ctx.store, ctx.run_id, cell, outcome, spec.name,
-                                 references[cell.candidate.target]["scores"])
+                                 references[cell.candidate.target]["scores"], origin)
             if ok:
                 links[cell.key] = run_id
                 summary["computed"] += 1
@@ -195,12 +198,13 @@ def sweep_job(ws: Workspace, spec, executor: str = "local", address: Optional[st
 
 def submit_sweep(runner, ws: Workspace, spec, executor: str = "local", address: Optional[str] = None,
                  num_cpus: int = 2, ray_options: Optional[Dict[str, Any]] = None,
-                 resumed_from: Optional[str] = None) -> str:
-    """Submits the sweep as one job on the compute lane; returns the sweep's run id."""
+                 resumed_from: Optional[str] = None, origin: str = "sweep") -> str:
+    """Submits the sweep as one job on the compute lane; returns the sweep's run id. ``origin`` is
+    what its cell runs say they came from ("sweep" from the page, "sweep (CLI)" from the CLI)."""
     spec = load_spec(spec)
-    fn = sweep_job(ws, spec, executor, address, num_cpus, ray_options)
+    fn = sweep_job(ws, spec, executor, address, num_cpus, ray_options, origin)
     params = {"spec": spec.to_dict(), "executor": executor, "address": address, "num_cpus": num_cpus,
-              "settings": ws.settings.to_dict()}
+              "settings": ws.settings.to_dict(), "origin": origin}
     if resumed_from:
         params["resumed_from"] = resumed_from
     return runner.submit("sweep", fn, lane="compute", name=f"sweep {spec.name}", params=params)
@@ -220,12 +224,15 @@ def resume_sweep(runner, ws: Workspace, sweep_run_id: str, executor: Optional[st
     old = row["params"]
     return submit_sweep(runner, ws, old["spec"], executor or old.get("executor", "local"),
                         address if address is not None else old.get("address"), old.get("num_cpus", 2),
-                        resumed_from=sweep_run_id)
+                        resumed_from=sweep_run_id, origin=old.get("origin", "sweep"))
 
 
 def sweep_cells(store: Store, sweep_run_id: str) -> List[Dict[str, Any]]:
-    """The finished cell runs a sweep covers (computed by it or reused), one per cell key."""
-    ids = [p["value"]["run_id"] for p in store.series(sweep_run_id, "cells")]
+    """The finished cell runs a sweep covers (computed by it or reused), one per cell key. A reused
+    run (from a page or another sweep) is shown with this sweep's axes and role for its cell."""
+    logged = [p["value"] for p in store.series(sweep_run_id, "cells")]
+    overlay = {v["run_id"]: v for v in logged if "role" in v}
+    ids = [v["run_id"] for v in logged]
     ids += list((store.get(sweep_run_id)["result"].get("cells") or {}).values())
     rows, seen = [], set()
     for run_id in dict.fromkeys(ids):
@@ -236,6 +243,10 @@ def sweep_cells(store: Store, sweep_run_id: str) -> List[Dict[str, Any]]:
         key = row["params"].get("cell_key")
         if row["status"] == "done" and key not in seen:
             seen.add(key)
+            if run_id in overlay:  # a reused run: this sweep's axes, role and grid values for it
+                cell = overlay[run_id]
+                row["params"] = {**row["params"], **cell.get("axes", {}), "role": cell["role"]}
+                row["result"] = {**row["result"], "method_params": cell.get("method_params", {})}
             rows.append(row)
     for row in store.runs(parent=sweep_run_id, status=["done"], limit=10 ** 9):
         key = row["params"].get("cell_key")

@@ -22,19 +22,18 @@ is found again and never recomputed.
 """
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Union
 
-from .experiments import DATA_MODES, Candidate, CandidateError, inputs_fingerprint, suggest_sources
+from .experiments import DATA_MODES, Candidate, CandidateError, suggest_sources
+from .runinfo import KEY_SPLITS, candidate_key, target_data_use
 from .workspace import Workspace
 
-KEY_VERSION = 1
 WEIGHTINGS = ("uriel", "equal")
-SWEEP_SPLITS = ("validation", "test")
+SWEEP_SPLITS = KEY_SPLITS
 
 
 class SweepSpecError(ValueError):
@@ -203,15 +202,15 @@ class Cell:
     def run_params(self) -> Dict[str, Any]:
         """What the stored run's ``params`` hold: the method's grid values, the axes, the key."""
         c = self.candidate
+        use = target_data_use(c)
         return {**c.params, **self.axes, "seed": c.seed, "data_mode": c.data_mode,
-                "data_examples": c.data_examples, "cell_key": self.key, "role": self.role}
+                "data_examples": c.data_examples, "cell_key": self.key, "role": self.role,
+                "target_data": use["target"], "source_data": use["source_data"]}
 
 
 def cell_key(ws: Workspace, cand: Candidate) -> str:
-    recipe = {**cand.to_dict(), "weights": [round(float(w), 8) for w in cand.weights]}
-    blob = json.dumps({"v": KEY_VERSION, "ws": inputs_fingerprint(ws, cand), "recipe": recipe,
-                       "splits": SWEEP_SPLITS}, sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:24]
+    """The candidate's content key: the one a page run of the same recipe stores too."""
+    return candidate_key(ws, cand)
 
 
 def sweep_targets(ws: Workspace, spec: SweepSpec) -> List[str]:

@@ -89,20 +89,14 @@ run = runs_view.watch(run_id, key="merge")
 if run is None or run["status"] in ("queued", "running"):
     st.stop()
 st.caption(f"{run['method']} → {run['target']} from " + ", ".join(
-    f"{s} ({w:.2f})" for s, w in zip(run["sources"], run["weights"])) + f" · params {run['params']}")
+    f"{s} ({w:.2f})" for s, w in zip(run["sources"], run["weights"])))
 runs_view.result_card(run, extra_bars=runs_view.source_bars(ws, run))
 if run["status"] == "done":
     runs_view.send_to_compare(run["id"], "merge_compare")
-    report = (run.get("result") or {}).get("merge_report") or {}
     tab_export, tab_report = st.tabs(["Export", "Merge report"])
     with tab_export:
         if (run.get("result") or {}).get("export_error"):
             st.warning(run["result"]["export_error"])
         runs_view.export_panel(run)
     with tab_report:
-        if report.get("counts"):
-            st.write("Tensors by treatment:", report["counts"])
-        for note in report.get("notes") or (run.get("result") or {}).get("merge_notes") or []:
-            st.caption(f"ℹ️ {note}")
-        if not report:
-            st.caption("No report recorded.")
+        runs_view.merge_report(run)

@@ -8,6 +8,7 @@ from dashboard import state, tasks, widgets
 from engine import figures
 from engine.ensemble import ENSEMBLES
 from engine.experiments import Candidate, evaluate_candidate, source_scores, submit_candidate
+from engine.runinfo import target_data_use
 
 st.title("Ensemble")
 st.caption("Combine the source models in output space: every source classifies the target's text and "
@@ -78,18 +79,24 @@ if memo_key not in memo:
                       "learned_weights": out.get("learned_weights"), "scores": scores}
 live = memo[memo_key]
 run = {"id": "live", "kind": "ensemble", "method": method.name, "target": target, "status": "done",
-       "metrics": live["metrics"], "result": {"baselines": live["baselines"], "seconds": live["seconds"]}}
+       "sources": sources, "weights": weights, "params": {**cand.params, "seed": seed, "data_mode": data_mode},
+       "metrics": live["metrics"], "result": {"baselines": live["baselines"], "seconds": live["seconds"],
+                                              "target_data": target_data_use(cand)}}
 st.subheader(f"{method.name} → {target}")
 runs_view.result_card(run, extra_bars=[(f"source {s}", a) for s, a in live["scores"].items()])
 if live.get("learned_weights"):
     widgets.chart(figures.model_weights_bars(sources, weights, live["learned_weights"],
                                              title="Learned per-model weights vs the prior"), "ens_learned")
 
+# A saved run's message belongs to its recipe: saved runs are kept per recipe, so the next recipe's
+# result never shows the previous one's "Saved as run …".
+saved_runs = st.session_state.setdefault("ens_saved", {})
 if st.button("Save as a run", icon=":material/save:", key="ens_save"):
     with state.engine_errors():
-        st.session_state["ens_run"] = submit_candidate(state.runner(), ws, cand, export_dir=state.export_dir())
+        saved_runs[memo_key] = submit_candidate(state.runner(), ws, cand, export_dir=state.export_dir())
+        st.session_state["ens_run"] = saved_runs[memo_key]  # the latest saved run
     st.rerun()
-saved = st.session_state.get("ens_run")
+saved = saved_runs.get(memo_key)
 if saved:
     row = runs_view.watch(saved, key="ens")
     if row and row["status"] == "done":

@@ -124,6 +124,7 @@ def live_panel() -> None:
     m[4].metric("Evaluations / s", f"{result['evals_per_s']:.2f}" if result.get("evals_per_s") else "–")
     if result.get("stopped"):
         st.caption(f"Stopped early: {result['stopped']}")
+    runs_view.champion_facts(row, test.get("accuracy"), base)
     frame = figures.series_frame(state.store().series(run_id))
     left, right = st.columns(2)
     if frame.empty:

@@ -6,13 +6,16 @@ from dashboard import runs as runs_view
 from dashboard import state, sweeps, tables, tasks, widgets
 from engine import figures
 
+TARGET_DATA_HELP = ("Target data: ○ none (zero-shot), ◐ unlabelled target text, ● labelled target dev "
+                    "(fitted or chosen on it: not zero-shot); bars with target data are hatched.")
+
 st.title("Compare")
 st.caption("Every merge, ensemble and evolved champion, scored on its target's held-out test split, "
            "against the best chosen source, the best zero-shot model and the target's own model.")
 
 all_runs = [r for r in state.store().runs(limit=2000) if r["kind"] in tables.CANDIDATE_KINDS]
-frame = tables.runs_frame(all_runs)
 pinned = state.store().pinned()
+frame = tables.one_per_key(tables.runs_frame(all_runs), keep=pinned)  # a page run = its sweep twin
 
 tab_runs, tab_sweeps, tab_nxn = st.tabs(["Runs", "Sweeps", "Zero-shot matrix (N×N)"])
 with tab_runs:
@@ -33,6 +36,8 @@ with tab_runs:
         for col, chosen in (("target", targets), ("kind", kinds), ("method", methods), ("status", statuses)):
             if chosen:
                 view = view[view[col].astype(str).isin(chosen)]
+        # pinned runs always show, whatever the filters say (a cancelled search's champion included)
+        view = pd.concat([view, frame[frame["id"].isin(pinned) & ~frame["id"].isin(view["id"])]])
         view = view.sort_values(sort_by, ascending=sort_by in ("target", "method"), na_position="last")
         view = view.reset_index(drop=True)
         default_rows = [i for i, rid in enumerate(view["id"]) if rid in pinned]
@@ -41,15 +46,21 @@ with tab_runs:
         event = st.dataframe(
             view, key=table_key, on_select="rerun", selection_mode="multi-row", hide_index=True,
             selection_default={"selection": {"rows": default_rows}}, width="stretch",
-            column_order=[c for c in tables.COLUMNS if c != "label"],
-            column_config={c: st.column_config.NumberColumn(format="%.3f") for c in
-                           ("test_accuracy", "validation_accuracy", "test_macro_f1", "gain_vs_best_source",
-                            "best_source", "best_zero_shot", "target_model")})
+            column_order=[c for c in tables.COLUMNS if c not in ("label", "cell_key")],
+            column_config={**{c: st.column_config.NumberColumn(format="%.3f") for c in
+                              ("test_accuracy", "validation_accuracy", "test_macro_f1", "gain_vs_best_source",
+                               "best_source", "best_zero_shot", "target_model")},
+                           "target_data": st.column_config.TextColumn(
+                               "target data", help=TARGET_DATA_HELP),
+                           "origin": st.column_config.TextColumn(
+                               "from", help="page, sweep or sweep (CLI); runs of the same experiment "
+                                            "(same content key) are one row")})
         rows = list(event.selection.rows) if event is not None else []
         chosen = view.iloc[rows] if rows else view.head(30)
         c = st.columns([4, 1, 1], vertical_alignment="center")
-        c[0].caption(f"{len(view)} runs shown, {len(rows)} selected, {len(pinned)} pinned"
-                     + ("" if rows else " — charts show the first 30; select rows to narrow them"))
+        c[0].caption(f"{len(view)} runs shown, {len(rows)} selected, {len(pinned)} pinned (always shown)"
+                     + ("" if rows else " — charts show the first 30; select rows to narrow them")
+                     + ". " + TARGET_DATA_HELP)
         selected_ids = list(view.iloc[rows]["id"]) if rows else []
         if c[1].button("Pin selected", key="cmp_pin", disabled=not selected_ids, type="tertiary",
                        icon=":material/keep:", help="kept across restarts: Compare opens with them selected"):
@@ -61,7 +72,7 @@ with tab_runs:
             for rid in pinned:
                 state.store().pin(rid, False)
             st.rerun()
-        plotted = chosen[(chosen["status"] == "done") & chosen["test_accuracy"].notna()]
+        plotted = chosen[chosen["test_accuracy"].notna()]  # any run with a test score, cancelled champions too
         base = tables.baselines_by_target(all_runs)
         figs = figures.compare_bars(plotted, base, title="test accuracy · ")
         per_row = 1 if len(figs) == 1 else 2
@@ -80,15 +91,15 @@ with tab_runs:
                                         if summary[c].dtype.kind == "f"})
 
         st.subheader("Export")
-        out = view.drop(columns=["label"])
+        out = view.drop(columns=["label", "cell_key"])
         c = st.columns(3)
         c[0].download_button("CSV", out.to_csv(index=False), "runs.csv", "text/csv",
                              icon=":material/download:", key="cmp_csv")
         c[1].download_button("JSON", tables.to_json(out), "runs.json", "application/json",
                              icon=":material/download:", key="cmp_json")
         c[2].download_button("Markdown", tables.markdown(out[[
-            "kind", "method", "target", "test_accuracy", "validation_accuracy", "gain_vs_best_source",
-            "best_source", "best_zero_shot", "target_model", "sources", "created"]]),
+            "kind", "method", "target", "target_data", "test_accuracy", "validation_accuracy", "gain_vs_best_source",
+            "best_source", "best_zero_shot", "target_model", "sources", "origin", "created"]]),
             "runs.md", "text/markdown", icon=":material/download:", key="cmp_md")
 
 with tab_sweeps:
@@ -96,7 +107,9 @@ with tab_sweeps:
     if not finished:
         st.info("No sweep yet: start one on the Sweeps page (or `python -m engine sweep spec.yaml`).")
     else:
-        sweeps.results_panel(sweeps.pick_sweep(finished, "cmp_sweep_pick"), "cmp_sweep")
+        picked = sweeps.pick_sweep(finished, "cmp_sweep_pick")
+        sweeps.refresh_when_done(picked)
+        sweeps.results_panel(picked, "cmp_sweep")
 
 with tab_nxn:
     ws = state.require_workspace()

@@ -60,7 +60,7 @@ if not history:
     st.info("No sweep yet.")
     st.stop()
 history = state.store().runs(kind="sweep", limit=100)
-run = sweeps.pick_sweep(history, f"sw_pick_{st.session_state.get('sw_run', '')}", st.session_state.get("sw_run"))
+run = sweeps.pick_sweep(history, "sw_pick", st.session_state.get("sw_run"))
 was_active = run["status"] in ACTIVE
 
 

@@ -53,10 +53,14 @@ def evolve_job(ws, config: EvolveConfig, resume_from: Optional[Path] = None,
 
 def submit_evolution(runner, ws, config: EvolveConfig, name: str = "") -> str:
     """Checks the config, fills in the sources (URIEL top-k), submits; returns the run id."""
+    from ..runinfo import EVOLVE_TARGET_DATA
+
     config = resolve_config(ws, config)
     return runner.submit("evolve", evolve_job(ws, config), lane="compute",
                          name=name or f"{run_label(config)} → {config.target}",
-                         target=config.target, method=run_label(config), params=config.to_dict(),
+                         target=config.target, method=run_label(config),
+                         params={**config.to_dict(), "target_data": EVOLVE_TARGET_DATA["target"],
+                                 "source_data": EVOLVE_TARGET_DATA["source_data"]},
                          sources=config.sources, weights=config.weights)
 
 

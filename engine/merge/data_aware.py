@@ -158,7 +158,7 @@ def prepare_fisher(sources, weights, base, context, params, *, names, device, se
           help="added to every Fisher value, relative to the tensor's mean Fisher, so entries "
                "without gradient fall back to the weighted average")],
     family="data_aware", needs_base=False, needs_data=True, mergekit=None, min_sources=1,
-    random=False, context=["build_model", "batches"])
+    random=False, context=["build_model", "batches"], uses_labels="labels=empirical")
 def fisher(tensors: List[Tensor], weights: Tensor, base: Optional[Tensor] = None, *,
            key: str = "", generator=None, examples: int = 256, labels: str = "empirical",
            epsilon: float = 1e-3, fishers: Optional[List[Optional[Tensor]]] = None) -> Tensor:
@@ -261,7 +261,7 @@ def prepare_regmean(sources, weights, base, context, params, *, names, device, s
           help="scale of the Gram matrices' off-diagonal entries (1 = exact regression, "
                "0 = per-input-feature weighted average)")],
     family="data_aware", needs_base=False, needs_data=True, mergekit=None, min_sources=1,
-    random=False, context=["build_model", "batches"])
+    random=False, context=["build_model", "batches"], uses_labels=False)
 def regmean(tensors: List[Tensor], weights: Tensor, base: Optional[Tensor] = None, *,
             key: str = "", generator=None, examples: int = 256, alpha: float = 0.9,
             grams: Optional[List[Optional[Tensor]]] = None) -> Tensor:

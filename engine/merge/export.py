@@ -107,10 +107,25 @@ def mergekit_config(recipe: Mapping[str, Any],
     return config, ""
 
 
+YAML_DIGITS = 7  # significant digits of floats written to mergekit.yaml (float32 holds ~7)
+
+
+def yaml_ready(value: Any) -> Any:
+    """A copy with floats rounded to YAML_DIGITS significant digits: 0.314, not 0.31400000000000006
+    (normalising weights leaves such noise; the rounding is far below what float32 tensors keep)."""
+    if isinstance(value, dict):
+        return {k: yaml_ready(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [yaml_ready(v) for v in value]
+    if isinstance(value, float) and value == value and abs(value) != float("inf"):
+        return float(f"{value:.{YAML_DIGITS}g}")
+    return value
+
+
 def _yaml(config: Dict[str, Any], header: List[str]) -> str:
     import yaml  # a dependency of transformers
 
-    body = yaml.safe_dump(config, sort_keys=False, default_flow_style=False, allow_unicode=True)
+    body = yaml.safe_dump(yaml_ready(config), sort_keys=False, default_flow_style=False, allow_unicode=True)
     return "".join(f"# {line}\n" for line in header) + body
 
 

@@ -48,7 +48,65 @@ class MergeReport:
         return {"method": self.method, "params": self.params, "weights": self.weights,
                 "names": self.names, "seed": self.seed, "device": self.device,
                 "seconds": round(self.seconds, 3), "counts": self.counts(), "notes": self.notes,
-                "treatment": self.treatment}
+                "groups": treatment_groups(self.treatment), "treatment": self.treatment}
+
+
+MODEL_PREFIXES = {"roberta", "xlm_roberta", "bert", "model", "transformer", "distilbert", "deberta"}
+SPECIAL_TREATMENTS = {
+    "linear (base lacks it)": "weighted average: the base model has no such tensor (a classification "
+                              "head), so there is no task vector to trim or elect signs on",
+    "copied (not floating point)": "integer buffers (position ids …), identical in every source: copied",
+    "linear (outside the layers)": "weighted average: layer selection only chooses whole layers",
+}
+
+
+def _region(key: str) -> str:
+    """Where a tensor sits: 'layer 3', 'embeddings', 'classifier', …"""
+    from .selection import LAYER_PATTERN
+
+    m = LAYER_PATTERN.match(key)
+    if m:
+        return f"layer {int(m.group(2))}"
+    parts = key.split(".")
+    return parts[1] if parts[0] in MODEL_PREFIXES and len(parts) > 2 else parts[0]
+
+
+def _where(regions: List[str]) -> str:
+    """'embeddings, layers 0–5, classifier': layer numbers folded into ranges, in model order."""
+    layers = sorted({int(r.split()[1]) for r in regions if r.startswith("layer ")})
+    others = list(dict.fromkeys(r for r in regions if not r.startswith("layer ")))
+    spans, start = [], None
+    for i, n in enumerate(layers):
+        start = n if start is None else start
+        if i + 1 == len(layers) or layers[i + 1] != n + 1:
+            spans.append(f"layer {n}" if start == n else f"layers {start}–{n}")
+            start = None
+    before = [o for o in others if o in ("embeddings", "embed_tokens", "wte", "wpe")]
+    after = [o for o in others if o not in before]
+    return ", ".join(before + spans + after)
+
+
+def treatment_groups(treatment: Mapping[str, str]) -> List[Dict[str, Any]]:
+    """The per-tensor treatments as a few readable rows: which treatment, how many tensors, where
+    in the model, and what it means (the method's summary, or why a tensor was treated apart)."""
+    by: Dict[str, List[str]] = {}
+    for key, label in treatment.items():
+        by.setdefault(label, []).append(key)
+    return [{"treatment": label, "tensors": len(keys), "where": _where([_region(k) for k in keys]),
+             "meaning": treatment_meaning(label)} for label, keys in by.items()]
+
+
+def treatment_meaning(label: str) -> str:
+    """What a treatment label means, in words."""
+    if label in SPECIAL_TREATMENTS:
+        return SPECIAL_TREATMENTS[label]
+    if label in MERGES:
+        return MERGES.get(label).summary
+    if " from " in label:
+        return "layer taken whole from that source (it scored best on the target's dev split)"
+    if label.startswith("linear ("):
+        return "weighted average of the sources"
+    return ""
 
 
 class MergedStateDict(dict):

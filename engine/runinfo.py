@@ -1,0 +1,149 @@
+"""What a stored run is, beyond its numbers: its content key (the same for the same recipe on the
+same inputs, whether it ran from a page, a sweep or the CLI), the target-language data it saw before
+the test, where it came from, and how much of the gap to the target's own model it closes.
+
+Compare, the Sweeps views and the sweep report read these, so a learned fusion fitted on the
+target's labelled dev data is never shown as if it were a zero-shot merge.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import TYPE_CHECKING, Dict, Optional
+
+if TYPE_CHECKING:
+    from .experiments import Candidate
+    from .workspace import Workspace
+
+# What target-language data a run used, weakest first (what Compare marks every run with)
+TARGET_DATA = ("none", "unlabelled target text", "labelled target dev")
+KEY_VERSION = 2
+KEY_SPLITS = ("validation", "test")
+
+
+def method_of(kind: str, name: str):
+    if kind == "merge":
+        from .merge import MERGES as registry
+    else:
+        from .ensemble import ENSEMBLES as registry
+    return registry.get(name)
+
+
+def target_data_use(cand: "Candidate") -> Dict[str, object]:
+    """Which target data the recipe sees before it is tested, from the method's registry traits
+    and the candidate's data_mode: ``target`` is one of :data:`TARGET_DATA`, ``source_data`` says
+    whether source-language data was used as well. A zero-shot recipe is ``none``."""
+    meta = method_of(cand.kind, cand.method).meta
+    target, source = "none", False
+    if cand.kind == "merge" and meta.get("needs_data"):
+        context = meta.get("context") or []
+        if "score" in context:                      # chooses by the target's validation accuracy
+            target = "labelled target dev"
+        if "batches" in context:
+            if cand.data_mode in ("target", "both"):
+                labels = meta.get("uses_labels", True)
+                if isinstance(labels, str):         # a parameter says (Fisher: empirical/sampled)
+                    name, value = labels.split("=", 1)
+                    labels = str(method_of(cand.kind, cand.method).resolve(cand.params)[name]) == value
+                target = max(target, "labelled target dev" if labels else "unlabelled target text",
+                             key=TARGET_DATA.index)
+            source = cand.data_mode in ("sources", "both")
+    elif cand.kind == "ensemble" and meta.get("needs_fit"):
+        if cand.data_mode == "target":
+            target = "labelled target dev"
+        else:
+            source = True
+    return {"target": target, "source_data": source}
+
+
+def recipe_key_fields(cand: "Candidate") -> Dict[str, object]:
+    """The recipe as it determines the numbers: parameters with their defaults filled in, weights
+    normalised (4 decimals, as the pages edit them), and seed / data settings only where the method
+    reads them, so a page run and a sweep cell of the same experiment get the same key."""
+    method = method_of(cand.kind, cand.method)
+    meta = method.meta
+    total = float(sum(cand.weights)) or 1.0
+    fields: Dict[str, object] = {
+        "kind": cand.kind, "method": cand.method, "target": cand.target, "sources": list(cand.sources),
+        "weights": [round(float(w) / total, 4) for w in cand.weights],
+        "params": json.loads(json.dumps(method.resolve(cand.params), default=str))}
+    uses_data = (cand.kind == "merge" and "batches" in (meta.get("context") or [])) or \
+        (cand.kind == "ensemble" and meta.get("needs_fit"))
+    if uses_data:
+        fields["data_mode"] = cand.data_mode
+        if cand.kind == "merge":
+            fields["data_examples"] = cand.data_examples
+    if meta.get("random") or meta.get("needs_fit") or meta.get("needs_data"):
+        fields["seed"] = cand.seed
+    return fields
+
+
+def candidate_key(ws: "Workspace", cand: "Candidate") -> str:
+    """The content key of a candidate run: the same for the same recipe on the same inputs, whether
+    it ran from a page, a sweep or the CLI (a sweep reuses any finished run with its key)."""
+    from .experiments import inputs_fingerprint
+
+    blob = json.dumps({"v": KEY_VERSION, "ws": inputs_fingerprint(ws, cand), "recipe": recipe_key_fields(cand),
+                       "splits": KEY_SPLITS}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+
+EVOLVE_TARGET_DATA = {"target": "labelled target dev", "source_data": False}  # fitness on the dev split
+TARGET_DATA_MARKS = {"none": "○", "unlabelled target text": "◐", "labelled target dev": "●"}
+
+
+def run_target_data(run: Dict[str, object]) -> Dict[str, object]:
+    """What target data a stored run used: as recorded, or (older runs) derived from its recipe, so
+    no run shows blank. ``{"target": one of TARGET_DATA or "unknown", "source_data": bool}``."""
+    result, params = run.get("result") or {}, run.get("params") or {}
+    if isinstance(result.get("target_data"), dict):
+        return dict(result["target_data"])
+    if params.get("target_data") in TARGET_DATA:
+        return {"target": params["target_data"], "source_data": bool(params.get("source_data"))}
+    if run.get("kind") == "evolve":
+        return dict(EVOLVE_TARGET_DATA)
+    from .experiments import Candidate
+
+    try:
+        method = method_of(str(run.get("kind")), str(run.get("method")))
+        names = {p.name for p in method.params}
+        default_mode = "target" if run.get("kind") == "ensemble" else "sources"  # what the pages stored
+        cand = Candidate(str(run["kind"]), str(run["method"]), str(run.get("target")), list(run.get("sources") or []),
+                         list(run.get("weights") or []), {k: v for k, v in params.items() if k in names},
+                         int(params.get("seed", 0)), str(params.get("data_mode", default_mode)),
+                         int(params.get("data_examples", 64)))
+        return target_data_use(cand)
+    except (KeyError, ValueError, TypeError):
+        return {"target": "unknown", "source_data": False}
+
+
+def target_data_text(use: Dict[str, object]) -> str:
+    """One cell of a table: the mark and the words, '+ source data' when that was used too."""
+    target = str(use.get("target", "unknown"))
+    return f"{TARGET_DATA_MARKS.get(target, '?')} {target}" + (" + source data" if use.get("source_data") else "")
+
+
+def run_origin(run: Dict[str, object]) -> str:
+    """Where a stored run came from: page, CLI, sweep or sweep (CLI) (older runs: from how they were
+    stored)."""
+    result = run.get("result") or {}
+    if result.get("origin"):
+        return str(result["origin"])
+    if result.get("sweep") or (run.get("params") or {}).get("role"):
+        return "sweep"
+    return "page"
+
+
+def gap_closed_vs(accuracy: Optional[float], base: Dict[str, Dict[str, object]],
+                  baseline: str = "best_source") -> Optional[float]:
+    """The sweep report's gap closed for one run: (accuracy − baseline) / (own model − baseline),
+    with the best chosen source as the baseline here (a page run has no equal-weight merge beside
+    it). None when undefined (a value missing, or the own model not better than the baseline)."""
+    from .stats import gap_closed
+
+    low = (base.get(baseline) or {}).get("accuracy")
+    high = (base.get("target_model") or {}).get("accuracy")
+    if accuracy is None or low is None or high is None:
+        return None
+    value = float(gap_closed([accuracy], [float(low)], [float(high)])[0])
+    return None if value != value else value
