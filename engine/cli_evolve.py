@@ -6,11 +6,14 @@ Ctrl-C cancels it after the current evaluation; ``--resume RUN_ID`` continues it
 """
 from __future__ import annotations
 
+import shlex
 import sys
 import time
 from dataclasses import fields
+from pathlib import Path
 
 from .cli import command, open_from_args, progress_for, table_text, workspace_args
+from .limits import arg_help, arg_type
 from .progress import Progress
 
 
@@ -19,6 +22,12 @@ def _default(name: str):
 
     field = {f.name: f for f in fields(EvolveConfig)}[name]
     return field.default
+
+
+def _setting(p, name: str, text: str = "") -> None:
+    """An option whose type, range and default come from the engine (limits table, EvolveConfig)."""
+    p.add_argument("--" + name.replace("_", "-"), type=arg_type(name), default=_default(name),
+                   help=arg_help(name, text))
 
 
 def _evolve_args(p) -> None:
@@ -31,22 +40,21 @@ def _evolve_args(p) -> None:
                    help="source locales (default: the target's URIEL top-k)")
     p.add_argument("--weights", nargs="*", type=float, default=None,
                    help="starting weights, one per source (default: URIEL, else equal)")
-    p.add_argument("--top-k", type=int, default=_default("top_k"))
-    p.add_argument("--generations", type=int, default=_default("generations"))
-    p.add_argument("--population", type=int, default=_default("population"))
-    p.add_argument("--seed", type=int, default=_default("seed"))
+    _setting(p, "top_k")
+    _setting(p, "generations")
+    _setting(p, "population")
+    _setting(p, "elites", "EvoMerge: best members kept and mutated each generation (default: a "
+                          "quarter of the population, at least 1; 2 of 8 as in seed 004)")
+    _setting(p, "seed")
     p.add_argument("--fitness-weights", default="",
                    help="e.g. accuracy=0.5,loss=0.5,latency=0,memory=0 (default), or 'seed' for "
                         "seed 004's 0.3/0.4/0.2/0.1")
-    p.add_argument("--dev-size", type=int, default=_default("dev_size"),
-                   help="dev examples of the target's validation split (0: all)")
-    p.add_argument("--patience", type=int, default=_default("patience"),
-                   help="stop after this many generations without gain (0: never)")
-    p.add_argument("--mutation-sigma", type=float, default=_default("mutation_sigma"))
-    p.add_argument("--mutation-rate", type=float, default=_default("mutation_rate"))
+    _setting(p, "dev_size", "dev examples of the target's validation split (0: all)")
+    _setting(p, "patience", "stop after this many generations without gain (0: never)")
+    _setting(p, "mutation_sigma")
+    _setting(p, "mutation_rate")
     p.add_argument("--method", default=_default("method"), help="CMA-ES: merge method to tune")
-    p.add_argument("--layer-groups", type=int, default=_default("layer_groups"),
-                   help="CMA-ES: transformer layers per group (0: one global group)")
+    _setting(p, "layer_groups", "CMA-ES: transformer layers per group (0: one global group)")
     p.add_argument("--no-merge-cache", action="store_true",
                    help="do not keep task vectors, sorted magnitudes and draws between merges "
                         "(slower; saves up to ~3x the sources' memory, for models near the limit)")
@@ -54,8 +62,11 @@ def _evolve_args(p) -> None:
                    help="merge and score each generation's candidates as parallel Ray tasks "
                         "(local instance unless --address); same results as local")
     p.add_argument("--address", default=None, help="Ray cluster address, e.g. auto or ray://head:10001")
-    p.add_argument("--ray-cpus", type=int, default=_default("ray_cpus"), help="CPUs of the local Ray instance")
-    p.add_argument("--resume", metavar="RUN_ID", help="continue an interrupted/cancelled run")
+    _setting(p, "ray_cpus")
+    p.add_argument("--resume", metavar="RUN_ID",
+                   help="continue an interrupted/cancelled run on the workspace it recorded")
+    p.add_argument("--force", action="store_true",
+                   help="start even when the time / memory estimate is far beyond this machine")
     p.add_argument("--export", metavar="DIR", help="write the champion as an HF folder here")
 
 
@@ -70,7 +81,7 @@ def _follow(store, run_id: str, bar) -> dict:
         time.sleep(0.25)
 
 
-def _summary(row: dict) -> str:
+def _summary(row: dict, cache_dir) -> str:
     result = row.get("result") or {}
     champion = result.get("champion") or {}
     lines = [f"run {row['id']}: {row['status']} — {row.get('message', '')}"]
@@ -96,20 +107,60 @@ def _summary(row: dict) -> str:
         lines.append("combinations used: " + ", ".join(f"{k}×{v}" for k, v in
                                                        result["combo_counts"].items()))
     if row["status"] in ("cancelled", "interrupted", "failed"):
-        lines.append(f"resume with: python -m engine evolve --resume {row['id']}")
+        lines.append(f"resume with: {resume_hint(row['id'], cache_dir)}")
     return "\n".join(lines)
+
+
+def resume_hint(run_id: str, cache_dir) -> str:
+    """The command that continues a run: the run records its workspace, so only a non-default
+    results folder needs naming."""
+    from .evaluate import default_cache_dir
+
+    extra = "" if Path(cache_dir).resolve() == Path(default_cache_dir()).resolve() \
+        else f" --cache-dir {shlex.quote(str(cache_dir))}"
+    return f"python -m engine evolve --resume {run_id}{extra}"
+
+
+def _resume_workspace(args, store):
+    """The workspace to resume on: the one the run recorded, unless --zoo/--data/... say otherwise
+    (then resume_evolution checks it holds the same models and data)."""
+    import argparse
+
+    from .evolve import check_resumable
+    from .workspace import Settings, open_workspace
+
+    row = check_resumable(store, args.resume)
+    recorded = (row.get("params") or {}).get("settings")
+    probe = argparse.ArgumentParser()
+    workspace_args(probe)
+    defaults = vars(probe.parse_args([]))
+    chosen = [k for k in ("zoo", "pattern", "base", "data", "data_path", "extra_locales")
+              if getattr(args, k) != defaults[k]]
+    if chosen or not recorded:
+        return open_from_args(args)
+    settings = Settings(**{k: v for k, v in recorded.items() if k in Settings.__dataclass_fields__})
+    for key in ("device", "batch_size"):  # how to run it may change; what it runs on may not
+        if getattr(args, key) != defaults[key]:
+            setattr(settings, key, getattr(args, key))
+    settings.cache_dir = str(store.path.parent)
+    return open_workspace(settings)
 
 
 @command("evolve", "evolutionary merge search (EvoMerge or CMA-ES) for a target locale",
          _evolve_args)
 def cmd_evolve(args):
+    from .evaluate import default_cache_dir
     from .evolve import (EvolveConfig, EvolveError, export_champion, parse_fitness_weights,
                          resume_evolution, submit_evolution)
     from .jobs import JobRunner
     from .store import Store
 
-    ws = open_from_args(args)
-    store = Store(ws.cache_dir / "runs.sqlite")
+    if args.resume:  # the store first: the run says which workspace it ran on
+        store = Store(Path(args.cache_dir or default_cache_dir()) / "runs.sqlite")
+        ws = _resume_workspace(args, store)
+    else:
+        ws = open_from_args(args)
+        store = Store(ws.cache_dir / "runs.sqlite")
     runner = JobRunner(store)
     try:
         if args.resume:
@@ -120,20 +171,28 @@ def cmd_evolve(args):
             config = EvolveConfig(
                 target=args.target, algorithm=args.algorithm, sources=args.sources or None,
                 weights=args.weights or None, top_k=args.top_k, generations=args.generations,
-                population=args.population, seed=args.seed, dev_size=args.dev_size,
-                patience=args.patience, mutation_sigma=args.mutation_sigma,
-                mutation_rate=args.mutation_rate, method=args.method,
-                layer_groups=args.layer_groups, merge_cache=not args.no_merge_cache,
-                executor="ray" if args.ray else "local", address=args.address, ray_cpus=args.ray_cpus)
+                population=args.population, elites=args.elites, seed=args.seed,
+                dev_size=args.dev_size, patience=args.patience,
+                mutation_sigma=args.mutation_sigma, mutation_rate=args.mutation_rate,
+                method=args.method, layer_groups=args.layer_groups,
+                merge_cache=not args.no_merge_cache, executor="ray" if args.ray else "local",
+                address=args.address, ray_cpus=args.ray_cpus)
             if args.fitness_weights:
                 config.fitness_weights = parse_fitness_weights(args.fitness_weights)
-            run_id = submit_evolution(runner, ws, config)
+            run_id = submit_evolution(runner, ws, config, force=args.force)
+            estimate = store.get(run_id)["params"].get("estimate")
+            if estimate and not args.json:
+                from .evolve.budget import Budget
+
+                budget = Budget(**estimate)
+                print("\n".join([budget.summary(), *(f"note: {n}" for n in budget.notes)]),
+                      file=sys.stderr)
         try:
             row = _follow(store, run_id, progress_for(args))
         except KeyboardInterrupt:
             runner.cancel(run_id)
             runner.wait(run_id)
-            print(f"\ncancelled; resume with: python -m engine evolve --resume {run_id}",
+            print(f"\ncancelled; resume with: {resume_hint(run_id, store.path.parent)}",
                   file=sys.stderr)
             raise
     finally:
@@ -143,6 +202,7 @@ def cmd_evolve(args):
     if args.export:
         path = export_champion(ws, store, run_id, args.export)
         row["result"]["export"] = str(path)
-    text = _summary(row) + (f"\nexported to {row['result']['export']}" if args.export else "")
+    text = _summary(row, store.path.parent) + (f"\nexported to {row['result']['export']}"
+                                               if args.export else "")
     return {"run_id": run_id, "status": row["status"], "params": row["params"],
             "metrics": row["metrics"], "result": row["result"]}, text
