@@ -95,7 +95,10 @@ class Workspace:
 
 
 def open_workspace(settings: Optional[Settings] = None) -> Workspace:
+    from .limits import check_setting
+
     settings = settings or Settings()
+    settings.batch_size = check_setting("batch_size", settings.batch_size)
     zoo_path = settings.zoo or str(default_demo_dir())
     if not settings.zoo and not (Path(zoo_path) / "zoo.json").exists():
         raise ZooError(f"the demo zoo is not built yet at {zoo_path}; run `python -m engine build-demo`")
