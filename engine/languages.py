@@ -80,7 +80,7 @@ class UnknownLocaleError(ValueError):
         self.suggestions = tuple(suggestions)
         hint = f"; did you mean {', '.join(self.suggestions)}?" if self.suggestions else ""
         super().__init__(f"unknown locale {locale!r}{hint} (MASSIVE locales look like 'de-DE'; "
-                         f"see locale_table())")
+                         f"list them with `python -m engine locales`)")
 
 
 class UnknownFeatureSetError(ValueError):
