@@ -6,6 +6,7 @@ damaged zoo is a copy of the tiny test zoo) and the store's earlier runs.
 """
 import hashlib
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -61,7 +62,7 @@ def run_rows(cache: Path):
 
 def test_population_and_generations_beyond_their_range_are_refused_everywhere(tiny_zoo_dir, tmp_path, capsys):
     """The CLI (argparse type), the engine config (pages) and sweep specs read one table."""
-    from engine.cli import build_parser
+    from engine.cli import UsageError, build_parser
     from engine.sweep_spec import SweepSpecError, parse_spec
 
     # parsed only: today's code would accept these and run for ever
@@ -73,9 +74,12 @@ def test_population_and_generations_beyond_their_range_are_refused_everywhere(ti
             (["merge", "--target", TARGET, "--method", "linear", "--sinkhorn-iters", "1000000000"],
              "sinkhorn_iters must be in [0, 1000]"),
             (["sweep", "spec.yaml", "--ray-cpus", "0"], "ray_cpus must be in [1, 4096], got 0")]:
-        with pytest.raises(SystemExit) as exit_:
+        with pytest.raises(UsageError, match=re.escape(message)):
             build_parser().parse_args(argv)
-        assert exit_.value.code == 2 and message in capsys.readouterr().err
+    rc, _, err = cli(capsys, "evolve", "--target", TARGET, "--population", "0")
+    assert rc == 2 and err.strip().splitlines() == [
+        "error: argument --population: population must be in [2, 1000], got 0 "
+        "(see python -m engine evolve --help)"]
     with pytest.raises(EvolveError, match="population must be in"):
         EvolveConfig(target=TARGET, population=10 ** 9).check()
     with pytest.raises(EvolveError, match="'accuracy' fitness_weight must be finite"):
@@ -104,7 +108,7 @@ def test_a_run_far_beyond_the_machine_is_refused_before_it_starts(tiny_ws, tmp_p
 
 
 def test_population_two_derives_its_elites_and_the_cli_offers_them(capsys):
-    from engine.cli import build_parser
+    from engine.cli import UsageError, build_parser
 
     config = EvolveConfig(target=TARGET, population=2).check()
     assert config.elites == 1
