@@ -143,7 +143,12 @@ def _resume_workspace(args, store):
         if getattr(args, key) != defaults[key]:
             setattr(settings, key, getattr(args, key))
     settings.cache_dir = str(store.path.parent)
-    return open_workspace(settings)
+    try:
+        return open_workspace(settings)
+    except ValueError as exc:  # moved or deleted since: say what the run needs
+        raise ValueError(f"run {args.resume} ran on zoo {settings.zoo} (data {settings.data}), which "
+                         f"cannot be opened now ({exc}); pass --zoo/--data to resume it on a copy "
+                         f"with the same content") from None
 
 
 @command("evolve", "evolutionary merge search (EvoMerge or CMA-ES) for a target locale",

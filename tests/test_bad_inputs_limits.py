@@ -283,3 +283,14 @@ def test_the_odd_model_out_is_named_not_the_good_ones(zoo_copy):
     assert len(lines) == 1, lines
     assert lines[0].strip().startswith("de-DE: num_hidden_layers=")
     assert "but en-US and 2 other models have" in lines[0]
+
+
+def test_resume_of_a_run_whose_zoo_is_gone_says_what_it_needs(tmp_path, capsys):
+    store = Store(tmp_path / "runs.sqlite")
+    run_id = store.create("evolve", status="cancelled", params={"settings": {
+        "zoo": str(tmp_path / "gone"), "data": "zoo", "cache_dir": str(tmp_path)}})
+    store.close()
+    rc, _, err = cli(capsys, "evolve", "--resume", run_id, "--cache-dir", tmp_path, "--quiet")
+    assert rc == 2 and f"run {run_id} ran on zoo {tmp_path / 'gone'}" in err
+    assert "pass --zoo/--data to resume it on a copy" in err
+    assert [r[0] for r in run_rows(tmp_path)] == [run_id]
