@@ -10,7 +10,6 @@ import json
 import sys
 from typing import Any, Callable, Dict, List, Optional
 
-from .limits import arg_help, arg_type
 from .progress import text_bar
 
 COMMANDS: Dict[str, tuple] = {}
@@ -34,7 +33,7 @@ def workspace_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--extra-locales", default="", help="massive: comma-separated targets without a model")
     g.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     g.add_argument("--cache-dir", default="", help="cache/results folder (default: ./cache)")
-    g.add_argument("--batch-size", type=arg_type("batch_size"), default=64, help=arg_help("batch_size"))
+    g.add_argument("--batch-size", type=int, default=64)
 
 
 def open_from_args(args):
@@ -70,8 +69,8 @@ def cmd_locales(args):
 
 def _similarity_args(p):
     p.add_argument("--target", required=True)
-    p.add_argument("--top-k", type=arg_type("top_k"), default=5, help=arg_help("top_k"))
-    p.add_argument("--sinkhorn-iters", type=arg_type("sinkhorn_iters"), default=20, help=arg_help("sinkhorn_iters"))
+    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--sinkhorn-iters", type=int, default=20)
     p.add_argument("--features", default="syntax_knn")
     p.add_argument("--sources", nargs="*", default=None, help="available source locales (default: all)")
 
@@ -93,8 +92,8 @@ def _build_args(p):
     p.add_argument("--out", default="", help="folder (default: cache/demo_zoo)")
     p.add_argument("--size", default="default", choices=["tiny", "default", "full"])
     p.add_argument("--locales", nargs="*", default=None)
-    p.add_argument("--seed", type=arg_type("seed"), default=0, help=arg_help("seed"))
-    p.add_argument("--steps", type=arg_type("steps"), default=None, help=arg_help("steps"))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int, default=None, help="fine-tuning steps per locale")
 
 
 @command("build-demo", "build (or resume) the offline demo zoo", _build_args)
@@ -175,6 +174,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .limits import declare_ranges
+
     _load_plugins()
     parser = _Parser(prog="python -m engine", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -183,6 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--json", action="store_true", help="print machine-readable JSON on stdout")
         p.add_argument("--quiet", action="store_true", help="no progress bar")
         add_args(p)
+        declare_ranges(p)  # every numeric option checked against engine/limits.py
     return parser
 
 

@@ -13,7 +13,6 @@ from dataclasses import fields
 from pathlib import Path
 
 from .cli import command, open_from_args, progress_for, table_text, workspace_args
-from .limits import arg_help, arg_type
 from .progress import Progress
 
 
@@ -22,12 +21,6 @@ def _default(name: str):
 
     field = {f.name: f for f in fields(EvolveConfig)}[name]
     return field.default
-
-
-def _setting(p, name: str, text: str = "") -> None:
-    """An option whose type, range and default come from the engine (limits table, EvolveConfig)."""
-    p.add_argument("--" + name.replace("_", "-"), type=arg_type(name), default=_default(name),
-                   help=arg_help(name, text))
 
 
 def _evolve_args(p) -> None:
@@ -40,21 +33,27 @@ def _evolve_args(p) -> None:
                    help="source locales (default: the target's URIEL top-k)")
     p.add_argument("--weights", nargs="*", type=float, default=None,
                    help="starting weights, one per source (default: URIEL, else equal)")
-    _setting(p, "top_k")
-    _setting(p, "generations")
-    _setting(p, "population")
-    _setting(p, "elites", "EvoMerge: best members kept and mutated each generation (default: a "
-                          "quarter of the population, at least 1; 2 of 8 as in seed 004)")
-    _setting(p, "seed")
+    p.add_argument("--top-k", type=int, default=_default("top_k"))
+    p.add_argument("--generations", type=int, default=_default("generations"))
+    p.add_argument("--population", type=int, default=_default("population"))
+    p.add_argument("--elites", type=int, default=None,
+                   help="EvoMerge: best members kept and mutated each generation (default: a "
+                        "quarter of the population, at least 1; 2 of 8 as in seed 004)")
+    p.add_argument("--force", action="store_true",
+                   help="start even when the time / memory estimate is far beyond this machine")
+    p.add_argument("--seed", type=int, default=_default("seed"))
     p.add_argument("--fitness-weights", default="",
                    help="e.g. accuracy=0.5,loss=0.5,latency=0,memory=0 (default), or 'seed' for "
                         "seed 004's 0.3/0.4/0.2/0.1")
-    _setting(p, "dev_size", "dev examples of the target's validation split (0: all)")
-    _setting(p, "patience", "stop after this many generations without gain (0: never)")
-    _setting(p, "mutation_sigma")
-    _setting(p, "mutation_rate")
+    p.add_argument("--dev-size", type=int, default=_default("dev_size"),
+                   help="dev examples of the target's validation split (0: all)")
+    p.add_argument("--patience", type=int, default=_default("patience"),
+                   help="stop after this many generations without gain (0: never)")
+    p.add_argument("--mutation-sigma", type=float, default=_default("mutation_sigma"))
+    p.add_argument("--mutation-rate", type=float, default=_default("mutation_rate"))
     p.add_argument("--method", default=_default("method"), help="CMA-ES: merge method to tune")
-    _setting(p, "layer_groups", "CMA-ES: transformer layers per group (0: one global group)")
+    p.add_argument("--layer-groups", type=int, default=_default("layer_groups"),
+                   help="CMA-ES: transformer layers per group (0: one global group)")
     p.add_argument("--no-merge-cache", action="store_true",
                    help="do not keep task vectors, sorted magnitudes and draws between merges "
                         "(slower; saves up to ~3x the sources' memory, for models near the limit)")
@@ -62,11 +61,8 @@ def _evolve_args(p) -> None:
                    help="merge and score each generation's candidates as parallel Ray tasks "
                         "(local instance unless --address); same results as local")
     p.add_argument("--address", default=None, help="Ray cluster address, e.g. auto or ray://head:10001")
-    _setting(p, "ray_cpus")
-    p.add_argument("--resume", metavar="RUN_ID",
-                   help="continue an interrupted/cancelled run on the workspace it recorded")
-    p.add_argument("--force", action="store_true",
-                   help="start even when the time / memory estimate is far beyond this machine")
+    p.add_argument("--ray-cpus", type=int, default=_default("ray_cpus"), help="CPUs of the local Ray instance")
+    p.add_argument("--resume", metavar="RUN_ID", help="continue an interrupted/cancelled run")
     p.add_argument("--export", metavar="DIR", help="write the champion as an HF folder here")
 
 
@@ -81,7 +77,7 @@ def _follow(store, run_id: str, bar) -> dict:
         time.sleep(0.25)
 
 
-def _summary(row: dict, cache_dir) -> str:
+def _summary(row: dict) -> str:
     result = row.get("result") or {}
     champion = result.get("champion") or {}
     lines = [f"run {row['id']}: {row['status']} — {row.get('message', '')}"]
@@ -107,18 +103,19 @@ def _summary(row: dict, cache_dir) -> str:
         lines.append("combinations used: " + ", ".join(f"{k}×{v}" for k, v in
                                                        result["combo_counts"].items()))
     if row["status"] in ("cancelled", "interrupted", "failed"):
-        lines.append(f"resume with: {resume_hint(row['id'], cache_dir)}")
+        lines.append(f"resume with: {resume_hint(row)}")
     return "\n".join(lines)
 
 
-def resume_hint(run_id: str, cache_dir) -> str:
-    """The command that continues a run: the run records its workspace, so only a non-default
-    results folder needs naming."""
+def resume_hint(row: dict) -> str:
+    """The command that continues a run: the run records its workspace (``params.settings``), so
+    only a results folder other than the default needs naming."""
     from .evaluate import default_cache_dir
 
-    extra = "" if Path(cache_dir).resolve() == Path(default_cache_dir()).resolve() \
+    cache_dir = ((row.get("params") or {}).get("settings") or {}).get("cache_dir")
+    extra = "" if not cache_dir or Path(cache_dir).resolve() == Path(default_cache_dir()).resolve() \
         else f" --cache-dir {shlex.quote(str(cache_dir))}"
-    return f"python -m engine evolve --resume {run_id}{extra}"
+    return f"python -m engine evolve --resume {row['id']}{extra}"
 
 
 def _resume_workspace(args, store):
@@ -151,6 +148,15 @@ def _resume_workspace(args, store):
                          f"with the same content") from None
 
 
+def _print_estimate(row: dict) -> None:
+    from .evolve.budget import Budget
+
+    estimate = row["params"].get("estimate")
+    if estimate:
+        budget = Budget(**estimate)
+        print("\n".join([budget.summary(), *(f"note: {n}" for n in budget.notes)]), file=sys.stderr)
+
+
 @command("evolve", "evolutionary merge search (EvoMerge or CMA-ES) for a target locale",
          _evolve_args)
 def cmd_evolve(args):
@@ -176,29 +182,22 @@ def cmd_evolve(args):
             config = EvolveConfig(
                 target=args.target, algorithm=args.algorithm, sources=args.sources or None,
                 weights=args.weights or None, top_k=args.top_k, generations=args.generations,
-                population=args.population, elites=args.elites, seed=args.seed,
-                dev_size=args.dev_size, patience=args.patience,
-                mutation_sigma=args.mutation_sigma, mutation_rate=args.mutation_rate,
-                method=args.method, layer_groups=args.layer_groups,
-                merge_cache=not args.no_merge_cache, executor="ray" if args.ray else "local",
-                address=args.address, ray_cpus=args.ray_cpus)
+                population=args.population, elites=args.elites, seed=args.seed, dev_size=args.dev_size,
+                patience=args.patience, mutation_sigma=args.mutation_sigma,
+                mutation_rate=args.mutation_rate, method=args.method,
+                layer_groups=args.layer_groups, merge_cache=not args.no_merge_cache,
+                executor="ray" if args.ray else "local", address=args.address, ray_cpus=args.ray_cpus)
             if args.fitness_weights:
                 config.fitness_weights = parse_fitness_weights(args.fitness_weights)
             run_id = submit_evolution(runner, ws, config, force=args.force)
-            estimate = store.get(run_id)["params"].get("estimate")
-            if estimate and not args.json:
-                from .evolve.budget import Budget
-
-                budget = Budget(**estimate)
-                print("\n".join([budget.summary(), *(f"note: {n}" for n in budget.notes)]),
-                      file=sys.stderr)
+            if not args.json:
+                _print_estimate(store.get(run_id))
         try:
             row = _follow(store, run_id, progress_for(args))
         except KeyboardInterrupt:
             runner.cancel(run_id)
             runner.wait(run_id)
-            print(f"\ncancelled; resume with: {resume_hint(run_id, store.path.parent)}",
-                  file=sys.stderr)
+            print(f"\ncancelled; resume with: {resume_hint(store.get(run_id))}", file=sys.stderr)
             raise
     finally:
         runner.shutdown()
@@ -207,7 +206,6 @@ def cmd_evolve(args):
     if args.export:
         path = export_champion(ws, store, run_id, args.export)
         row["result"]["export"] = str(path)
-    text = _summary(row, store.path.parent) + (f"\nexported to {row['result']['export']}"
-                                               if args.export else "")
+    text = _summary(row) + (f"\nexported to {row['result']['export']}" if args.export else "")
     return {"run_id": run_id, "status": row["status"], "params": row["params"],
             "metrics": row["metrics"], "result": row["result"]}, text

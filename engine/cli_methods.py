@@ -5,7 +5,6 @@ import json
 from pathlib import Path
 
 from .cli import command, open_from_args, progress_for, table_text, workspace_args
-from .limits import arg_help, arg_type
 
 
 def parse_params(items):
@@ -30,15 +29,13 @@ def candidate_args(p):
     p.add_argument("--weights", nargs="*", type=float, default=None,
                    help="one per source (default: URIEL weights; 'equal' via --equal)")
     p.add_argument("--equal", action="store_true", help="equal weights")
-    p.add_argument("--top-k", type=arg_type("top_k"), default=5, help=arg_help("top_k"))
+    p.add_argument("--top-k", type=int, default=5)
     p.add_argument("--features", default="syntax_knn")
-    p.add_argument("--sinkhorn-iters", type=arg_type("sinkhorn_iters"), default=20,
-                   help=arg_help("sinkhorn_iters"))
+    p.add_argument("--sinkhorn-iters", type=int, default=20)
     p.add_argument("--param", nargs="*", default=[], metavar="NAME=VALUE", help="method parameters")
-    p.add_argument("--seed", type=arg_type("seed"), default=0, help=arg_help("seed"))
+    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-mode", default="sources", choices=["target", "sources", "both"])
-    p.add_argument("--data-examples", type=arg_type("data_examples"), default=64,
-                   help=arg_help("data_examples"))
+    p.add_argument("--data-examples", type=int, default=64)
     p.add_argument("--export", default="", help="merge: write an HF folder + recipe here")
 
 
@@ -121,7 +118,7 @@ def _runs_args(p):
     p.add_argument("--cache-dir", default="")
     p.add_argument("--kind", default=None)
     p.add_argument("--target", default=None)
-    p.add_argument("--limit", type=arg_type("limit"), default=30, help=arg_help("limit"))
+    p.add_argument("--limit", type=int, default=30)
 
 
 @command("runs", "list stored runs (the same store the app reads)", _runs_args)

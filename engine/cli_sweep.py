@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 
 from .cli import command, open_from_args, progress_for, table_text, workspace_args
-from .limits import arg_help, arg_type
 
 
 def _store(cache_dir: str):
@@ -26,9 +25,8 @@ def _sweep_args(p):
     p.add_argument("--report", default="", metavar="DIR", help="write the report here when the sweep ends")
     p.add_argument("--ray", action="store_true", help="run cells on Ray (local instance unless --address)")
     p.add_argument("--address", default=None, help="Ray cluster address, e.g. auto or ray://head:10001")
-    p.add_argument("--ray-cpus", type=arg_type("ray_cpus"), default=2, help=arg_help("ray_cpus"))
-    p.add_argument("--gpus-per-cell", type=arg_type("gpus_per_cell"), default=0.0,
-                   help=arg_help("gpus_per_cell", "Ray: GPUs each cell asks for"))
+    p.add_argument("--ray-cpus", type=int, default=2, help="CPUs of the local Ray instance")
+    p.add_argument("--gpus-per-cell", type=float, default=0.0, help="Ray: GPUs each cell asks for")
 
 
 def _headline_text(store, run_id: str) -> str:
@@ -102,8 +100,7 @@ def _report_args(p):
     p.add_argument("run_id", help="the sweep's run id")
     p.add_argument("--out", required=True, help="folder for report.md, results.csv/json and the figures")
     p.add_argument("--cache-dir", default="", help="cache/results folder (default: ./cache)")
-    p.add_argument("--alpha", type=arg_type("alpha"), default=0.05,
-                   help=arg_help("alpha", "significance level of the paired tests"))
+    p.add_argument("--alpha", type=float, default=0.05, help="significance level of the paired tests")
 
 
 @command("report", "write a sweep's report: report.md, results.csv/json, figures (HTML)", _report_args)

@@ -3,8 +3,8 @@
 A setting typed on the command line, chosen on a page, written in a sweep spec or stored in a
 recipe goes through :func:`check_setting` against this table, so ``--population 1000000000``
 and ``population: 1000000000`` in a spec are refused with the same one line. The CLI reads the
-table for its argument types and help (:func:`arg_type`), the pages for their widget bounds
-(:func:`bounds`). Method parameters (density, λ, ...) are declared the same way, as ``Param``s next
+table for the type and help of every numeric option whose name is a setting
+(:func:`declare_ranges`), the pages for their widget bounds (:func:`bounds`). Method parameters (density, λ, ...) are declared the same way, as ``Param``s next
 to each method in its registry. The bounds are generous for real work and stop values that could
 only be typos or would run for years / exhaust memory.
 """
@@ -90,6 +90,15 @@ def arg_type(name: str) -> Callable[[str], Any]:
             raise argparse.ArgumentTypeError(str(exc)) from None
     parse.__name__ = name  # argparse names the type in its messages
     return parse
+
+
+def declare_ranges(parser: argparse.ArgumentParser) -> None:
+    """Every int/float option of ``parser`` named like a setting (``--top-k`` -> top_k) gets the
+    setting's checked type and its range in the help, so no command can forget one."""
+    for action in parser._actions:
+        if action.dest in SETTINGS and action.type in (int, float):
+            action.type = arg_type(action.dest)
+            action.help = arg_help(action.dest, action.help or "")
 
 
 def _whole(text: str, number: float):
