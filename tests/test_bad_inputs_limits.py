@@ -179,7 +179,7 @@ def test_resume_hint_alone_continues_the_run_and_a_finished_run_says_so(stopped_
 
     run_id, cache = stopped_run["run_id"], stopped_run["cache"]
     store = Store(cache / "runs.sqlite")
-    hint = _summary(store.get(run_id), cache).splitlines()[-1]
+    hint = _summary(store.get(run_id)).splitlines()[-1]
     store.close()
     assert hint.startswith("resume with: python -m engine evolve --resume ")
     argv = hint.split("python -m engine ", 1)[1].split()
