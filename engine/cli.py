@@ -197,15 +197,27 @@ def cmd_nxn(args):
 
 
 # ---- entry -----------------------------------------------------------------------------------
+class UsageError(ValueError):
+    """A command line argparse refuses (unknown option, value outside its declared range)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line and exit 2, like every other error (not the usage block)
+        raise UsageError(f"{message} (see {self.prog} --help)")
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from .limits import declare_ranges
+
     _load_plugins()
-    parser = argparse.ArgumentParser(prog="python -m engine", description=__doc__.split("\n")[0])
+    parser = _Parser(prog="python -m engine", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (help_text, add_args, _) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         p.add_argument("--json", action="store_true", help="print machine-readable JSON on stdout")
         p.add_argument("--quiet", action="store_true", help="no progress bar")
         add_args(p)
+        declare_ranges(p)  # every numeric option checked against engine/limits.py
     return parser
 
 
@@ -223,7 +235,11 @@ def _load_plugins() -> None:
 
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     if not args.command:
         parser.print_help()
         return 2

@@ -6,9 +6,11 @@ Ctrl-C cancels it after the current evaluation; ``--resume RUN_ID`` continues it
 """
 from __future__ import annotations
 
+import shlex
 import sys
 import time
 from dataclasses import fields
+from pathlib import Path
 
 from .cli import command, open_from_args, progress_for, table_text, workspace_args
 from .progress import Progress
@@ -34,6 +36,11 @@ def _evolve_args(p) -> None:
     p.add_argument("--top-k", type=int, default=_default("top_k"))
     p.add_argument("--generations", type=int, default=_default("generations"))
     p.add_argument("--population", type=int, default=_default("population"))
+    p.add_argument("--elites", type=int, default=None,
+                   help="EvoMerge: best members kept and mutated each generation (default: a "
+                        "quarter of the population, at least 1; 2 of 8 as in seed 004)")
+    p.add_argument("--force", action="store_true",
+                   help="start even when the time / memory estimate is far beyond this machine")
     p.add_argument("--seed", type=int, default=_default("seed"))
     p.add_argument("--fitness-weights", default="",
                    help="e.g. accuracy=0.5,loss=0.5,latency=0,memory=0 (default), or 'seed' for "
@@ -98,20 +105,75 @@ def _summary(row: dict) -> str:
         lines.append("combinations used: " + ", ".join(f"{k}×{v}" for k, v in
                                                        result["combo_counts"].items()))
     if row["status"] in ("cancelled", "interrupted", "failed"):
-        lines.append(f"resume with: python -m engine evolve --resume {row['id']}")
+        lines.append(f"resume with: {resume_hint(row)}")
     return "\n".join(lines)
+
+
+def resume_hint(row: dict) -> str:
+    """The command that continues a run: the run records its workspace (``params.settings``), so
+    only a results folder other than the default needs naming."""
+    from .evaluate import default_cache_dir
+
+    cache_dir = ((row.get("params") or {}).get("settings") or {}).get("cache_dir")
+    extra = "" if not cache_dir or Path(cache_dir).resolve() == Path(default_cache_dir()).resolve() \
+        else f" --cache-dir {shlex.quote(str(cache_dir))}"
+    return f"python -m engine evolve --resume {row['id']}{extra}"
+
+
+def _resume_workspace(args, store):
+    """The workspace to resume on: the one the run recorded, unless --zoo/--data/... say otherwise
+    (then resume_evolution checks it holds the same models and data)."""
+    import argparse
+
+    from .evolve import check_resumable
+    from .workspace import Settings, open_workspace
+
+    row = check_resumable(store, args.resume)
+    recorded = (row.get("params") or {}).get("settings")
+    probe = argparse.ArgumentParser()
+    workspace_args(probe)
+    defaults = vars(probe.parse_args([]))
+    chosen = [k for k in ("zoo", "pattern", "base", "data", "data_path", "extra_locales")
+              if getattr(args, k) != defaults[k]]
+    if chosen or not recorded:
+        return open_from_args(args)
+    settings = Settings(**{k: v for k, v in recorded.items() if k in Settings.__dataclass_fields__})
+    for key in ("device", "batch_size"):  # how to run it may change; what it runs on may not
+        if getattr(args, key) != defaults[key]:
+            setattr(settings, key, getattr(args, key))
+    settings.cache_dir = str(store.path.parent)
+    try:
+        return open_workspace(settings)
+    except ValueError as exc:  # moved or deleted since: say what the run needs
+        raise ValueError(f"run {args.resume} ran on zoo {settings.zoo} (data {settings.data}), which "
+                         f"cannot be opened now ({exc}); pass --zoo/--data to resume it on a copy "
+                         f"with the same content") from None
+
+
+def _print_estimate(row: dict) -> None:
+    from .evolve.budget import Budget
+
+    estimate = row["params"].get("estimate")
+    if estimate:
+        budget = Budget(**estimate)
+        print("\n".join([budget.summary(), *(f"note: {n}" for n in budget.notes)]), file=sys.stderr)
 
 
 @command("evolve", "evolutionary merge search (EvoMerge or CMA-ES) for a target locale",
          _evolve_args)
 def cmd_evolve(args):
+    from .evaluate import default_cache_dir
     from .evolve import (EvolveConfig, EvolveError, export_champion, parse_fitness_weights,
                          resume_evolution, submit_evolution)
     from .jobs import JobRunner
     from .store import Store
 
-    ws = open_from_args(args)
-    store = Store(ws.cache_dir / "runs.sqlite")
+    if args.resume:  # the store first: the run says which workspace it ran on
+        store = Store(Path(args.cache_dir or default_cache_dir()) / "runs.sqlite")
+        ws = _resume_workspace(args, store)
+    else:
+        ws = open_from_args(args)
+        store = Store(ws.cache_dir / "runs.sqlite")
     runner = JobRunner(store)
     try:
         if args.resume:
@@ -122,21 +184,22 @@ def cmd_evolve(args):
             config = EvolveConfig(
                 target=args.target, algorithm=args.algorithm, sources=args.sources or None,
                 weights=args.weights or None, top_k=args.top_k, generations=args.generations,
-                population=args.population, seed=args.seed, dev_size=args.dev_size,
+                population=args.population, elites=args.elites, seed=args.seed, dev_size=args.dev_size,
                 patience=args.patience, mutation_sigma=args.mutation_sigma,
                 mutation_rate=args.mutation_rate, method=args.method,
                 layer_groups=args.layer_groups, merge_cache=not args.no_merge_cache,
                 executor="ray" if args.ray else "local", address=args.address, ray_cpus=args.ray_cpus)
             if args.fitness_weights:
                 config.fitness_weights = parse_fitness_weights(args.fitness_weights)
-            run_id = submit_evolution(runner, ws, config)
+            run_id = submit_evolution(runner, ws, config, force=args.force)
+            if not args.json:
+                _print_estimate(store.get(run_id))
         try:
             row = _follow(store, run_id, progress_for(args))
         except KeyboardInterrupt:
             runner.cancel(run_id)
             runner.wait(run_id)
-            print(f"\ncancelled; resume with: python -m engine evolve --resume {run_id}",
-                  file=sys.stderr)
+            print(f"\ncancelled; resume with: {resume_hint(store.get(run_id))}", file=sys.stderr)
             raise
     finally:
         runner.shutdown()

@@ -65,6 +65,10 @@ def check_candidate(ws: Workspace, cand: Candidate) -> None:
         raise CandidateError("weights must be finite, non-negative and not all zero")
     if cand.data_mode not in DATA_MODES:
         raise CandidateError(f"data_mode must be one of {DATA_MODES}")
+    from .limits import check_setting
+
+    for name in ("seed", "data_examples"):  # declared ranges (engine/limits.py)
+        setattr(cand, name, check_setting(name, getattr(cand, name), "", CandidateError))
     ws.dataset.get(cand.target, "test")
 
 

@@ -80,7 +80,7 @@ class UnknownLocaleError(ValueError):
         self.suggestions = tuple(suggestions)
         hint = f"; did you mean {', '.join(self.suggestions)}?" if self.suggestions else ""
         super().__init__(f"unknown locale {locale!r}{hint} (MASSIVE locales look like 'de-DE'; "
-                         f"see locale_table())")
+                         f"list them with `python -m engine locales`)")
 
 
 class UnknownFeatureSetError(ValueError):
@@ -365,6 +365,10 @@ def target_similarity(target: str, sources: Optional[Iterable[str]] = None,
     sets = parse_features(features)
     _check_int("top_k", top_k, 1)
     _check_int("sinkhorn_iters", sinkhorn_iters, 0)
+    from .limits import check_setting
+
+    check_setting("top_k", top_k)           # declared ranges (engine/limits.py)
+    check_setting("sinkhorn_iters", sinkhorn_iters)
     notes = []
     pool = [loc for loc in LOCALES if loc != target] if sources is None else _locales_arg(sources)
     if target in pool:

@@ -24,14 +24,18 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Union
 
 from .experiments import DATA_MODES, Candidate, CandidateError, suggest_sources
+from .limits import check_setting
 from .runinfo import KEY_SPLITS, candidate_key, target_data_use
 from .workspace import Workspace
 
+MAX_VARIANTS = 10_000     # grid combinations per method
+MAX_CELLS = 100_000       # cells of one sweep (targets × methods × grids × axes)
 WEIGHTINGS = ("uriel", "equal")
 SWEEP_SPLITS = KEY_SPLITS
 
@@ -114,6 +118,10 @@ def _method_spec(item, i: int) -> MethodSpec:
     if not isinstance(grid_in, dict):
         raise SweepSpecError(f"sweep spec: methods[{i}] ({kind}:{method}) grid must be a mapping")
     grid = {str(k): _as_list(v, f"methods[{i}].grid.{k}") for k, v in grid_in.items()}
+    combos = math.prod(len(v) for v in grid.values())
+    if combos > MAX_VARIANTS:  # checked before expanding: a big grid would hang right here
+        raise SweepSpecError(f"sweep spec: methods[{i}] ({kind}:{method}) grid has {combos:,} "
+                             f"combinations; at most {MAX_VARIANTS:,} per method")
     spec = MethodSpec(kind, method, grid)
     for variant in spec.variants():      # every grid value checked against the method's schema now
         try:
@@ -138,8 +146,10 @@ def parse_spec(data: Dict[str, Any]) -> SweepSpec:
     if targets != "all":
         targets = [str(t) for t in _as_list(targets, "targets")]
     sources = _as_list(data.get("sources", [3]), "sources")
-    if not all(isinstance(k, int) and not isinstance(k, bool) and k >= 1 for k in sources):
+    if not all(isinstance(k, int) and not isinstance(k, bool) for k in sources):
         raise SweepSpecError(f"sweep spec: 'sources' must be whole numbers ≥ 1, got {sources}")
+    for k in sources:
+        check_setting("sources", k, "sweep spec: ", SweepSpecError)
     from .languages import parse_features
 
     features = [str(f) for f in _as_list(data.get("features", ["syntax_knn"]), "features")]
@@ -160,8 +170,14 @@ def parse_spec(data: Dict[str, Any]) -> SweepSpec:
         raise SweepSpecError(f"sweep spec: data_mode must be one of {DATA_MODES}, got {spec.data_mode!r}")
     for name in ("seed", "data_examples", "sinkhorn_iters"):
         value = getattr(spec, name)
-        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-            raise SweepSpecError(f"sweep spec: '{name}' must be a whole number ≥ 0, got {value!r}")
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise SweepSpecError(f"sweep spec: '{name}' must be a whole number, got {value!r}")
+        check_setting(name, value, "sweep spec: ", SweepSpecError)
+    cells = (sum(len(m.variants()) for m in methods) * len(sources) * len(features)
+             * len(weighting) * (1 if targets == "all" else len(targets)))
+    if cells > MAX_CELLS:
+        raise SweepSpecError(f"sweep spec: {cells:,} cells per target set is more than {MAX_CELLS:,}; "
+                             f"split it into several sweeps")
     return spec
 
 

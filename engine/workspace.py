@@ -55,7 +55,7 @@ def open_dataset(settings: Settings, zoo: Zoo) -> Dataset:
                             f"(massive, jsonl, table or demo)")
         kind, path = spec.get("kind"), zoo.root / spec.get("path", "")
         if kind == "massive_jsonl":  # the manifest may say what the data are (the demo's: intents)
-            dataset = loaders.load_massive_jsonl(path)
+            dataset = loaders.load_massive_jsonl(path, labels=zoo.labels or None)
             dataset.name = spec.get("name") or dataset.name
             return dataset
         if kind == "massive":
@@ -71,8 +71,8 @@ def open_dataset(settings: Settings, zoo: Zoo) -> Dataset:
                                     name=settings.data_path or "AmazonScience/massive")
     if not settings.data_path:
         raise DataError(f"data source '{kind}' needs a path")
-    if kind == "jsonl":
-        return loaders.load_massive_jsonl(settings.data_path)
+    if kind == "jsonl":  # labels mapped by name onto the zoo's ids, whatever their order
+        return loaders.load_massive_jsonl(settings.data_path, labels=zoo.labels or None)
     return loaders.load_table(settings.data_path, text_column=settings.text_column,
                               label_column=settings.label_column, labels=zoo.labels)
 
@@ -95,13 +95,17 @@ class Workspace:
 
 
 def open_workspace(settings: Optional[Settings] = None) -> Workspace:
+    from .limits import check_setting
+
     settings = settings or Settings()
+    settings.batch_size = check_setting("batch_size", settings.batch_size)
     zoo_path = settings.zoo or str(default_demo_dir())
     if not settings.zoo and not (Path(zoo_path) / "zoo.json").exists():
         raise ZooError(f"the demo zoo is not built yet at {zoo_path}; run `python -m engine build-demo`")
     zoo = Zoo.open(zoo_path, settings.pattern, settings.base)
     notes = zoo.validate()
     dataset = open_dataset(settings, zoo)
+    notes += [f"locale {loc} has no data" + dataset.empty_reason(loc) for loc in dataset.empty_locales()]
     cache = Path(settings.cache_dir) if settings.cache_dir else None
     evaluator = Evaluator(zoo, dataset, cache_dir=cache, device=settings.device,
                           batch_size=settings.batch_size)

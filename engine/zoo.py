@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -312,26 +313,39 @@ class Zoo:
     def validate(self) -> List[str]:
         """Raises ZooError saying exactly what differs between models; returns notes otherwise."""
         notes: List[str] = []
-        ref_loc = self.locales[0]
-        ref_cfg = self.config(ref_loc)
+        configs = {loc: self.config(loc) for loc in self.locales}
+        shapes_of = {loc: read_shapes(self.path(loc)) for loc in self.locales}
+        # The reference is the majority's model, not the first by name: one odd model is named as
+        # the odd one out instead of making all the good ones look wrong.
+        signature = {loc: json.dumps([[configs[loc].get(f) for f in ARCH_FIELDS],
+                                      label_list(configs[loc]), sorted(shapes_of[loc].items())],
+                                     default=str) for loc in self.locales}
+        counts = Counter(signature.values())
+        ref_loc = max(self.locales, key=lambda loc: counts[signature[loc]])  # first among ties
+        agree = counts[signature[ref_loc]]
+        ref = (f"{ref_loc} and {agree - 1} other model{'s' if agree > 2 else ''}" if agree > 1
+               else ref_loc)
+        have = "have" if agree > 1 else "has"
+        ref_cfg, ref_shapes = configs[ref_loc], shapes_of[ref_loc]
         ref_labels = label_list(ref_cfg)
-        ref_shapes = read_shapes(self.path(ref_loc))
         problems = []
-        for loc in self.locales[1:]:
-            cfg = self.config(loc)
+        for loc in self.locales:
+            if signature[loc] == signature[ref_loc]:
+                continue
+            cfg = configs[loc]
             for f in ARCH_FIELDS:
                 if cfg.get(f) != ref_cfg.get(f):
-                    problems.append(f"{loc}: {f}={cfg.get(f)!r} but {ref_loc} has {ref_cfg.get(f)!r}")
+                    problems.append(f"{loc}: {f}={cfg.get(f)!r} but {ref} {have} {ref_cfg.get(f)!r}")
             labels = label_list(cfg)
             if labels != ref_labels:
                 diff = sorted(set(labels) ^ set(ref_labels))
                 what = f"labels differ ({', '.join(diff[:5])})" if diff else "same labels in a different order"
-                problems.append(f"{loc}: label set differs from {ref_loc}: {what}")
-            shapes = read_shapes(self.path(loc))
+                problems.append(f"{loc}: label set differs from {ref}: {what}")
+            shapes = shapes_of[loc]
             for key in sorted(set(shapes) | set(ref_shapes)):
                 if shapes.get(key) != ref_shapes.get(key):
                     problems.append(f"{loc}: tensor '{key}' has shape {shapes.get(key)} but "
-                                    f"{ref_loc} has {ref_shapes.get(key)}")
+                                    f"{ref} {have} {ref_shapes.get(key)}")
                     break
         if self.base is not None:
             base_cfg = read_config(self.base)

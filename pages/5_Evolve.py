@@ -7,6 +7,7 @@ from engine import figures
 from engine.evolve import (DEFAULT_FITNESS, FITNESS_TERMS, SEED_FITNESS, EvolveConfig, resume_evolution,
                            submit_evolution)
 from engine.evolve.genome import combo_name
+from engine.limits import bounds
 from engine.merge import MERGES
 from engine.store import ACTIVE
 
@@ -24,13 +25,14 @@ with st.expander("New evolutionary run", expanded=not history, icon=":material/a
             format_func={"evomerge": "EvoMerge (8 combinations)", "cmaes": "CMA-ES (per-layer groups)"}.get,
         ) or "evomerge"
         c = st.columns(4)
-        generations = c[0].number_input("Generations", 0, 500, 10, key="evo_generations")
-        population = c[1].number_input("Population", 2, 64, 8, key="evo_population")
-        patience = c[2].number_input("Patience", 0, 100, 5, key="evo_patience",
+        generations = c[0].number_input("Generations", *bounds("generations"), 10, key="evo_generations")
+        population = c[1].number_input("Population", *bounds("population"), 8, key="evo_population")
+        patience = c[2].number_input("Patience", *bounds("patience"), 5, key="evo_patience",
                                      help="stop after this many generations without a champion gain; 0 = off")
-        seed = c[3].number_input("Seed", 0, 2 ** 31 - 1, 0, key="evo_seed")
+        seed = c[3].number_input("Seed", *bounds("seed"), 0, key="evo_seed")
         c = st.columns([3, 2], vertical_alignment="bottom")
-        dev_size = c[0].number_input("Dev examples (0 = the whole validation split)", 0, 100000, 0, key="evo_dev_size")
+        dev_size = c[0].number_input("Dev examples (0 = the whole validation split)", *bounds("dev_size"), 0,
+                                    key="evo_dev_size")
         merge_cache = c[1].toggle("Merge cache", True, key="evo_merge_cache",
                                   help="keep task vectors, sorted magnitudes and random draws between merges: "
                                        "several times faster, identical results, up to ~3× the sources' memory")
@@ -45,7 +47,9 @@ with st.expander("New evolutionary run", expanded=not history, icon=":material/a
         if algorithm == "evomerge":
             with st.expander("EvoMerge settings"):
                 e = st.columns(4)
-                extra["elites"] = int(e[0].number_input("Elites kept", 1, 32, 2, key="evo_elites"))
+                elites = int(e[0].number_input("Elites kept (0: a quarter of the population)", 0,
+                                               bounds("elites")[1], 0, key="evo_elites"))
+                extra["elites"] = elites or None
                 extra["mutants_per_elite"] = int(e[1].number_input("Mutants per elite", 1, 16, 3, key="evo_mutants"))
                 extra["group_size"] = int(e[2].number_input("Loser group size", 2, 16, 3, key="evo_group"))
                 extra["reseed"] = int(e[3].number_input("Re-seeded when uniform", 0, 16, 2, key="evo_reseed"))

@@ -65,6 +65,9 @@ class Dataset:
             raise DataError(f"dataset '{self.name}' has no locale '{locale}'; it has: "
                             f"{', '.join(self.locales) or 'none'}")
         parts = self.splits[locale]
+        if not parts:
+            raise DataError(f"dataset '{self.name}' has no data for locale '{locale}'"
+                            f"{self.empty_reason(locale)}; choose another locale or add its data")
         if split not in parts:
             raise DataError(f"dataset '{self.name}' has no '{split}' split for {locale}; "
                             f"it has: {', '.join(sorted(parts))}")
@@ -72,6 +75,14 @@ class Dataset:
         if len(data) == 0:
             raise DataError(f"dataset '{self.name}' {locale}/{split} is empty")
         return data
+
+    def empty_reason(self, locale: str) -> str:
+        source = (self.info.get("empty_files") or {}).get(locale)
+        return f" ({source} has no records)" if source else ""
+
+    def empty_locales(self) -> List[str]:
+        """Locales that are present (e.g. an empty file) but have no examples in any split."""
+        return [l for l in self.locales if not any(len(s) for s in self.splits[l].values())]
 
     def has(self, locale: str, split: str) -> bool:
         return len(self.splits.get(locale, {}).get(split, Split([], []))) > 0

@@ -141,7 +141,13 @@ def load_massive_jsonl(folder: str, locales: Optional[Sequence[str]] = None,
     """MASSIVE's released format: ``{locale}.jsonl`` per locale, records with ``locale``,
     ``partition`` (train / dev / test; dev becomes validation), ``utt`` and ``intent``."""
     root = Path(folder).expanduser()
-    if not root.is_dir():
+    if root.is_file() and root.suffix.lower() == ".jsonl":  # one locale's file: {locale}.jsonl
+        if locales is not None and list([locales] if isinstance(locales, str) else locales) != [root.stem]:
+            raise DataError(f"{root} holds locale '{root.stem}' only; give its folder for others")
+        root, locales = root.parent, [root.stem]
+    elif root.is_file():
+        raise DataError(f"{root}: expected a folder of {{locale}}.jsonl files or one such .jsonl file")
+    elif not root.is_dir():
         raise DataError(f"MASSIVE jsonl folder not found: {root}")
     present = sorted(p.stem for p in root.glob("*.jsonl"))
     if not present:
@@ -153,6 +159,7 @@ def load_massive_jsonl(folder: str, locales: Optional[Sequence[str]] = None,
     if unknown:
         raise DataError(f"{root} has no locale {', '.join(map(repr, unknown))}; it has: {', '.join(present)}")
     rows: Rows = {}
+    empty: Dict[str, str] = {}
     for locale in wanted:
         path = root / f"{locale}.jsonl"
         parts: Dict[str, Tuple[List[str], List[str]]] = {}
@@ -166,13 +173,20 @@ def load_massive_jsonl(folder: str, locales: Optional[Sequence[str]] = None,
             texts, ys = parts.setdefault(_split_name(record["partition"], where), ([], []))
             texts.append(str(record["utt"]))
             ys.append(str(record["intent"]))
+        if not parts:
+            if locales is not None:  # asked for by name: nothing else to fall back on
+                raise DataError(f"{path} is empty (no records): locale '{locale}' has no data")
+            empty[locale] = str(path)
         rows[locale] = parts
-    return _build("massive", rows, labels, f"MASSIVE jsonl {root}", {"source": str(root), "locales": wanted})
+    if empty and len(empty) == len(rows):
+        raise DataError(f"every {{locale}}.jsonl file in {root} is empty: no data")
+    return _build("massive", rows, labels, f"MASSIVE jsonl {root}",
+                  {"source": str(root), "locales": wanted, "empty_files": empty})
 
 
 def _jsonl(path: Path) -> Iterable[Tuple[int, dict]]:
     with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
+        for line_no, line in _utf8_lines(path, f):
             if not line.strip():
                 continue
             try:
@@ -273,3 +287,20 @@ def _read_table(path: Path) -> Iterable[Tuple[int, dict]]:
                 yield row_no, record
         except csv.Error as err:
             raise DataError(f"{path}: not valid CSV ({err})") from None
+        except UnicodeDecodeError as err:
+            raise DataError(_not_utf8(path, err)) from None
+
+
+def _utf8_lines(path: Path, handle) -> Iterable[Tuple[int, str]]:
+    """(line number, line), or a DataError naming the file that is not UTF-8 (decoding runs in
+    chunks, so the line is not known)."""
+    try:
+        for line_no, line in enumerate(handle, 1):
+            yield line_no, line
+    except UnicodeDecodeError as err:
+        raise DataError(_not_utf8(path, err)) from None
+
+
+def _not_utf8(path: Path, err: UnicodeDecodeError) -> str:
+    return (f"{path}: not UTF-8 text (byte 0x{err.object[err.start]:02x}); save the file as UTF-8 "
+            f"(e.g. iconv -f latin1 -t utf-8)")

@@ -13,13 +13,18 @@ Public API (for the CLI and the Evolve page)
     fitness_weights={"accuracy": .5, "loss": .5, "latency": 0, "memory": 0}
     (``SEED_FITNESS`` = seed 004's .3/.4/.2/.1), dev_split="validation", dev_size=0 (whole split),
     patience=5, min_delta=0.001;
-    EvoMerge: elites=2, mutants_per_elite=3, group_size=3, mutation_sigma=0.05 (× each parameter's
+    EvoMerge: elites=None (a quarter of the population, at least 1: 2 of 8), mutants_per_elite=3,
+    group_size=3, mutation_sigma=0.05 (× each parameter's
     range), mutation_rate=0.25, diversity_threshold=0.02, reseed=2;
     CMA-ES: method="ties", layer_groups=2 (layers per group; 0 = global), sigma0=0.2, tune=None
     (per-model float params of the method), method_params={}.
-``submit_evolution(runner, ws, config, name="") -> run_id``: an "evolve" run on the compute lane.
+``submit_evolution(runner, ws, config, name="", force=False) -> run_id``: an "evolve" run on the
+    compute lane; refused up front when its estimate (engine/evolve/budget.py) is far beyond the
+    machine, unless ``force``. The row's params record the workspace (``settings``) and its content
+    fingerprint (``inputs``), so a resume reopens it and refuses another zoo before starting.
 ``resume_evolution(runner, ws, run_id, name="") -> run_id``: continues an interrupted / cancelled /
-    failed run from its last generation as a NEW run with ``parent=run_id`` (curves copied over).
+    failed run from its last generation as a NEW run with ``parent=run_id`` (curves copied over);
+    a finished or already-resumed run, or another workspace, is refused before any row is made.
 ``resumable_runs(ws, store) -> [run row]``: stopped-early evolutions that can be resumed.
 ``export_champion(ws, store, run_id, out_dir) -> Path``: the champion as an HF folder + recipe.json.
 ``Evolution(ws, config)``: the synchronous loop (``run()``, or ``step()`` per generation).
@@ -47,14 +52,16 @@ dimensions, groups. At the end ``row["metrics"]`` =
 """
 from .config import (ALGORITHMS, DEFAULT_FITNESS, FITNESS_TERMS, SEED_FITNESS, EvolveConfig,
                      EvolveError, parse_fitness_weights)
-from .job import (checkpoint_dir, evolve_job, export_champion, export_evolution,
-                  resumable_runs, resume_evolution, submit_evolution)
+from .budget import Budget, check_budget
+from .job import (check_resumable, checkpoint_dir, evolve_job, export_champion, export_evolution,
+                  recorded_settings, resumable_runs, resume_evolution, run_fields, submit_evolution)
 from .runner import Evolution, resolve_config
 
 SERIES = ("best", "mean", "worst", "champion", "diversity", "evals_per_s",
           "champion_test_accuracy", "champion_dev_accuracy")
 
-__all__ = ["ALGORITHMS", "DEFAULT_FITNESS", "FITNESS_TERMS", "SEED_FITNESS", "SERIES", "Evolution",
+__all__ = ["ALGORITHMS", "Budget", "DEFAULT_FITNESS", "check_budget", "check_resumable",
+           "recorded_settings", "run_fields", "FITNESS_TERMS", "SEED_FITNESS", "SERIES", "Evolution",
            "EvolveConfig", "EvolveError", "checkpoint_dir", "evolve_job", "export_champion",
            "export_evolution", "parse_fitness_weights", "resolve_config", "resumable_runs",
            "resume_evolution", "submit_evolution"]

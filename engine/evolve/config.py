@@ -10,13 +10,28 @@ speed and size, so those terms would only add timing noise (and make a seed's ru
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
+import math
 from typing import Any, Dict, List, Optional
+
+from ..limits import check_setting
 
 ALGORITHMS = ("evomerge", "cmaes")
 EXECUTORS = ("local", "ray")
 FITNESS_TERMS = ("accuracy", "loss", "latency", "memory")
 DEFAULT_FITNESS = {"accuracy": 0.5, "loss": 0.5, "latency": 0.0, "memory": 0.0}
 SEED_FITNESS = {"accuracy": 0.3, "loss": 0.4, "latency": 0.2, "memory": 0.1}  # seed 004's weights
+
+
+# Numeric settings checked against their declared ranges in engine/limits.py.
+NUMERIC = ("generations", "population", "top_k", "seed", "dev_size", "patience", "min_delta",
+           "mutants_per_elite", "group_size", "mutation_sigma", "mutation_rate",
+           "diversity_threshold", "reseed", "layer_groups", "sigma0", "ray_cpus")
+
+
+def default_elites(population: int) -> int:
+    """Seed 004's share: the best quarter survives (2 of 8), at least 1 and never the whole
+    population (population 2 keeps 1)."""
+    return max(1, min(population - 1, int(population / 4 + 0.5)))
 
 
 class EvolveError(ValueError):
@@ -43,7 +58,7 @@ class EvolveConfig:
     patience: int = 5                      # generations without a champion gain > min_delta; 0: off
     min_delta: float = 0.001
     # EvoMerge
-    elites: int = 2
+    elites: Optional[int] = None           # None: default_elites(population) (2 for seed 004's 8)
     mutants_per_elite: int = 3
     group_size: int = 3                    # losers merged in groups of this size
     mutation_sigma: float = 0.05           # Gaussian σ as a fraction of each parameter's range
@@ -62,6 +77,10 @@ class EvolveConfig:
     address: Optional[str] = None          # Ray cluster address; None: a local instance
     ray_cpus: int = 2                      # CPUs of that local instance
 
+    def __post_init__(self) -> None:
+        if self.elites is None and isinstance(self.population, int) and self.population >= 2:
+            self.elites = default_elites(self.population)
+
     def check(self) -> "EvolveConfig":
         """Raises EvolveError naming the first bad setting; returns self."""
         def need(ok: bool, message: str) -> None:
@@ -71,26 +90,18 @@ class EvolveConfig:
         need(self.algorithm in ALGORITHMS,
              f"unknown algorithm '{self.algorithm}'; use {' or '.join(ALGORITHMS)}")
         need(bool(self.target), "choose a target locale")
-        need(self.generations >= 0, f"generations must be >= 0, got {self.generations}")
-        need(self.population >= 2, f"population must be >= 2, got {self.population}")
-        need(self.top_k >= 1, f"top_k must be >= 1, got {self.top_k}")
-        need(self.dev_size >= 0, f"dev_size must be >= 0 (0 = whole split), got {self.dev_size}")
+        for name in NUMERIC:  # the declared ranges (engine/limits.py), one message for every entry point
+            setattr(self, name, check_setting(name, getattr(self, name), "evolve: ", EvolveError))
+        if self.elites is None:
+            self.elites = default_elites(self.population)
+        self.elites = check_setting("elites", self.elites, "evolve: ", EvolveError)
         need(self.dev_split in ("train", "validation"),
              f"dev_split must be 'validation' or 'train' (the test split stays untouched), "
              f"got '{self.dev_split}'")
-        need(self.patience >= 0 and self.min_delta >= 0, "patience and min_delta must be >= 0")
-        need(self.algorithm != "evomerge" or 1 <= self.elites < self.population,
-             f"elites must be in 1..population-1, got {self.elites} (population {self.population})")
-        need(self.mutants_per_elite >= 1, "mutants_per_elite must be >= 1")
-        need(self.group_size >= 2, f"group_size must be >= 2, got {self.group_size}")
-        need(self.mutation_sigma > 0, f"mutation_sigma must be > 0, got {self.mutation_sigma}")
-        need(0 <= self.mutation_rate <= 1, f"mutation_rate must be in [0, 1], got {self.mutation_rate}")
-        need(self.diversity_threshold >= 0 and self.reseed >= 0,
-             "diversity_threshold and reseed must be >= 0")
-        need(self.layer_groups >= 0, f"layer_groups must be >= 0, got {self.layer_groups}")
-        need(self.sigma0 > 0, f"sigma0 must be > 0, got {self.sigma0}")
+        need(self.algorithm != "evomerge" or self.elites < self.population,
+             f"elites must be in 1..population-1, got {self.elites} (population {self.population}); "
+             f"lower --elites or raise --population")
         need(self.executor in EXECUTORS, f"unknown executor '{self.executor}'; use {' or '.join(EXECUTORS)}")
-        need(self.ray_cpus >= 1, f"ray_cpus must be >= 1, got {self.ray_cpus}")
         self.fitness_weights = check_fitness_weights(self.fitness_weights)
         if self.sources is not None:
             need(len(self.sources) >= 1, "choose at least one source model")
@@ -101,8 +112,9 @@ class EvolveConfig:
             if self.weights is not None:
                 need(len(self.weights) == len(self.sources),
                      f"{len(self.weights)} weights for {len(self.sources)} sources")
-                need(all(w >= 0 for w in self.weights) and sum(self.weights) > 0,
-                     "weights must be non-negative and not all zero")
+                need(all(isinstance(w, (int, float)) and math.isfinite(w) and w >= 0
+                         for w in self.weights) and sum(self.weights) > 0,
+                     f"weights must be finite, non-negative and not all zero, got {self.weights}")
         return self
 
     def to_dict(self) -> Dict[str, Any]:
@@ -124,14 +136,8 @@ def check_fitness_weights(weights: Dict[str, float]) -> Dict[str, float]:
         raise EvolveError(f"unknown fitness term(s) {unknown}; use {', '.join(FITNESS_TERMS)}")
     out = {}
     for term in FITNESS_TERMS:
-        try:
-            value = float(weights.get(term, 0.0))
-        except (TypeError, ValueError):
-            raise EvolveError(f"fitness weight '{term}' must be a number, "
-                              f"got {weights.get(term)!r}") from None
-        if not value >= 0:
-            raise EvolveError(f"fitness weight '{term}' must be >= 0, got {value}")
-        out[term] = value
+        out[term] = float(check_setting("fitness_weight", weights.get(term, 0.0),
+                                        f"evolve: '{term}' ", EvolveError))
     if sum(out.values()) <= 0:
         raise EvolveError("at least one fitness weight must be positive")
     return out

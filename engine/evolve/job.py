@@ -51,17 +51,47 @@ def evolve_job(ws, config: EvolveConfig, resume_from: Optional[Path] = None,
     return job
 
 
-def submit_evolution(runner, ws, config: EvolveConfig, name: str = "") -> str:
-    """Checks the config, fills in the sources (URIEL top-k), submits; returns the run id."""
+def recorded_settings(ws) -> Dict[str, Any]:
+    """The workspace's settings with every path made absolute, so that ``--resume RUN_ID`` alone
+    reopens the same zoo, data and cache from any folder."""
+    from ..experiments import workspace_record
+
+    return workspace_record(ws)
+
+
+def workspace_inputs(ws, config: EvolveConfig) -> str:
+    """Content fingerprint of what the run's numbers depend on: its sources' and the base's weights,
+    the tokenizer, the target's and sources' data (as for any candidate)."""
+    from ..experiments import Candidate, inputs_fingerprint
+
+    return inputs_fingerprint(ws, Candidate("merge", run_label(config), config.target,
+                                            list(config.sources), list(config.weights)))
+
+
+def run_fields(ws, config: EvolveConfig, budget=None, name: str = "") -> Dict[str, Any]:
+    """What a submitted evolution's run row records: the config, the workspace it runs on (so a
+    resume reopens it), that workspace's content fingerprint, and the up-front estimate."""
     from ..runinfo import EVOLVE_TARGET_DATA
 
+    params = {**config.to_dict(), "settings": recorded_settings(ws),
+              "inputs": workspace_inputs(ws, config), "target_data": EVOLVE_TARGET_DATA["target"],
+              "source_data": EVOLVE_TARGET_DATA["source_data"]}
+    if budget is not None:
+        params["estimate"] = budget.to_dict()
+    return dict(name=name or f"{run_label(config)} → {config.target}", target=config.target,
+                method=run_label(config), params=params, sources=config.sources,
+                weights=config.weights)
+
+
+def submit_evolution(runner, ws, config: EvolveConfig, name: str = "", force: bool = False) -> str:
+    """Checks the config (declared ranges, then the time / memory estimate against the machine:
+    ``force`` runs it anyway), fills in the sources (URIEL top-k), submits; returns the run id."""
+    from .budget import check_budget
+
     config = resolve_config(ws, config)
+    budget = check_budget(ws, config, force, runner.store)
     return runner.submit("evolve", evolve_job(ws, config), lane="compute",
-                         name=name or f"{run_label(config)} → {config.target}",
-                         target=config.target, method=run_label(config),
-                         params={**config.to_dict(), "target_data": EVOLVE_TARGET_DATA["target"],
-                                 "source_data": EVOLVE_TARGET_DATA["source_data"]},
-                         sources=config.sources, weights=config.weights)
+                         **run_fields(ws, config, budget, name))
 
 
 def _checkpoint_of(ws, row: Dict[str, Any]) -> Path:
@@ -69,25 +99,58 @@ def _checkpoint_of(ws, row: Dict[str, Any]) -> Path:
     return Path(recorded).parent if recorded else checkpoint_dir(ws, row["id"])
 
 
-def resume_evolution(runner, ws, run_id: str, name: str = "") -> str:
-    """Continues an interrupted, cancelled or failed run from its last completed generation, as a
-    new run linked to it by ``parent``; returns the new run id."""
-    row = runner.store.get(run_id)
+def check_resumable(store, run_id: str) -> Dict[str, Any]:
+    """The run row when ``run_id`` is an evolution that stopped early and was not resumed yet;
+    otherwise EvolveError saying what it is (running, finished, already resumed as which run)."""
+    row = store.get(run_id)
     if row["kind"] != "evolve":
         raise EvolveError(f"run {run_id} is a '{row['kind']}' run, not an evolution")
     if row["status"] in ACTIVE:
         raise EvolveError(f"run {run_id} is still {row['status']}; cancel it first")
+    if row["status"] == "done":
+        raise EvolveError(f"run {run_id} already finished ({row.get('message') or 'done'}); nothing "
+                          f"to resume — its champion is in the store (export it with --export)")
+    children = store.runs(kind="evolve", parent=run_id, limit=1)
+    if children:
+        child = children[0]
+        raise EvolveError(f"run {run_id} was already resumed as run {child['id']} "
+                          f"({child['status']}); resume that one instead")
+    return row
+
+
+def check_same_inputs(ws, row: Dict[str, Any], config: EvolveConfig) -> None:
+    """EvolveError, before anything is created, when this workspace is not the one the run ran on."""
+    recorded = (row.get("params") or {}).get("inputs")
+    if not recorded:  # a run stored before fingerprints were recorded
+        return
+    try:
+        current = workspace_inputs(ws, config)
+    except (ValueError, KeyError) as exc:  # a source or the target missing here: another zoo
+        current = f"unusable here ({exc})"
+    if current != recorded:
+        settings = (row.get("params") or {}).get("settings") or {}
+        raise EvolveError(
+            f"run {row['id']} ran on zoo {settings.get('zoo') or '?'} with data "
+            f"{settings.get('data') or '?'}, and this workspace's models or data differ (content "
+            f"fingerprint {recorded} vs {current}); resume it on its own workspace: python -m "
+            f"engine evolve --resume {row['id']} (without --zoo/--data)")
+
+
+def resume_evolution(runner, ws, run_id: str, name: str = "") -> str:
+    """Continues an interrupted, cancelled or failed run from its last completed generation, as a
+    new run linked to it by ``parent``; returns the new run id. Everything that would make the
+    resume fail (finished, already resumed, another zoo) is refused before a run row exists."""
+    row = check_resumable(runner.store, run_id)
     folder = _checkpoint_of(ws, row)
     state = read_checkpoint(folder)
     config = EvolveConfig.from_dict(state["config"])
     if state["stopped"] or state["generation"] >= config.generations:
         raise EvolveError(f"run {run_id} already finished ({state['stopped'] or 'all generations'})"
                           f"; nothing to resume")
+    check_same_inputs(ws, row, config)
+    fields = run_fields(ws, config, name=name or f"{run_label(config)} → {config.target} (resumed)")
     return runner.submit("evolve", evolve_job(ws, config, resume_from=folder, parent=run_id),
-                         lane="compute", parent=run_id,
-                         name=name or f"{run_label(config)} → {config.target} (resumed)",
-                         target=config.target, method=run_label(config), params=config.to_dict(),
-                         sources=config.sources, weights=config.weights)
+                         lane="compute", parent=run_id, **fields)
 
 
 def resumable_runs(ws, store) -> List[Dict[str, Any]]:
@@ -149,5 +212,5 @@ def export_champion(ws, store, run_id: str, out_dir: Union[str, Path], overwrite
     return export_evolution(Evolution(ws, state=state), out_dir, run_id, overwrite)
 
 
-__all__ = ["CHECKPOINT", "checkpoint_dir", "evolve_job", "export_champion", "export_evolution",
+__all__ = ["CHECKPOINT", "check_resumable", "checkpoint_dir", "recorded_settings", "run_fields", "evolve_job", "export_champion", "export_evolution",
            "resumable_runs", "resume_evolution", "submit_evolution"]
