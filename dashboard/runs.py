@@ -107,8 +107,20 @@ def baselines_of(run: dict) -> Dict[str, dict]:
     return (run.get("result") or {}).get("baselines") or {}
 
 
+def belongs_to(run: dict) -> str:
+    """'TIES for de-DE (German) from nl-NL 0.37, en-US 0.34': which experiment a result is of."""
+    from engine.registry import method_title
+
+    from .experiment import language, sources_text
+
+    sources = list(zip(run.get("sources") or [], run.get("weights") or []))
+    return (f"**{method_title(run.get('method') or run['kind'])}** for **{language(run.get('target'))}** from "
+            + sources_text(sources))
+
+
 def result_card(run: dict, extra_bars: Optional[List[tuple]] = None) -> None:
     """A candidate's test accuracy against the target's baselines, validation vs test, timings."""
+    st.markdown(belongs_to(run))
     status_line(run)
     if run["status"] != "done":
         return
