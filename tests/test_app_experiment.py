@@ -237,9 +237,8 @@ def test_one_way_of_writing_numbers_and_names(app_cache):
     assert "de-DE (German)" in at.selectbox(key="merge_target").options
     goto(at, "Ensemble")
     assert "Weighted logits" in at.selectbox(key="ens_method_voting").options
-    info = " ".join(i.value for i in at.info)
-    if "not cached yet" in info:  # what the outputs are, not just how many
-        assert "on de-DE test (the test score, and the baselines" in info or "test (the test score" in info
+    info = " ".join(i.value for i in at.info)  # what the outputs are, not just how many
+    assert "not cached yet" in info and "on de-DE validation (the sources, validation score)" in info
     goto(at, "Evolve")
     labels = " ".join(t.label for t in at.toggle)
     assert "seed 004" not in labels and "Cost-aware fitness" in labels
