@@ -74,8 +74,8 @@ with st.container():
 
 if submitted:
     new = replace(current, zoo="" if demo else zoo_path.strip(), pattern=pattern.strip() or DEFAULT_PATTERN,
-                  base=None if demo else base.strip() or None, data=data, data_path=data_path.strip(), text_column=text_col,
-                  label_column=label_col, device=device, batch_size=int(batch))
+                  base=None if demo else base.strip() or None, data=data, data_path=data_path.strip(),
+                  text_column=text_col, label_column=label_col, device=device, batch_size=int(batch))
     if kind != "demo" and not new.zoo:
         st.error("give the zoo's folder or manifest path")
         st.stop()
