@@ -10,6 +10,7 @@ import streamlit as st
 
 from engine import figures
 from engine.progress import format_seconds
+from engine.registry import method_title
 from engine.store import ACTIVE
 
 from . import state
@@ -109,8 +110,6 @@ def baselines_of(run: dict) -> Dict[str, dict]:
 
 def belongs_to(run: dict) -> str:
     """'TIES for de-DE (German) from nl-NL 0.37, en-US 0.34': which experiment a result is of."""
-    from engine.registry import method_title
-
     from .experiment import language, sources_text
 
     sources = list(zip(run.get("sources") or [], run.get("weights") or []))
@@ -189,7 +188,8 @@ def run_label(run: dict) -> str:
     acc = ((run.get("metrics") or {}).get("test") or {}).get("accuracy")
     score = f" · test {acc:.3f}" if acc is not None else ""
     when = time.strftime("%H:%M:%S", time.localtime(run["created"]))
-    return f"{STATUS_ICON.get(run['status'], '')} {when} {run.get('method') or run['kind']} → {run.get('target')}{score}"
+    name = method_title(run["method"]) if run.get("method") else run["kind"]
+    return f"{STATUS_ICON.get(run['status'], '')} {when} {name} → {run.get('target')}{score}"
 
 
 def demo_builder() -> None:

@@ -161,7 +161,8 @@ def test_a_result_is_shown_only_for_its_own_target(app_cache):
     rerun(at)
     assert metric(at, "Test accuracy") != "–"
     card = " ".join(m.value for m in at.markdown)
-    assert "for **de-DE (German)** from " + sources[0] in card
+    assert "**Linear** for **de-DE (German)** from " + sources[0] in card
+    assert any("Linear → de-DE" in o for sb in at.selectbox if sb.label.startswith("Run") for o in sb.options)
     at.selectbox(key="merge_target").set_value("es-ES")
     rerun(at)
     assert not [m for m in at.metric if m.label == "Test accuracy"], "de-DE's result shown under es-ES"
