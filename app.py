@@ -84,8 +84,9 @@ def experiment_panel(ws) -> None:
         return
     widgets.target_picker(ws, "sidebar", label="Target")
     exp = state.experiment(ws, derive=tasks.uriel_ready())
+    k = exp.k_used(len(ws.zoo.locales) - 1)
     st.caption(f"Sources: {xp.sources_text(exp.weights) if exp.weights else 'chosen on the Similarity page'}  \n"
-               f"URIEL {exp.features} · top-{exp.top_k} · Sinkhorn {exp.sinkhorn_iters} · weights "
+               f"URIEL {exp.features} · top-{k} · Sinkhorn {exp.sinkhorn_iters} · weights "
                f"{exp.origin_text().split(' (')[0]}")
 
 

@@ -47,9 +47,14 @@ class Experiment:
     def weight_map(self) -> Dict[str, float]:
         return dict(self.weights)
 
-    def origin_text(self) -> str:
+    def origin_text(self, available: int = 0) -> str:
+        """How the weights came about; ``available``: the number of possible sources (K is at most that)."""
         return ORIGIN_TEXT.get(self.origin, self.origin).format(
-            features=self.features, k=self.top_k, iters=self.sinkhorn_iters)
+            features=self.features, k=self.k_used(available), iters=self.sinkhorn_iters)
+
+    def k_used(self, available: int = 0) -> int:
+        """Top-K as applied: never more than the sources there are."""
+        return min(self.top_k, available) if available > 0 else self.top_k
 
 
 def language(locale: Optional[str]) -> str:

@@ -157,7 +157,7 @@ def sources_editor(ws, key: str) -> Tuple[List[str], List[float]]:
     others = sorted(others, key=lambda l: (l not in weights, -float(weights.get(l, 0.0)), l))  # chosen first
     frame = pd.DataFrame({"source": others, "use": [l in weights for l in others],
                           "weight": [round(float(weights.get(l, 0.0)), 4) for l in others]})
-    st.caption(f"Sources and weights {exp.origin_text()}. Weights are normalised to sum 1. The target's "
+    st.caption(f"Sources and weights {exp.origin_text(len(others))}. Weights are normalised to sum 1. The target's "
                "own model is never a source (leave-one-out).")
     for note in state.experiment_notes():
         st.caption(f"ℹ️ {note}")
