@@ -8,6 +8,7 @@ import streamlit as st
 
 from dashboard import runs as runs_view
 from dashboard import state
+from dashboard.widgets import params_text
 from engine.store import ACTIVE
 
 st.set_page_config(page_title="Cross-lingual fusion", page_icon=":material/merge_type:", layout="wide")
@@ -41,7 +42,7 @@ def overview() -> None:
             c = st.columns(4)
             c[0].metric("Models", len(d["locales"]))
             c[1].metric("Labels", len(d["labels"]))
-            c[2].metric("Parameters / model", f"{d['parameters'] / 1e6:.1f} M")
+            c[2].metric("Parameters / model", params_text(d["parameters"]))
             c[3].metric("Target locales", len(ws.target_locales()))
             st.markdown(f"**Zoo** `{d['name']}` at `{d['root']}` · **base** "
                         f"{'`' + d['base'] + '`' if d['base'] else 'none'} · **data** {ws.dataset.name} · "
@@ -72,18 +73,32 @@ def overview() -> None:
             st.caption(text)
 
 
+def experiment_panel(ws) -> None:
+    """The current experiment, on every page: its target (changeable here), sources and settings."""
+    from dashboard import experiment as xp
+    from dashboard import tasks, widgets
+
+    st.markdown("**Current experiment**")
+    if not ws.target_locales():
+        st.caption("no target: the dataset has no test split")
+        return
+    widgets.target_picker(ws, "sidebar", label="Target")
+    exp = state.experiment(ws, derive=tasks.uriel_ready())
+    k = exp.k_used(len(ws.zoo.locales) - 1)
+    st.caption(f"Sources: {xp.sources_text(exp.weights) if exp.weights else 'chosen on the Similarity page'}  \n"
+               f"URIEL {exp.features} · top-{k} · Sinkhorn {exp.sinkhorn_iters} · weights "
+               f"{exp.origin_text().split(' (')[0]}")
+
+
 def sidebar() -> None:
     with st.sidebar:
         ws = state.workspace()
         if ws is not None:
             st.caption(f"**{ws.zoo.name}** · {len(ws.zoo.locales)} models · {ws.dataset.name} · "
                        f"{ws.evaluator.device}")
+            experiment_panel(ws)
         else:
             st.caption("No workspace open")
-        selection = st.session_state.get(state.SELECTION_KEY)
-        if selection:
-            st.caption(f"Selected: → **{selection['target']}** from "
-                       + ", ".join(f"{s} {w:.2f}" for s, w in selection["weights"].items()))
         st.divider()
         runs_view.active_jobs(key="sidebar", compact=True)
 

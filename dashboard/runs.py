@@ -10,6 +10,7 @@ import streamlit as st
 
 from engine import figures
 from engine.progress import format_seconds
+from engine.registry import method_title
 from engine.store import ACTIVE
 
 from . import state
@@ -107,8 +108,18 @@ def baselines_of(run: dict) -> Dict[str, dict]:
     return (run.get("result") or {}).get("baselines") or {}
 
 
+def belongs_to(run: dict) -> str:
+    """'TIES for de-DE (German) from nl-NL 0.37, en-US 0.34': which experiment a result is of."""
+    from .experiment import language, sources_text
+
+    sources = list(zip(run.get("sources") or [], run.get("weights") or []))
+    return (f"**{method_title(run.get('method') or run['kind'])}** for **{language(run.get('target'))}** from "
+            + sources_text(sources))
+
+
 def result_card(run: dict, extra_bars: Optional[List[tuple]] = None) -> None:
     """A candidate's test accuracy against the target's baselines, validation vs test, timings."""
+    st.markdown(belongs_to(run))
     status_line(run)
     if run["status"] != "done":
         return
@@ -242,7 +253,8 @@ def run_label(run: dict) -> str:
     acc = ((run.get("metrics") or {}).get("test") or {}).get("accuracy")
     score = f" · test {acc:.3f}" if acc is not None else ""
     when = time.strftime("%H:%M:%S", time.localtime(run["created"]))
-    return f"{STATUS_ICON.get(run['status'], '')} {when} {run.get('method') or run['kind']} → {run.get('target')}{score}"
+    name = method_title(run["method"]) if run.get("method") else run["kind"]
+    return f"{STATUS_ICON.get(run['status'], '')} {when} {name} → {run.get('target')}{score}"
 
 
 def demo_builder() -> None:

@@ -13,7 +13,7 @@ import os
 from contextlib import contextmanager
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Iterator, List, Optional
 
 import streamlit as st
 
@@ -22,8 +22,13 @@ from engine.jobs import JobRunner
 from engine.store import Store, StoreError
 from engine.workspace import Settings, Workspace, default_demo_dir, open_workspace
 
+from . import experiment as xp
+from .experiment import Experiment
+
 SETTINGS_KEY = "settings"
-SELECTION_KEY = "selection"     # what Similarity hands to Merge / Ensemble
+EXPERIMENT_KEY = "experiment"   # the current experiment (dashboard.experiment.Experiment), canonical copy
+EXPERIMENT_VERSION_KEY = "experiment_version"  # bumped on changes from outside a sources table
+EXPERIMENT_NOTES_KEY = "experiment_notes"      # what was dropped from the address or for this zoo
 
 
 def default_settings() -> Settings:
@@ -123,6 +128,66 @@ def require_workspace() -> Workspace:
 
 def demo_built() -> bool:
     return (default_demo_dir() / "zoo.json").is_file()
+
+
+# ---- the current experiment --------------------------------------------------------------------
+# Widgets forget their state when their page is left, so the one canonical copy lives under a plain
+# session key; every widget that shows a part of it is seeded from it before it is drawn and writes
+# back through its on_change callback. The address (query parameters) mirrors it for reloads.
+def experiment(ws: Workspace, derive: bool = True) -> Experiment:
+    """The current experiment, valid for ``ws``. A new session starts from the page address.
+    ``derive``: fill in URIEL weights when there are none yet (reads the URIEL cache)."""
+    current = st.session_state.get(EXPERIMENT_KEY)
+    notes = list(st.session_state.get(EXPERIMENT_NOTES_KEY) or [])
+    if current is None:
+        fields, notes = xp.from_query(st.query_params.to_dict())
+        current = xp.Experiment(**{"target": "", **fields})
+    checked, more = xp.validate(current, ws.target_locales(), ws.zoo.locales)
+    notes += more
+    if derive and not checked.weights and checked.origin == xp.URIEL:
+        weights, why = xp.uriel_weights(checked, ws.zoo.locales)
+        checked = replace(checked, weights=weights)
+        if why:
+            notes.append(f"{checked.target}: {why}")
+    st.session_state[EXPERIMENT_NOTES_KEY] = list(dict.fromkeys(notes))[-4:]
+    if checked != current or EXPERIMENT_KEY not in st.session_state:
+        set_experiment(checked, bump=current.weights != checked.weights)
+    else:
+        sync_query(checked)
+    return checked
+
+
+def set_experiment(exp: Experiment, bump: bool = True) -> None:
+    """Stores the experiment (and the address); ``bump`` redraws the sources tables from it."""
+    st.session_state[EXPERIMENT_KEY] = exp
+    if bump:
+        st.session_state[EXPERIMENT_VERSION_KEY] = st.session_state.get(EXPERIMENT_VERSION_KEY, 0) + 1
+    sync_query(exp)
+
+
+def experiment_version() -> int:
+    return int(st.session_state.get(EXPERIMENT_VERSION_KEY, 0))
+
+
+def experiment_notes() -> List[str]:
+    return list(st.session_state.get(EXPERIMENT_NOTES_KEY) or [])
+
+
+def sync_query(exp: Experiment) -> None:
+    """Writes the experiment into the address (only what differs, other parameters untouched)."""
+    if not exp.target:
+        return
+    for key, value in xp.to_query(exp).items():
+        if st.query_params.get(key) != value:
+            st.query_params[key] = value
+
+
+def change_target(target: str) -> None:
+    """A target chosen on any page: its sources and weights are derived again."""
+    current = st.session_state.get(EXPERIMENT_KEY)
+    if current is not None and target and target != current.target:
+        st.session_state[EXPERIMENT_NOTES_KEY] = []
+        set_experiment(xp.with_target(current, target))
 
 
 # ---- errors ------------------------------------------------------------------------------------

@@ -17,10 +17,12 @@ from engine import report_figures
 from engine.ensemble import ENSEMBLES
 from engine.languages import FEATURE_SETS
 from engine.merge import MERGES
+from engine.registry import method_title
 from engine.report import (BASELINE_TITLES, ReportError, baseline_table, findings, headline_table,
                            load_results, paired_tests, win_rate_table, write_report)
 
 from . import state
+from .experiment import language
 from .widgets import chart
 
 # The issue-7 headline set: the default of a new sweep
@@ -42,8 +44,9 @@ def spec_form(ws, key: str = "sweep") -> Dict[str, Any]:
     every = st.toggle("All targets", True, key=f"{key}_all",
                       help=f"every locale with test data ({len(targets_all)})")
     targets: Any = "all" if every else st.multiselect("Targets", targets_all, default=targets_all[:3],
-                                                      key=f"{key}_targets")
+                                                      key=f"{key}_targets", format_func=language)
     methods = st.multiselect("Methods", method_choices(), default=DEFAULT_METHODS, key=f"{key}_methods",
+                             format_func=lambda c: f"{c.split(':')[0]}: {method_title(c.split(':', 1)[1])}",
                              help="each runs once per target (with its default parameters; use the YAML "
                                   "spec for grids)")
     c = st.columns(3)

@@ -55,6 +55,27 @@ def ensemble_pairs(ws: Workspace, target: str, sources: Iterable[str], fit_on: s
     return [p for p in dict.fromkeys(pairs) if ws.dataset.has(p[1], p[2])]
 
 
+def describe_pairs(pairs: Iterable[Pair], missing: Iterable[Pair], target: str) -> str:
+    """What the model outputs an ensemble needs are, grouped by the data they run on, and which of
+    them are missing: '4 on es-ES test (the baselines: every zoo model), 2 not cached: de-DE, nl-NL'."""
+    groups: dict = {}
+    for model, locale, split in pairs:
+        groups.setdefault((locale, split), []).append(model)
+    gone = set(missing)
+    parts = []
+    for (locale, split), models in groups.items():
+        if locale == target and split == "test":
+            why = "the test score, and the baselines: every zoo model"
+        elif locale == target:
+            why = f"the sources, {split} score"
+        else:
+            why = f"fitting data: the sources on {locale}'s {split} split"
+        absent = [m for m in models if (m, locale, split) in gone]
+        parts.append(f"{len(models)} on {locale} {split} ({why})"
+                     + (f", {len(absent)} not cached: {', '.join(absent)}" if absent else ", all cached"))
+    return "The outputs needed: " + "; ".join(parts) + "."
+
+
 def missing_logits(ws: Workspace, pairs: Iterable[Pair]) -> List[Pair]:
     return [p for p in pairs if not has_logits(ws, *p)]
 

@@ -5,6 +5,7 @@ A new merge or ensemble method with a declared schema gets its controls here wit
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import pandas as pd
@@ -12,6 +13,7 @@ import streamlit as st
 
 from engine.registry import Method, Param
 
+from . import experiment as xp
 from . import state
 
 
@@ -111,41 +113,28 @@ def method_caption(method: Method) -> None:
     st.caption(method.summary + ("  \n" + " · ".join(tags) if tags else ""))
 
 
-# ---- target, sources and weights ------------------------------------------------------------------
-def target_picker(ws, key: str) -> str:
-    """The target locale, defaulting to the one Similarity handed over."""
+# ---- target, sources and weights: views of the one current experiment ----------------------------
+def seed(key: str, value: Any) -> None:
+    """Puts the canonical value into a widget's state before the widget is drawn (its own state is
+    gone after the page was left, or stale after another page changed the experiment)."""
+    if st.session_state.get(key) != value:
+        st.session_state[key] = value
+
+
+def target_picker(ws, key: str, where=None, label: str = "Target language") -> str:
+    """The current experiment's target, changeable here; every page and the sidebar show the same."""
     targets = ws.target_locales()
     if not targets:
         st.error("the dataset has no locale with a test split: nothing to evaluate a candidate on")
         st.stop()
-    selection = st.session_state.get(state.SELECTION_KEY) or {}
-    if f"{key}_target" not in st.session_state and selection.get("target") in targets:
-        st.session_state[f"{key}_target"] = selection["target"]
-    return st.selectbox("Target language", targets, key=f"{key}_target",
-                        help="the language the candidate is built for; its own model is only a baseline")
-
-
-def _uriel_settings(target: str) -> Dict[str, Any]:
-    """The feature set and Sinkhorn iterations Similarity handed over for this target, else defaults."""
-    selection = st.session_state.get(state.SELECTION_KEY) or {}
-    if selection.get("target") == target:
-        return {"features": selection.get("features", "syntax_knn"),
-                "sinkhorn_iters": int(selection.get("sinkhorn_iters", 20))}
-    return {"features": "syntax_knn", "sinkhorn_iters": 20}
-
-
-def default_weights(ws, target: str) -> Tuple[Dict[str, float], str]:
-    """Similarity's hand-over when it is for this target, else URIEL top-5 with Sinkhorn."""
-    selection = st.session_state.get(state.SELECTION_KEY) or {}
-    if selection.get("target") == target and selection.get("weights"):
-        return dict(selection["weights"]), "from the Similarity page"
-    from engine.experiments import suggest_sources
-
-    try:
-        return suggest_sources(ws, target), "URIEL syntax_knn, top-5, Sinkhorn 20 (defaults)"
-    except Exception as exc:  # a locale URIEL does not know: fall back to equal weights
-        others = [l for l in ws.zoo.locales if l != target]
-        return {l: 1.0 / len(others) for l in others}, f"equal weights ({state.message(exc)})"
+    exp = state.experiment(ws, derive=False)
+    widget_key = f"{key}_target"
+    seed(widget_key, exp.target)
+    (where or st).selectbox(label, targets, key=widget_key, format_func=xp.language,
+                            on_change=lambda: state.change_target(st.session_state[widget_key]),
+                            help="the language the candidate is built for; its own model is only a baseline. "
+                                 "Shared by every page (and kept in the page address)")
+    return state.experiment(ws, derive=False).target
 
 
 def ticked_weights(ws, target: str, shown: Dict[str, float], sources: List[str], raw: List[float],
@@ -166,25 +155,45 @@ def ticked_weights(ws, target: str, shown: Dict[str, float], sources: List[str],
         return [1.0] * len(sources), f"equal weights over the ticked sources ({state.message(exc)})"
 
 
-def sources_editor(ws, target: str, key: str) -> Tuple[List[str], List[float]]:
-    """An editable table of the zoo's models (target left out): use?, weight. Returns the chosen."""
-    weights, origin = default_weights(ws, target)
+def _same_weights(a, b) -> bool:
+    return [s for s, _ in a] == [s for s, _ in b] and all(abs(x - y) < 1e-9 for (_, x), (_, y) in zip(a, b))
+
+
+def sources_editor(ws, key: str) -> Tuple[List[str], List[float]]:
+    """An editable table of the zoo's models (target left out): use?, weight. Edits go into the
+    current experiment, so every page sees them and they survive leaving the page."""
+    exp = state.experiment(ws)
+    target = exp.target
+    table_key = f"{key}_sources_{target}_{state.experiment_version()}"
+    base_key = f"{key}_sources_base"
+    base = st.session_state.get(base_key)
+    if table_key not in st.session_state or not base or base[0] != table_key:
+        base = (table_key, exp.weights)   # the table's rows, fixed while it is being edited
+        st.session_state[base_key] = base
+    weights = dict(base[1])
     others = [l for l in ws.zoo.locales if l != target]
     others = sorted(others, key=lambda l: (l not in weights, -float(weights.get(l, 0.0)), l))  # chosen first
     frame = pd.DataFrame({"source": others, "use": [l in weights for l in others],
-                          "weight": [float(weights.get(l, 0.0)) for l in others]})  # shown %.4f, kept exact
-    version = st.session_state.get("selection_version", 0)
-    st.caption(f"Sources and weights {origin}. Weights are normalised to sum 1. The target's own "
-               "model is never a source (leave-one-out).")
+                          "weight": [round(float(weights.get(l, 0.0)), 4) for l in others]})
+    st.caption(f"Sources and weights {exp.origin_text(len(others))}. Weights are normalised to sum 1. The target's "
+               "own model is never a source (leave-one-out).")
+    for note in state.experiment_notes():
+        st.caption(f"ℹ️ {note}")
     edited = st.data_editor(
-        frame, key=f"{key}_sources_{target}_{version}", hide_index=True, disabled=["source"],
+        frame, key=table_key, hide_index=True, disabled=["source"],
         width="stretch", height=min(500, 3 + 35 * (len(others) + 1)),
-        column_config={"use": st.column_config.CheckboxColumn("use", width="small"),
+        column_config={"source": st.column_config.TextColumn("source", help="; ".join(
+                           xp.language(l) for l in others)),
+                       "use": st.column_config.CheckboxColumn("use", width="small"),
                        "weight": st.column_config.NumberColumn("weight", min_value=0.0, format="%.4f")})
     chosen = edited[edited["use"]]
     sources = [str(s) for s in chosen["source"]]
     raw, note = ticked_weights(ws, target, weights, sources, [float(w) for w in chosen["weight"].fillna(0.0)],
-                               **_uriel_settings(target))
+                               features=exp.features, sinkhorn_iters=exp.sinkhorn_iters)
+    picked = tuple(zip(sources, raw))
+    rounded = lambda pairs: tuple((s, round(float(w), 4)) for s, w in pairs)  # noqa: E731
+    if not _same_weights(rounded(picked), rounded(exp.weights)):
+        state.set_experiment(replace(exp, weights=picked, origin=xp.EDITED), bump=False)
     total = sum(raw)
     if sources and total > 0:
         st.caption((f"{note}; " if note else "") + "normalised: "
@@ -200,8 +209,25 @@ def recipe_columns(ws, key: str):
     recipe, settings = st.columns([2, 3], gap="large")
     with recipe:
         target = target_picker(ws, key)
-        sources, weights = sources_editor(ws, target, key)
+        sources, weights = sources_editor(ws, key)
     return settings, target, sources, weights
+
+
+def method_picker(registry, names: Sequence[str], label: str, key: str, default: str = "", where=None, **kw) -> str:
+    """A method selectbox that shows display titles ('Breadcrumbs-TIES') and returns the id."""
+    names = list(names)
+    index = names.index(default) if default in names else 0
+    return (where or st).selectbox(label, names, index=index, key=key,
+                                   format_func=lambda n: registry.get(n).title, **kw)
+
+
+def params_text(n: int) -> str:
+    """A parameter count the one way every page writes it: '12.3 M', '278 M', '1.2 B'."""
+    for unit, size in (("B", 1e9), ("M", 1e6), ("k", 1e3)):
+        if n >= size:
+            value = n / size
+            return f"{value:.1f} {unit}" if value < 100 else f"{value:.0f} {unit}"
+    return str(int(n))
 
 
 CHART_CONFIG = {"displaylogo": False, "modeBarButtonsToRemove": ["select2d", "lasso2d", "autoScale2d"]}

@@ -41,8 +41,9 @@ def heatmap(matrix: pd.DataFrame, title: str = "", highlight: Optional[str] = No
         text=[[format(v, fmt) if v == v else "" for v in row] for row in z] if show_text else None,
         texttemplate="%{text}" if show_text else None,
         hovertemplate=f"{y_title or 'row'} %{{y}}<br>{x_title or 'column'} %{{x}}<br>%{{z:{fmt}}}<extra></extra>"))
-    fig.update_yaxes(autorange="reversed", title=y_title or None)
-    fig.update_xaxes(side="bottom", title=x_title or None)
+    # every label shown (plotly thins category labels to every other one on its own)
+    fig.update_yaxes(autorange="reversed", title=y_title or None, tickmode="array", tickvals=rows, ticktext=rows)
+    fig.update_xaxes(side="bottom", title=x_title or None, tickmode="array", tickvals=cols, ticktext=cols)
     if highlight is not None:
         for axis, names in (("y", rows), ("x", cols)):
             if highlight in names:
@@ -63,6 +64,12 @@ def similarity_heatmap(matrix: pd.DataFrame, target: Optional[str] = None, title
                    zmax=1, x_title="locale", y_title="locale")
 
 
+def weights_heatmap(matrix: pd.DataFrame, target: Optional[str] = None, title: str = "") -> go.Figure:
+    """The similarity matrix after top-K and Sinkhorn: the matrix the weights are read from."""
+    return heatmap(matrix, title or "After top-K and Sinkhorn", highlight=target, zmin=0.0,
+                   colorscale="Purples", x_title="source", y_title="locale")
+
+
 def neighbours_bar(neighbours: Sequence[Tuple[str, float]], weights: Mapping[str, float],
                    names: Optional[Mapping[str, str]] = None, title: str = "") -> go.Figure:
     """The target's top-K neighbours by similarity; those that end with no weight are grey."""
@@ -78,11 +85,13 @@ def neighbours_bar(neighbours: Sequence[Tuple[str, float]], weights: Mapping[str
 
 
 def weights_bars(raw: Mapping[str, float], balanced: Mapping[str, float], iterations: int,
-                 title: str = "") -> go.Figure:
-    """Weights from the raw similarities (Sinkhorn 0) beside the Sinkhorn-balanced ones."""
-    locs = list(dict.fromkeys([*balanced, *raw]))
+                 title: str = "", order: Sequence[str] = ()) -> go.Figure:
+    """Weights from the raw similarities (Sinkhorn 0) beside the Sinkhorn-balanced ones; sources in
+    ``order`` first (the page's one order), then any others by weight."""
+    locs = [l for l in order if l in balanced or l in raw]
+    locs += [l for l in dict.fromkeys([*balanced, *raw]) if l not in locs]
     fig = go.Figure([
-        go.Bar(name="raw similarity (Sinkhorn 0)", x=locs, y=[raw.get(l, 0.0) for l in locs],
+        go.Bar(name="before Sinkhorn (top-K similarities)", x=locs, y=[raw.get(l, 0.0) for l in locs],
                marker_color=SECONDARY, hovertemplate="%{x}: %{y:.3f}<extra>raw</extra>"),
         go.Bar(name=f"Sinkhorn ({iterations} iterations)", x=locs, y=[balanced.get(l, 0.0) for l in locs],
                marker_color=CANDIDATE, hovertemplate="%{x}: %{y:.3f}<extra>Sinkhorn</extra>"),

@@ -25,7 +25,7 @@ import json
 import os
 import threading
 import warnings
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from importlib import metadata
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
@@ -310,11 +310,17 @@ class SimilarityResult:
     neighbours: Tuple[Tuple[str, float], ...]  # the target's kept top-K: (locale, similarity)
     weights: Dict[str, float]     # source -> weight, sums to 1, descending
     notes: Tuple[str, ...] = ()
+    # the same row before Sinkhorn (top-K similarities, normalised): what Sinkhorn changed
+    unbalanced_weights: Dict[str, float] = field(default_factory=dict)
 
     def table(self) -> pd.DataFrame:
-        """Neighbours with name, similarity and weight (0 for those left out)."""
+        """Neighbours in similarity order with name, similarity, the weight before Sinkhorn and the
+        final ``weight`` (0 for those left out). Column names never depend on the settings, so
+        Sinkhorn 0 (where both weights coincide) still gives two distinct columns."""
         return pd.DataFrame([{"locale": loc, "name": NAMES.get(loc, loc), "similarity": sim,
-                              "weight": self.weights.get(loc, 0.0)} for loc, sim in self.neighbours])
+                              "weight before Sinkhorn": self.unbalanced_weights.get(loc, 0.0),
+                              "weight": self.weights.get(loc, 0.0)} for loc, sim in self.neighbours],
+                            columns=["locale", "name", "similarity", "weight before Sinkhorn", "weight"])
 
 
 def weigh_sources(similarity: pd.DataFrame, target: str, top_k: int = 5, sinkhorn_iters: int = 20,
@@ -335,7 +341,8 @@ def weigh_sources(similarity: pd.DataFrame, target: str, top_k: int = 5, sinkhor
         k = len(names) - 1
     values = np.clip(_square(similarity.to_numpy(), "weigh_sources"), 0.0, None)
     np.fill_diagonal(values, 0.0)
-    balanced = sinkhorn(top_k_filter(values, k), iters)
+    filtered = top_k_filter(values, k)
+    balanced = sinkhorn(filtered, iters)
     t = names.index(target)
     kept = _top_indices(values[t], t, k)
     row = balanced[t]
@@ -346,6 +353,8 @@ def weigh_sources(similarity: pd.DataFrame, target: str, top_k: int = 5, sinkhor
             "set or concatenate one, e.g. 'syntax_knn+fam'")
     ranked = sorted((j for j in kept if row[j] > 0), key=lambda j: -row[j])  # ties: neighbour order
     weights = {names[j]: float(row[j] / row.sum()) for j in ranked}
+    before = filtered[t]
+    unbalanced = {names[j]: float(before[j] / before.sum()) for j in ranked} if before.sum() > 0 else {}
     dropped = [names[j] for j in kept if row[j] <= 0]
     if dropped:
         notes.append(f"{', '.join(dropped)} in the top-{k} but with similarity 0: no weight")
@@ -353,7 +362,7 @@ def weigh_sources(similarity: pd.DataFrame, target: str, top_k: int = 5, sinkhor
         target=target, features=features, top_k=k, sinkhorn_iters=iters,
         matrix=similarity.copy(), balanced=pd.DataFrame(balanced, index=names, columns=names),
         neighbours=tuple((names[j], float(similarity.iat[t, j])) for j in kept),
-        weights=weights, notes=tuple(notes))
+        weights=weights, notes=tuple(notes), unbalanced_weights=unbalanced)
 
 
 def target_similarity(target: str, sources: Optional[Iterable[str]] = None,

@@ -62,6 +62,30 @@ class Param:
                 "help": self.help}
 
 
+# how the words of a method id are written in its title (acronyms and proper names)
+TITLE_WORDS = {"ties": "TIES", "dare": "DARE", "della": "DELLA", "slerp": "SLERP", "regmean": "RegMean",
+               "mlp": "MLP", "fisher": "Fisher", "cmaes": "CMA-ES", "evomerge": "EvoMerge"}
+
+
+TITLES = {"soft": "Soft vote", "majority": "Majority vote", "weighted_majority": "Weighted majority vote",
+          "max": "Max probability", "inverse_variance": "Inverse-variance"}
+
+
+def method_title(name: str) -> str:
+    """'breadcrumbs_ties' -> 'Breadcrumbs-TIES', 'weighted_logits' -> 'Weighted logits'."""
+    if name in TITLES:
+        return TITLES[name]
+    words = [w for w in name.split("_") if w]
+    if not words:
+        return name
+    if len(words) == 2 and words[1] in ("ties", "linear") and words[0] in ("breadcrumbs", "dare", "della"):
+        first = TITLE_WORDS.get(words[0], words[0].capitalize())
+        return f"{first}-{TITLE_WORDS.get(words[1], words[1])}"
+    out = [TITLE_WORDS.get(w, w) for w in words]
+    out[0] = out[0] if out[0] != words[0] else out[0].capitalize()
+    return " ".join(out)
+
+
 @dataclass(frozen=True)
 class Method:
     name: str
@@ -69,6 +93,12 @@ class Method:
     params: Tuple[Param, ...]
     summary: str = ""
     meta: Dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def title(self) -> str:
+        """The name people read ('breadcrumbs_ties' -> 'Breadcrumbs-TIES'): ``meta['title']`` when
+        registered with one, else derived from the id word by word."""
+        return self.meta.get("title") or method_title(self.name)
 
     def param(self, name: str) -> Param:
         for p in self.params:

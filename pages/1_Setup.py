@@ -7,6 +7,7 @@ import streamlit as st
 
 from dashboard import runs as runs_view
 from dashboard import state
+from dashboard.widgets import params_text
 from engine.workspace import DATA_KINDS, default_demo_dir
 from engine.zoo import DEFAULT_PATTERN
 
@@ -29,26 +30,36 @@ DATA_LABELS = {"zoo": "The zoo's own (from its manifest)", "demo": "Built-in dem
 zoo_kind = "demo" if not current.zoo else (
     "manifest" if current.zoo.endswith(".json") or (Path(current.zoo) / "zoo.json").is_file() else "folder")
 
-with st.form("setup"):
-    st.subheader("Model zoo")
-    kind = st.radio("Zoo", list(ZOO_KINDS), index=list(ZOO_KINDS).index(zoo_kind),
-                    format_func=ZOO_KINDS.get, horizontal=True, key="setup_zoo_kind")
-    c1, c2, c3 = st.columns([3, 2, 2])
-    zoo_path = c1.text_input("Folder or manifest path", value=current.zoo, key="setup_zoo_path",
-                             help=f"demo zoo: {default_demo_dir()} (leave empty)")
-    pattern = c2.text_input("Name pattern (folder scan)", value=current.pattern or DEFAULT_PATTERN, key="setup_pattern",
-                            help="{locale} marks the locale in each model folder's name, e.g. "
-                                 "xlmr_massive_k_{locale}; {base} matches any prefix")
-    base = c3.text_input("Pretrained base (optional)", value=current.base or "", key="setup_base",
-                         help="folder or cached hub id; task-vector merges need it")
-    st.subheader("Dataset")
-    data = st.radio("Data", list(DATA_KINDS), index=list(DATA_KINDS).index(current.data),
-                    format_func=DATA_LABELS.get, horizontal=True, key="setup_data")
-    d1, d2, d3 = st.columns([3, 1, 1])
-    data_path = d1.text_input("Data path (jsonl folder, CSV or JSONL file)", value=current.data_path,
-                              key="setup_data_path")
-    text_col = d2.text_input("Text column", value=current.text_column)
-    label_col = d3.text_input("Label column", value=current.label_column)
+# No form: choosing a kind reruns the page at once, so the fields that do not apply to it are
+# disabled (greyed, their help says why) rather than left editable and silently ignored. Nothing
+# is opened before "Open".
+st.subheader("Model zoo")
+kind = st.radio("Zoo", list(ZOO_KINDS), index=list(ZOO_KINDS).index(zoo_kind),
+                format_func=ZOO_KINDS.get, horizontal=True, key="setup_zoo_kind")
+demo = kind == "demo"
+c1, c2, c3 = st.columns([3, 2, 2])
+zoo_path = c1.text_input("Folder or manifest path", value=current.zoo, key="setup_zoo_path", disabled=demo,
+                         help=f"the built-in demo zoo lives in {default_demo_dir()}" if demo else
+                         "a folder of model folders, or a zoo.json manifest")
+pattern = c2.text_input("Name pattern (folder scan)", value=current.pattern or DEFAULT_PATTERN, key="setup_pattern",
+                        disabled=kind != "folder",
+                        help="{locale} marks the locale in each model folder's name, e.g. "
+                             "xlmr_massive_k_{locale}; {base} matches any prefix (folder scan only)")
+base = c3.text_input("Pretrained base (optional)", value=current.base or "", key="setup_base", disabled=demo,
+                     help="the demo zoo brings its own base" if demo else
+                     "folder or cached hub id; task-vector merges need it")
+st.subheader("Dataset")
+data = st.radio("Data", list(DATA_KINDS), index=list(DATA_KINDS).index(current.data),
+                format_func=DATA_LABELS.get, horizontal=True, key="setup_data")
+d1, d2, d3 = st.columns([3, 1, 1])
+data_path = d1.text_input("Data path (jsonl folder, CSV or JSONL file; MASSIVE: hub id or local copy)",
+                          value=current.data_path, key="setup_data_path", disabled=data in ("zoo", "demo"),
+                          help="not used: the data come with the zoo" if data in ("zoo", "demo") else None)
+text_col = d2.text_input("Text column", value=current.text_column, key="setup_text_column",
+                         disabled=data != "table", help="CSV / JSONL table only")
+label_col = d3.text_input("Label column", value=current.label_column, key="setup_label_column",
+                          disabled=data != "table", help="CSV / JSONL table only")
+with st.container():
     st.subheader("Compute")
     e1, e2 = st.columns(2)
     devices = ["auto", "cpu", "cuda"]
@@ -59,12 +70,12 @@ with st.form("setup"):
 
     e1.caption("A CUDA GPU is visible." if torch.cuda.is_available() else "No CUDA GPU visible: auto means CPU.")
     batch = e2.number_input("Batch size", min_value=1, max_value=4096, value=int(current.batch_size))
-    submitted = st.form_submit_button("Open", type="primary", icon=":material/folder_open:", key="setup_open")
+    submitted = st.button("Open", type="primary", icon=":material/folder_open:", key="setup_open")
 
 if submitted:
-    new = replace(current, zoo="" if kind == "demo" else zoo_path.strip(), pattern=pattern.strip() or DEFAULT_PATTERN,
-                  base=base.strip() or None, data=data, data_path=data_path.strip(), text_column=text_col,
-                  label_column=label_col, device=device, batch_size=int(batch))
+    new = replace(current, zoo="" if demo else zoo_path.strip(), pattern=pattern.strip() or DEFAULT_PATTERN,
+                  base=None if demo else base.strip() or None, data=data, data_path=data_path.strip(),
+                  text_column=text_col, label_column=label_col, device=device, batch_size=int(batch))
     if kind != "demo" and not new.zoo:
         st.error("give the zoo's folder or manifest path")
         st.stop()
@@ -87,7 +98,7 @@ d = ws.zoo.describe()
 m = st.columns(4)
 m[0].metric("Source models", len(d["locales"]))
 m[1].metric("Labels", len(d["labels"]))
-m[2].metric("Parameters / model", f"{d['parameters'] / 1e6:.2f} M", help=f"{d['parameters']:,} ({d['model_type']})")
+m[2].metric("Parameters / model", params_text(d["parameters"]), help=f"{d['parameters']:,} ({d['model_type']})")
 m[3].metric("Target locales", len(ws.target_locales()), help="locales with a test split")
 
 left, right = st.columns([3, 2], gap="large")

@@ -1,10 +1,13 @@
 """Similarity: URIEL vectors → cosine similarity → top-K → Sinkhorn → source weights for a target."""
+from dataclasses import replace
+
 import streamlit as st
 
 from dashboard import runs as runs_view
 from dashboard import state, tasks, widgets
 from engine import figures
-from engine.languages import FEATURE_SETS, NAMES, locale_table, similarity_matrix, target_similarity
+from dashboard import experiment as xp
+from engine.languages import FEATURE_SETS, NAMES, locale_table, parse_features, similarity_matrix, target_similarity
 
 st.title("Similarity")
 st.caption("Which source languages are typologically close to the target (URIEL, via lang2vec), and the "
@@ -19,20 +22,34 @@ if not tasks.uriel_ready():
     runs_view.watch(run_id, key="uriel")
     st.stop()
 
-targets = ws.target_locales()
-selection = st.session_state.get(state.SELECTION_KEY) or {}
-if "sim_target" not in st.session_state and selection.get("target") in targets:
-    st.session_state["sim_target"] = selection["target"]
+exp = state.experiment(ws, derive=False)
 c = st.columns([2, 3, 2, 2], gap="medium")
-target = c[0].selectbox("Target language", targets, key="sim_target",
-                        format_func=lambda l: f"{l} ({NAMES.get(l, '?')})")
-features = c[1].multiselect("URIEL feature sets", list(FEATURE_SETS), default=["syntax_knn"], key="sim_features",
+target = widgets.target_picker(ws, "sim", where=c[0])
+
+
+def settings_changed() -> None:
+    """Features, K or Sinkhorn moved here: the experiment's URIEL weights follow them."""
+    chosen = st.session_state["sim_features"]
+    if not chosen:
+        return  # the page says so; the experiment keeps its last valid feature set
+    current = state.experiment(ws, derive=False)
+    k = st.session_state.get("sim_top_k", current.top_k)
+    state.set_experiment(xp.with_settings(current, "+".join(chosen), int(k), int(st.session_state["sim_iters"])))
+
+
+widgets.seed("sim_features", list(parse_features(exp.features)))
+features = c[1].multiselect("URIEL feature sets", list(FEATURE_SETS), key="sim_features", on_change=settings_changed,
                             help="several are concatenated, e.g. syntax_knn + fam")
 pool_all = [l for l in ws.zoo.locales if l != target]
 k_max = max(1, len(pool_all))
-top_k = c[2].slider("Top-K neighbours", 1, k_max, min(5, k_max), key="sim_top_k",
-                    help="sources kept per language before balancing") if k_max > 1 else 1
-iters = c[3].slider("Sinkhorn iterations", 0, 100, 20, key="sim_iters",
+if k_max > 1:
+    widgets.seed("sim_top_k", min(exp.top_k, k_max))
+    top_k = c[2].slider("Top-K neighbours", 1, k_max, key="sim_top_k", on_change=settings_changed,
+                        help="sources kept per language before balancing")
+else:
+    top_k = 1
+widgets.seed("sim_iters", exp.sinkhorn_iters)
+iters = c[3].slider("Sinkhorn iterations", 0, xp.MAX_SINKHORN, key="sim_iters", on_change=settings_changed,
                     help="0 = the filtered similarities themselves; more = rows and columns balanced")
 with st.expander(f"Available sources and heatmap options ({len(pool_all)} models besides {target})"):
     pool = st.multiselect("Available sources", pool_all, default=pool_all, key=f"sim_pool_{target}",
@@ -49,46 +66,56 @@ if not features:
 feature_spec = "+".join(features)
 with state.engine_errors():
     result = target_similarity(target, sources=pool, features=feature_spec, top_k=top_k, sinkhorn_iters=iters)
-    raw = target_similarity(target, sources=pool, features=feature_spec, top_k=top_k, sinkhorn_iters=0)
 
 for note in result.notes:
     st.caption(f"ℹ️ {note}")
+order = [loc for loc, _ in result.neighbours]  # one order on this page: by similarity, as top-K picks them
 left, right = st.columns(2, gap="large")
-widgets.chart(figures.weights_bars(raw.weights, result.weights, iters, title=f"Source weights for {target}"),
-              "sim_weights", left)
+widgets.chart(figures.weights_bars(result.unbalanced_weights, result.weights, iters, order=order,
+                                   title=f"Source weights for {xp.language(target)}"), "sim_weights", left)
 widgets.chart(figures.neighbours_bar(result.neighbours, result.weights, NAMES,
                                      title=f"{target}'s top-{result.top_k} neighbours"), "sim_neighbours", right)
 table = result.table()
-table["weight (Sinkhorn 0)"] = table["locale"].map(lambda l: raw.weights.get(l, 0.0))
-table = table.rename(columns={"weight": f"weight (Sinkhorn {iters})"})
+number = lambda label: st.column_config.NumberColumn(label, format="%.4f")  # noqa: E731
 st.dataframe(table, hide_index=True, width="stretch",
-             column_config={c: st.column_config.NumberColumn(format="%.4f") for c in table.columns[2:]})
-moved = max((abs(result.weights.get(l, 0) - raw.weights.get(l, 0)) for l in table["locale"]), default=0.0)
+             column_config={"similarity": number("similarity"),
+                            "weight before Sinkhorn": number("weight before Sinkhorn (top-K similarities)"),
+                            "weight": number(f"weight (Sinkhorn {iters})")})
+moved = max((abs(result.weights.get(l, 0) - result.unbalanced_weights.get(l, 0)) for l in table["locale"]),
+            default=0.0)
 if moved > 0.05:
     st.caption(f"Sinkhorn moved up to {moved:.2f} of weight between sources: balancing the whole matrix "
                "takes weight from sources that are everyone's neighbour.")
-use = st.container()
-with use:
-    if st.button("Use these sources", type="primary", icon=":material/check:", key="sim_use"):
-        st.session_state[state.SELECTION_KEY] = {
-            "target": target, "sources": list(result.weights), "weights": dict(result.weights),
-            "features": feature_spec, "top_k": result.top_k, "sinkhorn_iters": iters}
-        st.session_state["selection_version"] = st.session_state.get("selection_version", 0) + 1
-        for key in ("merge_target", "ens_target", "evo_target"):
-            st.session_state[key] = target
-        st.success(f"Stored for Merge, Ensemble and Evolve: {target} ← "
-                   + ", ".join(f"{s} ({w:.2f})" for s, w in result.weights.items()))
-        l1, l2 = st.columns(2)
-        l1.page_link("pages/3_Merge.py", label="Go to Merge", icon=":material/merge:")
-        l2.page_link("pages/4_Ensemble.py", label="Go to Ensemble", icon=":material/groups:")
-    else:
-        st.caption("Hands the target, these sources and their Sinkhorn weights to the Merge, Ensemble and "
-                   "Evolve pages (editable there).")
+current = state.experiment(ws, derive=False)
+chosen = tuple(result.weights.items())
+in_use = [s for s, _ in current.weights] == [s for s, _ in chosen] and all(
+    abs(a - b) < 1e-6 for (_, a), (_, b) in zip(current.weights, chosen))
+if st.button("Use these sources", type="primary", icon=":material/check:", key="sim_use"):
+    state.set_experiment(replace(current, weights=chosen, origin=xp.SIMILARITY))
+    st.success(f"Stored for Merge, Ensemble and Evolve: {xp.describe(state.experiment(ws))}")
+    l1, l2 = st.columns(2)
+    l1.page_link("pages/3_Merge.py", label="Go to Merge", icon=":material/merge:")
+    l2.page_link("pages/4_Ensemble.py", label="Go to Ensemble", icon=":material/groups:")
+elif in_use:
+    st.caption("These are the current experiment's sources (shown in the sidebar; Merge, Ensemble and Evolve "
+               "use them).")
+else:
+    st.caption("Hands the target, these sources and their Sinkhorn weights to the Merge, Ensemble and "
+               "Evolve pages (editable there). The current sources: " + xp.sources_text(current.weights))
 
-matrix = similarity_matrix(None, feature_spec) if whole else result.matrix
-heat, _ = st.columns([3, 1]) if len(matrix) <= 16 else (st.container(), None)
-widgets.chart(figures.similarity_heatmap(matrix, target, f"URIEL cosine similarity ({feature_spec})"),
-              "sim_heatmap", heat)
+raw_matrix = similarity_matrix(None, feature_spec) if whole else result.matrix
+raw_fig = figures.similarity_heatmap(raw_matrix, target, f"URIEL cosine similarity ({feature_spec})")
+done_fig = figures.weights_heatmap(result.balanced, target,
+                                   f"After top-{result.top_k} and Sinkhorn ({iters} iterations)")
+if len(raw_matrix) <= 16:
+    h1, h2 = st.columns(2, gap="large")
+    widgets.chart(raw_fig, "sim_heatmap", h1)
+    widgets.chart(done_fig, "sim_heatmap_balanced", h2)
+else:
+    widgets.chart(raw_fig, "sim_heatmap")
+    widgets.chart(done_fig, "sim_heatmap_balanced")
+st.caption("Left: the similarities themselves. Right: what the weights are read from — each row keeps its "
+           "top-K, then Sinkhorn balances rows and columns; the target's row, normalised, gives the weights.")
 
 with st.expander("MASSIVE locales and their ISO 639-3 codes"):
     st.dataframe(locale_table(), hide_index=True, width="stretch")

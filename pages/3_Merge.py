@@ -2,6 +2,7 @@
 import streamlit as st
 
 from dashboard import runs as runs_view
+from dashboard import experiment as xp
 from dashboard import state, widgets
 from engine.experiments import DATA_MODES, Candidate, protected_folders, submit_candidate
 from engine.export_guard import ExportError, check_export_dir
@@ -15,8 +16,7 @@ ws = state.require_workspace()
 settings, target, sources, weights = widgets.recipe_columns(ws, "merge")
 with settings:
     names = MERGES.names()
-    method_name = st.selectbox("Method", names, index=names.index("ties") if "ties" in names else 0,
-                               key="merge_method")
+    method_name = widgets.method_picker(MERGES, names, "Method", "merge_method", default="ties")
     method = MERGES.get(method_name)
     widgets.method_caption(method)
     values = widgets.param_controls(method, sources, key="merge")
@@ -75,16 +75,19 @@ with settings:
 
 st.divider()
 st.subheader("Result")
-history = state.store().runs(kind="merge", limit=30)
-if not history:
-    st.caption("No merge has run yet.")
+mine = state.store().runs(kind="merge", target=target, limit=30)  # another target's run is not this one's
+if not mine:
+    others = len(state.store().runs(kind="merge", limit=1000))
+    st.caption(f"No merge for {xp.language(target)} yet."
+               + (f" {others} merge(s) for other targets are listed on the Compare page." if others else ""))
     st.stop()
-ids = [r["id"] for r in history]
+ids = [r["id"] for r in mine]
 chosen = st.session_state.get("merge_run")
 if chosen not in ids:
     chosen = ids[0]
-labels = {r["id"]: runs_view.run_label(r) for r in history}
-run_id = st.selectbox("Run", ids, index=ids.index(chosen), format_func=labels.get, key=f"merge_show_{chosen}")
+labels = {r["id"]: runs_view.run_label(r) for r in mine}
+run_id = st.selectbox(f"Run (merges for {target})", ids, index=ids.index(chosen), format_func=labels.get,
+                      key=f"merge_show_{chosen}")
 run = runs_view.watch(run_id, key="merge")
 if run is None or run["status"] in ("queued", "running"):
     st.stop()

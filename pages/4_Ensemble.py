@@ -23,7 +23,7 @@ with settings:
     family = st.segmented_control("Kind", ["voting", "learned fusion"], default="voting", key="ens_family") or "voting"
     options = rules if family == "voting" else learned
     default = "weighted_logits" if "weighted_logits" in options else options[0]
-    method = ENSEMBLES.get(st.selectbox("Method", options, index=options.index(default), key=f"ens_method_{family}"))
+    method = ENSEMBLES.get(widgets.method_picker(ENSEMBLES, options, "Method", f"ens_method_{family}", default=default))
     widgets.method_caption(method)
     if method.meta.get("uses_weights") is False and not method.meta.get("needs_fit"):
         st.caption("This rule ignores the weights.")
@@ -59,7 +59,8 @@ missing = tasks.missing_logits(ws, pairs)
 if missing:
     active = [r for r in state.store().runs(kind="logits", status=("queued", "running"), limit=5)]
     st.info(f"{len(missing)} of {len(pairs)} model outputs are not cached yet. They are computed once "
-            "(one forward pass per model and split); after that every change here re-scores instantly.")
+            "(one forward pass per model and split); after that every change here re-scores instantly.  \n"
+            + tasks.describe_pairs(pairs, missing, target))
     if active:
         runs_view.watch(active[0]["id"], key="ens-logits")
     elif st.button("Compute the sources' outputs", type="primary", icon=":material/play_arrow:", key="ens_logits"):
@@ -82,7 +83,7 @@ run = {"id": "live", "kind": "ensemble", "method": method.name, "target": target
        "sources": sources, "weights": weights, "params": {**cand.params, "seed": seed, "data_mode": data_mode},
        "metrics": live["metrics"], "result": {"baselines": live["baselines"], "seconds": live["seconds"],
                                               "target_data": target_data_use(cand)}}
-st.subheader(f"{method.name} → {target}")
+st.subheader(f"{method.title} → {target}")
 runs_view.result_card(run, extra_bars=[(f"source {s}", a) for s, a in live["scores"].items()])
 if live.get("learned_weights"):
     widgets.chart(figures.model_weights_bars(sources, weights, live["learned_weights"],

@@ -37,7 +37,10 @@ with st.expander("New evolutionary run", expanded=not history, icon=":material/a
                                   help="keep task vectors, sorted magnitudes and random draws between merges: "
                                        "several times faster, identical results, up to ~3× the sources' memory")
         st.markdown("**Fitness weights**")
-        preset = st.toggle("seed 004 weights (accuracy .3, loss .4, latency .2, memory .1)", key="evo_seed_fitness")
+        preset = st.toggle("Cost-aware fitness (accuracy .3, loss .4, latency .2, memory .1)",
+                           key="evo_seed_fitness",
+                           help="the composite fitness of the EvoMerge recipe this search follows; off: accuracy "
+                                ".5 and loss .5, no cost terms")
         base_fitness = SEED_FITNESS if preset else DEFAULT_FITNESS
         fc = st.columns(len(FITNESS_TERMS))
         fitness = {t: float(fc[i].number_input(t, 0.0, 10.0, float(base_fitness[t]), step=0.05,
@@ -62,7 +65,8 @@ with st.expander("New evolutionary run", expanded=not history, icon=":material/a
         else:
             names = [m.name for m in MERGES if not m.meta.get("needs_data")]
             e = st.columns(3)
-            extra["method"] = e[0].selectbox("Merge method tuned", names, index=names.index("ties"), key="evo_method")
+            extra["method"] = widgets.method_picker(MERGES, names, "Merge method tuned", "evo_method", default="ties",
+                                                    where=e[0])
             extra["layer_groups"] = int(e[1].number_input("Layers per group (0 = global)", 0, 64, 2, key="evo_groups"))
             extra["sigma0"] = float(e[2].number_input("Initial step σ0", 0.01, 1.0, 0.2, key="evo_sigma0"))
             tunable = [p.name for p in MERGES.get(extra["method"]).params if p.kind == "float" and p.per_model]

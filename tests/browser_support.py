@@ -196,3 +196,33 @@ def expand(driver, label: str, timeout: float = 20.0) -> None:
                                                if label in s.text), None), timeout, f"expander {label!r}")
     summary.click()
     wait_idle(driver)
+
+
+def _selectbox(driver, label: str):
+    """The selectbox whose label reads exactly ``label`` (page or sidebar), or None."""
+    for box in driver.find_elements("css selector", '[data-testid="stSelectbox"]'):
+        labels = box.find_elements("css selector", '[data-testid="stWidgetLabel"]')
+        if labels and labels[0].text.strip() == label and box.is_displayed():
+            return box
+    return None
+
+
+def selected(driver, label: str, timeout: float = 20.0) -> str:
+    """What a labelled selectbox shows as chosen."""
+    box = wait_for(driver, lambda d: _selectbox(d, label), timeout, f"selectbox {label!r}")
+    return (box.find_element("css selector", '[role="combobox"]').get_attribute("value") or "").strip()
+
+
+def choose(driver, label: str, option: str, timeout: float = 20.0) -> None:
+    """Opens a labelled selectbox and clicks the option whose text is ``option``."""
+    box = wait_for(driver, lambda d: _selectbox(d, label), timeout, f"selectbox {label!r}")
+    driver.execute_script("arguments[0].scrollIntoView({block: 'center'});", box)
+    box.find_element("css selector", 'button[aria-haspopup="listbox"]').click()
+
+    def find(d):
+        return next((o for o in d.find_elements("css selector", '[role="option"]')
+                     if o.text.strip() == option and o.is_displayed()), None)
+
+    wait_for(driver, find, timeout, f"option {option!r} of {label!r}").click()
+    wait_for(driver, lambda d: selected(d, label) == option, timeout, f"{label!r} = {option!r}")
+    wait_idle(driver)

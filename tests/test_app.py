@@ -81,15 +81,15 @@ def test_similarity_controls_drive_the_weights(app_cache):
     table = weights_table(at)
     assert at.selectbox(key="sim_target").value == "de-DE"
     assert list(table["locale"]) == ["nl-NL", "en-US", "es-ES"]  # Dutch is German's nearest
-    sinkhorn = table["weight (Sinkhorn 20)"]
+    sinkhorn = table["weight"]
     assert sinkhorn.sum() == pytest.approx(1.0)
     # raw similarity weights sit beside the Sinkhorn ones and differ from them
-    raw = table["weight (Sinkhorn 0)"]
+    raw = table["weight before Sinkhorn"]
     assert raw.sum() == pytest.approx(1.0) and not (raw - sinkhorn).abs().max() < 1e-6
     at.slider(key="sim_top_k").set_value(1)
     rerun(at)
     table = weights_table(at)
-    assert list(table["locale"]) == ["nl-NL"] and table["weight (Sinkhorn 20)"].tolist() == [1.0]
+    assert list(table["locale"]) == ["nl-NL"] and table["weight"].tolist() == [1.0]
     at.selectbox(key="sim_target").set_value("es-ES")
     at.slider(key="sim_top_k").set_value(2)
     rerun(at)
@@ -97,8 +97,8 @@ def test_similarity_controls_drive_the_weights(app_cache):
     assert "es-ES" not in set(table["locale"]) and len(table) == 2
     button(at, "sim_use").click()
     rerun(at)
-    selection = at.session_state["selection"]
-    assert selection["target"] == "es-ES" and set(selection["weights"]) == set(table["locale"])
+    selection = at.session_state["experiment"]
+    assert selection.target == "es-ES" and set(selection.sources) == set(table["locale"])
     goto(at, "Merge")  # the hand-over pre-fills the Merge page
     assert at.selectbox(key="merge_target").value == "es-ES"
     assert "from the Similarity page" in " ".join(c.value for c in at.caption)
