@@ -192,7 +192,7 @@ def cmd_evolve(args):
             if args.fitness_weights:
                 config.fitness_weights = parse_fitness_weights(args.fitness_weights)
             run_id = submit_evolution(runner, ws, config, force=args.force)
-            if not args.json:
+            if not (args.json or args.quiet):
                 _print_estimate(store.get(run_id))
         try:
             row = _follow(store, run_id, progress_for(args))
