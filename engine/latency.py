@@ -84,6 +84,10 @@ def _source_key(evaluator, model_locale: str, locale: str, split: str) -> str:
             f"{REPEATS}|{machine_key(evaluator.device)}")
 
 
+def has_source_latency(evaluator, model_locale: str, locale: str, split: str = "test") -> bool:
+    return evaluator.cache is not None and _source_key(evaluator, model_locale, locale, split) in evaluator.cache
+
+
 def source_latency(evaluator, model_locale: str, locale: str, split: str = "test") -> Dict[str, object]:
     """A zoo model's latency on the split's sample: measured once per machine, then read back."""
     key = _source_key(evaluator, model_locale, locale, split)

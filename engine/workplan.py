@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from typing import Dict, Iterable, List, Optional, Tuple
 
-from .progress import Phases, ProgressFn, Tracker
+from .progress import ProgressFn, Tracker
 
 _SIZES: Dict[str, Tuple[float, float]] = {}
 
@@ -72,7 +72,8 @@ def candidate_plan(ws, cand, splits, with_baselines: bool) -> Dict[str, tuple]:
     """Phases of evaluate_candidate with their work: loading and merging the sources (merges), the
     scoring passes (ensembles: only the members' logits not cached yet), the latency measurement,
     and the baselines' zero-shot scoring still to do."""
-    from .latency import REPEATS, SAMPLE
+    from .latency import REPEATS, SAMPLE, has_source_latency
+    from .progress import RATES
 
     total_m, compute_m = model_size(ws)
     n = {s: len(ws.dataset.get(cand.target, s).texts) for s in splits}
@@ -87,7 +88,9 @@ def candidate_plan(ws, cand, splits, with_baselines: bool) -> Dict[str, tuple]:
         pairs = [(m, s) for s in splits for m in cand.sources
                  if not ws.evaluator.has_source_logits(m, cand.target, s)]
         plan["members"] = ("forward", sum(n[s] for _, s in pairs) * compute_m)
-        plan["latency"] = ("forward", (REPEATS + 1) * SAMPLE * compute_m * len(cand.sources))
+        unmeasured = [m for m in cand.sources if not has_source_latency(ws.evaluator, m, cand.target, splits[-1])]
+        plan["latency"] = ("forward", (REPEATS + 1) * SAMPLE * compute_m * len(unmeasured)
+                           + len(unmeasured) * total_m * RATES["load"] / RATES["forward"])
     if with_baselines:
         plan.update(source_scores_plan(ws, cand.target))
     return plan
@@ -113,5 +116,5 @@ def warm_zero_shot(ws, targets: Optional[Iterable[str]] = None, split: str = "te
             "seconds": time.perf_counter() - started}
 
 
-__all__ = ["Phases", "candidate_plan", "missing_zero_shot", "model_size", "warm_zero_shot",
+__all__ = ["candidate_plan", "missing_zero_shot", "model_size", "warm_zero_shot",
            "zero_shot_message"]

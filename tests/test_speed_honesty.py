@@ -179,3 +179,15 @@ def test_frankenmerge_tries_start_at_the_changed_layer_with_identical_logits(tin
     assert torch.equal(torch.from_numpy(reused.logits), torch.from_numpy(full.logits))
     assert not torch.equal(torch.from_numpy(first.logits), torch.from_numpy(full.logits))
     assert len(model.base_model.encoder.layer) == 3  # the stack is restored
+
+
+def test_evolve_page_states_the_real_candidate_count(app_cache):
+    from app_support import goto, open_app, rerun
+
+    at = goto(open_app(), "Evolve")
+    at.number_input(key="evo_generations").set_value(2)
+    at.number_input(key="evo_population").set_value(4)
+    rerun(at)
+    captions = " ".join(c.value for c in at.caption)
+    assert "At most 20 candidates: 8 in generation 0, 6 in each of the 2 later ones" in captions, captions
+    assert "About 12 merges" not in captions
