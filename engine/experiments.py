@@ -18,8 +18,8 @@ import numpy as np
 import torch
 
 from .latency import ensemble_latency, measure_model
-from .workplan import candidate_plan
 from .progress import Phases, Progress, ProgressFn, Tracker
+from .workplan import candidate_plan
 from .workspace import Workspace
 
 DATA_MODES = ("target", "sources", "both")
@@ -161,7 +161,6 @@ def build_merge(ws: Workspace, cand: Candidate, progress: Optional[ProgressFn] =
     """Loads the sources (and base when the method needs it) and merges them in memory; the
     progress of both phases is weighted by their work (engine/workplan.py)."""
     from .merge import MERGES, merge_state_dicts
-    from .workplan import candidate_plan
 
     method = MERGES.get(cand.method)
     if phases is None:
