@@ -100,10 +100,14 @@ def test_evomerge_estimate_counts_the_candidates_the_search_runs(tiny_ws):
                           population=4, dev_size=8, patience=0, seed=1, reseed=0)
     estimate = candidates_per_generation(config)
     assert (estimate.first, estimate.later) == (8, 6)  # the "16" was population × gens
-    evo = Evolution(tiny_ws, config)
+    seen = []
+    evo = Evolution(tiny_ws, config, progress=seen.append)
+    evo.step()
+    assert (seen[-1].done, seen[-1].total) == (8, 20)  # the bar counts candidates, not generations
     while evo.step():
         pass
     assert [h["evaluations"] for h in evo.history] == [8, 6, 6]
+    assert (seen[-1].done, seen[-1].total) == (20, 20)
     assert evo.evaluations == estimate.total == 20
     assert "At most 20 candidates: 8 in generation 0, 6 in each of the 2 later ones" in estimate.text()
     seed004 = candidates_per_generation(EvolveConfig(target=TARGET, generations=3))
