@@ -69,11 +69,17 @@ def _rescaled(delta: Tensor, keep: Tensor, rescale: str, keep_prob, eps: float =
         return masked
     if rescale == "inverse_density":
         return masked.div_(keep_prob)
-    before = torch.linalg.vector_norm(delta, ord=1) if before is None else before
-    after = torch.linalg.vector_norm(masked, ord=1)
+    before = l1_norm(delta) if before is None else before
+    after = l1_norm(masked)
     if before < eps or after < eps:
         return masked
     return masked.mul_(before / after)
+
+
+def l1_norm(t: Tensor) -> Tensor:
+    """‖t‖₁ summed as mergekit sums it (|t|.sum(): vector_norm's order differs in the last bits,
+    enough to flip a sign election where the weighted deltas nearly cancel)."""
+    return t.abs().sum()
 
 
 def _keep(shape, prob, like: Tensor, generator, uniform: Optional[Tensor] = None) -> Tensor:
