@@ -4,11 +4,14 @@ task arithmetic).
 Each source's task vector δ_i = θ_i − θ_base is sparsified, weighted by w_i, optionally reduced to
 the entries agreeing with an elected sign (TIES consensus), summed, optionally divided by the sum
 of the contributing weights ("normalize"), scaled by λ and added to the base. Sparsifiers, tie
-handling and rescaling follow mergekit 0.1.5's ``sparsify.py``; random draws use the per-key
-generator in the same order (source by source) as mergekit's global RNG, so on CPU mergekit
-run after ``torch.manual_seed(s)`` draws the same masks as a kernel given
-``Generator().manual_seed(s)``.
-TIES keeps the very entries mergekit keeps, ties in |δ| at the cut included (see magnitude).
+handling and rescaling follow mergekit 0.1.5's ``sparsify.py``: TIES and breadcrumbs keep the
+very entries mergekit keeps, ties in |δ| at the cut included (see magnitude).
+Random draws: a kernel draws from the generator it is given, source by source, as mergekit's
+per-tensor step draws from torch's global one, so on CPU a kernel given ``Generator()
+.manual_seed(s)`` draws mergekit's masks for one tensor after ``torch.manual_seed(s)``. For a
+whole model mergekit (``--random-seed s``) draws from one generator, tensor after tensor in
+sorted-name order; the engine seeds one per tensor by (seed, name) instead (order-free, cacheable),
+so a whole DARE/DELLA model differs from mergekit's by the draws (tests/test_merge_parity_models).
 A classification head missing from the pretrained base is linear-averaged by the engine.
 """
 from __future__ import annotations
