@@ -8,7 +8,7 @@ from typing import Dict, List, Optional
 
 import streamlit as st
 
-from engine import figures
+from engine import figures, latency
 from engine.progress import format_seconds
 from engine.registry import method_title
 from engine.store import ACTIVE
@@ -133,7 +133,10 @@ def result_card(run: dict, extra_bars: Optional[List[tuple]] = None) -> None:
                    delta=f"{acc - best_source:+.3f} vs best source" if acc is not None and best_source is not None else None)
     cols[1].metric("Validation accuracy", f"{val['accuracy']:.3f}" if "accuracy" in val else "–")
     cols[2].metric("Test macro-F1", f"{test['macro_f1']:.3f}" if "macro_f1" in test else "–")
-    cols[3].metric("Latency / example", f"{test['latency_ms']:.2f} ms" if "latency_ms" in test else "–")
+    cols[3].metric("Latency / example", f"{test['latency_ms']:.2f} ms" if "latency_ms" in test else "–",
+                   help=latency.describe(test) or "timed during the scoring pass (older run)")
+    if latency.describe(test):
+        cols[3].caption(latency.describe(test))
     secs = (run.get("result") or {}).get("seconds")
     cols[4].metric("Build + evaluation", f"{secs:.1f} s" if secs is not None else "–")
     left, right = st.columns([3, 2])

@@ -19,8 +19,9 @@ Pair = Tuple[str, str, str]  # (model locale, data locale, split)
 def submit_demo_build(runner: JobRunner, out: Path, size: str = "default") -> str:
     def job(ctx):
         from engine.demo.build import build_demo_zoo
+        from engine.evaluate import default_cache_dir
 
-        manifest = build_demo_zoo(out, size=size, progress=ctx.progress)
+        manifest = build_demo_zoo(out, size=size, progress=ctx.progress, warm_cache=default_cache_dir())
         return {"result": {"manifest": str(manifest), "size": size}, "message": f"demo zoo ready at {out}"}
 
     return runner.submit("demo", job, lane="compute", name=f"build demo zoo ({size})", params={"size": size})

@@ -9,6 +9,7 @@ import argparse
 import json
 import sys
 import warnings
+from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
 from .progress import text_bar
@@ -95,15 +96,22 @@ def _build_args(p):
     p.add_argument("--locales", nargs="*", default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, default=None, help="fine-tuning steps per locale")
+    p.add_argument("--cache-dir", default="", help="the app's cache folder, whose logits cache gets every "
+                   "model's zero-shot score on every locale (default: ./cache)")
+    p.add_argument("--no-warm", action="store_true", help="skip that zero-shot matrix (the first merge "
+                   "per target then scores the other models itself, once)")
 
 
 @command("build-demo", "build (or resume) the offline demo zoo", _build_args)
 def cmd_build_demo(args):
     from .demo.build import build_demo_zoo
+    from .evaluate import default_cache_dir
     from .workspace import default_demo_dir
 
+    warm = None if args.no_warm else Path(args.cache_dir or default_cache_dir())
     manifest = build_demo_zoo(args.out or default_demo_dir(), size=args.size, locales=args.locales,
-                              seed=args.seed, steps=args.steps, progress=progress_for(args))
+                              seed=args.seed, steps=args.steps, progress=progress_for(args),
+                              warm_cache=warm)
     spec = json.loads(manifest.read_text())
     return ({"manifest": str(manifest), **{k: spec[k] for k in ("name", "models", "labels", "build_seconds")}},
             f"demo zoo ready: {manifest} ({len(spec['models'])} models, {len(spec['labels'])} labels, "

@@ -17,7 +17,9 @@ from typing import Dict, Iterable, List, Optional, Tuple
 import numpy as np
 import torch
 
-from .progress import ProgressFn, Tracker, sub_progress
+from .latency import ensemble_latency, measure_model
+from .progress import Phases, Progress, ProgressFn, Tracker
+from .workplan import candidate_plan
 from .runinfo import candidate_key, target_data_use
 from .workspace import Workspace
 
@@ -120,13 +122,19 @@ def source_weights(ws: Workspace, target: str, sources: Optional[Iterable[str]] 
 # ---- baselines -----------------------------------------------------------------------------------
 def source_scores(ws: Workspace, target: str, models: Optional[Iterable[str]] = None, split: str = "test",
                   progress: Optional[ProgressFn] = None) -> Dict[str, float]:
-    """Accuracy of each zoo model on the target's split (cached logits after the first time)."""
+    """Accuracy of each zoo model on the target's split: cached logits (build-demo warms them all),
+    else a forward pass, once, announced as such."""
+    from .workplan import missing_zero_shot, zero_shot_message
+
     models = list(models or ws.zoo.locales)
-    tracker = Tracker(progress, len(models), "scoring source models")
+    missing = {m for m, _ in missing_zero_shot(ws, [target], split, models)}
+    message = zero_shot_message(ws, target, len(missing), split) if missing else "cached zero-shot scores"
+    tracker = Tracker(progress, max(1, len(missing)), message)
     out = {}
     for m in models:
         out[m] = ws.evaluator.evaluate_source(m, target, split)["accuracy"]
-        tracker.advance(1)
+        if m in missing:
+            tracker.advance(1, f"{message} ({m} done)")
     return out
 
 
@@ -189,22 +197,30 @@ def merge_context(ws: Workspace, cand: Candidate):
     return MergeContext(build_model=ws.zoo.build_model, batches=batches, score=score)
 
 
-def build_merge(ws: Workspace, cand: Candidate, progress: Optional[ProgressFn] = None):
-    """Loads the sources (and base when the method needs it) and merges them in memory."""
+def build_merge(ws: Workspace, cand: Candidate, progress: Optional[ProgressFn] = None,
+                phases: Optional[Phases] = None):
+    """Loads the sources (and base when the method needs it) and merges them in memory; the
+    progress of both phases is weighted by their work (engine/workplan.py)."""
     from .merge import MERGES, merge_state_dicts
 
     method = MERGES.get(cand.method)
-    tracker = Tracker(sub_progress(progress, 0, 0.3), len(cand.sources) + 1, "loading sources")
+    if phases is None:
+        plan = candidate_plan(ws, cand, (), with_baselines=False)
+        phases = Phases(progress, {k: plan[k] for k in ("load", "merge")})
+    tracker = Tracker(phases.child("load"), len(cand.sources) + 1, "loading sources")
     states = []
     for s in cand.sources:
         states.append(ws.zoo.state_dict(s))
         tracker.advance(1, f"loaded {s}")
     base = ws.zoo.base_state_dict() if method.meta.get("needs_base") else None
     tracker.advance(1)
+    phases.finish("load", "sources loaded")
     context = merge_context(ws, cand) if method.meta.get("needs_data") else None
-    return merge_state_dicts(cand.method, states, cand.weights, base=base, params=cand.params,
-                             names=list(cand.sources), context=context, device=ws.evaluator.device,
-                             seed=cand.seed, progress=sub_progress(progress, 0.3, 0.8))
+    state = merge_state_dicts(cand.method, states, cand.weights, base=base, params=cand.params,
+                              names=list(cand.sources), context=context, device=ws.evaluator.device,
+                              seed=cand.seed, progress=phases.child("merge", "merging: "))
+    phases.finish("merge", "merged")
+    return state
 
 
 def ensemble_logits(ws: Workspace, cand: Candidate, split: str) -> Tuple[np.ndarray, float]:
@@ -226,14 +242,25 @@ def evaluate_candidate(ws: Workspace, cand: Candidate, progress: Optional[Progre
     metrics: Dict[str, Dict[str, float]] = {}
     predictions: Dict[str, List[int]] = {}
     extra: Dict[str, object] = {}
+    if progress is not None:  # the plan reads fingerprints and tokenises: seconds on a cold start
+        progress(Progress(0.0, 1.0, "preparing: reading the models and the data", 0.0))
+    phases = Phases(progress, candidate_plan(ws, cand, splits, with_baselines), started)
     if cand.kind == "merge":
-        state = build_merge(ws, cand, progress)
+        state = build_merge(ws, cand, phases=phases)
         report = state.report
         build_s = time.perf_counter() - started
         for split in splits:
-            scored = ws.evaluator.state_logits(state, cand.target, split)
+            scored = ws.evaluator.state_logits(state, cand.target, split,
+                                               progress=phases.child(f"score {split}", f"scoring {split}: "))
+            phases.finish(f"score {split}", f"scored {split}")
             metrics[split] = ws.evaluator.score(scored, cand.target, split)
             predictions[split] = scored.logits.argmax(axis=1).tolist()
+        phases.child("latency")
+        latency = measure_model(ws.evaluator, ws.evaluator.working_model(state), cand.target, splits[-1])
+        phases.finish("latency", "latency measured")
+        for split in splits:  # one model, one latency: measured warm, not read off the scoring pass
+            metrics[split].pop("latency_from_cache", None)
+            metrics[split].update(latency)
         extra["merge_report"] = {k: v for k, v in report.to_dict().items() if k != "treatment"}
         extra["state"] = state
     else:
@@ -253,20 +280,31 @@ def evaluate_candidate(ws: Workspace, cand: Candidate, progress: Optional[Progre
                          weights=cand.weights, params=cand.params, seed=cand.seed)
             extra["learned_weights"] = dict(zip(cand.sources, map(float, fitted.model_weights)))
         build_s = time.perf_counter() - started
+        todo = [(m, s) for s in splits for m in cand.sources
+                if not ws.evaluator.has_source_logits(m, cand.target, s)]
+        tracker = Tracker(phases.child("members", "members: "), max(1, len(todo)), "members' logits")
+        for m, s in todo:
+            ws.evaluator.source_logits(m, cand.target, s)
+            tracker.advance(1, f"{m} on {cand.target} {s}")
+        phases.finish("members", "members scored")
+        phases.child("latency")  # the members' latencies: measured once per machine
         for split in splits:
-            logits, forward_s = ensemble_logits(ws, cand, split)
+            logits, _ = ensemble_logits(ws, cand, split)
             t0 = time.perf_counter()
             probs = combine(cand.method, logits, weights=cand.weights, params=cand.params, fitted=fitted)
             fuse_s = time.perf_counter() - t0
             labels = ws.evaluator.encoded(cand.target, split).labels
             m = classification_metrics(probs, labels)
-            m["latency_ms"] = 1000 * (forward_s + fuse_s) / len(labels)
+            m.update(ensemble_latency(ws.evaluator, cand.sources, cand.target, splits[-1], fuse_s, len(labels)))
             m["fuse_ms"] = 1000 * fuse_s
             metrics[split] = m
             predictions[split] = probs.argmax(axis=1).tolist()
+        phases.finish("latency", "latency measured")
         extra["fitted"] = fitted
-    base = (baselines(ws, cand.target, cand.sources, "test", sub_progress(progress, 0.8, 1.0, "baselines: "))
-            if with_baselines else {})
+    base = {}
+    if with_baselines:
+        base = baselines(ws, cand.target, cand.sources, "test", phases.child("baselines", "baselines: "))
+        phases.finish("baselines", "baselines ready")
     test_acc = metrics.get("test", {}).get("accuracy")
     return {"metrics": metrics, "predictions": predictions, "baselines": base, "build_seconds": build_s,
             "seconds": time.perf_counter() - started, "test_accuracy": test_acc, **extra}

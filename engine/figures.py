@@ -193,22 +193,32 @@ def series_frame(points: Iterable[Mapping[str, object]]) -> pd.DataFrame:
 
 
 def fitness_curves(frame: pd.DataFrame, title: str = "") -> go.Figure:
-    """Population fitness per generation (best, mean, worst; best-ever champion) on the left axis,
-    gene diversity (0..1) on the right one."""
-    fig = go.Figure()
-    styles = {"champion": dict(color=CANDIDATE, width=4), "best": dict(color="#1098ad", width=2),
-              "mean": dict(color=SECONDARY, width=2), "worst": dict(color="#ced4da", width=1, dash="dot")}
+    """Population fitness per generation (best, mean, worst; best-ever champion) above, gene
+    diversity (0..1) below: two stacked panels sharing the generation axis, each with its own
+    plain ticks (one dual axis put ticks such as 0.079 and 0.317 beside each other). The
+    champion is a wide pale band under the others, so where it equals the best both show."""
+    from plotly.subplots import make_subplots
+
+    has_div = "diversity" in frame
+    fig = make_subplots(rows=2 if has_div else 1, cols=1, shared_xaxes=True, vertical_spacing=0.08,
+                        row_heights=[0.72, 0.28] if has_div else None)
+    styles = {"champion": dict(color=CANDIDATE, width=9), "best": dict(color="#1098ad", width=2),
+              "mean": dict(color=SECONDARY, width=2), "worst": dict(color="#868e96", width=1, dash="dot")}
     for name, line in styles.items():
         if name in frame:
-            fig.add_trace(go.Scatter(x=frame.index, y=frame[name], name=name if name != "champion" else "champion (best ever)",
-                                     mode="lines+markers" if name in ("champion", "best") else "lines", line=line))
-    if "diversity" in frame:
-        fig.add_trace(go.Scatter(x=frame.index, y=frame["diversity"], name="diversity", yaxis="y2",
-                                 mode="lines", line=dict(color="#f08c00", dash="dash")))
-    fig.update_layout(yaxis=dict(title="fitness (dev)"),
-                      yaxis2=dict(title="diversity", overlaying="y", side="right", showgrid=False,
-                                  range=[0, 1]))
-    fig.update_xaxes(title="generation", dtick=1 if len(frame.index) <= 25 else None)
+            fig.add_trace(go.Scatter(x=frame.index, y=frame[name], line=line,
+                                     name=name if name != "champion" else "champion (best ever)",
+                                     opacity=0.35 if name == "champion" else 1.0,
+                                     mode="lines+markers" if name == "best" else "lines"), row=1, col=1)
+    fig.update_yaxes(title="fitness (dev)", tickformat=".2f", nticks=6, row=1, col=1)
+    if has_div:
+        fig.add_trace(go.Scatter(x=frame.index, y=frame["diversity"], name="diversity", mode="lines",
+                                 line=dict(color="#f08c00", dash="dash")), row=2, col=1)
+        top = max(0.1, float(frame["diversity"].max()) * 1.15) if frame["diversity"].notna().any() else 1.0
+        fig.update_yaxes(title="diversity", range=[0, min(1.0, top)], tickformat=".2f", nticks=3,
+                         row=2, col=1)
+    fig.update_xaxes(dtick=1 if len(frame.index) <= 25 else None)
+    fig.update_xaxes(title="generation", row=2 if has_div else 1, col=1)
     return _layout(fig, title or "Fitness per generation")
 
 

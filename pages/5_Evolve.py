@@ -6,6 +6,7 @@ from dashboard import state, tasks, widgets
 from engine import figures
 from engine.evolve import (DEFAULT_FITNESS, FITNESS_TERMS, SEED_FITNESS, EvolveConfig, resume_evolution,
                            submit_evolution)
+from engine.evolve.estimate import candidates_per_generation
 from engine.evolve.genome import combo_name
 from engine.limits import bounds
 from engine.merge import MERGES
@@ -81,8 +82,11 @@ with st.expander("New evolutionary run", expanded=not history, icon=":material/a
         address = c[1].text_input("Ray address (empty: a local instance)", "", key="evo_address",
                                   disabled=executor != "ray") or None
         extra.update(executor=executor, address=address if executor == "ray" else None)
-        evals = int(population) * (int(generations) + 1)
-        st.caption(f"About {evals} merges + evaluations on {target}'s dev data.")
+        planned = EvolveConfig(target=target, algorithm=algorithm, generations=int(generations),
+                               population=int(population), **extra)
+        st.caption(f"{candidates_per_generation(planned).text()} Each is one merge and one pass over "
+                   f"{target}'s dev data" + (" (frankenmerge candidates: one more pass per layer choice)."
+                                             if algorithm == "evomerge" else "."))
         if st.button("Start evolution", type="primary", icon=":material/play_arrow:", key="evo_start",
                      disabled=not sources):
             config = EvolveConfig(target=target, algorithm=algorithm, sources=sources, weights=weights,

@@ -12,7 +12,8 @@ that each stage does what it is defined for:
    have no signs to elect; run on the sources it resolves their conflicts as designed.)
 3. selection: θ₁ and θ₂ are the two candidates the selection stage chooses between, weighted
    (1 − mix, mix): ``frankenmerge`` takes each transformer layer whole from θ₁, θ₂ or their
-   weighted average, greedily by dev fitness (1 + 2·layers extra evaluations), embeddings and head
+   weighted average, greedily by dev fitness (1 + 2·layers extra evaluations, each try run from the
+   layer it changes: fitness.PrefixReuse), embeddings and head
    averaged; ``inverse_variance`` weights each entry by how little each candidate deviates from
    their weighted mean. The result is the individual's model.
 

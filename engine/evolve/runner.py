@@ -22,6 +22,7 @@ from ..progress import Progress
 from .build import Sources
 from .cmaes import CmaSearch
 from .config import EvolveConfig, EvolveError
+from .estimate import candidates_per_generation
 from .evomerge import EvoMergeSearch
 from .fitness import Fitness
 from .member import Member
@@ -257,14 +258,23 @@ class Evolution:
         if self._update is not None:
             self._update(self.result())
 
+    def _candidates_before(self, done: float) -> float:
+        """``done`` generations (a fraction: part of one) in candidates, as the estimate counts
+        them: generation 0 is bigger than the later ones, so generations are not equal steps."""
+        est = candidates_per_generation(self.config)
+        g = min(int(done), est.generations + 1)
+        before = 0 if g == 0 else est.first + (g - 1) * est.later
+        return before + (done - g) * (est.first if g == 0 else est.later)
+
     def _report(self, done: float, message: str) -> None:
         if self._progress is None:
             return
-        total = self.config.generations + 1
+        total = float(candidates_per_generation(self.config).total)
+        done_c = min(self._candidates_before(done), total)
         elapsed = time.perf_counter() - self._clock
-        fresh = done - self._done_at_start  # after a resume, the ETA extrapolates this session
-        scaled = elapsed * done / fresh if fresh > 0 else 0.0
-        self._progress(Progress(min(done, total), total, message, scaled))
+        fresh = done_c - self._candidates_before(self._done_at_start)  # after a resume, the ETA
+        scaled = elapsed * done_c / fresh if fresh > 0 else 0.0         # extrapolates this session
+        self._progress(Progress(done_c, total, message, scaled))
 
     # ---- results -----------------------------------------------------------------------------
     def champion_recipe(self) -> Optional[Dict[str, Any]]:

@@ -86,7 +86,9 @@ class KeyInputs:
 
     def l1(self, i: int) -> Tensor:
         """‖δ_i‖₁, computed as the uncached kernel does (same reduction, same value)."""
-        return self.derived("l1", i, lambda: torch.linalg.vector_norm(self.delta(i), ord=1))
+        from .sparse import l1_norm
+
+        return self.derived("l1", i, lambda: l1_norm(self.delta(i)))
 
     def sorted_size(self, i: int) -> Tensor:
         """|δ_i| flattened and sorted ascending (numpy's vectorised sort on the CPU: the values

@@ -25,6 +25,12 @@ TOKENIZER_FILES = ("special_tokens_map.json", "added_tokens.json", "sentencepiec
 TA_FAMILY = {"task_arithmetic", "ties", "dare_linear", "dare_ties", "breadcrumbs",
              "breadcrumbs_ties", "della", "della_linear"}
 RANDOM = {"dare_linear", "dare_ties", "della", "della_linear"}
+# Why a random merge's rerun differs (tests/test_merge_parity_models.py shows it is the draws only).
+RANDOM_NOTE = [
+    "Random dropping: this file reproduces the recipe, not the random draws. The engine draws",
+    "each tensor's masks from a generator seeded by (seed, tensor name); mergekit draws from one",
+    "global generator (--random-seed) tensor after tensor in name order, so its masks differ.",
+]
 
 
 def _template_files(template: Path) -> List[Path]:
@@ -190,8 +196,7 @@ def _write_folder(out: Path, state_dict: Mapping[str, Tensor], files: List[Path]
         header = [f"mergekit 0.1.5 config reproducing this '{record['method']}' merge "
                   f"(engine {ENGINE_VERSION})."]
         if record["method"] in RANDOM:
-            header.append("Random dropping: mergekit uses its own RNG, so its result matches in "
-                          "distribution, not bit for bit.")
+            header += RANDOM_NOTE
         if config.get("base_model"):
             header.append("Tensors missing from base_model (a classification head) were "
                           "linear-averaged by the engine.")

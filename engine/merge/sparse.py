@@ -4,11 +4,14 @@ task arithmetic).
 Each source's task vector δ_i = θ_i − θ_base is sparsified, weighted by w_i, optionally reduced to
 the entries agreeing with an elected sign (TIES consensus), summed, optionally divided by the sum
 of the contributing weights ("normalize"), scaled by λ and added to the base. Sparsifiers, tie
-handling and rescaling follow mergekit 0.1.5's ``sparsify.py``; random draws use the per-key
-generator in the same order (source by source) as mergekit's global RNG, so on CPU mergekit
-run after ``torch.manual_seed(s)`` draws the same masks as a kernel given
-``Generator().manual_seed(s)``.
-One deliberate difference: TIES trimming breaks ties in |δ| at the cut by index (see magnitude).
+handling and rescaling follow mergekit 0.1.5's ``sparsify.py``: TIES and breadcrumbs keep the
+very entries mergekit keeps, ties in |δ| at the cut included (see magnitude).
+Random draws: a kernel draws from the generator it is given, source by source, as mergekit's
+per-tensor step draws from torch's global one, so on CPU a kernel given ``Generator()
+.manual_seed(s)`` draws mergekit's masks for one tensor after ``torch.manual_seed(s)``. For a
+whole model mergekit (``--random-seed s``) draws from one generator, tensor after tensor in
+sorted-name order; the engine seeds one per tensor by (seed, name) instead (order-free, cacheable),
+so a whole DARE/DELLA model differs from mergekit's by the draws (tests/test_merge_parity_models).
 A classification head missing from the pretrained base is linear-averaged by the engine.
 """
 from __future__ import annotations
@@ -69,11 +72,17 @@ def _rescaled(delta: Tensor, keep: Tensor, rescale: str, keep_prob, eps: float =
         return masked
     if rescale == "inverse_density":
         return masked.div_(keep_prob)
-    before = torch.linalg.vector_norm(delta, ord=1) if before is None else before
-    after = torch.linalg.vector_norm(masked, ord=1)
+    before = l1_norm(delta) if before is None else before
+    after = l1_norm(masked)
     if before < eps or after < eps:
         return masked
     return masked.mul_(before / after)
+
+
+def l1_norm(t: Tensor) -> Tensor:
+    """‖t‖₁ summed as mergekit sums it (|t|.sum(): vector_norm's order differs in the last bits,
+    enough to flip a sign election where the weighted deltas nearly cancel)."""
+    return t.abs().sum()
 
 
 def _keep(shape, prob, like: Tensor, generator, uniform: Optional[Tensor] = None) -> Tensor:
@@ -108,14 +117,41 @@ def _below(cut: Tensor) -> float:
     return float(torch.nextafter(cut, torch.zeros_like(cut)))
 
 
-def magnitude(delta: Tensor, density: float, sorted_size: Optional[Tensor] = None) -> Tensor:
-    """Keeps the top max(1, ⌊density·n⌋) entries by |δ| (TIES trim; no rescaling).
+def tied_kept(size: Tensor, above: int, k: int) -> Tensor:
+    """Indices (ascending) of the entries tied at the cut that TIES keeps: mergekit 0.1.5 keeps
+    ``torch.argsort(|δ|, descending=True)[:k]``, an unstable sort whose order among equal
+    magnitudes is no simple rule (std::sort's introsort on CPU), so the same call on the same
+    float32 |δ| (flat, ``size``) decides; its first ``above`` entries are those above the cut.
+    Only run when more entries tie at the cut than fit (trim_cut's ``exact`` is False): common
+    in real task vectors (differences of float32 weights sit on a grid), and then the trim costs
+    a full sort, mergekit's own cost (8.4 M entries: ~9x the selection), to settle a handful of
+    equally large entries. A MergeCache keeps the order, so a search sorts each tensor once."""
+    order = torch.argsort(size, descending=True)
+    return torch.sort(order[above:k]).values
 
-    The cut comes from a selection (kthvalue, O(n)) rather than a full sort, or from
-    ``sorted_size`` (|δ| sorted, cached between merges). Entries tied in magnitude at the cut are
-    kept in index order; mergekit keeps whichever its (unstable) argsort puts first, so on such
-    ties the two may keep different, equally large, entries. Zeroing is hardshrink (|x| ≤ λ → +0),
-    a vectorised pass, where a boolean mask and ``where`` would take three.
+
+def cached_ties(inputs, i: int) -> Callable[[int, int], Tensor]:
+    """tied_kept for source i from a MergeCache entry: the descending argsort of |δ_i| is made
+    the first time a cut lands on surplus ties and then kept (int32, 4 bytes an entry, only for
+    tensors where that happened), so later merges at other densities only slice it."""
+    def make() -> Tensor:
+        size = (inputs.tensors[i] - inputs.base).reshape(-1).abs_()
+        return torch.argsort(size, descending=True).to(torch.int32)
+
+    def ties(above: int, k: int) -> Tensor:
+        return torch.sort(inputs.derived("tie_order", i, make)[above:k].long()).values
+    return ties
+
+
+def magnitude(delta: Tensor, density: float, sorted_size: Optional[Tensor] = None) -> Tensor:
+    """Keeps the top max(1, ⌊density·n⌋) entries by |δ| (TIES trim; no rescaling): exactly the
+    entries mergekit 0.1.5 keeps, ties at the cut included.
+
+    The cut comes from a selection (introselect, O(n)) rather than a full sort, or from
+    ``sorted_size`` (|δ| sorted, cached between merges). Only when more entries tie at the cut
+    than fit does the kernel sort, with mergekit's own call (``tied_kept``). Zeroing is
+    hardshrink (|x| ≤ λ → +0), a vectorised pass, where a boolean mask and ``where`` would take
+    three.
     """
     if density >= 1:
         return delta
@@ -126,10 +162,9 @@ def magnitude(delta: Tensor, density: float, sorted_size: Optional[Tensor] = Non
         return F.hardshrink(flat, 0.0).view(delta.shape)
     if exact:
         return F.hardshrink(flat, _below(cut)).view(delta.shape)
-    out = F.hardshrink(flat, float(cut))  # |δ| > cut, then the first ties at the cut
+    out = F.hardshrink(flat, float(cut))  # |δ| > cut, then mergekit's choice among the ties
     size = flat.abs() if size is None else size
-    missing = k - int(torch.count_nonzero(out))
-    ties = (size == cut).nonzero().squeeze(1)[:missing]
+    ties = tied_kept(size, int(torch.count_nonzero(out)), k)
     out[ties] = flat[ties]
     return out.view(delta.shape)
 
@@ -202,12 +237,12 @@ def della_magprune(delta: Tensor, density: float, epsilon: float, rescale: str,
 # ---- the generalised kernel ---------------------------------------------------------------------
 
 def trimmed(x: Tensor, base: Tensor, density: float, weight: float,
-            sorted_size: Optional[Tensor]) -> Piece:
+            sorted_size: Optional[Tensor], ties: Optional[Callable[[int, int], Tensor]] = None
+            ) -> Piece:
     """w·trim(x − base) slice by slice, the cut known up front from the sorted magnitudes.
 
-    With surplus ties at the cut, each slice keeps |δ| > cut plus its ties while some of the
-    k are still missing: the first ones in index order, as ``magnitude`` keeps them, provided the
-    slices are asked for in order (``combine`` does)."""
+    With surplus ties at the cut, the tied entries mergekit keeps come from ``ties(above, k)``
+    (tied_kept over |δ|; a cached version may be passed) and each slice adds its share of them."""
     fx, fb = x.reshape(-1), base.reshape(-1)
     if density >= 1:
         return lambda start, stop: torch.sub(fx[start:stop], fb[start:stop]).mul_(weight)
@@ -218,17 +253,20 @@ def trimmed(x: Tensor, base: Tensor, density: float, weight: float,
         return lambda start, stop: F.hardshrink(torch.sub(fx[start:stop], fb[start:stop]),
                                                 threshold).mul_(weight)
     above = n - int(torch.searchsorted(sorted_size, cut.reshape(1), right=True))
-    missing, value = k - above, float(cut)
+    if ties is None:
+        kept = tied_kept(torch.sub(fx, fb).abs_(), above, k)
+    else:
+        kept = ties(above, k)
+    value = float(cut)
 
     def piece(start: int, stop: int) -> Tensor:
-        nonlocal missing
         d = torch.sub(fx[start:stop], fb[start:stop])
-        kept = F.hardshrink(d, value)
-        if missing > 0:
-            ties = (d.abs() == value).nonzero().squeeze(1)[:missing]
-            kept[ties] = d[ties]
-            missing -= ties.numel()
-        return kept.mul_(weight)
+        out = F.hardshrink(d, value)
+        lo, hi = torch.searchsorted(kept, torch.tensor([start, stop], dtype=kept.dtype)).tolist()
+        if hi > lo:
+            here = kept[lo:hi] - start
+            out[here] = d[here]
+        return out.mul_(weight)
     return piece
 
 
@@ -291,7 +329,8 @@ def _register(name: str, *, mergekit: str, params: list, sparsifier: str, consen
         for i in range(k):
             if sparsifier == "magnitude":
                 sorted_size = inputs.sorted_size(i) if dens[i] < 1 else None
-                pieces.append(trimmed(tensors[i], base, dens[i], w[i], sorted_size))
+                pieces.append(trimmed(tensors[i], base, dens[i], w[i], sorted_size,
+                                      ties=cached_ties(inputs, i)))
                 continue
             d = inputs.delta(i)
             s = sparse(d, i)
