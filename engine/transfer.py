@@ -168,15 +168,15 @@ def predicted_transfer(ws, target: str, sources: Optional[Iterable[str]] = None)
 
 
 def predicted_weights(ws, target: str, sources: Optional[Iterable[str]] = None,
-                      top_k: int = 5) -> Dict[str, float]:
+                      top_k: Optional[int] = None) -> Dict[str, float]:
     """Source -> weight from predicted transfer, descending, summing to 1.
 
-    Named sources are all kept; with none named, the ``top_k`` best predicted zoo models (ties:
-    locale name). Weight ∝ predicted accuracy above chance (1 / number of labels), at least
+    The ``top_k`` best predicted of ``sources`` (default: every other zoo model; top_k None: all
+    of them; ties: locale name). Weight ∝ predicted accuracy above chance (1 / number of labels), at least
     WEIGHT_FLOOR, so a source predicted at chance level weighs almost nothing but is not dropped."""
     predicted = predicted_transfer(ws, target, sources)
     ranked = sorted(predicted, key=lambda s: (-round(predicted[s], 12), s))
-    if sources is None:
+    if top_k is not None:
         ranked = ranked[:top_k]
     if not ranked:
         raise TransferError(f"no source model other than {target} to weight")
