@@ -152,3 +152,14 @@ def test_transfer_command_reports_every_ranker(tiny_ws, capsys):
     assert main(["transfer", *_ws_args(tiny_ws), "--split", "validation", "--quiet"]) == 0
     text = capsys.readouterr().out
     assert "truth: validation split" in text and "predictor" in text and "spearman" in text
+
+
+def test_sweep_report_tells_predicted_from_uriel_weights(tiny_ws, tmp_path, capsys):
+    """Predicted-weight cells are their own variant in the headline, not pooled with URIEL's."""
+    spec = tmp_path / "weighting.yaml"
+    spec.write_text("targets: [nl-NL]\nsources: [2]\nweighting: [uriel, predicted]\n"
+                    "methods: [ensemble: soft]\nequal_merge_baseline: false\n")
+    assert main(["sweep", str(spec), *_ws_args(tiny_ws), "--quiet"]) == 0
+    text = capsys.readouterr().out
+    assert "ensemble:soft (predicted transfer)" in text
+    assert any(line.split()[:1] == ["ensemble:soft"] and "(" not in line for line in text.splitlines())
