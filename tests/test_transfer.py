@@ -145,7 +145,7 @@ def test_transfer_command_reports_every_ranker(tiny_ws, capsys):
     assert main(["transfer", *_ws_args(tiny_ws), "--json", "--quiet", "--target", "nl-NL"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert [r["ranker"] for r in report["table"]] == ["syntactic", "phonological", "inventory", "genetic",
-                                                      "geographic", "featural", "predictor"]
+                                                      "geographic", "featural", "source_quality", "predictor"]
     assert report["targets"] == 4 and report["fit_split"] == "validation" and report["truth_split"] == "test"
     assert all(0 < r["ndcg@3"] <= 1 for r in report["table"])
     assert sum(report["target"]["weights"].values()) == pytest.approx(1.0)
