@@ -38,7 +38,8 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import pandas as pd
 
-from .similarity import _check_int, _square, _top_indices, cosine_similarity, sinkhorn, top_k_filter  # noqa: F401
+from .similarity import (_check_int, _square, _top_indices, cosine_similarity, sinkhorn,  # noqa: F401
+                         tie_notes, top_k_filter)
 
 # MASSIVE 1.1's 52 locales (1.0's 51 + ca-ES) -> (ISO 639-3 code as lang2vec has it, English name).
 # Individual-language codes where URIEL has them (arb, azj, pes, khk, zsm, nob, als, swh, cmn);
@@ -348,7 +349,8 @@ def weigh_sources(similarity: pd.DataFrame, target: str, top_k: int = 5, sinkhor
         secondary[t] = [float(tie_break.get(n, -1e300)) for n in names]  # unscored: last
     balanced = sinkhorn(top_k_filter(values, k, secondary), iters)
     kept = _top_indices(values[t], t, k, secondary[t])
-    notes.extend(_tie_notes(values[t], t, kept, names, k, bool(tie_break)))
+    notes.extend(tie_notes(values[t], t, kept, names, k, "predicted transfer, then locale name"
+                           if tie_break else "locale name, alphabetically"))
     row = balanced[t]
     if row.sum() <= 0:
         raise NoSimilarityError(
@@ -365,29 +367,6 @@ def weigh_sources(similarity: pd.DataFrame, target: str, top_k: int = 5, sinkhor
         matrix=similarity.copy(), balanced=pd.DataFrame(balanced, index=names, columns=names),
         neighbours=tuple((names[j], float(similarity.iat[t, j])) for j in kept),
         weights=weights, notes=tuple(notes))
-
-
-def _tie_notes(row: np.ndarray, t: int, kept: List[int], names: List[str], k: int,
-                       by_score: bool) -> List[str]:
-    """Notes naming each group of tied neighbours among the kept top-K, and which of them a tie
-    at the K boundary kept."""
-    from .similarity import TIE_DECIMALS
-
-    rounded = {j: round(float(row[j]), TIE_DECIMALS) for j in range(len(row)) if j != t}
-    rule = "predicted transfer, then locale name" if by_score else "locale name, alphabetically"
-    notes = []
-    for value in dict.fromkeys(rounded[j] for j in kept):
-        tied = [j for j, v in rounded.items() if v == value]
-        if len(tied) < 2 or value <= 0:
-            continue
-        chosen = [names[j] for j in kept if j in tied]
-        if len(chosen) == len(tied):
-            notes.append(f"{', '.join(chosen)} tie at {value:.4f}: all kept, listed by {rule}")
-        else:
-            notes.append(f"{', '.join(names[j] for j in tied)} tie at {value:.4f} for the last "
-                         f"{len(chosen)} top-{k} place(s): kept {', '.join(chosen)} (ties broken "
-                         f"by {rule})")
-    return notes
 
 
 def target_similarity(target: str, sources: Optional[Iterable[str]] = None,

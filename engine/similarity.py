@@ -82,3 +82,23 @@ def sinkhorn(matrix, iterations: int = 20) -> np.ndarray:
         cols = m.sum(axis=0, keepdims=True)
         m = np.divide(m, cols, out=np.zeros_like(m), where=cols > 0)
     return m
+
+
+def tie_notes(row: np.ndarray, self_index: int, kept: List[int], names: List[str], k: int,
+              rule: str) -> List[str]:
+    """One note per group of tied neighbours among the kept top-K (``rule`` says how the tie was
+    broken), naming which of them a tie at the K boundary kept."""
+    rounded = {j: round(float(row[j]), TIE_DECIMALS) for j in range(len(row)) if j != self_index}
+    notes = []
+    for value in dict.fromkeys(rounded[j] for j in kept):
+        tied = [j for j, v in rounded.items() if v == value]
+        if len(tied) < 2 or value <= 0:
+            continue
+        chosen = [names[j] for j in kept if j in tied]
+        if len(chosen) == len(tied):
+            notes.append(f"{', '.join(chosen)} tie at {value:.4f}: all kept, listed by {rule}")
+        else:
+            notes.append(f"{', '.join(names[j] for j in tied)} tie at {value:.4f} for the last "
+                         f"{len(chosen)} top-{k} place(s): kept {', '.join(chosen)} (ties broken "
+                         f"by {rule})")
+    return notes
