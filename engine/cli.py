@@ -230,10 +230,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _load_plugins() -> None:
-    """Commands that live next to their engine module (merge, ensemble, evolve, sweep)."""
+    """Commands that live next to their engine module (merge, ensemble, evolve, sweep, transfer)."""
     import importlib
 
-    for mod in ("engine.cli_methods", "engine.cli_evolve", "engine.cli_sweep"):
+    for mod in ("engine.cli_methods", "engine.cli_evolve", "engine.cli_sweep", "engine.cli_transfer"):
         try:
             importlib.import_module(mod)
         except ModuleNotFoundError as exc:

@@ -31,7 +31,11 @@ def candidate_args(p):
                         "URIEL weights computed over exactly these sources")
     p.add_argument("--weights", nargs="*", type=float, default=None,
                    help="one per source (default: URIEL weights; 'equal' via --equal)")
-    p.add_argument("--equal", action="store_true", help="equal weights")
+    p.add_argument("--equal", action="store_true", help="equal weights (same as --weighting equal)")
+    p.add_argument("--weighting", default=None, choices=["uriel", "equal", "predicted"],
+                   help="how weights (and, with no --sources, the top-K) are chosen: URIEL + Sinkhorn "
+                        "(default), equal, or predicted transfer (leave-target-out predictor fitted on "
+                        "the zoo's validation zero-shot matrix; see `python -m engine transfer`)")
     p.add_argument("--top-k", type=int, default=5)
     p.add_argument("--features", default="syntax_knn")
     p.add_argument("--sinkhorn-iters", type=int, default=20)
@@ -46,10 +50,15 @@ def candidate_args(p):
 
 
 def candidate_from_args(ws, args, kind):
-    """Named sources get URIEL weights among themselves (unless --weights/--equal say otherwise);
-    none named: the target's URIEL top-K of the zoo."""
+    """Named sources get URIEL weights among themselves (unless --weights/--equal/--weighting say
+    otherwise); none named: the target's top-K of the zoo (URIEL, or predicted transfer)."""
     from .experiments import Candidate, CandidateError, check_unique_sources, source_weights
 
+    weighting = getattr(args, "weighting", None)
+    if args.weights and weighting:
+        raise CandidateError("give --weights or --weighting, not both")
+    if args.equal and weighting not in (None, "equal"):
+        raise CandidateError(f"--equal contradicts --weighting {weighting}: give one of them")
     if args.weights and not args.sources:
         raise CandidateError("--weights needs --sources: name the source locales the weights are for")
     if args.sources and args.weights:
@@ -63,7 +72,8 @@ def candidate_from_args(ws, args, kind):
         sources, weights = list(args.sources), [1.0] * len(args.sources)
     else:
         sources, weights = source_weights(ws, args.target, args.sources, top_k=args.top_k,
-                                          features=args.features, sinkhorn_iters=args.sinkhorn_iters)
+                                          features=args.features, sinkhorn_iters=args.sinkhorn_iters,
+                                          weighting=weighting or "uriel")
     if args.equal:
         weights = [1.0] * len(sources)
     return Candidate(kind, args.method, args.target, sources, weights, parse_params(args.param),

@@ -24,6 +24,10 @@ from .runinfo import candidate_key, target_data_use
 from .workspace import Workspace
 
 DATA_MODES = ("target", "sources", "both")
+# How source weights are chosen: URIEL similarity + Sinkhorn (MergingUriel), equal over the URIEL
+# top-K, or predicted transfer (engine.transfer: sources and weights from the leave-target-out
+# predictor fitted on the zoo's validation matrix).
+WEIGHTINGS = ("uriel", "equal", "predicted")
 
 
 class CandidateError(ValueError):
@@ -75,13 +79,25 @@ def check_candidate(ws: Workspace, cand: Candidate) -> None:
 
 
 def suggest_sources(ws: Workspace, target: str, top_k: int = 5, features: str = "syntax_knn",
-                    sinkhorn_iters: int = 20) -> Dict[str, float]:
-    """URIEL weights for the target over the zoo's other models (leave-one-out)."""
+                    sinkhorn_iters: int = 20, weighting: str = "uriel") -> Dict[str, float]:
+    """Top-K sources for the target among the zoo's other models (leave-one-out) and their weights
+    under ``weighting`` (see WEIGHTINGS): 'predicted' also chooses the K by predicted transfer."""
     from .languages import target_weights
 
+    check_weighting(weighting)
     available = [l for l in ws.zoo.locales if l != target]
-    return target_weights(target, sources=available, features=features, top_k=top_k,
-                          sinkhorn_iters=sinkhorn_iters)
+    if weighting == "predicted":
+        from .transfer import predicted_weights
+
+        return predicted_weights(ws, target, available, top_k)
+    uriel = target_weights(target, sources=available, features=features, top_k=top_k,
+                           sinkhorn_iters=sinkhorn_iters)
+    return {s: 1.0 / len(uriel) for s in uriel} if weighting == "equal" else uriel
+
+
+def check_weighting(weighting: str) -> None:
+    if weighting not in WEIGHTINGS:
+        raise CandidateError(f"unknown weighting {weighting!r}; use one of {', '.join(WEIGHTINGS)}")
 
 
 def check_unique_sources(sources: Iterable[str]) -> None:
@@ -98,14 +114,17 @@ def check_unique_sources(sources: Iterable[str]) -> None:
 
 
 def source_weights(ws: Workspace, target: str, sources: Optional[Iterable[str]] = None, top_k: int = 5,
-                   features: str = "syntax_knn", sinkhorn_iters: int = 20) -> Tuple[List[str], List[float]]:
-    """Sources and their URIEL weights. Named sources are weighted among themselves only (Sinkhorn
-    over the target and exactly those sources, top-K = their number), so none gets weight 0 for not
-    being in the zoo-wide top-K; with none named, the target's URIEL top-K of the zoo."""
+                   features: str = "syntax_knn", sinkhorn_iters: int = 20,
+                   weighting: str = "uriel") -> Tuple[List[str], List[float]]:
+    """Sources and their weights under ``weighting``. Named sources are weighted among themselves
+    only (URIEL: Sinkhorn over the target and exactly those sources, top-K = their number), so none
+    gets weight 0 for not being in the zoo-wide top-K; with none named, ``suggest_sources``."""
     from .languages import target_weights
 
+    check_weighting(weighting)
     if not sources:
-        uriel = suggest_sources(ws, target, top_k=top_k, features=features, sinkhorn_iters=sinkhorn_iters)
+        uriel = suggest_sources(ws, target, top_k=top_k, features=features, sinkhorn_iters=sinkhorn_iters,
+                                weighting=weighting)
         return list(uriel), [float(w) for w in uriel.values()]
     sources = list(sources)
     check_unique_sources(sources)
@@ -114,8 +133,15 @@ def source_weights(ws: Workspace, target: str, sources: Optional[Iterable[str]] 
     if target in sources:
         raise CandidateError(f"the target {target} is among the sources: its own model may only "
                              f"be a baseline (leave-one-out)")
-    uriel = target_weights(target, sources=sources, features=features, top_k=len(sources),
-                           sinkhorn_iters=sinkhorn_iters)
+    if weighting == "equal":
+        return sources, [1.0 / len(sources)] * len(sources)
+    if weighting == "predicted":
+        from .transfer import predicted_weights
+
+        uriel = predicted_weights(ws, target, sources)
+    else:
+        uriel = target_weights(target, sources=sources, features=features, top_k=len(sources),
+                               sinkhorn_iters=sinkhorn_iters)
     return sources, [float(uriel.get(s, 0.0)) for s in sources]
 
 

@@ -4,7 +4,12 @@ Weights for a target follow MergingUriel's order (``weigh_sources`` does steps 2
   1. universe = the target plus the available sources (default: the other 51 locales), in locale order;
   2. cosine similarity of URIEL vectors; negative cosines clipped to 0 ("unrelated": Sinkhorn needs a
      nonnegative matrix; URIEL values are >= 0 so real data never has any); the diagonal set to 0;
-  3. top-K per row: exactly K largest off-diagonal entries kept (ties: earlier locale first), rest 0;
+  3. top-K per row: exactly K largest off-diagonal entries kept, rest 0. Ties (similarities equal
+     to 12 decimals: URIEL's kNN-imputed vectors give exact ties, e.g. fr-FR, pl-PL and ru-RU all
+     at 0.8648 from pt-PT) are broken explicitly: in the target's row by ``tie_break`` (a score
+     per locale, higher first: e.g. predicted transfer from ``engine.transfer``) when given, then
+     by locale name (alphabetical) — in every other row by locale name; a tie at the K boundary
+     is named in the result's notes;
   4. Sinkhorn over the whole filtered matrix: ``sinkhorn_iters`` rounds of row then column
      normalisation (0 rounds = the filtered similarities themselves);
   5. the target's row, zero entries dropped, renormalised to sum 1, sorted descending.
@@ -33,7 +38,8 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import pandas as pd
 
-from .similarity import _check_int, _square, _top_indices, cosine_similarity, sinkhorn, top_k_filter  # noqa: F401
+from .similarity import (_check_int, _square, _top_indices, cosine_similarity, sinkhorn,  # noqa: F401
+                         tie_notes, top_k_filter)
 
 # MASSIVE 1.1's 52 locales (1.0's 51 + ca-ES) -> (ISO 639-3 code as lang2vec has it, English name).
 # Individual-language codes where URIEL has them (arb, azj, pes, khk, zsm, nob, als, swh, cmn);
@@ -324,8 +330,10 @@ class SimilarityResult:
 
 
 def weigh_sources(similarity: pd.DataFrame, target: str, top_k: int = 5, sinkhorn_iters: int = 20,
-                  features: str = "custom") -> SimilarityResult:
-    """Steps 2-5 of the module pipeline on any similarity DataFrame whose index includes target."""
+                  features: str = "custom",
+                  tie_break: Optional[Dict[str, float]] = None) -> SimilarityResult:
+    """Steps 2-5 of the module pipeline on any similarity DataFrame whose index includes target;
+    ``tie_break`` (locale -> score, higher first) orders tied neighbours before locale name does."""
     k = _check_int("top_k", top_k, 1)
     iters = _check_int("sinkhorn_iters", sinkhorn_iters, 0)
     names = [str(n) for n in similarity.index]
@@ -341,10 +349,15 @@ def weigh_sources(similarity: pd.DataFrame, target: str, top_k: int = 5, sinkhor
         k = len(names) - 1
     values = np.clip(_square(similarity.to_numpy(), "weigh_sources"), 0.0, None)
     np.fill_diagonal(values, 0.0)
-    filtered = top_k_filter(values, k)
-    balanced = sinkhorn(filtered, iters)
     t = names.index(target)
-    kept = _top_indices(values[t], t, k)
+    secondary = np.zeros_like(values)
+    if tie_break:
+        secondary[t] = [float(tie_break.get(n, -1e300)) for n in names]  # unscored: last
+    filtered = top_k_filter(values, k, secondary)
+    balanced = sinkhorn(filtered, iters)
+    kept = _top_indices(values[t], t, k, secondary[t])
+    notes.extend(tie_notes(values[t], t, kept, names, k, "predicted transfer, then locale name"
+                           if tie_break else "locale name, alphabetically"))
     row = balanced[t]
     if row.sum() <= 0:
         raise NoSimilarityError(
@@ -367,9 +380,11 @@ def weigh_sources(similarity: pd.DataFrame, target: str, top_k: int = 5, sinkhor
 
 def target_similarity(target: str, sources: Optional[Iterable[str]] = None,
                       features: Union[str, Sequence[str]] = DEFAULT_FEATURES, top_k: int = 5,
-                      sinkhorn_iters: int = 20, cache_dir=None) -> SimilarityResult:
+                      sinkhorn_iters: int = 20, cache_dir=None,
+                      tie_break: Optional[Dict[str, float]] = None) -> SimilarityResult:
     """URIEL weights for ``target`` over ``sources`` (default: every other locale), with the
-    matrices and neighbours behind them. The target is never its own source (leave-one-out)."""
+    matrices and neighbours behind them. The target is never its own source (leave-one-out).
+    Top-K ties: ``tie_break`` scores (higher first), then locale name; see the module doc."""
     target = resolve_locale(target)
     sets = parse_features(features)
     _check_int("top_k", top_k, 1)
@@ -388,7 +403,7 @@ def target_similarity(target: str, sources: Optional[Iterable[str]] = None,
                          "source other than the target")
     universe = [loc for loc in LOCALES if loc == target or loc in pool]
     sim = similarity_matrix(universe, sets, cache_dir)
-    result = weigh_sources(sim, target, top_k, sinkhorn_iters, "+".join(sets))
+    result = weigh_sources(sim, target, top_k, sinkhorn_iters, "+".join(sets), tie_break)
     chosen = {loc for loc, _ in result.neighbours} | {target}
     for (loc, fs), code in vector_sources(sets, cache_dir).items():
         if loc in chosen:
@@ -402,6 +417,8 @@ def target_similarity(target: str, sources: Optional[Iterable[str]] = None,
 
 def target_weights(target: str, sources: Optional[Iterable[str]] = None,
                    features: Union[str, Sequence[str]] = DEFAULT_FEATURES, top_k: int = 5,
-                   sinkhorn_iters: int = 20, cache_dir=None) -> Dict[str, float]:
+                   sinkhorn_iters: int = 20, cache_dir=None,
+                   tie_break: Optional[Dict[str, float]] = None) -> Dict[str, float]:
     """source locale -> weight (sums to 1, descending); see ``target_similarity``."""
-    return target_similarity(target, sources, features, top_k, sinkhorn_iters, cache_dir).weights
+    return target_similarity(target, sources, features, top_k, sinkhorn_iters, cache_dir,
+                             tie_break).weights

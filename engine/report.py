@@ -59,6 +59,8 @@ def _variant_label(row: Dict[str, Any], varying: set) -> str:
         parts.append(row["features"])
     if row["weighting"] == "equal":
         parts.append("(equal weights)")
+    elif row["weighting"] == "predicted":
+        parts.append("(predicted transfer)")
     return " ".join(parts)
 
 

@@ -42,20 +42,27 @@ def _square(matrix, what: str) -> np.ndarray:
     return m
 
 
-def _top_indices(row: np.ndarray, self_index: int, k: int) -> List[int]:
-    """Indices of the k largest entries but ``self_index``; ties go to the earlier index."""
+TIE_DECIMALS = 12  # similarities equal to 12 decimals are a tie (float noise is not an order)
+
+
+def _top_indices(row: np.ndarray, self_index: int, k: int, secondary=None) -> List[int]:
+    """Indices of the k largest entries but ``self_index``. Ties (equal to TIE_DECIMALS) go to the
+    larger ``secondary`` score when one is given (one value per index), then to the earlier index."""
     others = [j for j in range(len(row)) if j != self_index]
-    order = np.argsort(-row[others], kind="stable")[:k]
+    primary = np.round(np.asarray(row, dtype=np.float64)[others], TIE_DECIMALS)
+    second = np.zeros(len(others)) if secondary is None else np.asarray(secondary, np.float64)[others]
+    order = np.lexsort((np.arange(len(others)), -second, -primary))[:k]
     return [others[j] for j in order]
 
 
-def top_k_filter(matrix, k: int) -> np.ndarray:
-    """Keeps exactly min(k, n-1) largest off-diagonal entries per row; everything else is 0."""
+def top_k_filter(matrix, k: int, secondary=None) -> np.ndarray:
+    """Keeps exactly min(k, n-1) largest off-diagonal entries per row; everything else is 0.
+    ``secondary`` (a matrix like ``matrix``) breaks ties row by row, see ``_top_indices``."""
     m = _square(matrix, "top_k_filter")
     k = _check_int("top_k", k, 1)
     out = np.zeros_like(m)
     for i in range(m.shape[0]):
-        kept = _top_indices(m[i], i, k)
+        kept = _top_indices(m[i], i, k, None if secondary is None else secondary[i])
         out[i, kept] = m[i, kept]
     return out
 
@@ -75,3 +82,23 @@ def sinkhorn(matrix, iterations: int = 20) -> np.ndarray:
         cols = m.sum(axis=0, keepdims=True)
         m = np.divide(m, cols, out=np.zeros_like(m), where=cols > 0)
     return m
+
+
+def tie_notes(row: np.ndarray, self_index: int, kept: List[int], names: List[str], k: int,
+              rule: str) -> List[str]:
+    """One note per group of tied neighbours among the kept top-K (``rule`` says how the tie was
+    broken), naming which of them a tie at the K boundary kept."""
+    rounded = {j: round(float(row[j]), TIE_DECIMALS) for j in range(len(row)) if j != self_index}
+    notes = []
+    for value in dict.fromkeys(rounded[j] for j in kept):
+        tied = [j for j, v in rounded.items() if v == value]
+        if len(tied) < 2 or value <= 0:
+            continue
+        chosen = [names[j] for j in kept if j in tied]
+        if len(chosen) == len(tied):
+            notes.append(f"{', '.join(chosen)} tie at {value:.4f}: all kept, listed by {rule}")
+        else:
+            notes.append(f"{', '.join(names[j] for j in tied)} tie at {value:.4f} for the last "
+                         f"{len(chosen)} top-{k} place(s): kept {', '.join(chosen)} (ties broken "
+                         f"by {rule})")
+    return notes

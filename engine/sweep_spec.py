@@ -7,7 +7,8 @@ A spec file is YAML or JSON::
     targets: [de-DE, nl-NL]        # or "all": every locale with test data
     sources: [2, 3]                # number of URIEL top-K sources (leave-one-out: never the target)
     features: [syntax_knn]         # URIEL feature sets, 'a+b' joins several
-    weighting: [uriel]             # uriel (Sinkhorn weights) and/or equal
+    weighting: [uriel]             # uriel (Sinkhorn weights), equal, and/or predicted (sources and
+                                   # weights from predicted transfer, engine.transfer)
     methods:
       - merge: linear
       - merge: ties
@@ -29,14 +30,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Union
 
-from .experiments import DATA_MODES, Candidate, CandidateError, suggest_sources
+from .experiments import DATA_MODES, WEIGHTINGS, Candidate, CandidateError, suggest_sources
 from .limits import check_setting
 from .runinfo import KEY_SPLITS, candidate_key, target_data_use
 from .workspace import Workspace
 
 MAX_VARIANTS = 10_000     # grid combinations per method
 MAX_CELLS = 100_000       # cells of one sweep (targets × methods × grids × axes)
-WEIGHTINGS = ("uriel", "equal")
 SWEEP_SPLITS = KEY_SPLITS
 
 
@@ -246,20 +246,22 @@ def expand_cells(ws: Workspace, spec: SweepSpec) -> List[Cell]:
     for target in sweep_targets(ws, spec):
         for k in spec.sources:
             for features in spec.features:
-                uriel = suggest_sources(ws, target, top_k=k, features=features, sinkhorn_iters=spec.sinkhorn_iters)
-                if not uriel:
-                    raise CandidateError(f"no source model is available for target {target}")
-                sources = list(uriel)
-                recipes = []
+                recipes, source_sets = [], []
                 for weighting in spec.weighting:
-                    weights = list(uriel.values()) if weighting == "uriel" else [1.0 / len(sources)] * len(sources)
+                    chosen = suggest_sources(ws, target, top_k=k, features=features,
+                                             sinkhorn_iters=spec.sinkhorn_iters, weighting=weighting)
+                    if not chosen:
+                        raise CandidateError(f"no source model is available for target {target}")
+                    sources, weights = list(chosen), list(chosen.values())
+                    if sorted(sources) not in map(sorted, source_sets):
+                        source_sets.append(sources)
                     for m in spec.methods:
                         for variant in m.variants():
-                            recipes.append((m.kind, m.method, variant, weighting, weights, "method"))
-                if spec.equal_merge_baseline:
-                    recipes.append(("merge", "linear", {}, "equal", [1.0 / len(sources)] * len(sources),
-                                    "equal_merge"))
-                for kind, method, params, weighting, weights, role in recipes:
+                            recipes.append((m.kind, m.method, variant, weighting, sources, weights, "method"))
+                if spec.equal_merge_baseline:  # one per source set: predicted may choose other sources
+                    recipes += [("merge", "linear", {}, "equal", sources, [1.0 / len(sources)] * len(sources),
+                                 "equal_merge") for sources in source_sets]
+                for kind, method, params, weighting, sources, weights, role in recipes:
                     cand = Candidate(kind, method, target, sources, [float(w) for w in weights], dict(params),
                                      spec.seed, spec.data_mode, spec.data_examples)
                     key = cell_key(ws, cand)
