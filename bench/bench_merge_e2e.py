@@ -42,7 +42,8 @@ def main():
     from safetensors.torch import save_file
     from transformers import AutoModelForSequenceClassification
 
-    from engine.experiments import Candidate, build_merge, export_candidate, suggest_sources
+    from engine.experiments import Candidate, build_merge, suggest_sources
+    from engine.candidate_runs import export_candidate
     from engine.resident import RESIDENT
 
     ws = open_bench_workspace(args.device, args.zoo)

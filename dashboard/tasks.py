@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterable, List, Tuple
 
-from engine.experiments import zoo_signature  # shared with the CLI, so its N×N runs match
+from engine.candidate_runs import zoo_signature  # shared with the CLI, so its N×N runs match
 from engine.jobs import JobRunner
 from engine.progress import Tracker
 from engine.workspace import Workspace

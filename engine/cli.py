@@ -144,7 +144,7 @@ def cmd_evaluate(args):
     from pathlib import Path
 
     from .cli_methods import open_store
-    from .experiments import workspace_record
+    from .candidate_runs import workspace_record
     from .jobs import run_here
     from .zoo import load_state_dict
 
@@ -181,7 +181,7 @@ def _nxn_args(p):
 @command("nxn", "the zero-shot matrix: every source model on every locale's test set", _nxn_args)
 def cmd_nxn(args):
     from .cli_methods import open_store
-    from .experiments import workspace_record, zoo_signature
+    from .candidate_runs import workspace_record, zoo_signature
     from .jobs import run_here
 
     ws = open_from_args(args)

@@ -83,7 +83,8 @@ def candidate_from_args(ws, args, kind):
 def _run_candidate(args, kind):
     """Runs the candidate as a stored run (like the app's), so it reaches Compare; a failed export
     keeps the finished run and says how to export it again."""
-    from .experiments import candidate_fields, candidate_job, check_candidate
+    from .experiments import check_candidate
+    from .candidate_runs import candidate_fields, candidate_job
     from .export_guard import ExportError
     from .jobs import run_here
 

@@ -32,8 +32,8 @@ def export_stored_run(store, run_id: str, out_dir: Path, overwrite: bool = False
                       progress: Optional[ProgressFn] = None) -> Path:
     """Rebuilds a stored merge (or an evolution's champion, or a fitted fusion) and writes it to
     ``out_dir`` with the same guards as any export; returns the folder."""
-    from .experiments import (Candidate, build_merge, evaluate_candidate, export_candidate,
-                              inputs_fingerprint, save_fitted)
+    from .experiments import Candidate, build_merge, evaluate_candidate, inputs_fingerprint
+    from .candidate_runs import export_candidate, save_fitted
 
     row = store.get(run_id)
     kind = row["kind"]

@@ -4,7 +4,8 @@ import streamlit as st
 from dashboard import runs as runs_view
 from dashboard import experiment as xp
 from dashboard import state, widgets
-from engine.experiments import DATA_MODES, Candidate, protected_folders, submit_candidate
+from engine.experiments import DATA_MODES, Candidate
+from engine.candidate_runs import protected_folders, submit_candidate
 from engine.export_guard import ExportError, check_export_dir
 from engine.merge import MERGES
 

@@ -7,7 +7,8 @@ from dashboard import runs as runs_view
 from dashboard import state, tasks, widgets
 from engine import figures
 from engine.ensemble import ENSEMBLES
-from engine.experiments import Candidate, evaluate_candidate, source_scores, submit_candidate
+from engine.experiments import Candidate, evaluate_candidate, source_scores
+from engine.candidate_runs import submit_candidate
 from engine.runinfo import target_data_use
 
 st.title("Ensemble")

@@ -189,7 +189,8 @@ def test_export_refuses_a_changed_zoo(zoo, capsys, tmp_path):
 
 def test_app_export_into_the_zoo_keeps_the_run(guard):
     """The app's path (a background job) refuses the zoo too and records why on the run."""
-    from engine.experiments import Candidate, submit_candidate
+    from engine.experiments import Candidate
+    from engine.candidate_runs import submit_candidate
     from engine.jobs import JobRunner
     from engine.workspace import Settings, open_workspace
 

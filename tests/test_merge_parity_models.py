@@ -1,7 +1,7 @@
 """Whole-model parity with mergekit 0.1.5 on the tiny zoo's real models.
 
 Each case merges real fine-tuned models with the engine, exports the folder
-(``experiments.export_candidate``: model.safetensors, recipe.json, mergekit.yaml), runs mergekit's
+(``candidate_runs.export_candidate``: model.safetensors, recipe.json, mergekit.yaml), runs mergekit's
 own ``run_merge`` on that ``mergekit.yaml`` (CPU, local folders, no network), and compares every
 tensor. The deterministic methods must give the same tensors; one zoo has its task vectors
 quantised so that many magnitudes tie at TIES' and breadcrumbs' cuts.
@@ -28,7 +28,8 @@ from mergekit.merge import run_merge  # noqa: E402
 from mergekit.options import MergeOptions  # noqa: E402
 from safetensors.torch import load_file, save_file  # noqa: E402
 
-from engine.experiments import Candidate, build_merge, export_candidate  # noqa: E402
+from engine.candidate_runs import export_candidate  # noqa: E402
+from engine.experiments import Candidate, build_merge  # noqa: E402
 from engine.merge import MERGES  # noqa: E402
 from engine.merge.export import RANDOM  # noqa: E402
 

@@ -6,7 +6,8 @@ import re
 import numpy as np
 import pytest
 
-from engine.experiments import Candidate, submit_candidate, suggest_sources
+from engine.experiments import Candidate, suggest_sources
+from engine.candidate_runs import submit_candidate
 from engine.runinfo import candidate_key, run_origin, run_target_data, target_data_use
 from engine.jobs import JobRunner
 from engine.store import Store

@@ -82,7 +82,8 @@ def test_a_write_outlasts_another_process_holding_the_lock(tmp_path, monkeypatch
 
 def test_concurrent_cli_processes_and_the_app_all_land(tiny_ws):
     """Two real `python -m engine evaluate` processes and an app-style job at the same time."""
-    from engine.experiments import Candidate, submit_candidate
+    from engine.experiments import Candidate
+    from engine.candidate_runs import submit_candidate
     from engine.jobs import JobRunner
 
     cache = tiny_ws.cache_dir
@@ -115,7 +116,7 @@ def test_cli_runs_are_stored_like_the_apps(tiny_ws, capsys):
     """merge, ensemble, evaluate and nxn from the CLI: stored with the app's fields, so Compare
     (and its N×N tab) shows them; a failing command leaves a failed run with its error."""
     from dashboard import tables
-    from engine.experiments import zoo_signature
+    from engine.candidate_runs import zoo_signature
 
     cache = tiny_ws.cache_dir
     ws = ["--zoo", str(tiny_ws.zoo.root), "--cache-dir", str(cache), "--device", "cpu", "--quiet",

@@ -54,7 +54,7 @@ def evolve_job(ws, config: EvolveConfig, resume_from: Optional[Path] = None,
 def recorded_settings(ws) -> Dict[str, Any]:
     """The workspace's settings with every path made absolute, so that ``--resume RUN_ID`` alone
     reopens the same zoo, data and cache from any folder."""
-    from ..experiments import workspace_record
+    from ..candidate_runs import workspace_record
 
     return workspace_record(ws)
 
