@@ -212,7 +212,7 @@ def _load_plugins() -> None:
     """Commands that live next to their engine module (merge, ensemble, evolve, sweep)."""
     import importlib
 
-    for mod in ("engine.cli_methods", "engine.cli_evolve", "engine.cli_sweep"):
+    for mod in ("engine.cli_methods", "engine.cli_evolve", "engine.cli_sweep", "engine.cli_train"):
         try:
             importlib.import_module(mod)
         except ModuleNotFoundError as exc:

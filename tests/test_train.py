@@ -1,0 +1,146 @@
+"""Training (engine/train): the shared loop learns, checkpoints resume bit for bit, a fine-tune
+becomes a zoo model, bad settings fail before any run starts. Real tiny models, few steps."""
+import dataclasses
+import json
+import shutil
+
+import pytest
+import torch
+
+from engine.export_guard import ExportError
+from engine.jobs import JobContext, execute
+from engine.progress import Cancelled
+from engine.store import Store
+from engine.train.finetune import (FinetuneConfig, TrainError, check_config, checkpoint_dir, finetune_job,
+                                   load_base, resume_finetune_here, run_finetune)
+from engine.train.loop import Trainer
+from engine.workspace import Settings, open_workspace
+from engine.zoo import Zoo, load_state_dict
+
+
+@pytest.fixture
+def own_ws(tiny_zoo_dir, tmp_path):
+    """A workspace over a private copy of the tiny zoo (training writes models and the manifest)."""
+    zoo = tmp_path / "zoo"
+    shutil.copytree(tiny_zoo_dir, zoo)
+    return open_workspace(Settings(zoo=str(zoo), cache_dir=str(tmp_path / "cache"), device="cpu"))
+
+
+def _batch_loss(model, tok, split):
+    model.eval()
+    with torch.no_grad():
+        batch = tok(split.texts[:16], padding=True, truncation=True, max_length=64, return_tensors="pt")
+        loss = float(model(**batch, labels=torch.tensor(split.labels[:16])).loss)
+    model.train()
+    return loss
+
+
+def test_training_steps_lower_the_loss(own_ws):
+    model, tok = load_base(own_ws, 0, "cpu")
+    train = own_ws.dataset.get("de-DE", "train").head(16)  # every step sees these 16 examples
+    trainer = Trainer(model, tok, train, steps=4, batch_size=16, lr=1e-3, seed=0, warmup=1)
+    before = _batch_loss(model, tok, train)
+    for _ in range(4):
+        trainer.step()
+    assert _batch_loss(model, tok, train) < before - 0.01
+
+
+def test_trainer_checkpoint_resumes_bit_for_bit(own_ws, tmp_path):
+    train = own_ws.dataset.get("nl-NL", "train")
+
+    def fresh():
+        model, tok = load_base(own_ws, 3, "cpu")
+        return Trainer(model, tok, train, steps=4, batch_size=4, lr=1e-3, seed=3)
+
+    straight = fresh()
+    for _ in range(4):
+        straight.step()
+    first = fresh()
+    first.step(), first.step()
+    first.save(tmp_path / "ckpt", {"note": "half way"})
+    second = fresh()  # a new process would rebuild from the base, then restore
+    assert second.load(tmp_path / "ckpt") == {"note": "half way"}
+    second.step(), second.step()
+    assert second.losses == straight.losses
+    for key, value in straight.weights().items():
+        assert torch.equal(value, second.weights()[key]), key
+    assert not list((tmp_path / "ckpt").glob("*.pt")) and not list((tmp_path / "ckpt").glob("*.bin"))
+
+
+def test_finetune_run_writes_registers_and_records(own_ws):
+    store = Store(own_ws.cache_dir / "runs.sqlite")
+    config = FinetuneConfig(locale="de-DE", name="ft_de", steps=3, batch_size=4, lr=1e-3, eval_every=1,
+                            register="replace")
+    row = run_finetune(store, own_ws, config)
+    assert row["status"] == "done" and row["kind"] == "train" and row["target"] == "de-DE"
+    assert row["params"]["target_data"] == "labelled target train"
+    assert 0 <= row["metrics"]["test"]["accuracy"] <= 1
+    out = own_ws.zoo.root / "ft_de"
+    record = json.loads((out / "train.json").read_text())
+    assert record["steps_done"] == 3 and record["config"]["lr"] == 1e-3
+    names = {p["name"] for p in store.series(row["id"])}
+    assert {"loss", "validation_accuracy"} <= names
+    zoo = Zoo.open(own_ws.zoo.root)
+    assert zoo.models["de-DE"].name == "ft_de"          # now the zoo's de-DE model
+    assert zoo.validate() is not None                   # and compatible with the others
+    # an existing folder (this one, or a zoo model) is never trained over
+    with pytest.raises(ExportError, match="not empty|zoo's model"):
+        check_config(own_ws, dataclasses.replace(config))
+    with pytest.raises(ExportError, match="zoo's model for en-US"):
+        check_config(own_ws, dataclasses.replace(config, name="e5small_massive_k_en-US"))
+
+
+def test_cancelled_finetune_resumes_to_the_uninterrupted_result(own_ws):
+    store = Store(own_ws.cache_dir / "runs.sqlite")
+    common = dict(locale="es-ES", steps=4, batch_size=4, lr=1e-3, eval_every=2, register="no", seed=1)
+    straight = run_finetune(store, own_ws, FinetuneConfig(name="a", **common))
+
+    config = check_config(own_ws, FinetuneConfig(name="b", **common))
+    ckpt = checkpoint_dir(own_ws, "b-test")
+
+    def stop_after_two(p):  # the user presses cancel once step 2 is done
+        if "step 2/" in p.message:
+            raise Cancelled("cancelled by the user")
+
+    ctx = JobContext(store.create("train", method="finetune", target="es-ES",
+                                  params={**config.to_dict(), "checkpoint": str(ckpt)}), store, echo=stop_after_two)
+    assert isinstance(execute(finetune_job(own_ws, config, ckpt), ctx), Cancelled)
+    assert store.get(ctx.run_id)["status"] == "cancelled" and (ckpt / "trainer.safetensors").exists()
+    resumed = resume_finetune_here(store, own_ws, ctx.run_id)
+    assert resumed["status"] == "done" and resumed["parent"] == ctx.run_id
+    a = load_state_dict(own_ws.zoo.root / "a")
+    b = load_state_dict(own_ws.zoo.root / "b")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert resumed["metrics"]["test"]["accuracy"] == straight["metrics"]["test"]["accuracy"]
+    with pytest.raises(TrainError, match="no checkpoint"):
+        resume_finetune_here(store, own_ws, resumed["id"])
+
+
+def test_bad_settings_fail_before_a_run(own_ws):
+    ok = dict(locale="de-DE", steps=2, batch_size=4)
+    with pytest.raises(TrainError, match="positive number of steps"):
+        check_config(own_ws, FinetuneConfig(**{**ok, "steps": 0}))
+    with pytest.raises(TrainError, match="batch size 0"):
+        check_config(own_ws, FinetuneConfig(**{**ok, "batch_size": 0}))
+    with pytest.raises(TrainError, match="'fr-FR' has no train split"):
+        check_config(own_ws, FinetuneConfig(**{**ok, "locale": "fr-FR"}))
+    other = dataclasses.replace(own_ws, dataset=dataclasses.replace(
+        own_ws.dataset, labels=list(reversed(own_ws.dataset.labels))))
+    with pytest.raises(TrainError, match="do not match the zoo's"):
+        check_config(other, FinetuneConfig(**ok))
+    (own_ws.zoo.root / "mine").mkdir()
+    (own_ws.zoo.root / "mine" / "notes.txt").write_text("keep")
+    with pytest.raises(ExportError, match="not empty"):
+        check_config(own_ws, FinetuneConfig(**ok, name="mine"))
+    assert (own_ws.zoo.root / "mine" / "notes.txt").read_text() == "keep"
+
+
+def test_cli_train_bad_settings_exit_2(own_ws, capsys):
+    from engine.cli import main
+
+    args = ["train", "--zoo", str(own_ws.zoo.root), "--cache-dir", str(own_ws.cache_dir), "--device", "cpu",
+            "--quiet", "--locale", "de-DE"]
+    assert main(args + ["--steps", "0"]) == 2
+    assert "positive number of steps" in capsys.readouterr().err
+    assert main(args[:-2] + ["--locale", "xx-XX", "--steps", "2"]) == 2
+    assert "no train split" in capsys.readouterr().err
