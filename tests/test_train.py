@@ -144,3 +144,30 @@ def test_cli_train_bad_settings_exit_2(own_ws, capsys):
     assert "positive number of steps" in capsys.readouterr().err
     assert main(args[:-2] + ["--locale", "xx-XX", "--steps", "2"]) == 2
     assert "no train split" in capsys.readouterr().err
+
+
+def test_train_page_runs_a_fine_tune_and_shows_its_curves(app_cache, tiny_zoo_dir, tmp_path, monkeypatch):
+    from app_support import open_app, rerun, runner
+
+    zoo = tmp_path / "zoo"  # training writes into the zoo's folder: never the shared test zoo
+    shutil.copytree(tiny_zoo_dir, zoo)
+    monkeypatch.setenv("FUSION_ZOO", str(zoo))
+    at = open_app()
+    at.switch_page("pages/8_Train.py").run()
+    assert not at.exception and at.title[0].value == "Train"
+    at.selectbox(key="train_locale").set_value("nl-NL")
+    at.text_input(key="train_name").set_value("ft_nl_app")
+    at.number_input(key="train_steps").set_value(2)
+    at.number_input(key="train_batch").set_value(4)
+    at.button(key="train_start").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    run_id = at.session_state["train_run"]
+    row = runner(app_cache).wait(run_id, timeout=300)
+    assert row["status"] == "done", row.get("error")
+    rerun(at)
+    assert any(m.label == "Test accuracy" for m in at.metric)
+    assert (zoo / "ft_nl_app" / "train.json").exists()
+    assert "loss" in {p["name"] for p in runner(app_cache).store.series(run_id)}
+    # a second run into the same folder is refused with the guard's message, no run created
+    at.button(key="train_start").click().run()
+    assert any("not empty" in e.value for e in at.error)
