@@ -171,3 +171,76 @@ def test_train_page_runs_a_fine_tune_and_shows_its_curves(app_cache, tiny_zoo_di
     # a second run into the same folder is refused with the guard's message, no run created
     at.button(key="train_start").click().run()
     assert any("not empty" in e.value for e in at.error)
+
+
+# ---- iterative training with periodic merges ---------------------------------------------------
+def _model_tensors(folder):
+    from safetensors.torch import load_file
+
+    return {k[len("model."):]: v for k, v in load_file(str(folder / "trainer.safetensors")).items()
+            if k.startswith("model.")}
+
+
+def test_periodic_merge_equals_the_registered_merge_of_the_checkpointed_weights(own_ws):
+    from safetensors.torch import load_file
+
+    from engine.merge import merge_state_dicts
+    from engine.train.periodic import PeriodicConfig, run_periodic
+
+    store = Store(own_ws.cache_dir / "runs.sqlite")
+    config = PeriodicConfig(target="en-US", sources=["de-DE", "nl-NL"], weighting="equal", method="task_arithmetic",
+                            steps=2, merge_every=1, batch_size=4, lr=1e-3)
+    row = run_periodic(store, own_ws, config)
+    assert row["status"] == "done", row.get("error")
+    assert row["method"] == "periodic-merge" and row["params"]["target_data"] == "none"
+    assert [m["step"] for m in row["result"]["merges"]] == [1, 2]
+    assert "accuracy" in row["result"]["posthoc"] and 0 <= row["metrics"]["test"]["accuracy"] <= 1
+    ckpt = own_ws.cache_dir / "training" / row["params"]["checkpoint"].rsplit("/", 1)[1]
+    states = [_model_tensors(ckpt / "together" / str(i)) for i in range(2)]  # saved before the final merge
+    expected = merge_state_dicts("task_arithmetic", states, [0.5, 0.5], base=own_ws.zoo.base_state_dict(),
+                                 names=["de-DE", "nl-NL"], seed=0)
+    merged = load_file(str(ckpt / "merged.safetensors"))
+    assert set(merged) == set(expected) and all(torch.equal(merged[k], expected[k]) for k in merged)
+    names = {p["name"] for p in store.series(row["id"])}
+    assert {"loss/de-DE", "loss/nl-NL", "merged_dev_accuracy", "posthoc_dev_accuracy"} <= names
+
+
+def test_periodic_run_resumes_to_the_same_merged_model(own_ws):
+    from safetensors.torch import load_file
+
+    from engine.train.periodic import PeriodicConfig, check_periodic, periodic_job, resume_periodic_here, run_periodic
+
+    store = Store(own_ws.cache_dir / "runs.sqlite")
+    common = dict(target="es-ES", sources=["de-DE", "en-US"], weighting="equal", steps=3, merge_every=1,
+                  batch_size=4, lr=1e-3, baseline=False, adaptive=True)
+    straight = run_periodic(store, own_ws, PeriodicConfig(**common))
+    assert straight["params"]["target_data"] == "labelled target dev"
+    config = check_periodic(own_ws, PeriodicConfig(**common))
+    ckpt = checkpoint_dir(own_ws, "periodic-test")
+
+    def stop_at_two(p):
+        if "step 2/" in p.message:
+            raise Cancelled("cancelled by the user")
+
+    ctx = JobContext(store.create("train", method="periodic-merge", target="es-ES",
+                                  params={**config.to_dict(), "checkpoint": str(ckpt)}), store, echo=stop_at_two)
+    assert isinstance(execute(periodic_job(own_ws, config, ckpt), ctx), Cancelled)
+    resumed = resume_periodic_here(store, own_ws, ctx.run_id)
+    assert resumed["status"] == "done", resumed.get("error")
+    a = load_file(straight["result"]["merged"])
+    b = load_file(resumed["result"]["merged"])
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert resumed["result"]["merges"] == straight["result"]["merges"]
+
+
+def test_periodic_bad_settings(own_ws):
+    from engine.train.periodic import PeriodicConfig, check_periodic
+
+    with pytest.raises(TrainError, match="at least 1"):
+        check_periodic(own_ws, PeriodicConfig(target="en-US", sources=["de-DE"], steps=0))
+    with pytest.raises(TrainError, match="unknown merge method 'nope'"):
+        check_periodic(own_ws, PeriodicConfig(target="en-US", sources=["de-DE"], method="nope"))
+    with pytest.raises(TrainError, match="xx-XX"):
+        check_periodic(own_ws, PeriodicConfig(target="en-US", sources=["xx-XX"], weighting="equal"))
+    with pytest.raises(TrainError, match="blend"):
+        check_periodic(own_ws, PeriodicConfig(target="en-US", sources=["de-DE"], blend=0))
