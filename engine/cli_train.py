@@ -56,3 +56,61 @@ def cmd_train(args):
             f"{result['seconds']:.1f} s)" + (f", test accuracy {test:.3f}" if test is not None else "")
             + f"\n{result['note']}")
     return {"run_id": row["id"], "status": row["status"], "metrics": row["metrics"], "result": result}, text
+
+
+def _periodic_args(p) -> None:
+    from .train.periodic import PeriodicConfig
+
+    d = PeriodicConfig(target="")
+    workspace_args(p)
+    p.add_argument("--target", help="target locale, scored on its dev split after each merge (required unless --resume)")
+    p.add_argument("--sources", nargs="*", default=None, help="source locales to train (default: the target's URIEL top-k)")
+    p.add_argument("--top-k", type=int, default=d.top_k)
+    p.add_argument("--weighting", choices=["uriel", "equal"], default=d.weighting)
+    p.add_argument("--method", default=d.method, help="any registered merge method without data batches")
+    p.add_argument("--steps", type=int, default=d.steps, help="optimizer steps per source")
+    p.add_argument("--merge-every", type=int, default=d.merge_every, help="merge every N steps")
+    p.add_argument("--adaptive", action="store_true", help="double the interval after a merge without dev gain")
+    p.add_argument("--plateau", type=int, default=d.plateau,
+                   help="merge when a would-be merge's target dev accuracy has not improved for N checks (0: off)")
+    p.add_argument("--convergence", type=float, default=d.convergence,
+                   help="stop when a merge moves the target dev accuracy by less than this (0: off)")
+    p.add_argument("--blend", type=float, default=d.blend, help="1: models become the merge; b: b·merge + (1−b)·own")
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--train-batch-size", type=int, default=d.batch_size)
+    p.add_argument("--warmup", type=int, default=d.warmup)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--no-baseline", action="store_true", help="skip the independently trained post-hoc merge baseline")
+    p.add_argument("--resume", metavar="RUN_ID", help="continue a cancelled/interrupted run")
+
+
+@command("train-merge", "train K source locales together, merging them every N steps, for a target",
+         _periodic_args)
+def cmd_train_merge(args):
+    from .cli_methods import open_store
+    from .train.finetune import TrainError
+    from .train.periodic import PeriodicConfig, resume_periodic_here, run_periodic
+
+    ws = open_from_args(args)
+    store = open_store(ws)
+    if args.resume:
+        row = resume_periodic_here(store, ws, args.resume, echo=progress_for(args))
+    else:
+        if not args.target:
+            raise TrainError("choose a --target locale (or --resume RUN_ID)")
+        config = PeriodicConfig(target=args.target, sources=args.sources or [], top_k=args.top_k,
+                                weighting=args.weighting, method=args.method, steps=args.steps,
+                                merge_every=args.merge_every, adaptive=args.adaptive, plateau=args.plateau,
+                                convergence=args.convergence, blend=args.blend, lr=args.lr,
+                                batch_size=args.train_batch_size, warmup=args.warmup, seed=args.seed,
+                                baseline=not args.no_baseline)
+        row = run_periodic(store, ws, config, echo=progress_for(args))
+    result = row["result"]
+    lines = [f"run {row['id']}: {len(result['merges'])} merges of {', '.join(row['sources'])} → {row['target']}"]
+    lines += [f"  step {m['step']}: merged dev {m['dev_accuracy']:.3f}"
+              + (f", post-hoc dev {m['posthoc_dev_accuracy']:.3f}" if "posthoc_dev_accuracy" in m else "")
+              for m in result["merges"]]
+    lines.append(f"merged model test accuracy {row['metrics']['test']['accuracy']:.3f}"
+                 + (f"; post-hoc merge {result['posthoc']['accuracy']:.3f}" if result.get("posthoc") else ""))
+    lines.append(f"merged weights: {result['merged']}")
+    return {"run_id": row["id"], "status": row["status"], "metrics": row["metrics"], "result": result}, "\n".join(lines)

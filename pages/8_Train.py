@@ -7,7 +7,9 @@ from dashboard import state, widgets
 from engine import figures
 from engine.store import ACTIVE
 from engine.train import figures as train_figures
+from engine.merge import MERGES
 from engine.train.finetune import REGISTER_MODES, FinetuneConfig, resumable, resume_finetune, submit_finetune
+from engine.train.periodic import PeriodicConfig, periodic_resumable, resume_periodic, submit_periodic
 
 st.title("Train")
 st.caption("Fine-tune one locale's classifier from the zoo's pretrained base on its train split. Early "
@@ -50,6 +52,44 @@ with st.expander("Fine-tune a locale", expanded=not history, icon=":material/add
             with state.engine_errors():
                 st.session_state["train_run"] = submit_finetune(state.runner(), ws, config)
             st.rerun()
+
+with st.expander("Train sources together, merging every N steps (for a target)", icon=":material/merge:"):
+    st.caption("K source locales train from the base at once; every N steps their weights are merged and the merge "
+               "goes back into each. The target is scored on its dev split after every merge, against the post-hoc "
+               "merge of the same sources trained apart for the same steps; the final merge is scored once on test.")
+    targets = [l for l in ws.target_locales() if ws.dataset.has(l, "validation")]
+    c = st.columns([2, 4, 2])
+    p_target = c[0].selectbox("Target", targets, key="pm_target")
+    p_sources = c[1].multiselect("Sources (empty: URIEL top-k)", [l for l in trainable if l != p_target],
+                                 key=f"pm_sources_{p_target}")
+    p_weighting = c[2].segmented_control("Weights", ["uriel", "equal"], default="uriel", key="pm_weighting") or "uriel"
+    c = st.columns(5)
+    names = [m.name for m in MERGES if not m.meta.get("needs_data")]
+    p_method = c[0].selectbox("Merge method", names, index=names.index("linear"), key="pm_method")
+    p_steps = c[1].number_input("Steps per source", 1, 1_000_000, 60, key="pm_steps")
+    p_every = c[2].number_input("Merge every N steps", 1, 1_000_000, 20, key="pm_every")
+    p_blend = c[3].number_input("Blend (1: replace)", 0.01, 1.0, 1.0, key="pm_blend")
+    p_top_k = c[4].number_input("Top-k (URIEL)", 1, 20, 3, key="pm_top_k")
+    c = st.columns(6)
+    p_adaptive = c[0].toggle("Adaptive interval", False, key="pm_adaptive",
+                             help="double the interval after a merge that did not raise the target's dev accuracy")
+    p_plateau = c[1].number_input("Plateau trigger (0: off)", 0, 100, 0, key="pm_plateau",
+                                  help="merge when a would-be merge's dev accuracy has not improved for this many checks")
+    p_conv = c[2].number_input("Convergence threshold", 0.0, 1.0, 0.0, format="%g", key="pm_convergence")
+    p_batch = c[3].number_input("Batch size", 1, 4096, 32, key="pm_batch")
+    p_lr = c[4].number_input("Learning rate", 1e-7, 1.0, 4e-4, format="%g", key="pm_lr")
+    p_seed = c[5].number_input("Seed", 0, 2 ** 31 - 1, 0, key="pm_seed")
+    p_baseline = st.toggle("Also train the sources apart (post-hoc merge baseline; 2× the training)", True,
+                           key="pm_baseline")
+    if st.button("Start training with merges", type="primary", icon=":material/play_arrow:", key="pm_start",
+                 disabled=not targets):
+        config = PeriodicConfig(target=p_target, sources=list(p_sources), top_k=int(p_top_k), weighting=p_weighting,
+                                method=p_method, steps=int(p_steps), merge_every=int(p_every), adaptive=bool(p_adaptive),
+                                plateau=int(p_plateau), convergence=float(p_conv), blend=float(p_blend), lr=float(p_lr),
+                                batch_size=int(p_batch), seed=int(p_seed), baseline=bool(p_baseline))
+        with state.engine_errors():
+            st.session_state["train_run"] = submit_periodic(state.runner(), ws, config)
+        st.rerun()
 
 if not history:
     st.info("No training run yet.")
@@ -96,15 +136,23 @@ if row["status"] == "done":
     m[0].metric("Test accuracy", f"{test:.3f}" if test is not None else "–")
     m[1].metric("Validation accuracy", f"{val:.3f}" if val is not None else "–")
     record = result.get("record") or {}
-    m[2].metric("Steps", f"{record.get('steps_done', '–')}")
+    m[2].metric("Steps", f"{record.get('steps_done', result.get('steps_done', '–'))}")
     m[3].metric("Seconds", f"{result.get('seconds', 0):.1f}")
-    st.success(f"Saved {result.get('output')}: {result.get('note', '')}")
+    if row.get("method") == "periodic-merge":
+        posthoc = (result.get("posthoc") or {}).get("accuracy")
+        st.success(f"{len(result.get('merges') or [])} merges; merged weights in {result.get('merged')}. "
+                   + (f"Post-hoc merge of the sources trained apart: test accuracy {posthoc:.3f}." if posthoc is not None
+                      else "") + (f" Stopped: {result['stopped']}." if result.get("stopped") else ""))
+    else:
+        st.success(f"Saved {result.get('output')}: {result.get('note', '')}")
     if result.get("registered_as") and st.session_state.get("train_reopened") != run_id:
         st.session_state["train_reopened"] = run_id
         state._open.clear()  # the zoo has a new model: reopen the workspace so every page sees it
     runs_view.send_to_compare(run_id, "train_compare")
-if resumable(row) and not state.store().runs(kind="train", parent=run_id, limit=1):
+can_resume = resumable(row) or periodic_resumable(row)
+if can_resume and not state.store().runs(kind="train", parent=run_id, limit=1):
     if st.button("Resume from the last checkpoint", icon=":material/resume:", key="train_resume"):
+        resume = resume_periodic if row.get("method") == "periodic-merge" else resume_finetune
         with state.engine_errors():
-            st.session_state["train_run"] = resume_finetune(state.runner(), ws, run_id)
+            st.session_state["train_run"] = resume(state.runner(), ws, run_id)
         st.rerun()

@@ -171,6 +171,21 @@ def test_train_page_runs_a_fine_tune_and_shows_its_curves(app_cache, tiny_zoo_di
     # a second run into the same folder is refused with the guard's message, no run created
     at.button(key="train_start").click().run()
     assert any("not empty" in e.value for e in at.error)
+    # training with periodic merges, from the same page
+    rerun(at)
+    at.selectbox(key="pm_target").set_value("en-US").run()
+    at.multiselect(key="pm_sources_en-US").set_value(["de-DE", "nl-NL"])
+    at.segmented_control(key="pm_weighting").set_value("equal")
+    for key, value in (("pm_steps", 2), ("pm_every", 1), ("pm_batch", 4)):
+        at.number_input(key=key).set_value(value)
+    at.toggle(key="pm_baseline").set_value(False)
+    at.button(key="pm_start").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    run_id = at.session_state["train_run"]
+    row = runner(app_cache).wait(run_id, timeout=300)
+    assert row["status"] == "done" and row["method"] == "periodic-merge", row.get("error")
+    rerun(at)
+    assert any("2 merges" in s.value for s in at.success)
 
 
 # ---- iterative training with periodic merges ---------------------------------------------------

@@ -36,7 +36,8 @@ def accuracy_curves(frame: pd.DataFrame, baselines: Optional[Mapping[str, Mappin
     fig = go.Figure()
     styles = {"validation_accuracy": ("validation accuracy", CANDIDATE, "solid"),
               "merged_dev_accuracy": ("merged model, target dev", CANDIDATE, "solid"),
-              "posthoc_dev_accuracy": ("post-hoc merge (trained apart), target dev", SECONDARY, "dash")}
+              "posthoc_dev_accuracy": ("post-hoc merge (trained apart), target dev", SECONDARY, "dash"),
+              "candidate_dev_accuracy": ("would-be merge (plateau check), target dev", "#868e96", "dot")}
     for name, (label, colour, dash) in styles.items():
         if name in frame:
             series = frame[name].dropna()
