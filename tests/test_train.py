@@ -259,3 +259,26 @@ def test_periodic_bad_settings(own_ws):
         check_periodic(own_ws, PeriodicConfig(target="en-US", sources=["xx-XX"], weighting="equal"))
     with pytest.raises(TrainError, match="blend"):
         check_periodic(own_ws, PeriodicConfig(target="en-US", sources=["de-DE"], blend=0))
+
+
+def test_label_curve_from_a_periodic_merge_run(own_ws):
+    from engine.train.figures import label_curve
+    from engine.train.labels import LabelCurveConfig, labels_saved, run_label_curve
+    from engine.train.periodic import PeriodicConfig, run_periodic
+
+    store = Store(own_ws.cache_dir / "runs.sqlite")
+    fused = run_periodic(store, own_ws, PeriodicConfig(target="en-US", sources=["de-DE", "nl-NL"], weighting="equal",
+                                                       steps=2, merge_every=2, batch_size=4, baseline=False))
+    row = run_label_curve(store, own_ws, LabelCurveConfig(target="en-US", fused=fused["id"], ns=[0, 8, 10_000],
+                                                          steps=2, batch_size=4))
+    curve = row["result"]["curve"]
+    n_train = len(own_ws.dataset.get("en-US", "train"))
+    assert [p["n"] for p in curve] == [0, 8, n_train]         # capped at the train split
+    assert row["params"]["target_data"].startswith("labelled target train")
+    # n = 0 is the fused model itself, as its own run scored it
+    assert curve[0]["fused"] == pytest.approx(fused["metrics"]["test"]["accuracy"])
+    assert labels_saved([{"n": 0, "base": .2, "fused": .6}, {"n": 8, "base": .5, "fused": .7},
+                         {"n": 16, "base": .65, "fused": .8}]) == 16
+    assert len(label_curve(curve).data) == 2
+    with pytest.raises(TrainError, match="neither a model folder nor a stored run"):
+        run_label_curve(store, own_ws, LabelCurveConfig(target="en-US", fused="no-such-run", ns=[0]))

@@ -48,3 +48,16 @@ def accuracy_curves(frame: pd.DataFrame, baselines: Optional[Mapping[str, Mappin
     fig.update_yaxes(title="accuracy", range=[0, 1.05])
     fig.update_xaxes(title="step")
     return _layout(fig, title or "Validation accuracy")
+
+
+def label_curve(curve, title: str = "") -> go.Figure:
+    """Target test accuracy against the number n of labelled target examples fine-tuned on, for the
+    base and the fused model (n = 0 drawn at the axis' left end)."""
+    fig = go.Figure()
+    xs = [max(r["n"], 1) for r in curve]
+    for key, label, colour in (("fused", "fused model + n labels", CANDIDATE), ("base", "base + n labels", "#868e96")):
+        fig.add_trace(go.Scatter(x=xs, y=[r[key] for r in curve], name=label, mode="lines+markers",
+                                 line=dict(color=colour, width=3)))
+    fig.update_xaxes(title="labelled target examples n (log; 0 drawn at 1)", type="log")
+    fig.update_yaxes(title="target test accuracy", range=[0, 1.05])
+    return _layout(fig, title or "What a merge is worth in target labels")

@@ -51,6 +51,14 @@ def freeze_embeddings(model) -> int:
     return count
 
 
+def load_weights(model, state: Dict[str, torch.Tensor]) -> None:
+    """Copies ``state`` into the model's tensors in place (keys it lacks keep their values)."""
+    with torch.no_grad():
+        for key, value in model.state_dict().items():
+            if key in state:
+                value.copy_(state[key].to(value.device, value.dtype))
+
+
 class Trainer:
     """Steps one classifier on one labelled split. Build the model first (after seeding), then the
     trainer: the optimizer, scheduler and batch order are created here in a fixed order."""
@@ -105,10 +113,7 @@ class Trainer:
         return {k: v.detach().to("cpu").clone().contiguous() for k, v in self.model.state_dict().items()}
 
     def load_weights(self, state: Dict[str, torch.Tensor]) -> None:
-        with torch.no_grad():
-            for key, value in self.model.state_dict().items():
-                if key in state:
-                    value.copy_(state[key].to(value.device, value.dtype))
+        load_weights(self.model, state)
 
     # ---- checkpoints: safetensors + JSON -------------------------------------------------------
     def state(self) -> Tuple[Dict[str, torch.Tensor], dict]:
