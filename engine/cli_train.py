@@ -114,3 +114,33 @@ def cmd_train_merge(args):
                  + (f"; post-hoc merge {result['posthoc']['accuracy']:.3f}" if result.get("posthoc") else ""))
     lines.append(f"merged weights: {result['merged']}")
     return {"run_id": row["id"], "status": row["status"], "metrics": row["metrics"], "result": result}, "\n".join(lines)
+
+
+def _labels_args(p) -> None:
+    workspace_args(p)
+    p.add_argument("--target", required=True, help="target locale: its train split gives the n labels, test scores")
+    p.add_argument("--fused", required=True, help="a stored merge / periodic-merge run id, or a model folder")
+    p.add_argument("--ns", nargs="*", type=int, default=[0, 8, 16, 32, 64, 128], help="label counts")
+    p.add_argument("--steps", type=int, default=30, help="fine-tuning steps at each n")
+    p.add_argument("--train-batch-size", type=int, default=16)
+    p.add_argument("--lr", type=float, default=4e-4)
+    p.add_argument("--seed", type=int, default=0)
+
+
+@command("train-labels", "what a merge is worth in target labels: base vs fused model fine-tuned on n target labels",
+         _labels_args)
+def cmd_train_labels(args):
+    from .cli import table_text
+    from .cli_methods import open_store
+    from .train.labels import LabelCurveConfig, run_label_curve
+
+    ws = open_from_args(args)
+    config = LabelCurveConfig(target=args.target, fused=args.fused, ns=args.ns, steps=args.steps,
+                              batch_size=args.train_batch_size, lr=args.lr, seed=args.seed)
+    row = run_label_curve(open_store(ws), ws, config, echo=progress_for(args))
+    result = row["result"]
+    saved = result["labels_saved"]
+    text = (table_text(result["curve"]) + f"\nrun {row['id']}: the base needs "
+            + (f"{saved} target labels" if saved is not None else f"more than {result['max_n']} target labels")
+            + " to match the fused model with none")
+    return {"run_id": row["id"], "result": result}, text

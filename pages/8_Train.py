@@ -8,6 +8,7 @@ from engine import figures
 from engine.store import ACTIVE
 from engine.train import figures as train_figures
 from engine.merge import MERGES
+from engine.train.labels import LabelCurveConfig, submit_label_curve
 from engine.train.finetune import REGISTER_MODES, FinetuneConfig, resumable, resume_finetune, submit_finetune
 from engine.train.periodic import PeriodicConfig, periodic_resumable, resume_periodic, submit_periodic
 
@@ -91,6 +92,30 @@ with st.expander("Train sources together, merging every N steps (for a target)",
             st.session_state["train_run"] = submit_periodic(state.runner(), ws, config)
         st.rerun()
 
+with st.expander("What a merge is worth in target labels", icon=":material/stacked_line_chart:"):
+    st.caption("Fine-tune the base and a fused model on n = 0, 8, 16, … labelled target examples (nested draws of "
+               "the target's train split) and score both on its test split: the horizontal distance between the "
+               "curves is the number of target labels the merge saves.")
+    fused_runs = [r for r in state.store().runs(status=["done"], limit=200)
+                  if r["kind"] == "merge" or r.get("method") == "periodic-merge"]
+    if not fused_runs:
+        st.caption("No finished merge (or periodic-merge training) run yet to start from.")
+    else:
+        c = st.columns([4, 3, 1, 1])
+        fused_id = c[0].selectbox("Fused model (a finished run)", [r["id"] for r in fused_runs], key="lc_fused",
+                                  format_func={r["id"]: runs_view.run_label(r) for r in fused_runs}.get)
+        ns_text = c[1].text_input("n (labels)", "0, 8, 16, 32, 64, 128", key="lc_ns")
+        lc_steps = c[2].number_input("Steps", 1, 100_000, 30, key="lc_steps")
+        lc_batch = c[3].number_input("Batch", 1, 4096, 16, key="lc_batch")
+        fused_row = next(r for r in fused_runs if r["id"] == fused_id)
+        if st.button(f"Measure for {fused_row.get('target')}", icon=":material/play_arrow:", key="lc_start"):
+            with state.engine_errors():
+                ns = [int(x) for x in ns_text.replace(",", " ").split()]
+                config = LabelCurveConfig(target=fused_row["target"], fused=fused_id, ns=ns, steps=int(lc_steps),
+                                          batch_size=int(lc_batch))
+                st.session_state["train_run"] = submit_label_curve(state.runner(), ws, config)
+            st.rerun()
+
 if not history:
     st.info("No training run yet.")
     st.stop()
@@ -114,6 +139,14 @@ def live_panel() -> None:
     else:
         runs_view.status_line(row)
     frame = figures.series_frame(state.store().series(run_id))
+    curve = (row.get("result") or {}).get("curve")
+    if curve:
+        widgets.chart(train_figures.label_curve(curve), "train_labels")
+        saved = row["result"].get("labels_saved")
+        st.caption("The base needs " + (f"{saved} target labels" if saved is not None else
+                                        f"more than {row['result'].get('max_n')} target labels")
+                   + " to match the fused model with none.")
+        return
     if frame.empty:
         st.caption("Curves appear after the first step.")
         return
@@ -129,7 +162,7 @@ live_panel()
 
 row = state.store().get(run_id)
 result = row.get("result") or {}
-if row["status"] == "done":
+if row["status"] == "done" and row.get("method") != "label-curve":
     test = (row["metrics"].get("test") or {}).get("accuracy")
     val = (row["metrics"].get("validation") or {}).get("accuracy")
     m = st.columns(4)

@@ -282,3 +282,30 @@ def test_label_curve_from_a_periodic_merge_run(own_ws):
     assert len(label_curve(curve).data) == 2
     with pytest.raises(TrainError, match="neither a model folder nor a stored run"):
         run_label_curve(store, own_ws, LabelCurveConfig(target="en-US", fused="no-such-run", ns=[0]))
+
+
+def test_train_page_measures_a_label_curve(app_cache, tiny_zoo_dir, tmp_path, monkeypatch):
+    from app_support import open_app, rerun, runner
+
+    from engine.train.periodic import PeriodicConfig, submit_periodic
+
+    zoo = tmp_path / "zoo"
+    shutil.copytree(tiny_zoo_dir, zoo)
+    monkeypatch.setenv("FUSION_ZOO", str(zoo))
+    ws = open_workspace(Settings(zoo=str(zoo), cache_dir=str(app_cache), device="cpu"))
+    fused = submit_periodic(runner(app_cache), ws, PeriodicConfig(
+        target="nl-NL", sources=["de-DE", "en-US"], weighting="equal", steps=1, merge_every=1, batch_size=4,
+        baseline=False))
+    assert runner(app_cache).wait(fused, timeout=300)["status"] == "done"
+    at = open_app()
+    at.switch_page("pages/8_Train.py").run()
+    at.selectbox(key="lc_fused").set_value(fused)
+    at.text_input(key="lc_ns").set_value("0 4")
+    at.number_input(key="lc_steps").set_value(1)
+    at.button(key="lc_start").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    row = runner(app_cache).wait(at.session_state["train_run"], timeout=300)
+    assert row["status"] == "done", row.get("error")
+    assert [p["n"] for p in row["result"]["curve"]] == [0, 4]
+    rerun(at)
+    assert any("to match the fused model" in c.value for c in at.caption)
