@@ -309,3 +309,23 @@ def test_train_page_measures_a_label_curve(app_cache, tiny_zoo_dir, tmp_path, mo
     assert [p["n"] for p in row["result"]["curve"]] == [0, 4]
     rerun(at)
     assert any("to match the fused model" in c.value for c in at.caption)
+
+
+def test_periodic_sources_default_to_the_targets_uriel_top_k(own_ws):
+    from engine.train.periodic import PeriodicConfig, check_periodic
+
+    config = check_periodic(own_ws, PeriodicConfig(target="nl-NL", top_k=2))
+    assert len(config.sources) == 2 and "nl-NL" not in config.sources
+    assert sum(config.weights) == pytest.approx(1.0)
+
+
+def test_demo_builder_still_makes_the_same_models(tiny_zoo_dir, tmp_path):
+    """The demo builder now trains through engine/train's loop: its models must not change."""
+    from engine.data.loaders import load_massive_jsonl
+    from engine.demo.build import SIZES, finetune
+    from engine.zoo import fingerprint_dir
+
+    spec = SIZES["tiny"]
+    dataset = load_massive_jsonl(str(tiny_zoo_dir / "data"))
+    finetune(tiny_zoo_dir / "base", dataset, "es-ES", tmp_path / "es", spec.steps, spec.batch_size, spec.lr, 0)
+    assert fingerprint_dir(tmp_path / "es") == fingerprint_dir(tiny_zoo_dir / "e5small_massive_k_es-ES")
