@@ -204,7 +204,7 @@ def test_periodic_merge_equals_the_registered_merge_of_the_checkpointed_weights(
 
     store = Store(own_ws.cache_dir / "runs.sqlite")
     config = PeriodicConfig(target="en-US", sources=["de-DE", "nl-NL"], weighting="equal", method="task_arithmetic",
-                            steps=2, merge_every=1, batch_size=4, lr=1e-3)
+                            steps=2, merge_every=1, batch_size=4, lr=1e-3, keep_checkpoint=True)
     row = run_periodic(store, own_ws, config)
     assert row["status"] == "done", row.get("error")
     assert row["method"] == "periodic-merge" and row["params"]["target_data"] == "none"
@@ -246,6 +246,7 @@ def test_periodic_run_resumes_to_the_same_merged_model(own_ws):
     b = load_file(resumed["result"]["merged"])
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert resumed["result"]["merges"] == straight["result"]["merges"]
+    assert not (ckpt / "together").exists() and (ckpt / "merged.safetensors").exists()  # only the result kept
 
 
 def test_periodic_bad_settings(own_ws):

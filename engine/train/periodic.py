@@ -13,7 +13,8 @@ accuracy (checked every N steps) has not improved for that many checks; ``conver
 once a merge changes the dev accuracy by less than it. Those three decide with the target's dev
 labels, so such a run records ``target_data = "labelled target dev"``; otherwise the dev scores
 only draw the curve and it records ``"none"``. The whole state is checkpointed before each merge
-(safetensors + JSON), so a killed run resumes to the same result.
+(safetensors + JSON), so a killed run resumes to the same result; a finished run keeps only its
+merged weights (``keep_checkpoint`` keeps the last checkpoint too).
 """
 from __future__ import annotations
 
@@ -52,6 +53,7 @@ class PeriodicConfig:
     warmup: int = -1
     seed: int = 0
     baseline: bool = True          # also train the sources independently for the post-hoc merge
+    keep_checkpoint: bool = False  # keep the last checkpoint (every model + optimizer) after success
     weights: List[float] = field(default_factory=list)  # filled in by check_periodic
 
     @classmethod
@@ -234,6 +236,9 @@ def periodic_job(ws, config: PeriodicConfig, ckpt: Path):
             posthoc = merge_weights(ws, config, [t.weights() for t in apart])
             baselines["posthoc_merge"] = {"model": "post-hoc merge of independently trained sources",
                                           **ws.evaluator.evaluate_state(posthoc, config.target, "test")}
+        if not config.keep_checkpoint:  # K models with their optimizer moments: often gigabytes
+            for part in ("together", "apart"):
+                shutil.rmtree(ckpt / part, ignore_errors=True)
         acc = metrics["test"]["accuracy"]
         return {"metrics": metrics, "message": f"{len(info['merges'])} merges; merged model test accuracy {acc:.3f}",
                 "result": {"merges": info["merges"], "stopped": info["stopped"], "checkpoint": str(ckpt),
