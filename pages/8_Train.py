@@ -140,15 +140,19 @@ def live_panel() -> None:
         runs_view.status_line(row)
     frame = figures.series_frame(state.store().series(run_id))
     curve = (row.get("result") or {}).get("curve")
+    if not curve and row.get("method") == "label-curve" and {"base_test_accuracy", "fused_test_accuracy"} <= set(frame):
+        done = frame[["base_test_accuracy", "fused_test_accuracy"]].dropna()  # the points measured so far
+        curve = [{"n": int(n), "base": b, "fused": f} for n, (b, f) in done.iterrows()]
     if curve:
         widgets.chart(train_figures.label_curve(curve), "train_labels")
-        saved = row["result"].get("labels_saved")
-        st.caption("The base needs " + (f"{saved} target labels" if saved is not None else
-                                        f"more than {row['result'].get('max_n')} target labels")
-                   + " to match the fused model with none.")
+        saved = (row.get("result") or {}).get("labels_saved")
+        if row["status"] == "done":
+            st.caption("The base needs " + (f"{saved} target labels" if saved is not None else
+                                            f"more than {row['result'].get('max_n')} target labels")
+                       + " to match the fused model with none.")
         return
-    if frame.empty:
-        st.caption("Curves appear after the first step.")
+    if frame.empty or row.get("method") == "label-curve":
+        st.caption("Curves appear after the first step (a label curve: after its first n).")
         return
     left, right = st.columns(2)
     widgets.chart(train_figures.loss_curves(frame), "train_loss", left)
