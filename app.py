@@ -22,6 +22,8 @@ STEPS = [
     ("pages/5_Evolve.py", "Evolve", ":material/genetics:", "Search merge recipes evolutionarily; watch fitness live."),
     ("pages/7_Sweeps.py", "Sweeps", ":material/table_view:",
      "Run every target × method at once, resumable; win rates, paired tests, a one-click report."),
+    ("pages/8_Train.py", "Train", ":material/model_training:",
+     "Fine-tune a locale from the pretrained base; the new model joins the zoo."),
     ("pages/6_Compare.py", "Compare", ":material/leaderboard:", "Every run against honest baselines; the N×N matrix; export."),
 ]
 

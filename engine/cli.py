@@ -230,10 +230,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _load_plugins() -> None:
-    """Commands that live next to their engine module (merge, ensemble, evolve, sweep, transfer)."""
+    """Commands that live next to their engine module (merge, ensemble, evolve, sweep, transfer, train)."""
     import importlib
 
-    for mod in ("engine.cli_methods", "engine.cli_evolve", "engine.cli_sweep", "engine.cli_transfer"):
+    for mod in ("engine.cli_methods", "engine.cli_evolve", "engine.cli_sweep", "engine.cli_transfer",
+                "engine.cli_train"):
         try:
             importlib.import_module(mod)
         except ModuleNotFoundError as exc:

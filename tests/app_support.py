@@ -8,7 +8,7 @@ ROOT = Path(__file__).resolve().parent.parent
 APP = ROOT / "app.py"
 PAGES = {"Setup": "pages/1_Setup.py", "Similarity": "pages/2_Similarity.py", "Merge": "pages/3_Merge.py",
          "Ensemble": "pages/4_Ensemble.py", "Evolve": "pages/5_Evolve.py", "Compare": "pages/6_Compare.py",
-         "Sweeps": "pages/7_Sweeps.py"}
+         "Sweeps": "pages/7_Sweeps.py", "Train": "pages/8_Train.py"}
 TIMEOUT = 60
 LOAD_TIMES = {}
 

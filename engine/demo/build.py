@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import math
-import random
 import shutil
 import time
 from dataclasses import asdict, dataclass
@@ -27,6 +26,8 @@ import torch
 
 from ..data import Dataset
 from ..progress import ProgressFn, Tracker, sub_progress
+from ..train.loop import Trainer, accuracy
+from ..train.loop import seed_everything as _seed_everything
 
 MODEL_PREFIX = "e5small_massive_k_"
 
@@ -64,12 +65,6 @@ def write_jsonl(dataset: Dataset, folder: Path) -> None:
                                           "intent": dataset.labels[label]}, ensure_ascii=False) + "\n")
 
 
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
 def make_base_classifier(encoder_dir: Path, out_dir: Path, labels: List[str], seed: int) -> Path:
     """The pretrained encoder plus one seeded classification head that every locale starts from."""
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
@@ -86,19 +81,6 @@ def make_base_classifier(encoder_dir: Path, out_dir: Path, labels: List[str], se
     return out_dir
 
 
-def accuracy(model, tok, data, batch_size: int = 64) -> float:
-    model.eval()
-    correct = 0
-    with torch.inference_mode():
-        for lo in range(0, len(data), batch_size):
-            batch = tok(data.texts[lo:lo + batch_size], padding=True, truncation=True, max_length=64,
-                        return_tensors="pt")
-            pred = model(**batch).logits.argmax(-1)
-            correct += int((pred == torch.tensor(data.labels[lo:lo + batch_size])).sum())
-    model.train()
-    return correct / max(1, len(data))
-
-
 def finetune(base_dir: Path, dataset: Dataset, locale: str, out_dir: Path, steps: int,
              batch_size: int, lr: float, seed: int, progress: Optional[ProgressFn] = None,
              min_val_accuracy: float = 0.0) -> dict:
@@ -112,47 +94,28 @@ def finetune(base_dir: Path, dataset: Dataset, locale: str, out_dir: Path, steps
     model = AutoModelForSequenceClassification.from_pretrained(str(base_dir))
     model.train()
     train = dataset.get(locale, "train")
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
-    warm = max(1, steps // 10)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min((s + 1) / warm, max(0.0, (steps - s) / max(1, steps - warm))))
-    rng = np.random.default_rng(seed)
-    order: List[int] = []
+    trainer = Trainer(model, tok, train, steps, batch_size, lr, seed)  # the shared loop (engine/train)
     tracker = Tracker(progress, steps, f"fine-tuning {locale}")
     start = time.perf_counter()
-    losses: List[float] = []
 
-    def step(schedule) -> None:
-        nonlocal order
-        if len(order) < batch_size:
-            order.extend(rng.permutation(len(train)).tolist())
-        idx, order = order[:batch_size], order[batch_size:]
-        batch = tok([train.texts[i] for i in idx], padding=True, truncation=True, max_length=64,
-                    return_tensors="pt")
-        out = model(**batch, labels=torch.tensor([train.labels[i] for i in idx]))
-        out.loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        if schedule is not None:
-            schedule.step()
-        opt.zero_grad(set_to_none=True)
-        losses.append(float(out.loss.detach()))
-        tracker.advance(1, f"fine-tuning {locale} (loss {np.mean(losses[-10:]):.3f})")
+    def step(schedule: bool) -> None:
+        trainer.step(schedule)
+        tracker.advance(1, f"fine-tuning {locale} (loss {trainer.recent_loss():.3f})")
 
     for _ in range(steps):
-        step(sched)
+        step(True)
     val_acc, extra = None, 0
     if min_val_accuracy > 0 and dataset.has(locale, "validation"):
         val = dataset.get(locale, "validation")
         val_acc = accuracy(model, tok, val)
         while val_acc < min_val_accuracy and extra < steps:
-            for group in opt.param_groups:
-                group["lr"] = lr / 4
+            trainer.set_lr(lr / 4)
             tracker.total += 20
             for _ in range(20):
-                step(None)
+                step(False)
             extra += 20
             val_acc = accuracy(model, tok, val)
+    losses = trainer.losses
     tmp = out_dir.with_name(out_dir.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     model.eval()
