@@ -3,6 +3,7 @@ import streamlit as st
 
 from dashboard import runs as runs_view
 from dashboard import state, tasks, widgets
+from dashboard.experiment import language
 from engine import figures
 from engine.evolve import (DEFAULT_FITNESS, FITNESS_TERMS, SEED_FITNESS, EvolveConfig, resume_evolution,
                            submit_evolution)
@@ -97,10 +98,15 @@ with st.expander("New evolutionary run", expanded=not history, icon=":material/a
                 st.session_state["evo_run"] = submit_evolution(state.runner(), ws, config)
             st.rerun()
 
-if not history:
-    st.info("No evolutionary run yet.")
-    st.stop()
 history = state.store().runs(kind="evolve", limit=50)
+every_target = bool(history) and st.toggle(f"Show runs of every target, not only {language(target)}",
+                                           key="evo_every_target")
+shown_runs = history if every_target else [r for r in history if r.get("target") == target]
+if not shown_runs:
+    st.info(f"No evolutionary run for {language(target)} yet."
+            + (" Other targets have runs: tick 'Show runs of every target' to see them." if history else ""))
+    st.stop()
+history = shown_runs
 ids = [r["id"] for r in history]
 chosen = st.session_state.get("evo_run")
 chosen = chosen if chosen in ids else ids[0]
