@@ -182,3 +182,50 @@ class StreamingWriter:
             self.close()
         else:
             self.abort()
+
+
+class WriteBehind:
+    """Hands tensors to a ``StreamingWriter`` on a thread, so the next tensor is computed while
+    this one is written (file writes release the GIL). At most ``depth`` tensors wait; a write
+    error is raised on the next ``write`` or on ``close``."""
+
+    def __init__(self, writer: StreamingWriter, depth: int = 1):
+        import queue
+        import threading
+
+        self.writer = writer
+        self._queue: "queue.Queue" = queue.Queue(maxsize=depth)
+        self._error: Optional[BaseException] = None
+        self._thread = threading.Thread(target=self._run, name="safetensors-writer", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            if self._error is None:
+                try:
+                    self.writer.write(*item)
+                except BaseException as exc:  # handed to the producer
+                    self._error = exc
+
+    def write(self, name: str, tensor: torch.Tensor) -> None:
+        if self._error is not None:
+            raise self._error
+        self._queue.put((name, tensor))
+
+    def _finish(self) -> None:
+        self._queue.put(None)
+        self._thread.join()
+
+    def close(self) -> Path:
+        self._finish()
+        if self._error is not None:
+            self.writer.abort()
+            raise self._error
+        return self.writer.close()
+
+    def abort(self) -> None:
+        self._finish()
+        self.writer.abort()

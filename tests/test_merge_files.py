@@ -51,3 +51,16 @@ def test_streaming_merge_casts_to_the_asked_dtype(zoo, tmp_path):
     got = load_file(str(out))
     floats = [v for v in got.values() if v.is_floating_point()]
     assert floats and all(v.dtype == torch.bfloat16 for v in floats)
+
+
+@pytest.mark.parametrize("method,weights,bad", [("linear", [1.0, 0.0], 1), ("linear", [0.5, 0.5], 0),
+                                                ("task_arithmetic", [0.7, 0.3], 1)])
+def test_weighted_sums_check_only_the_output_yet_still_name_the_bad_source(zoo, method, weights, bad):
+    """linear/TA skip the per-source NaN pass (the output check catches what a sum propagates);
+    a zero-weight source, which the sum skips, is still checked on its own."""
+    states = [dict(load_state_dict(zoo.path(l))) for l in zoo.locales[:2]]
+    key = next(k for k, v in states[0].items() if v.is_floating_point() and v.dim() == 2)
+    states[bad][key] = states[bad][key].clone()
+    states[bad][key][0, 1] = float("inf")
+    with pytest.raises(MergeError, match=f"model '{'ab'[bad]}' tensor '{key}' contains NaN or inf"):
+        merge_state_dicts(method, states, weights, base=zoo.base_state_dict(), names=["a", "b"])

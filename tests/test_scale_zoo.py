@@ -26,6 +26,7 @@ def test_scale_zoo_has_real_shapes_and_loads(scale_zoo):
     assert state["roberta.embeddings.word_embeddings.weight"].shape == (250_002, 8)
     assert state["roberta.embeddings.position_embeddings.weight"].shape == (66, 8)
     assert state["classifier.out_proj.weight"].shape == (len(spec["labels"]), 8)
+    assert json.loads((zoo.path("de-DE") / "config.json").read_text())["architectures"] == ["XLMRobertaForSequenceClassification"]
     assert spec["parameters"] == sum(t.numel() for t in state.values())
     base = zoo.base_state_dict()
     # a model is the base plus a small dense task vector

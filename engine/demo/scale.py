@@ -50,7 +50,8 @@ def config_for(shape: ScaleShape, labels: Sequence[str]):
         max_position_embeddings=shape.max_positions, type_vocab_size=1, pad_token_id=1,
         bos_token_id=0, eos_token_id=2, layer_norm_eps=1e-5, num_labels=len(labels),
         id2label=dict(enumerate(labels)), label2id={n: i for i, n in enumerate(labels)},
-        problem_type="single_label_classification")
+        problem_type="single_label_classification",
+        architectures=["XLMRobertaForSequenceClassification"])  # mergekit reads it
 
 
 @functools.lru_cache(maxsize=1)

@@ -14,7 +14,7 @@ from typing import Any, Mapping, Optional, Sequence
 
 import torch
 
-from ..tensorfile import MappedModel, StreamingWriter, TensorFileError
+from ..tensorfile import MappedModel, StreamingWriter, TensorFileError, WriteBehind
 from ..zoo import safetensors_files
 from .common import MergeError
 from .run import MergedStateDict, merge_state_dicts, resolve_method
@@ -60,7 +60,12 @@ def merge_files(method: str, source_dirs: Sequence[str | Path], out_file: str | 
     first = sources[0]
     layout = [(k, dtype if dtype is not None and first.dtype(k).is_floating_point else first.dtype(k),
                first.shape(k)) for k in first]
-    with StreamingWriter(out_file, layout) as writer:
+    writer = WriteBehind(StreamingWriter(out_file, layout))
+    try:
         result = merge_state_dicts(resolved, sources, weights, base=base, params=params, names=names,
                                    seed=seed, dtype=dtype, progress=progress, sink=writer.write)
+    except BaseException:
+        writer.abort()
+        raise
+    writer.close()
     return result

@@ -187,6 +187,13 @@ def shape_of(state: StateDict, key: str) -> torch.Size:
     return state.shape(key) if hasattr(state, "shape") else state[key].shape
 
 
+# Methods whose output is a weighted sum of every input with a non-zero weight: a NaN/inf in an
+# input makes the output non-finite (IEEE: NaN·w = NaN, inf·w = ±inf, inf − inf = NaN), so checking
+# the output alone catches it — and saves reading every source once more. Zero-weight sources
+# (skipped by the sum) and the base are still checked on their own.
+PROPAGATES_NONFINITE = {"linear", "task_arithmetic"}
+
+
 def _finite(t: Tensor, who: str, key: str) -> None:
     if not all_finite(t):
         raise MergeError(f"model '{who}' tensor '{key}' contains NaN or inf")
@@ -273,6 +280,7 @@ def merge_state_dicts(method: Union[str, Method], sources: Sequence[StateDict],
     tracker = Tracker(loop_progress, len(keys), f"merging ({method.name})")
     out = MergedStateDict()
     aware = cache is not None and method.name in CACHE_AWARE
+    propagates = method.name in PROPAGATES_NONFINITE
     for key in keys:
         originals = [state[key] for state in sources]
         shape = originals[0].shape
@@ -294,8 +302,9 @@ def merge_state_dicts(method: Union[str, Method], sources: Sequence[StateDict],
             inputs = cache.inputs(key, originals, raw, names, compute)
             tensors, base_t = inputs.tensors, inputs.base if raw is not None else None
         else:
-            for t, name in zip(originals, names):
-                _finite(t, name, key)
+            for t, name, weight in zip(originals, names, w):
+                if not propagates or weight == 0:  # else the output check below covers it
+                    _finite(t, name, key)
             tensors = [t.to(device=compute, dtype=torch.float32) for t in originals]
             base_t = None
             if raw is not None:
@@ -314,6 +323,8 @@ def merge_state_dicts(method: Union[str, Method], sources: Sequence[StateDict],
             report.treatment[key] = prepared.labels.get(key, prepared.default_label
                                                          or method.name)
         if not all_finite(merged):
+            for t, name in zip(originals, names):  # name the source that brought it
+                _finite(t, name, key)
             raise MergeError(f"merge method '{method.name}' produced NaN/inf in tensor '{key}'")
         _emit(out, sink, key, merged.to(device=originals[0].device, dtype=dtype or originals[0].dtype))
         del tensors, base_t, merged, inputs
