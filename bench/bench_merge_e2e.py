@@ -115,6 +115,8 @@ def main():
     ap.add_argument("--target", default="")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--whole", action="store_true", help="also time the old load-whole path")
+    ap.add_argument("--out-dir", default=None, help="where the merged files go (default: the system's temp "
+                    "folder; /dev/shm takes a slow disk out of the comparison)")
     ap.add_argument("--child", nargs=2, metavar=("TOOL", "JOB_JSON"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -133,7 +135,7 @@ def main():
     tools = ["ours", "mergekit"] + (["ours-whole"] if args.whole else [])
     bandwidth = add_bandwidth()
     rows = []
-    tmp = Path(tempfile.mkdtemp(prefix="bench_e2e_"))
+    tmp = Path(tempfile.mkdtemp(prefix="bench_e2e_", dir=args.out_dir))
     try:
         for method in args.methods:
             params = {}
@@ -183,7 +185,7 @@ def main():
     print_table(rows, f"disk→disk merge of 5 sources → {target} on {ws.zoo.name} "
                       f"({ws.zoo.parameter_count() / 1e6:.1f} M params; {len(tools)} tools alternating, "
                       f"each run in its own process, median of {args.repeat}; torch.add bandwidth "
-                      f"{bandwidth / 1e9:.1f} GB/s; load average {load()} on {os.cpu_count()} CPUs)")
+                      f"{bandwidth / 1e9:.1f} GB/s; load average {load()} on {os.cpu_count()} CPUs; output to {tmp.parent})")
 
 
 if __name__ == "__main__":
