@@ -64,9 +64,9 @@ def main():
     t_raw, t_ours = best_of(raw), best_of(ours)
     t_naive = best_of(naive, repeat=1) * n / len(texts)
     rows = [
-        {"path": "raw batched forward", "ex/s": f"{n / t_raw:,.0f}", "ratio vs raw": "1.00"},
-        {"path": "ours (Evaluator.forward)", "ex/s": f"{n / t_ours:,.0f}", "ratio vs raw": f"{t_raw / t_ours:.2f}"},
-        {"path": "one at a time", "ex/s": f"{n / t_naive:,.0f}", "ratio vs raw": f"{t_raw / t_naive:.3f}"},
+        {"path": "raw batched forward", "ex/s": f"{n / t_raw:,.1f}", "ratio vs raw": "1.00"},
+        {"path": "ours (Evaluator.forward)", "ex/s": f"{n / t_ours:,.1f}", "ratio vs raw": f"{t_raw / t_ours:.2f}"},
+        {"path": "one at a time", "ex/s": f"{n / t_naive:,.2f}", "ratio vs raw": f"{t_raw / t_naive:.3f}"},
     ]
     print_table(rows, f"evaluation throughput — {ws.zoo.name}, {n} examples, batch {ev.batch_size}, "
                       f"device {ev.device}, {ws.zoo.parameter_count() / 1e6:.1f} M params")
@@ -78,7 +78,7 @@ def main():
     load_h = locales * t_load / 3600
     tokens = sum(len(x) for x in enc.input_ids) / n
     print(f"MASSIVE N×N estimate: {locales}×{locales} pairs × {per_locale} sentences = "
-          f"{locales * locales * per_locale / 1e6:.2f} M forward examples at {n / t_ours:,.0f} ex/s "
+          f"{locales * locales * per_locale / 1e6:.2f} M forward examples at {n / t_ours:,.1f} ex/s "
           f"= {forward_h:.1f} h + {locales} model loads × {t_load:.1f} s = {load_h * 60:.1f} min "
           f"(these sentences average {tokens:.1f} tokens; MASSIVE's are longer, ~12–15 with "
           f"specials, so read it as a lower bound)")
