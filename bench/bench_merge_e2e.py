@@ -176,7 +176,7 @@ def main():
             for t in tools:
                 row[f"{t} HWM GB"] = f"{med[t]['hwm'] / 1e9:.2f}"
             for t in ("ours", "mergekit"):
-                row[f"{t} / add bw"] = f"{moved / med[t]['seconds'] / bandwidth:.2f}"
+                row[f"{t} / add bw"] = f"{moved / med[t]['seconds'] / bandwidth:.3f}"
             row["load"] = f"{statistics.median(loads):.1f}"
             rows.append(row)
             print(json.dumps(row, ensure_ascii=False), flush=True)
