@@ -182,7 +182,7 @@ def main():
             print(json.dumps(row, ensure_ascii=False), flush=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    print_table(rows, f"disk→disk merge of 5 sources → {target} on {ws.zoo.name} "
+    print_table(rows, f"disk→disk merge of {len(sources)} sources → {target} on {ws.zoo.name} "
                       f"({ws.zoo.parameter_count() / 1e6:.1f} M params; {len(tools)} tools alternating, "
                       f"each run in its own process, median of {args.repeat}; torch.add bandwidth "
                       f"{bandwidth / 1e9:.1f} GB/s; load average {load()} on {os.cpu_count()} CPUs; output to {tmp.parent})")
