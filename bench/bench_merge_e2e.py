@@ -1,100 +1,191 @@
-"""End-to-end merge of the zoo's 5 sources: ours vs mergekit 0.1.5 on the same models, same config,
-same run. mergekit runs in-process through its own API (``run_merge``) from the mergekit.yaml our
-export writes. Two paths, each timed ``--repeat`` times with the two tools alternating (median):
+"""End-to-end merge of 5 sources, disk → disk: ours vs mergekit 0.1.5, same models, same config.
 
-* disk → disk, the same work on both sides: read the sources (and base) from safetensors, merge,
-  write one safetensors file. Our resident-weights cache is emptied before each of our runs.
-* merge → a model ready to evaluate, the product path: our sources stay resident in memory between
-  merges (engine/resident.py) and the merged tensors go straight into the evaluator's working model;
-  mergekit reads its inputs, writes a folder, and that folder is loaded with ``from_pretrained``.
+Each measurement runs in its own child process (imports excluded from the time), the tools
+alternating, so peak memory is each tool's own: VmHWM (peak resident, page cache of mapped files
+included) and the peak of RssAnon above the child's idle baseline (sampled every 2 ms; the memory
+a merge really allocates). Tools:
 
-    python bench/bench_merge_e2e.py [--methods linear ties dare_ties] [--device cuda] [--repeat 3]
+* ``ours``: engine.merge.files.merge_files — sources memory-mapped, output streamed to one file.
+* ``ours-whole`` (with --whole): the old path — load every source whole (load_file + NaN check),
+  merge in memory, save_file — kept to show where the time went.
+* ``mergekit``: mergekit.merge.run_merge from the config our export writes (mergekit_config).
+
+Each method's time is also given as a fraction of the machine's copy bandwidth: (bytes of the
+sources + base read once + output written once) / time, over torch.add's bandwidth measured in
+the same run.
+
+    python bench/bench_merge_e2e.py [--zoo DIR] [--methods linear ties] [--repeat 3] [--whole]
 """
 import argparse
+import json
+import os
 import shutil
 import statistics
+import subprocess
+import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
-from common import open_bench_workspace, print_table
+from common import ROOT, open_bench_workspace, print_table
 
 
-def timed(fn) -> float:
+def _status(field: str) -> int:
+    """A /proc/self/status field in bytes."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def child(tool: str, job: dict) -> dict:
+    """One merge in this process; returns its time and memory."""
+    import torch
+
+    if tool == "mergekit":
+        from mergekit.config import MergeConfiguration
+        from mergekit.merge import run_merge
+        from mergekit.options import MergeOptions
+
+        config = MergeConfiguration.model_validate(job["mergekit"])
+        options = MergeOptions(copy_tokenizer=False, lazy_unpickle=False, quiet=True)
+        run = lambda: run_merge(config, job["out"], options)  # noqa: E731
+    elif tool == "ours":
+        from engine.merge.files import merge_files
+
+        run = lambda: merge_files(job["method"], job["sources"], Path(job["out"]) / "model.safetensors",  # noqa: E731
+                                  job["weights"], base_dir=job["base"], params=job["params"])
+    else:
+        from safetensors.torch import save_file
+
+        from engine.merge import MERGES, merge_state_dicts
+        from engine.zoo import load_state_dict
+
+        def run():
+            states = [load_state_dict(Path(s)) for s in job["sources"]]
+            base = load_state_dict(Path(job["base"])) if MERGES.get(job["method"]).meta.get("needs_base") else None
+            out = merge_state_dicts(job["method"], states, job["weights"], base=base, params=job["params"])
+            save_file({k: v.contiguous() for k, v in out.items()}, str(Path(job["out"]) / "model.safetensors"))
+    Path(job["out"]).mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(torch.get_num_threads())
+    baseline = _status("RssAnon")
+    peak = [baseline]
+    done = threading.Event()
+
+    def sample():
+        while not done.is_set():
+            peak[0] = max(peak[0], _status("RssAnon"))
+            time.sleep(0.002)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
     t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
+    run()
+    seconds = time.perf_counter() - t0
+    done.set()
+    sampler.join()
+    written = sum(f.stat().st_size for f in Path(job["out"]).glob("*.safetensors"))
+    return {"seconds": seconds, "hwm": _status("VmHWM"), "anon": peak[0] - baseline, "written": written}
+
+
+def add_bandwidth(gib: float = 0.5) -> float:
+    """Bytes/s of torch.add(a, b, out=c) over float32 tensors (2 reads + 1 write), median of 5."""
+    import torch
+
+    n = int(gib * 2 ** 30 / 4)
+    a, b, c = torch.rand(n), torch.rand(n), torch.empty(n)
+    times = []
+    for _ in range(6):
+        t0 = time.perf_counter()
+        torch.add(a, b, out=c)
+        times.append(time.perf_counter() - t0)
+    return 3 * 4 * n / statistics.median(times[1:])
+
+
+def load() -> str:
+    return os.getloadavg()[0].__format__(".1f")
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--methods", nargs="*", default=["linear", "task_arithmetic", "ties", "dare_ties"])
-    ap.add_argument("--device", default="cpu")
     ap.add_argument("--zoo", default="")
     ap.add_argument("--target", default="")
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--whole", action="store_true", help="also time the old load-whole path")
+    ap.add_argument("--out-dir", default=None, help="where the merged files go (default: the system's temp "
+                    "folder; /dev/shm takes a slow disk out of the comparison)")
+    ap.add_argument("--child", nargs=2, metavar=("TOOL", "JOB_JSON"), help=argparse.SUPPRESS)
     args = ap.parse_args()
-    import torch
-    import yaml
-    from mergekit.config import MergeConfiguration
-    from mergekit.merge import run_merge
-    from mergekit.options import MergeOptions
-    from safetensors.torch import save_file
-    from transformers import AutoModelForSequenceClassification
+    if args.child:
+        print("RESULT " + json.dumps(child(args.child[0], json.loads(Path(args.child[1]).read_text()))))
+        return
+    from engine.experiments import suggest_sources
+    from engine.merge import MERGES
+    from engine.merge.export import mergekit_config
 
-    from engine.experiments import Candidate, build_merge, suggest_sources
-    from engine.candidate_runs import export_candidate
-    from engine.resident import RESIDENT
-
-    ws = open_bench_workspace(args.device, args.zoo)
+    ws = open_bench_workspace("cpu", args.zoo)
     target = args.target or ws.zoo.locales[0]
     weights = suggest_sources(ws, target, top_k=5)
-    options = MergeOptions(copy_tokenizer=False, cuda=args.device.startswith("cuda"), lazy_unpickle=False,
-                           quiet=True)
+    sources = [str(ws.zoo.path(s)) for s in weights]
+    source_bytes = sum(f.stat().st_size for s in sources for f in Path(s).glob("*.safetensors"))
+    base_bytes = sum(f.stat().st_size for f in Path(ws.zoo.base).glob("*.safetensors"))
+    tools = ["ours", "mergekit"] + (["ours-whole"] if args.whole else [])
+    bandwidth = add_bandwidth()
     rows = []
-    tmp = Path(tempfile.mkdtemp(prefix="bench_e2e_"))
+    tmp = Path(tempfile.mkdtemp(prefix="bench_e2e_", dir=args.out_dir))
     try:
         for method in args.methods:
-            cand = Candidate("merge", method, target, list(weights), list(weights.values()))
-            config = MergeConfiguration.model_validate(yaml.safe_load(
-                (export_candidate(ws, cand, build_merge(ws, cand), tmp / f"export_{method}")
-                 / "mergekit.yaml").read_text()))
-            out_file, out_dir = tmp / f"ours_{method}.safetensors", str(tmp / f"theirs_{method}")
-
-            def ours_disk():
-                RESIDENT.clear()
-                state = build_merge(ws, cand)
-                save_file({k: v.contiguous() for k, v in state.items()}, str(out_file))
-
-            def ours_model():  # sources already resident (the previous call loaded them)
-                ws.evaluator.working_model(build_merge(ws, cand))
-
-            def theirs_disk():
-                run_merge(config, out_dir, options)
-
-            def theirs_model():
-                run_merge(config, out_dir, options)
-                AutoModelForSequenceClassification.from_pretrained(out_dir).to(args.device)
-
-            ours_model(), theirs_model()  # warm-up: imports, page cache, the working model
-            times = {"od": [], "td": [], "om": [], "tm": []}
-            for _ in range(args.repeat):
-                times["od"].append(timed(ours_disk))
-                times["td"].append(timed(theirs_disk))
-                ours_model()
-                times["om"].append(timed(ours_model))
-                times["tm"].append(timed(theirs_model))
-            med = {k: statistics.median(v) for k, v in times.items()}
-            rows.append({"method": method,
-                         "disk→disk ours s": f"{med['od']:.3f}", "mergekit s": f"{med['td']:.3f}",
-                         "speed-up": f"{med['td'] / med['od']:.1f}×",
-                         "→model ours s": f"{med['om']:.3f}", "mergekit+load s": f"{med['tm']:.3f}",
-                         "speed-up ": f"{med['tm'] / med['om']:.1f}×"})
+            params = {}
+            kit, why = mergekit_config({"method": method, "sources": sources, "weights": list(weights.values()),
+                                        "params": params, "base": str(ws.zoo.base)})
+            if kit is None:
+                print(f"skipping {method}: {why}")
+                continue
+            job = {"method": method, "sources": sources, "weights": list(weights.values()), "params": params,
+                   "base": str(ws.zoo.base), "mergekit": kit}
+            results = {t: [] for t in tools}
+            loads = []
+            for rep in range(args.repeat):
+                order = tools[rep % len(tools):] + tools[:rep % len(tools)]
+                for tool in order:
+                    out = tmp / f"{tool}_{method}"
+                    shutil.rmtree(out, ignore_errors=True)
+                    spec = tmp / "job.json"
+                    spec.write_text(json.dumps({**job, "out": str(out)}))
+                    loads.append(os.getloadavg()[0])
+                    proc = subprocess.run([sys.executable, __file__, "--child", tool, str(spec)],
+                                          capture_output=True, text=True, cwd=str(ROOT))
+                    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+                    if proc.returncode or not line:
+                        raise SystemExit(f"{tool} {method} failed:\n{proc.stderr[-3000:]}")
+                    results[tool].append(json.loads(line[0][7:]))
+                    shutil.rmtree(out, ignore_errors=True)
+            med = {t: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for t, rs in results.items()}
+            needs_base = MERGES.get(method).meta.get("needs_base")
+            moved = source_bytes + (base_bytes if needs_base else 0) + med["ours"]["written"]
+            row = {"method": method, "ours s": f"{med['ours']['seconds']:.2f}",
+                   "mergekit s": f"{med['mergekit']['seconds']:.2f}",
+                   "speed-up": f"{med['mergekit']['seconds'] / med['ours']['seconds']:.2f}×"}
+            if args.whole:
+                row["ours-whole s"] = f"{med['ours-whole']['seconds']:.2f}"
+            for t in tools:
+                row[f"{t} anon GB"] = f"{med[t]['anon'] / 1e9:.2f}"
+            for t in tools:
+                row[f"{t} HWM GB"] = f"{med[t]['hwm'] / 1e9:.2f}"
+            for t in ("ours", "mergekit"):
+                row[f"{t} / add bw"] = f"{moved / med[t]['seconds'] / bandwidth:.3f}"
+            row["load"] = f"{statistics.median(loads):.1f}"
+            rows.append(row)
+            print(json.dumps(row, ensure_ascii=False), flush=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    print_table(rows, f"end-to-end merge of 5 sources → {target} on {ws.zoo.name} "
-                      f"({ws.zoo.parameter_count() / 1e6:.1f} M params, device {args.device}, "
-                      f"{torch.get_num_threads()} threads, median of {args.repeat}, alternating)")
+    print_table(rows, f"disk→disk merge of {len(sources)} sources → {target} on {ws.zoo.name} "
+                      f"({ws.zoo.parameter_count() / 1e6:.1f} M params; {len(tools)} tools alternating, "
+                      f"each run in its own process, median of {args.repeat}; torch.add bandwidth "
+                      f"{bandwidth / 1e9:.1f} GB/s; load average {load()} on {os.cpu_count()} CPUs; output to {tmp.parent})")
 
 
 if __name__ == "__main__":

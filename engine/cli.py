@@ -92,7 +92,9 @@ def cmd_similarity(args):
 
 def _build_args(p):
     p.add_argument("--out", default="", help="folder (default: cache/demo_zoo)")
-    p.add_argument("--size", default="default", choices=["tiny", "default", "full"])
+    p.add_argument("--size", default="default", choices=["tiny", "default", "full", "xlmr-base"],
+                   help="xlmr-base: random weights with XLM-R-base shapes (1.1 GB per model), for "
+                        "benchmarks at real size (default folder: cache/scale_zoo)")
     p.add_argument("--locales", nargs="*", default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, default=None, help="fine-tuning steps per locale")
@@ -105,13 +107,18 @@ def _build_args(p):
 @command("build-demo", "build (or resume) the offline demo zoo", _build_args)
 def cmd_build_demo(args):
     from .demo.build import build_demo_zoo
+    from .demo.scale import SCALE_SIZES, build_scale_zoo
     from .evaluate import default_cache_dir
     from .workspace import default_demo_dir
 
-    warm = None if args.no_warm else Path(args.cache_dir or default_cache_dir())
-    manifest = build_demo_zoo(args.out or default_demo_dir(), size=args.size, locales=args.locales,
-                              seed=args.seed, steps=args.steps, progress=progress_for(args),
-                              warm_cache=warm)
+    if args.size in SCALE_SIZES:
+        manifest = build_scale_zoo(args.out or default_demo_dir().parent / "scale_zoo", size=args.size,
+                                   locales=args.locales, seed=args.seed, progress=progress_for(args))
+    else:
+        warm = None if args.no_warm else Path(args.cache_dir or default_cache_dir())
+        manifest = build_demo_zoo(args.out or default_demo_dir(), size=args.size, locales=args.locales,
+                                  seed=args.seed, steps=args.steps, progress=progress_for(args),
+                                  warm_cache=warm)
     spec = json.loads(manifest.read_text())
     return ({"manifest": str(manifest), **{k: spec[k] for k in ("name", "models", "labels", "build_seconds")}},
             f"demo zoo ready: {manifest} ({len(spec['models'])} models, {len(spec['labels'])} labels, "

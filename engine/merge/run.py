@@ -10,7 +10,7 @@ import time
 import zlib
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
 
 import torch
 from torch import Tensor
@@ -174,17 +174,37 @@ def _check_keys(sources: Sequence[StateDict], names: Sequence[str]) -> List[str]
             raise MergeError(f"model '{name}' does not match model '{names[0]}': "
                              + "; ".join(parts))
     for key in keys:  # shapes up front: a data-aware pre-pass must not run on mismatched models
-        shape = sources[0][key].shape
+        shape = shape_of(sources[0], key)
         for state, name in zip(sources[1:], names[1:]):
-            if state[key].shape != shape:
-                raise MergeError(f"tensor '{key}' has shape {tuple(state[key].shape)} in model "
+            if shape_of(state, key) != shape:
+                raise MergeError(f"tensor '{key}' has shape {tuple(shape_of(state, key))} in model "
                                  f"'{name}' but {tuple(shape)} in model '{names[0]}'")
     return keys
+
+
+def shape_of(state: StateDict, key: str) -> torch.Size:
+    """A tensor's shape without reading it when the state is lazy (engine/tensorfile.py)."""
+    return state.shape(key) if hasattr(state, "shape") else state[key].shape
+
+
+# Methods whose output is a weighted sum of every input with a non-zero weight: a NaN/inf in an
+# input makes the output non-finite (IEEE: NaN·w = NaN, inf·w = ±inf, inf − inf = NaN), so checking
+# the output alone catches it — and saves reading every source once more. Zero-weight sources
+# (skipped by the sum) and the base are still checked on their own.
+PROPAGATES_NONFINITE = {"linear", "task_arithmetic"}
 
 
 def _finite(t: Tensor, who: str, key: str) -> None:
     if not all_finite(t):
         raise MergeError(f"model '{who}' tensor '{key}' contains NaN or inf")
+
+
+def _emit(out: Dict[str, Tensor], sink: Optional[Callable[[str, Tensor], None]], key: str,
+          tensor: Tensor) -> None:
+    if sink is None:
+        out[key] = tensor
+    else:
+        sink(key, tensor)
 
 
 def merge_state_dicts(method: Union[str, Method], sources: Sequence[StateDict],
@@ -195,7 +215,8 @@ def merge_state_dicts(method: Union[str, Method], sources: Sequence[StateDict],
                       device: Union[str, torch.device, None] = None,
                       dtype: Optional[torch.dtype] = None, seed: int = 0,
                       progress: Optional[ProgressFn] = None,
-                      cache: Optional[MergeCache] = None) -> MergedStateDict:
+                      cache: Optional[MergeCache] = None,
+                      sink: Optional[Callable[[str, Tensor], None]] = None) -> MergedStateDict:
     """Merges K state dicts with a registered method; returns the merged dict with ``.report``.
 
     weights: one non-negative number per source (None: equal), normalised to sum to one.
@@ -208,6 +229,8 @@ def merge_state_dicts(method: Union[str, Method], sources: Sequence[StateDict],
         search): their float32 copies, NaN/inf checks, task vectors, sorted magnitudes and random
         draws are then computed once (see engine/merge/cache.py for what it costs in memory).
         Same results as without it.
+    sink: called with each output tensor as soon as it is merged, which is then not kept (the
+        returned dict stays empty): a disk→disk merge writes it out (engine/merge/files.py).
     """
     started = time.perf_counter()
     method = resolve_method(method)
@@ -257,6 +280,7 @@ def merge_state_dicts(method: Union[str, Method], sources: Sequence[StateDict],
     tracker = Tracker(loop_progress, len(keys), f"merging ({method.name})")
     out = MergedStateDict()
     aware = cache is not None and method.name in CACHE_AWARE
+    propagates = method.name in PROPAGATES_NONFINITE
     for key in keys:
         originals = [state[key] for state in sources]
         shape = originals[0].shape
@@ -265,12 +289,12 @@ def merge_state_dicts(method: Union[str, Method], sources: Sequence[StateDict],
                    for t in originals[1:]):
                 raise MergeError(f"non-floating tensor '{key}' differs between source models; "
                                  "it cannot be averaged")
-            out[key] = originals[0].clone()
+            _emit(out, sink, key, originals[0].clone())
             report.treatment[key] = "copied (not floating point)"
             tracker.advance(1)
             continue
         raw = base[base_keys[key]] if needs_base and key in base_keys else None
-        if raw is not None and raw.shape != shape:
+        if raw is not None and shape_of(base, base_keys[key]) != shape:
             raise MergeError(f"tensor '{key}' has shape {tuple(shape)} in the sources but "
                              f"{tuple(raw.shape)} in the base model")
         inputs = None
@@ -278,8 +302,9 @@ def merge_state_dicts(method: Union[str, Method], sources: Sequence[StateDict],
             inputs = cache.inputs(key, originals, raw, names, compute)
             tensors, base_t = inputs.tensors, inputs.base if raw is not None else None
         else:
-            for t, name in zip(originals, names):
-                _finite(t, name, key)
+            for t, name, weight in zip(originals, names, w):
+                if not propagates or weight == 0:  # else the output check below covers it
+                    _finite(t, name, key)
             tensors = [t.to(device=compute, dtype=torch.float32) for t in originals]
             base_t = None
             if raw is not None:
@@ -298,8 +323,10 @@ def merge_state_dicts(method: Union[str, Method], sources: Sequence[StateDict],
             report.treatment[key] = prepared.labels.get(key, prepared.default_label
                                                          or method.name)
         if not all_finite(merged):
+            for t, name in zip(originals, names):  # name the source that brought it
+                _finite(t, name, key)
             raise MergeError(f"merge method '{method.name}' produced NaN/inf in tensor '{key}'")
-        out[key] = merged.to(device=originals[0].device, dtype=dtype or originals[0].dtype)
+        _emit(out, sink, key, merged.to(device=originals[0].device, dtype=dtype or originals[0].dtype))
         del tensors, base_t, merged, inputs
         tracker.advance(1)
     report.seconds = time.perf_counter() - started

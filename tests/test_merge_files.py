@@ -1,0 +1,66 @@
+"""Disk → disk streaming merges (engine/merge/files.py) give exactly the in-memory merge's tensors."""
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from engine.merge import merge_state_dicts
+from engine.merge.common import MergeError
+from engine.merge.files import merge_files
+from engine.zoo import Zoo, load_state_dict
+
+
+@pytest.fixture(scope="module")
+def zoo(tiny_zoo_dir):
+    return Zoo.open(tiny_zoo_dir)
+
+
+@pytest.mark.parametrize("method,params", [("linear", {}), ("task_arithmetic", {"scale": 0.7}),
+                                           ("ties", {"density": 0.3}), ("dare_ties", {"density": 0.5})])
+def test_streaming_merge_equals_in_memory_merge(zoo, tmp_path, method, params):
+    locales = zoo.locales[:3]
+    weights = [0.5, 0.3, 0.2]
+    out = tmp_path / "merged.safetensors"
+    report = merge_files(method, [zoo.path(l) for l in locales], out, weights, base_dir=zoo.base,
+                         params=params, names=locales, seed=3).report
+    expected = merge_state_dicts(method, [load_state_dict(zoo.path(l)) for l in locales], weights,
+                                 base=zoo.base_state_dict(), params=params, names=locales, seed=3)
+    got = load_file(str(out))
+    assert list(got) == list(expected)
+    for key in expected:
+        assert torch.equal(got[key], expected[key]), key
+    assert report.treatment == expected.report.treatment
+
+
+def test_streaming_merge_names_the_model_with_nan_and_writes_nothing(zoo, tmp_path):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    state = load_state_dict(zoo.path(zoo.locales[1]))
+    key = next(k for k, v in state.items() if v.is_floating_point() and v.dim() == 2)
+    state[key] = state[key].clone()
+    state[key][0, 0] = float("nan")
+    save_file(state, str(bad / "model.safetensors"))
+    out = tmp_path / "merged.safetensors"
+    with pytest.raises(MergeError, match=f"model 'bad' tensor '{key}' contains NaN"):
+        merge_files("linear", [zoo.path(zoo.locales[0]), bad], out, names=["good", "bad"])
+    assert not out.exists() and not list(tmp_path.glob("*.partial"))
+
+
+def test_streaming_merge_casts_to_the_asked_dtype(zoo, tmp_path):
+    out = tmp_path / "half.safetensors"
+    merge_files("linear", [zoo.path(l) for l in zoo.locales[:2]], out, dtype=torch.bfloat16)
+    got = load_file(str(out))
+    floats = [v for v in got.values() if v.is_floating_point()]
+    assert floats and all(v.dtype == torch.bfloat16 for v in floats)
+
+
+@pytest.mark.parametrize("method,weights,bad", [("linear", [1.0, 0.0], 1), ("linear", [0.5, 0.5], 0),
+                                                ("task_arithmetic", [0.7, 0.3], 1)])
+def test_weighted_sums_check_only_the_output_yet_still_name_the_bad_source(zoo, method, weights, bad):
+    """linear/TA skip the per-source NaN pass (the output check catches what a sum propagates);
+    a zero-weight source, which the sum skips, is still checked on its own."""
+    states = [dict(load_state_dict(zoo.path(l))) for l in zoo.locales[:2]]
+    key = next(k for k, v in states[0].items() if v.is_floating_point() and v.dim() == 2)
+    states[bad][key] = states[bad][key].clone()
+    states[bad][key][0, 1] = float("inf")
+    with pytest.raises(MergeError, match=f"model '{'ab'[bad]}' tensor '{key}' contains NaN or inf"):
+        merge_state_dicts(method, states, weights, base=zoo.base_state_dict(), names=["a", "b"])
