@@ -38,6 +38,8 @@ def main() -> int:
     cache.mkdir()
     if (ROOT / "cache" / "uriel_vectors.npz").exists():
         shutil.copy(ROOT / "cache" / "uriel_vectors.npz", cache)
+    if (ROOT / "cache" / "logits").is_dir():  # what `build-demo` leaves: the N×N, so baselines are instant
+        shutil.copytree(ROOT / "cache" / "logits", cache / "logits")
     for f in Path(args.sweeps_from).glob("runs.sqlite*") if args.sweeps_from else []:
         shutil.copy(f, cache)
     env = {"FUSION_ZOO": args.zoo, "FUSION_CACHE_DIR": str(cache), "FUSION_DEVICE": "cpu",
