@@ -124,7 +124,8 @@ def finetune(base_dir: Path, dataset: Dataset, locale: str, out_dir: Path, steps
     record = {"locale": locale, "steps": steps, "extra_steps": extra, "validation_accuracy": val_acc,
               "batch_size": batch_size, "lr": lr, "seed": seed,
               "final_loss": float(np.mean(losses[-10:])), "seconds": time.perf_counter() - start,
-              "train_examples": len(train)}
+              "train_examples": len(train),
+              "torch_threads": torch.get_num_threads()}  # float sums depend on it: a rebuild matches with the same
     (tmp / "training.json").write_text(json.dumps(record, indent=2))
     shutil.rmtree(out_dir, ignore_errors=True)
     tmp.rename(out_dir)
