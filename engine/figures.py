@@ -210,7 +210,7 @@ def fitness_curves(frame: pd.DataFrame, title: str = "") -> go.Figure:
                                      name=name if name != "champion" else "champion (best ever)",
                                      opacity=0.35 if name == "champion" else 1.0,
                                      mode="lines+markers" if name == "best" else "lines"), row=1, col=1)
-    fig.update_yaxes(title="fitness (dev)", tickformat=".2f", nticks=6, row=1, col=1)
+    fig.update_yaxes(title="fitness (dev)", tickformat=".3~f", nticks=6, row=1, col=1)
     if has_div:
         fig.add_trace(go.Scatter(x=frame.index, y=frame["diversity"], name="diversity", mode="lines",
                                  line=dict(color="#f08c00", dash="dash")), row=2, col=1)

@@ -150,7 +150,7 @@ def test_fitness_chart_has_two_stacked_readable_axes():
     layout = fig.layout
     assert layout.yaxis2.overlaying is None  # no dual axis over one plot
     assert layout.yaxis.domain[0] > layout.yaxis2.domain[1]  # fitness above, diversity below
-    assert layout.yaxis.tickformat == ".2f" and layout.yaxis2.tickformat == ".2f"
+    assert layout.yaxis.tickformat == ".3~f" and layout.yaxis2.tickformat == ".2f"  # never 0.079, 0.317, … nor 0.52, 0.52
     champion = next(t for t in fig.data if t.name.startswith("champion"))
     best = next(t for t in fig.data if t.name == "best")
     assert champion.line.width > best.line.width and champion.opacity < 1  # both visible when equal
