@@ -6,7 +6,7 @@ method needs exactly one decorated function in one file.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 
@@ -86,19 +86,91 @@ def method_title(name: str) -> str:
     return " ".join(out)
 
 
+# What data a method may read, weakest first; every run records which it actually used.
+DATA_USES = ("none", "source", "target_text", "target_dev")
+
+
+@dataclass(frozen=True)
+class Traits:
+    """What a method needs and how it behaves, declared once at registration.
+
+    Runs, pages, exports and the conformance suites read these (as scikit-learn's checks read
+    estimator tags), so no list of method names is kept anywhere else. Plain data only:
+    ``Registry.schema()`` serialises them to JSON.
+    """
+
+    family: str = ""
+    title: str = ""  # the name people read; empty: derived from the id (method_title)
+    needs_base: bool = False  # merges: reads the pretrained base
+    min_sources: int = 1
+    max_sources: Optional[int] = None  # None: any number
+    random: bool = False  # output depends on a seed
+    needs_data: bool = False  # merges: a whole-model pre-pass over data (a MergeContext)
+    context: Tuple[str, ...] = ()  # the MergeContext callables a data-aware merge calls
+    uses_labels: bool = True  # a data-aware method reads labels (False: unlabelled text is enough)
+    data_use: str = "none"  # the most a method can read, one of DATA_USES
+    cache_aware: bool = False  # merges: the kernel takes ``inputs=`` from a MergeCache
+    mergekit: Optional[str] = None  # mergekit's name for the same method
+    needs_fit: bool = False  # ensembles: fitted on labelled data before combining
+    uses_weights: bool = True  # ensembles: applies the per-model (URIEL) weights
+
+    def __post_init__(self):
+        if self.data_use not in DATA_USES:
+            raise ValueError(f"data_use must be one of {DATA_USES}, got {self.data_use!r}")
+        if self.min_sources < 1 or (self.max_sources is not None and self.max_sources < self.min_sources):
+            raise ValueError(f"bad source range [{self.min_sources}, {self.max_sources}]")
+
+    def to_dict(self) -> Dict[str, Any]:
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out["context"] = list(self.context)
+        return out
+
+
+@dataclass(frozen=True)
+class Hooks:
+    """Optional behaviour beyond the kernel, attached at registration (never serialised).
+
+    ``prepare(sources, weights, base, context, params, *, names, device, seed, progress)
+    -> merge.common.Prepared``: a whole-model pre-pass run once before the per-key loop (merges).
+    ``to_mergekit(sources, weights, params, base) -> (parts, reason)``: the mergekit config parts
+    ({"models": [...], "parameters": {...}, optional "base_model"}) reproducing a recipe, or
+    (None, why not); the exporter adds merge_method and dtypes (merges).
+    ``effective_weights(weights, params) -> weights``: the per-model weights a rule actually
+    applies (ensembles; default: the given weights if it uses_weights, else uniform).
+    """
+
+    prepare: Optional[Callable[..., Any]] = None
+    to_mergekit: Optional[Callable[..., Any]] = None
+    effective_weights: Optional[Callable[..., Any]] = None
+
+
+TRAIT_NAMES = frozenset(f.name for f in fields(Traits))
+HOOK_NAMES = frozenset(f.name for f in fields(Hooks))
+
+
 @dataclass(frozen=True)
 class Method:
     name: str
     fn: Callable[..., Any]
     params: Tuple[Param, ...]
     summary: str = ""
-    meta: Dict[str, Any] = field(default_factory=dict)
+    traits: Traits = field(default_factory=Traits)
+    hooks: Hooks = field(default_factory=Hooks)
+
+    @property
+    def meta(self) -> Dict[str, Any]:
+        """The traits as a plain dict (read-only view kept for callers that index by name)."""
+        return self.traits.to_dict()
 
     @property
     def title(self) -> str:
-        """The name people read ('breadcrumbs_ties' -> 'Breadcrumbs-TIES'): ``meta['title']`` when
-        registered with one, else derived from the id word by word."""
-        return self.meta.get("title") or method_title(self.name)
+        """The name people read ('breadcrumbs_ties' -> 'Breadcrumbs-TIES'): the ``title`` trait
+        when registered with one, else derived from the id word by word."""
+        return self.traits.title or method_title(self.name)
+
+    def defaults(self) -> Dict[str, Any]:
+        """Every parameter at its declared default: kernels take their defaults from here."""
+        return {p.name: p.default for p in self.params}
 
     def param(self, name: str) -> Param:
         for p in self.params:
@@ -125,14 +197,32 @@ class Registry:
         self.kind = kind
         self._methods: Dict[str, Method] = {}
 
-    def register(self, name: str, params: Sequence[Param] = (), summary: str = "", **meta):
+    def register(self, name: str, params: Sequence[Param] = (), summary: str = "", **declared):
+        """Adds one method: its kernel, parameter schema, traits and hooks in one call.
+
+        Keyword arguments are trait or hook names (see Traits, Hooks); anything else is a typo and
+        raises, so a registration cannot silently drop what it declares."""
+        unknown = sorted(set(declared) - TRAIT_NAMES - HOOK_NAMES)
+        if unknown:
+            raise TypeError(f"{self.kind} method '{name}': unknown trait(s) or hook(s) {unknown}; "
+                            f"traits: {sorted(TRAIT_NAMES)}; hooks: {sorted(HOOK_NAMES)}")
+        trait_args = {k: v for k, v in declared.items() if k in TRAIT_NAMES}
+        if "context" in trait_args:
+            trait_args["context"] = tuple(trait_args["context"])
+        traits = Traits(**trait_args)
+        hooks = Hooks(**{k: v for k, v in declared.items() if k in HOOK_NAMES})
+
         def add(fn: Callable[..., Any]) -> Callable[..., Any]:
             if name in self._methods:
                 raise ValueError(f"{self.kind} method '{name}' registered twice")
             doc = summary or (fn.__doc__ or "").strip().split("\n")[0]
-            self._methods[name] = Method(name, fn, tuple(params), doc, dict(meta))
+            self._methods[name] = Method(name, fn, tuple(params), doc, traits, hooks)
             return fn
         return add
+
+    def unregister(self, name: str) -> None:
+        """Removes a method (tests register toy methods and take them out again)."""
+        self._methods.pop(name, None)
 
     def get(self, name: str) -> Method:
         try:
@@ -150,5 +240,5 @@ class Registry:
         return name in self._methods
 
     def schema(self) -> Dict[str, Dict[str, Any]]:
-        return {m.name: {"summary": m.summary, "params": [p.to_dict() for p in m.params], **m.meta}
-                for m in self}
+        return {m.name: {"summary": m.summary, "params": [p.to_dict() for p in m.params],
+                         **m.traits.to_dict()} for m in self}

@@ -45,8 +45,8 @@ if not sources:
     problems.append("choose at least one source (tick 'use' in the table)")
 elif sum(weights) <= 0:
     problems.append("the weights are all zero")
-n_models = method.meta.get("n_models")
-if n_models and len(sources) != n_models:
+n_models = method.traits.max_sources
+if n_models and n_models == method.traits.min_sources and len(sources) != n_models:
     problems.append(f"'{method.name}' combines exactly {n_models} models; {len(sources)} are ticked")
 if problems:
     for p in problems:

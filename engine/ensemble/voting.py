@@ -107,7 +107,7 @@ def max_rule(logits: np.ndarray, weights: np.ndarray) -> np.ndarray:
 
 
 @ENSEMBLES.register(
-    "fixed_pair", uses_weights=False, needs_fit=False, n_models=2,
+    "fixed_pair", uses_weights=False, needs_fit=False, min_sources=2, max_sources=2,
     params=[Param("first_weight", "float", 0.7, 0.0, 1.0,
                   help="share of the first model; the second gets 1 - first_weight")],
     summary="Fixed a / (1 - a) average of two models' probabilities (seed 000's 0.7/0.3).")
