@@ -1,11 +1,20 @@
 """Ensembles: fuse per-model logits (cached elsewhere) into one prediction, in output space.
 
 Everything here works on an array ``logits`` of shape [K models, N examples, C classes] (or a
-list of K arrays [N, C]) and returns fused probabilities [N, C]. Voting rules are pure functions
-(:mod:`.voting`); learned fusions (:mod:`.learned`) and temperature calibration
-(:mod:`.calibration`) are fitted on a validation split and give :class:`~.fitted.Fitted` objects
-that save and load without pickle (:mod:`.fitted`). Optional per-model ``weights`` (e.g. URIEL
-similarity) are normalised here; every bad input raises :class:`EnsembleError` (a ValueError).
+list of K arrays [N, C]) and returns fused probabilities [N, C]. Optional per-model ``weights``
+(e.g. URIEL similarity) are normalised here; every bad input raises :class:`EnsembleError` (a
+ValueError). A method is one ``ENSEMBLES.register`` call, and its kind is one trait:
+
+* a **rule** (``needs_fit=False``, :mod:`.voting`) registers its kernel
+  ``fn(logits [K, N, C] float32, weights [K] summing to 1, **params) -> probabilities [N, C]``;
+* a **fusion** (``needs_fit=True``, :mod:`.learned`, :mod:`.entropy`) registers its fit function
+  ``fn(logits, labels [N] int64 or None, prior [K] or None, *, seed, **params) -> Fitted``;
+  labels are None for a fusion declared ``uses_labels=False`` (it is never handed them).
+
+:func:`combine` and :func:`fit` dispatch on those traits and enforce ``min_sources`` /
+``max_sources`` for every method; :func:`effective_weights` reads the ``effective_weights`` hook.
+Fitted fusions (and temperature calibration, :mod:`.calibration`) save and load without pickle
+(:mod:`.fitted`); :mod:`.checks` is the conformance suite every registered method passes.
 
 Entry points::
 
@@ -153,6 +162,7 @@ def weighted_sum(weights: np.ndarray, per_model: np.ndarray) -> np.ndarray:
 from . import voting  # noqa: E402  (registers the voting rules)
 from .fitted import Fitted, load_fitted  # noqa: E402
 from .learned import FusionMLP, LearnedWeights  # noqa: E402  (registers the learned fusions)
+from .entropy import EntropyWeights  # noqa: E402  (registers entropy_min)
 from . import calibration  # noqa: E402
 from .calibration import Calibrated  # noqa: E402
 
@@ -172,17 +182,42 @@ def resolve(m: Method, params: Optional[Dict[str, Any]]) -> Dict[str, Any]:
         raise EnsembleError(str(e)) from None
 
 
+def check_sources(m: Method, n_models: int) -> None:
+    """The number of models within the method's declared [min_sources, max_sources]."""
+    low, high = m.traits.min_sources, m.traits.max_sources
+    if low <= n_models and (high is None or n_models <= high):
+        return
+    if low == high:
+        need = f"exactly {low} models"
+    elif high is None:
+        need = f"at least {low} models"
+    else:
+        need = f"{low} to {high} models"
+    raise EnsembleError(f"'{m.name}' combines {need}, got {n_models}; choose that many sources")
+
+
+def effective_weights(m: Method, weights: np.ndarray, params: Dict[str, Any]) -> np.ndarray:
+    """The per-model weights a rule actually applies: its ``effective_weights`` hook when it has
+    one, else the given (normalised) weights if it ``uses_weights``, else uniform."""
+    if m.hooks.effective_weights is not None:
+        return np.asarray(m.hooks.effective_weights(weights, params), dtype=np.float64)
+    if m.traits.uses_weights:
+        return weights
+    return np.full(weights.shape[0], 1.0 / weights.shape[0])
+
+
 def combine(method: str, logits: ArrayLike, weights: Optional[Sequence[float]] = None,
             params: Optional[Dict[str, Any]] = None, fitted: Optional[Fitted] = None) -> np.ndarray:
     """Fused probabilities [N, C] (float32, rows sum to 1) from per-model logits.
 
-    A learned method (meta ``needs_fit``) needs ``fitted`` from :func:`fit`; a voting rule takes it
-    only when it was calibrated (``fit(rule, ..., calibrate=True)``). A fitted fusion carries its
-    own weights and parameters: ``weights``/``params`` given beside it must match those it was
-    fitted with (None is always fine), so a test set is scored exactly as validation was.
+    A fusion (trait ``needs_fit``) needs ``fitted`` from :func:`fit`; a rule takes it only when it
+    was calibrated (``fit(rule, ..., calibrate=True)``). A fitted fusion carries its own weights
+    and parameters: ``weights``/``params`` given beside it must match those it was fitted with
+    (None is always fine), so a test set is scored exactly as validation was.
     """
     m = get_method(method)
     x = check_logits(logits)
+    check_sources(m, x.shape[0])
     w = check_weights(weights, x.shape[0])
     if fitted is not None:
         if not isinstance(fitted, Fitted):
@@ -197,9 +232,10 @@ def combine(method: str, logits: ArrayLike, weights: Optional[Sequence[float]] =
             raise EnsembleError(f"'{m.name}' was fitted with weights {fitted.prior}, "
                                 f"got {w.tolist()}; refit or pass weights=None")
         return fitted.predict(x)
-    if m.meta.get("needs_fit"):
+    if m.traits.needs_fit:
+        data = "val_labels" if m.traits.uses_labels else "None (it reads no labels)"
         raise EnsembleError(f"'{m.name}' is a learned fusion: call fit('{m.name}', val_logits, "
-                            f"val_labels) and pass the result as fitted=")
+                            f"{data}) and pass the result as fitted=")
     return m.fn(x, uniform_if_none(w, x.shape[0]), **resolve(m, params))
 
 
@@ -208,20 +244,33 @@ def fit(method: str, val_logits: ArrayLike, val_labels: Any,
         seed: int = 0, calibrate: bool = False) -> Fitted:
     """Fits a learned fusion (and/or a temperature on top of any rule) on a validation split.
 
-    For a learned method ``weights`` are a prior (the starting point of learned weights); for a
-    voting rule they are the rule's weights. ``calibrate=True`` adds a single temperature fitted on
-    validation NLL (on the held-out part when the fusion itself was trained on the rest).
-    Deterministic for a given seed.
+    For a fusion ``weights`` are a prior (the starting point of learned weights); for a rule they
+    are the rule's weights. A fusion declared ``uses_labels=False`` takes ``val_labels=None`` and
+    refuses labels, so it provably fits on unlabelled text. ``calibrate=True`` adds a single
+    temperature fitted on validation NLL (on the held-out part when the fusion itself was trained
+    on the rest); it needs labels. Deterministic for a given seed.
     """
     m = get_method(method)
     x = check_logits(val_logits, "val_logits")
-    y = check_labels(val_labels, x.shape[1], x.shape[2])
+    check_sources(m, x.shape[0])
+    fusion_reads_labels = m.traits.needs_fit and m.traits.uses_labels
+    if val_labels is None:
+        if fusion_reads_labels or calibrate or not m.traits.needs_fit:
+            raise EnsembleError(f"fit('{m.name}') needs val_labels: "
+                                + ("calibration fits a temperature on labelled data" if calibrate
+                                   or not m.traits.needs_fit else "this fusion is fitted on labels"))
+        y = None
+    else:
+        if m.traits.needs_fit and not m.traits.uses_labels and not calibrate:
+            raise EnsembleError(f"'{m.name}' fits on unlabelled text and reads no labels: pass "
+                                f"val_labels=None")
+        y = check_labels(val_labels, x.shape[1], x.shape[2])
     w = check_weights(weights, x.shape[0])
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise EnsembleError(f"seed must be a non-negative integer, got {seed!r}")
     p = resolve(m, params)
-    if m.meta.get("needs_fit"):
-        fitted = m.fn(x, y, w, seed=int(seed), **p)
+    if m.traits.needs_fit:
+        fitted = m.fn(x, y if fusion_reads_labels else None, w, seed=int(seed), **p)
         return calibration.calibrate(fitted, x, y) if calibrate else fitted
     if not calibrate:
         raise EnsembleError(f"'{m.name}' is a voting rule with nothing to fit: use combine() "
@@ -230,5 +279,5 @@ def fit(method: str, val_logits: ArrayLike, val_labels: Any,
 
 
 __all__ = ["ENSEMBLES", "EnsembleError", "Fitted", "LearnedWeights", "FusionMLP", "Calibrated",
-           "combine", "fit", "load_fitted", "get_method", "check_logits", "check_weights",
-           "check_labels"]
+           "EntropyWeights", "combine", "fit", "load_fitted", "get_method", "check_logits",
+           "check_weights", "check_labels", "check_sources", "effective_weights"]

@@ -7,7 +7,7 @@ from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 
-from . import ENSEMBLES, softmax, uniform_if_none, voting
+from . import ENSEMBLES, softmax, uniform_if_none
 from .fitted import Fitted, base_kwargs, from_config
 
 PROB_FLOOR = 1e-12  # calibration works on log(fused probability); vote shares can be 0
@@ -75,8 +75,10 @@ class Calibrated(Fitted):
     def model_weights(self) -> np.ndarray:
         if self.inner is not None:
             return self.inner.model_weights
-        return voting.rule_weights(self.method, uniform_if_none(self.prior, self.n_models),
-                                   self.params)
+        from . import effective_weights
+
+        return effective_weights(ENSEMBLES.get(self.method),
+                                 uniform_if_none(self.prior, self.n_models), self.params)
 
     def uncalibrated(self, x: np.ndarray) -> np.ndarray:
         if self.inner is not None:

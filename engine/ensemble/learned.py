@@ -1,4 +1,5 @@
-"""Learned fusions fitted on a validation split: trainable per-model weights and a fusion MLP.
+"""Learned fusions fitted on a labelled validation split: trainable per-model weights and a fusion
+MLP. Each registers its fit function (the fusion kind's convention, engine/ensemble/__init__.py).
 
 Training is full-batch Adam(W) with early stopping: a seeded ``holdout`` fraction of the
 validation examples is set aside, the parameters with the best holdout NLL are kept, and training
@@ -127,7 +128,7 @@ class LearnedWeights(Fitted):
 
 
 @ENSEMBLES.register(
-    "learned_weights", needs_fit=True, uses_weights=True,
+    "learned_weights", needs_fit=True, uses_weights=True, family="learned", data_use="target_dev",
     params=[Param("space", "choice", "logits", choices=("logits", "probabilities"),
                   help="fuse softmax of weighted logits, or a weighted mixture of probabilities"),
             Param("learn_temperature", "bool", True,
@@ -251,7 +252,7 @@ class FusionMLP(Fitted):
 
 
 @ENSEMBLES.register(
-    "fusion_mlp", needs_fit=True, uses_weights=False,
+    "fusion_mlp", needs_fit=True, uses_weights=False, family="learned", data_use="target_dev",
     params=[Param("hidden_size", "int", 64, 0, 4096, help="hidden units; 0 = one linear layer"),
             Param("features", "choice", "log_probs", choices=("log_probs", "probs"),
                   help="what of each model is concatenated: log-probabilities or probabilities"),

@@ -1,15 +1,18 @@
 """Voting rules: fixed functions from per-model logits [K, N, C] to fused probabilities [N, C].
 
-Each rule receives validated float32 logits and weights already normalised to sum 1 (uniform when
-the caller gave none); rules that are unweighted by definition ignore the weights (registry meta
-``uses_weights=False`` tells the UI). Everything is vectorised over models, examples and classes.
+The rule kind's one convention (``needs_fit=False``, see engine/ensemble/__init__.py): each rule
+receives validated float32 logits (their count already within its min/max_sources) and weights
+normalised to sum 1 (uniform when the caller gave none). Rules unweighted by definition declare
+``uses_weights=False``; a rule applying weights of its own declares an ``effective_weights`` hook.
+``family`` says how the models are pooled: "vote" (argmax votes) or "pool" (probabilities or
+logits averaged). Everything is vectorised over models, examples and classes.
 """
 from __future__ import annotations
 
 import numpy as np
 
 from ..registry import Param
-from . import ENSEMBLES, EnsembleError, log_softmax, softmax, weighted_sum
+from . import ENSEMBLES, log_softmax, softmax, weighted_sum
 
 # Majority ties: vote totals (or summed probabilities) within TIE_TOL count as equal, so a
 # weighted vote of 0.2 + 0.3 ties with 0.5 despite float rounding. The winner is then marked by
@@ -47,7 +50,7 @@ def _vote_with_tiebreak(logits: np.ndarray, weights: np.ndarray) -> np.ndarray:
     return out.astype(np.float32)
 
 
-@ENSEMBLES.register("majority", params=[], uses_weights=False, needs_fit=False,
+@ENSEMBLES.register("majority", params=[], uses_weights=False, needs_fit=False, family="vote",
                     summary="One vote per model for its top class; probabilities are vote shares.")
 def majority(logits: np.ndarray, weights: np.ndarray) -> np.ndarray:
     """Plain majority vote (weights ignored). Ties: summed probability, then lowest class id.
@@ -59,6 +62,7 @@ def majority(logits: np.ndarray, weights: np.ndarray) -> np.ndarray:
 
 
 @ENSEMBLES.register("weighted_majority", params=[], uses_weights=True, needs_fit=False,
+                    family="vote",
                     summary="Each model's vote counts its weight; ties as in majority (weighted).")
 def weighted_majority(logits: np.ndarray, weights: np.ndarray) -> np.ndarray:
     """Majority where model k's vote counts w_k; the summed-probability tie-break is weighted
@@ -66,14 +70,14 @@ def weighted_majority(logits: np.ndarray, weights: np.ndarray) -> np.ndarray:
     return _vote_with_tiebreak(logits, weights)
 
 
-@ENSEMBLES.register("soft", params=[], uses_weights=True, needs_fit=False,
+@ENSEMBLES.register("soft", params=[], family="pool", uses_weights=True, needs_fit=False,
                     summary="Weighted mean of the models' probabilities.")
 def soft(logits: np.ndarray, weights: np.ndarray) -> np.ndarray:
     """sum_k w_k softmax(z_k): a mixture, so one confident wrong model is outvoted, not vetoing."""
     return weighted_sum(weights, softmax(logits))
 
 
-@ENSEMBLES.register("weighted_logits", params=[], uses_weights=True, needs_fit=False,
+@ENSEMBLES.register("weighted_logits", params=[], family="pool", uses_weights=True, needs_fit=False,
                     summary="Softmax of the weighted mean of logits (MergingUriel's uriel_logits).")
 def weighted_logits(logits: np.ndarray, weights: np.ndarray) -> np.ndarray:
     """softmax(sum_k w_k z_k). With normalised weights this equals the renormalised weighted
@@ -82,7 +86,7 @@ def weighted_logits(logits: np.ndarray, weights: np.ndarray) -> np.ndarray:
 
 
 @ENSEMBLES.register(
-    "geometric_mean", uses_weights=True, needs_fit=False,
+    "geometric_mean", uses_weights=True, needs_fit=False, family="pool",
     params=[Param("eps", "float", 1e-8, 0.0, 0.1,
                   help="probability floor before the log: bounds how hard one model can veto a "
                        "class; 0 gives exactly weighted_logits")],
@@ -97,7 +101,7 @@ def geometric_mean(logits: np.ndarray, weights: np.ndarray, eps: float = 1e-8) -
     return softmax(weighted_sum(weights, logs))
 
 
-@ENSEMBLES.register("max", params=[], uses_weights=False, needs_fit=False,
+@ENSEMBLES.register("max", params=[], family="pool", uses_weights=False, needs_fit=False,
                     summary="Per class, the largest probability any model gives; renormalised.")
 def max_rule(logits: np.ndarray, weights: np.ndarray) -> np.ndarray:
     """max_k p_k(c) / sum_c' max_k p_k(c'): follows whichever model is most confident (weights
@@ -106,24 +110,18 @@ def max_rule(logits: np.ndarray, weights: np.ndarray) -> np.ndarray:
     return top / top.sum(axis=1, keepdims=True)
 
 
+def _pair_weights(weights: np.ndarray, params: dict) -> np.ndarray:
+    """fixed_pair applies (a, 1 - a) from its parameter, whatever weights were given."""
+    return np.array([params["first_weight"], 1.0 - params["first_weight"]])
+
+
 @ENSEMBLES.register(
-    "fixed_pair", uses_weights=False, needs_fit=False, min_sources=2, max_sources=2,
+    "fixed_pair", uses_weights=False, needs_fit=False, min_sources=2, max_sources=2, family="pool",
+    effective_weights=_pair_weights,
     params=[Param("first_weight", "float", 0.7, 0.0, 1.0,
                   help="share of the first model; the second gets 1 - first_weight")],
     summary="Fixed a / (1 - a) average of two models' probabilities (seed 000's 0.7/0.3).")
 def fixed_pair(logits: np.ndarray, weights: np.ndarray, first_weight: float = 0.7) -> np.ndarray:
-    """a p_0 + (1 - a) p_1 for exactly two models; the URIEL weights are not used."""
-    if logits.shape[0] != 2:
-        raise EnsembleError(f"fixed_pair averages exactly 2 models, got {logits.shape[0]}")
-    a = float(first_weight)
-    return weighted_sum(np.array([a, 1.0 - a]), softmax(logits))
-
-
-def rule_weights(name: str, weights: np.ndarray, params: dict) -> np.ndarray:
-    """The per-model weights a rule effectively applies (uniform for unweighted rules)."""
-    k = weights.shape[0]
-    if name == "fixed_pair":
-        return np.array([params["first_weight"], 1.0 - params["first_weight"]])
-    if ENSEMBLES.get(name).meta.get("uses_weights"):
-        return weights
-    return np.full(k, 1.0 / k)
+    """a p_0 + (1 - a) p_1 for exactly two models (combine() enforces the count from the
+    traits); the URIEL weights are not used."""
+    return weighted_sum(_pair_weights(weights, {"first_weight": first_weight}), softmax(logits))
