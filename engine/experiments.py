@@ -254,6 +254,22 @@ def ensemble_logits(ws: Workspace, cand: Candidate, split: str) -> Tuple[np.ndar
     return np.stack([s.logits for s in scored]), float(sum(s.seconds for s in scored))
 
 
+def fit_data(ws: Workspace, cand: Candidate, traits) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+    """A fusion's fitting data: the sources' logits [K, N, C] on validation texts, and their labels,
+    or None for a fusion that reads no labels (``uses_labels=False``: it fits on the target's
+    validation texts with the labels withheld, never read). A labelled fusion fits on the target's
+    labelled dev (data_mode 'target') or on the sources' own validation splits."""
+    unlabelled = not traits.uses_labels
+    fit_locs = [cand.target] if unlabelled or cand.data_mode == "target" else list(cand.sources)
+    fit_logits, fit_labels = [], []
+    for loc in fit_locs:
+        lg, _ = ensemble_logits(ws, Candidate(cand.kind, cand.method, loc, cand.sources, cand.weights), "validation")
+        fit_logits.append(lg)
+        if not unlabelled:
+            fit_labels.append(ws.evaluator.encoded(loc, "validation").labels)
+    return np.concatenate(fit_logits, axis=1), (None if unlabelled else np.concatenate(fit_labels))
+
+
 def evaluate_candidate(ws: Workspace, cand: Candidate, progress: Optional[ProgressFn] = None,
                        splits: Tuple[str, ...] = ("validation", "test"), with_baselines: bool = True) -> dict:
     """Builds the candidate, scores it on the target's splits, and compares it with baselines.
@@ -294,14 +310,9 @@ def evaluate_candidate(ws: Workspace, cand: Candidate, progress: Optional[Progre
 
         method = ENSEMBLES.get(cand.method)
         fitted = None
-        if method.meta.get("needs_fit"):
-            fit_locs = [cand.target] if cand.data_mode == "target" else list(cand.sources)
-            fit_logits, fit_labels = [], []
-            for loc in fit_locs:
-                lg, _ = ensemble_logits(ws, Candidate(cand.kind, cand.method, loc, cand.sources, cand.weights), "validation")
-                fit_logits.append(lg)
-                fit_labels.append(ws.evaluator.encoded(loc, "validation").labels)
-            fitted = fit(cand.method, np.concatenate(fit_logits, axis=1), np.concatenate(fit_labels),
+        if method.traits.needs_fit:
+            fit_logits, fit_labels = fit_data(ws, cand, method.traits)
+            fitted = fit(cand.method, fit_logits, fit_labels,
                          weights=cand.weights, params=cand.params, seed=cand.seed)
             extra["learned_weights"] = dict(zip(cand.sources, map(float, fitted.model_weights)))
         build_s = time.perf_counter() - started

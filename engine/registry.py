@@ -111,7 +111,7 @@ class Traits:
     data_use: str = "none"  # the most a method can read, one of DATA_USES
     cache_aware: bool = False  # merges: the kernel takes ``inputs=`` from a MergeCache
     mergekit: Optional[str] = None  # mergekit's name for the same method
-    needs_fit: bool = False  # ensembles: fitted on labelled data before combining
+    needs_fit: bool = False  # ensembles: fitted on data before combining (labels: uses_labels)
     uses_weights: bool = True  # ensembles: applies the per-model (URIEL) weights
 
     def __post_init__(self):

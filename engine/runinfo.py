@@ -48,8 +48,10 @@ def target_data_use(cand: "Candidate") -> Dict[str, object]:
                 target = max(target, "labelled target dev" if labels else "unlabelled target text",
                              key=TARGET_DATA.index)
             source = cand.data_mode in ("sources", "both")
-    elif cand.kind == "ensemble" and meta.get("needs_fit"):
-        if cand.data_mode == "target":
+    elif cand.kind == "ensemble" and method_of(cand.kind, cand.method).traits.needs_fit:
+        if method_of(cand.kind, cand.method).traits.data_use == "target_text":  # labels withheld
+            target = "unlabelled target text"
+        elif cand.data_mode == "target":
             target = "labelled target dev"
         else:
             source = True
@@ -68,7 +70,7 @@ def recipe_key_fields(cand: "Candidate") -> Dict[str, object]:
         "weights": [round(float(w) / total, 4) for w in cand.weights],
         "params": json.loads(json.dumps(method.resolve(cand.params), default=str))}
     uses_data = (cand.kind == "merge" and "batches" in (meta.get("context") or [])) or \
-        (cand.kind == "ensemble" and meta.get("needs_fit"))
+        (cand.kind == "ensemble" and method.traits.needs_fit and method.traits.data_use == "target_dev")
     if uses_data:
         fields["data_mode"] = cand.data_mode
         if cand.kind == "merge":
