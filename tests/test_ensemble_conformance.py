@@ -69,3 +69,25 @@ def test_the_checks_catch_a_rule_that_breaks_its_declared_traits():
     finally:
         for name in ("_liar", "_first", "_unnormalised"):
             ENSEMBLES.unregister(name)
+
+
+def test_effective_weights_hook_is_read_for_any_rule_not_by_name():
+    """A rule declaring its own weights through the hook reports them (calibrated model_weights,
+    effective_weights) exactly as fixed_pair does; no list of names anywhere."""
+    from engine.ensemble import effective_weights, fit
+
+    @ENSEMBLES.register("_last_only", params=[], uses_weights=False, family="pool",
+                        effective_weights=lambda w, p: np.eye(len(w))[-1])
+    def last_only(logits, weights):
+        return checks.softmax(logits[-1])
+
+    try:
+        x, y = checks.example(3)
+        m = ENSEMBLES.get("_last_only")
+        assert effective_weights(m, np.full(3, 1 / 3), {}).tolist() == [0, 0, 1]
+        assert fit("_last_only", x, y, calibrate=True).model_weights.tolist() == [0, 0, 1]
+        assert effective_weights(ENSEMBLES.get("fixed_pair"), np.full(2, .5),
+                                 {"first_weight": .9}).tolist() == [.9, pytest.approx(.1)]
+        assert effective_weights(ENSEMBLES.get("majority"), np.array([.9, .1]), {}).tolist() == [.5, .5]
+    finally:
+        ENSEMBLES.unregister("_last_only")
