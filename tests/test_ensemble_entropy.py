@@ -118,3 +118,23 @@ def test_tiny_zoo_run_fits_on_the_targets_texts_without_labels(tiny_ws):
     assert set(weights) == set(sources) and sum(weights.values()) == pytest.approx(1.0)
     assert out["fitted"].info["entropy_end"] <= out["fitted"].info["entropy_start"]
     assert 0.0 <= out["metrics"]["test"]["accuracy"] <= 1.0
+
+
+def test_ensemble_page_runs_entropy_min_and_marks_it_unlabelled(app_cache):
+    """On the Ensemble page entropy_min is a learned fusion like the others; its card says the
+    run used unlabelled target text (◐), never labelled dev data, and charts its weights."""
+    from app_support import button, goto, metric, open_app, rerun, runner, wait_for
+
+    at = goto(open_app(), "Ensemble")
+    if "ens_logits" in [b.key for b in at.button]:
+        button(at, "ens_logits").click()
+        rerun(at)
+        wait_for(app_cache, runner(app_cache).store.runs(kind="logits", limit=1)[0]["id"])
+        rerun(at)
+    at.segmented_control(key="ens_family").set_value("learned fusion")
+    rerun(at)
+    at.selectbox(key="ens_method_learned fusion").set_value("entropy_min")
+    rerun(at)
+    assert metric(at, "Target data used") == "◐ unlabelled target text"
+    assert metric(at, "Test accuracy") != "–"
+    assert any("Learned per-model weights" in str(c.proto.spec) for c in at.get("plotly_chart"))
