@@ -91,3 +91,15 @@ def test_effective_weights_hook_is_read_for_any_rule_not_by_name():
         assert effective_weights(ENSEMBLES.get("majority"), np.array([.9, .1]), {}).tolist() == [.5, .5]
     finally:
         ENSEMBLES.unregister("_last_only")
+
+
+def test_a_kernel_default_disagreeing_with_its_param_is_caught():
+    @ENSEMBLES.register("_two_defaults", params=[Param("power", "float", 2.0, 0.1, 4.0)], family="pool")
+    def two_defaults(logits, weights, power=1.0):
+        return checks.softmax(logits).mean(0)
+
+    try:
+        with pytest.raises(AssertionError, match="kernel default power=1.0 but the Param says 2.0"):
+            checks.check_traits(ENSEMBLES.get("_two_defaults"))
+    finally:
+        ENSEMBLES.unregister("_two_defaults")

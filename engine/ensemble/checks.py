@@ -87,10 +87,15 @@ def check_traits(m: Method) -> None:
         assert (t.data_use == "target_dev") == t.uses_labels, \
             f"{m.name}: uses_labels={t.uses_labels} but data_use={t.data_use!r}"
         first = ["x", "labels", "prior"]
-    names = list(inspect.signature(m.fn).parameters)
+    signature = inspect.signature(m.fn).parameters
+    names = list(signature)
+    for p in m.params:  # one home for a default: the Param (combine/fit always pass it)
+        if p.name in signature and signature[p.name].default is not inspect.Parameter.empty:
+            assert signature[p.name].default == p.default, \
+                f"{m.name}: kernel default {p.name}={signature[p.name].default!r} but the Param says {p.default!r}"
     assert len(names) >= len(first), f"{m.name}: kernel takes {names}, convention {first}"
     missing = {p.name for p in m.params} - set(names)
-    has_var_kw = any(p.kind == p.VAR_KEYWORD for p in inspect.signature(m.fn).parameters.values())
+    has_var_kw = any(p.kind == p.VAR_KEYWORD for p in signature.values())
     assert not missing or has_var_kw, f"{m.name}: kernel does not take parameter(s) {missing}"
 
 

@@ -2,7 +2,8 @@
 
 The rule kind's one convention (``needs_fit=False``, see engine/ensemble/__init__.py): each rule
 receives validated float32 logits (their count already within its min/max_sources) and weights
-normalised to sum 1 (uniform when the caller gave none). Rules unweighted by definition declare
+normalised to sum 1 (uniform when the caller gave none), and every declared parameter resolved
+from its ``Param`` (so kernels carry no defaults of their own). Rules unweighted by definition declare
 ``uses_weights=False``; a rule applying weights of its own declares an ``effective_weights`` hook.
 ``family`` says how the models are pooled: "vote" (argmax votes) or "pool" (probabilities or
 logits averaged). Everything is vectorised over models, examples and classes.
@@ -91,7 +92,7 @@ def weighted_logits(logits: np.ndarray, weights: np.ndarray) -> np.ndarray:
                   help="probability floor before the log: bounds how hard one model can veto a "
                        "class; 0 gives exactly weighted_logits")],
     summary="Renormalised weighted geometric mean of probabilities, computed in log space.")
-def geometric_mean(logits: np.ndarray, weights: np.ndarray, eps: float = 1e-8) -> np.ndarray:
+def geometric_mean(logits: np.ndarray, weights: np.ndarray, eps: float) -> np.ndarray:
     """softmax(sum_k w_k log(p_k + eps)). The floor is what distinguishes it from weighted_logits:
     a model assigning ~0 to a class pulls it down by at most w_k log(eps), not without bound."""
     if eps == 0:
@@ -121,7 +122,7 @@ def _pair_weights(weights: np.ndarray, params: dict) -> np.ndarray:
     params=[Param("first_weight", "float", 0.7, 0.0, 1.0,
                   help="share of the first model; the second gets 1 - first_weight")],
     summary="Fixed a / (1 - a) average of two models' probabilities (seed 000's 0.7/0.3).")
-def fixed_pair(logits: np.ndarray, weights: np.ndarray, first_weight: float = 0.7) -> np.ndarray:
+def fixed_pair(logits: np.ndarray, weights: np.ndarray, first_weight: float) -> np.ndarray:
     """a p_0 + (1 - a) p_1 for exactly two models (combine() enforces the count from the
     traits); the URIEL weights are not used."""
     return weighted_sum(_pair_weights(weights, {"first_weight": first_weight}), softmax(logits))
