@@ -175,7 +175,7 @@ def test_resume_on_another_zoo_is_refused_before_any_run_is_made(stopped_run, tm
 
 def test_resume_hint_alone_continues_the_run_and_a_finished_run_says_so(stopped_run, tmp_path,
                                                                           capsys, monkeypatch):
-    from engine.cli_evolve import _summary
+    from engine.cli.evolve import _summary
 
     run_id, cache = stopped_run["run_id"], stopped_run["cache"]
     store = Store(cache / "runs.sqlite")
