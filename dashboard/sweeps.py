@@ -1,7 +1,7 @@
 """Sweep views: the spec form, the results of one sweep (tables, figures, paired tests) and its
 one-click report. Used by the Sweeps page (launch, watch, resume) and the Compare page (results).
 
-Thin over :mod:`engine.sweep_spec`, :mod:`engine.report` and :mod:`engine.report_figures`.
+Thin over :mod:`engine.sweep.spec`, :mod:`engine.report` and :mod:`engine.report_figures`.
 """
 from __future__ import annotations
 

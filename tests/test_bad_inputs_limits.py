@@ -63,7 +63,7 @@ def run_rows(cache: Path):
 def test_population_and_generations_beyond_their_range_are_refused_everywhere(tiny_zoo_dir, tmp_path, capsys):
     """The CLI (argparse type), the engine config (pages) and sweep specs read one table."""
     from engine.cli import UsageError, build_parser
-    from engine.sweep_spec import SweepSpecError, parse_spec
+    from engine.sweep.spec import SweepSpecError, parse_spec
 
     # parsed only: today's code would accept these and run for ever
     for argv, message in [

@@ -55,7 +55,7 @@ def cmd_sweep(args):
     executor = "ray" if args.ray or args.address else "local"
     options = {"num_gpus": args.gpus_per_cell} if args.gpus_per_cell else None
     if executor == "ray":
-        from ..sweep_ray import init_ray
+        from ..parallel import init_ray
 
         init_ray(args.address, args.ray_cpus)      # from the main thread, before the job starts
     if args.resume:
