@@ -89,7 +89,7 @@ def cmd_sweep(args):
     data = {"run_id": run_id, "status": row["status"], "message": row["message"], "metrics": row["metrics"]}
     text = f"sweep {run_id}: {row['message']}\n\n" + _headline_text(store, run_id)
     if args.report:
-        from ..report import write_report
+        from ..report.write import write_report
 
         paths = write_report(store, run_id, args.report)
         data["report"] = {k: str(v) for k, v in paths.items()}
@@ -106,7 +106,7 @@ def _report_args(p):
 
 @command("report", "write a sweep's report: report.md, results.csv/json, figures (HTML)", _report_args)
 def cmd_report(args):
-    from ..report import write_report
+    from ..report.write import write_report
 
     store = _store(args.cache_dir)
     paths = write_report(store, args.run_id, args.out, alpha=args.alpha)
