@@ -163,7 +163,7 @@ def card_facts(run: dict) -> None:
     saw before the test, and its settings as a readable table."""
     from engine.runinfo import gap_closed_vs, run_target_data, target_data_text
 
-    from .tables import param_rows
+    from engine.report.tables import param_rows
 
     acc = ((run.get("metrics") or {}).get("test") or {}).get("accuracy")
     gap = gap_closed_vs(acc, baselines_of(run))

@@ -315,7 +315,7 @@ def test_controls_follow_the_parameter_schema():
 def test_table_exports():
     import pandas as pd
 
-    from dashboard import tables
+    from engine.report import tables
 
     frame = pd.DataFrame({"method": ["a|b"], "acc": [0.12345], "none": [None]})
     assert tables.markdown(frame) == "| method | acc | none |\n| --- | --- | --- |\n| a\\|b | 0.123 |  |\n"

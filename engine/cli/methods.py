@@ -149,15 +149,18 @@ def _runs_args(p):
 
 @command("runs", "list stored runs (the same store the app reads)", _runs_args)
 def cmd_runs(args):
+    import pandas as pd
+
     from ..evaluate import default_cache_dir
+    from ..report.tables import runs_frame
     from ..store import Store
 
     store = Store(Path(args.cache_dir or default_cache_dir()) / "runs.sqlite")
     runs = store.runs(kind=args.kind, target=args.target, limit=args.limit)
-    rows = [{"id": r["id"], "kind": r["kind"], "method": r["method"] or "", "target": r["target"] or "",
-             "status": r["status"],
-             "test acc": f"{r['metrics'].get('test', {}).get('accuracy', float('nan')):.3f}"
-             if isinstance(r["metrics"].get("test"), dict) else ""} for r in runs]
+    frame = runs_frame(runs)  # the Compare page's table: the same accuracy for the same run
+    rows = [{"id": r.id, "kind": r.kind, "method": r.method or "", "target": r.target or "", "status": r.status,
+             "test acc": "" if pd.isna(r.test_accuracy) else f"{r.test_accuracy:.3f}"}
+            for r in frame.itertuples(index=False)]
     return runs, table_text(rows)
 
 
