@@ -8,12 +8,12 @@ from typing import Dict, List, Optional
 
 import streamlit as st
 
-from engine import figures, latency
+from engine import latency
 from engine.progress import format_seconds
 from engine.registry import method_title
 from engine.store import ACTIVE
 
-from . import state
+from . import figures, state
 from .widgets import chart
 
 POLL_S = 1.0

@@ -5,7 +5,7 @@ import streamlit as st
 
 from dashboard import runs as runs_view
 from dashboard import state, tasks, widgets
-from engine import figures
+from dashboard import figures
 from dashboard import experiment as xp
 from engine.languages import FEATURE_SETS, NAMES, locale_table, parse_features, similarity_matrix, target_similarity
 

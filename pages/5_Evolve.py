@@ -4,7 +4,7 @@ import streamlit as st
 from dashboard import runs as runs_view
 from dashboard import state, tasks, widgets
 from dashboard.experiment import language
-from engine import figures
+from dashboard import figures
 from engine.evolve import (DEFAULT_FITNESS, FITNESS_TERMS, SEED_FITNESS, EvolveConfig, resume_evolution,
                            submit_evolution)
 from engine.evolve.estimate import candidates_per_generation

@@ -4,7 +4,7 @@ import streamlit as st
 
 from dashboard import runs as runs_view
 from dashboard import state, sweeps, tasks, widgets
-from engine import figures
+from dashboard import figures
 from engine.report import tables
 
 TARGET_DATA_HELP = ("Target data: ○ none (zero-shot), ◐ unlabelled target text, ● labelled target dev "

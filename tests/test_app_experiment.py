@@ -200,7 +200,7 @@ def test_similarity_heatmap_follows_k_and_sinkhorn_and_one_source_order(app_cach
 def test_heatmaps_label_every_row_and_column():
     import pandas as pd
 
-    from engine import figures
+    from dashboard import figures
     from engine.languages import LOCALES
 
     matrix = pd.DataFrame(0.5, index=list(LOCALES), columns=list(LOCALES))
