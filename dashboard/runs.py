@@ -266,7 +266,7 @@ def demo_builder() -> None:
     from engine.demo.build import SIZES, estimate_minutes
     from engine.workspace import default_demo_dir
 
-    from . import tasks
+    from engine import tasks
 
     active = state.store().runs(kind="demo", status=ACTIVE, limit=1)
     with st.container(border=True):
@@ -292,7 +292,7 @@ def source_bars(ws, run: dict) -> List[tuple]:
     """Each chosen source's own test accuracy on the run's target, when cached (no forward pass)."""
     from engine.experiments import source_scores
 
-    from . import tasks
+    from engine import tasks
 
     try:
         if not run.get("sources") or not all(tasks.has_logits(ws, s, run["target"], "test") for s in run["sources"]):

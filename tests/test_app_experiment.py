@@ -246,7 +246,7 @@ def test_one_way_of_writing_numbers_and_names(app_cache):
 
 
 def test_ensemble_says_which_outputs_are_missing(tiny_ws):
-    from dashboard import tasks
+    from engine import tasks
 
     pairs = tasks.ensemble_pairs(tiny_ws, "de-DE", ["nl-NL", "en-US"])
     text = tasks.describe_pairs(pairs, pairs[:1], "de-DE")
