@@ -16,7 +16,7 @@ A real cluster (``address="ray://head:10001"`` or ``"auto"`` on a cluster node):
     python -m engine sweep spec.yaml --ray --address auto --zoo /shared/zoo --cache-dir /shared/cache
 
 The ``engine`` package is shipped to the workers with ``runtime_env={"py_modules": [...]}``; each worker
-opens its own Workspace from the driver's Settings (paths made absolute) and keeps it for later cells.
+opens its own Workspace from the driver's Settings (paths made absolute) and keeps it for later tasks.
 GPU workers: pass ``ray_options={"num_gpus": 1}`` (``--gpus-per-cell 1`` on the CLI).
 """
 from __future__ import annotations

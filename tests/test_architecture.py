@@ -159,3 +159,10 @@ def test_the_cycle_finder_finds_a_lazy_cycle(tmp_path):
 def test_the_cli_imports_its_command_groups_by_name_not_by_string():
     text = "\n".join(p.read_text(encoding="utf-8") for p in (ENGINE / "cli").glob("*.py"))
     assert "importlib" not in text
+
+
+def test_ray_is_used_through_one_module():
+    """Sweeps and evolution pass their work to engine/parallel.py; nothing else starts or calls Ray."""
+    users = sorted(name for name, path in engine_modules().items()
+                   if any(target.split(".")[0] == "ray" for target, _ in imports(path, name)))
+    assert users == ["engine.parallel"]
