@@ -78,7 +78,8 @@ def overview() -> None:
 def experiment_panel(ws) -> None:
     """The current experiment, on every page: its target (changeable here), sources and settings."""
     from dashboard import experiment as xp
-    from dashboard import tasks, widgets
+    from dashboard import widgets
+    from engine import tasks
 
     st.markdown("**Current experiment**")
     if not ws.target_locales():

@@ -8,12 +8,12 @@ from typing import Dict, List, Optional
 
 import streamlit as st
 
-from engine import figures, latency
+from engine import latency
 from engine.progress import format_seconds
 from engine.registry import method_title
 from engine.store import ACTIVE
 
-from . import state
+from . import figures, state
 from .widgets import chart
 
 POLL_S = 1.0
@@ -163,7 +163,7 @@ def card_facts(run: dict) -> None:
     saw before the test, and its settings as a readable table."""
     from engine.runinfo import gap_closed_vs, run_target_data, target_data_text
 
-    from .tables import param_rows
+    from engine.report.tables import param_rows
 
     acc = ((run.get("metrics") or {}).get("test") or {}).get("accuracy")
     gap = gap_closed_vs(acc, baselines_of(run))
@@ -266,7 +266,7 @@ def demo_builder() -> None:
     from engine.demo.build import SIZES, estimate_minutes
     from engine.workspace import default_demo_dir
 
-    from . import tasks
+    from engine import tasks
 
     active = state.store().runs(kind="demo", status=ACTIVE, limit=1)
     with st.container(border=True):
@@ -292,7 +292,7 @@ def source_bars(ws, run: dict) -> List[tuple]:
     """Each chosen source's own test accuracy on the run's target, when cached (no forward pass)."""
     from engine.experiments import source_scores
 
-    from . import tasks
+    from engine import tasks
 
     try:
         if not run.get("sources") or not all(tasks.has_logits(ws, s, run["target"], "test") for s in run["sources"]):

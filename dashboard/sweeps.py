@@ -1,7 +1,7 @@
 """Sweep views: the spec form, the results of one sweep (tables, figures, paired tests) and its
 one-click report. Used by the Sweeps page (launch, watch, resume) and the Compare page (results).
 
-Thin over :mod:`engine.sweep_spec`, :mod:`engine.report` and :mod:`engine.report_figures`.
+Thin over :mod:`engine.sweep.spec`, :mod:`engine.report` and :mod:`engine.report.figures`.
 """
 from __future__ import annotations
 
@@ -13,13 +13,14 @@ from typing import Any, Dict, List, Optional
 import pandas as pd
 import streamlit as st
 
-from engine import report_figures
+from engine.report import figures as report_figures
 from engine.ensemble import ENSEMBLES
 from engine.languages import FEATURE_SETS
 from engine.merge import MERGES
 from engine.registry import method_title
 from engine.report import (BASELINE_TITLES, ReportError, baseline_table, findings, headline_table,
-                           load_results, paired_tests, win_rate_table, write_report)
+                           load_results, paired_tests, win_rate_table)
+from engine.report.write import write_report
 
 from . import state
 from .experiment import language

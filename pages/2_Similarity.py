@@ -4,9 +4,9 @@ from dataclasses import replace
 import streamlit as st
 
 from dashboard import runs as runs_view
-from dashboard import state, tasks, widgets
-from engine import figures
 from dashboard import experiment as xp
+from dashboard import figures, state, widgets
+from engine import tasks
 from engine.languages import FEATURE_SETS, NAMES, locale_table, parse_features, similarity_matrix, target_similarity
 
 st.title("Similarity")

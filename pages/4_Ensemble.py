@@ -4,8 +4,8 @@ import json
 import streamlit as st
 
 from dashboard import runs as runs_view
-from dashboard import state, tasks, widgets
-from engine import figures
+from dashboard import figures, state, widgets
+from engine import tasks
 from engine.ensemble import ENSEMBLES
 from engine.experiments import Candidate, evaluate_candidate, source_scores
 from engine.candidate_runs import submit_candidate

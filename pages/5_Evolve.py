@@ -2,9 +2,9 @@
 import streamlit as st
 
 from dashboard import runs as runs_view
-from dashboard import state, tasks, widgets
+from dashboard import figures, state, widgets
 from dashboard.experiment import language
-from engine import figures
+from engine import tasks
 from engine.evolve import (DEFAULT_FITNESS, FITNESS_TERMS, SEED_FITNESS, EvolveConfig, resume_evolution,
                            submit_evolution)
 from engine.evolve.estimate import candidates_per_generation

@@ -3,8 +3,9 @@ import pandas as pd
 import streamlit as st
 
 from dashboard import runs as runs_view
-from dashboard import state, sweeps, tables, tasks, widgets
-from engine import figures
+from dashboard import figures, state, sweeps, widgets
+from engine import tasks
+from engine.report import tables
 
 TARGET_DATA_HELP = ("Target data: ○ none (zero-shot), ◐ unlabelled target text, ● labelled target dev "
                     "(fitted or chosen on it: not zero-shot); bars with target data are hatched.")

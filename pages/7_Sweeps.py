@@ -8,7 +8,7 @@ from dashboard import runs as runs_view
 from dashboard import state, sweeps
 from engine.store import ACTIVE
 from engine.sweep import resume_sweep, submit_sweep
-from engine.sweep_spec import expand_cells, load_spec
+from engine.sweep.spec import expand_cells, load_spec
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "demo_sweep.yaml"
 

@@ -3,10 +3,8 @@ accuracy live; cancel and resume; the result joins the zoo."""
 import streamlit as st
 
 from dashboard import runs as runs_view
-from dashboard import state, widgets
-from engine import figures
+from dashboard import figures, state, train_figures, widgets
 from engine.store import ACTIVE
-from engine.train import figures as train_figures
 from engine.merge import MERGES
 from engine.train.labels import LabelCurveConfig, submit_label_curve
 from engine.train.finetune import REGISTER_MODES, FinetuneConfig, resumable, resume_finetune, submit_finetune

@@ -259,7 +259,7 @@ def test_pages_with_results_load_quickly(app_cache, merge_run):
 
 # ---- the pure helpers behind the pages ------------------------------------------------------------
 def test_coinciding_baselines_share_one_reference_line():
-    from engine import figures
+    from dashboard import figures
 
     fig = figures.accuracy_bars([("merge", 0.4)], {
         "best_source": {"model": "nl-NL", "accuracy": 0.5}, "best_zero_shot": {"model": "nl-NL", "accuracy": 0.5},
@@ -274,7 +274,7 @@ def test_coinciding_baselines_share_one_reference_line():
 def test_many_runs_become_rows_best_on_top():
     import pandas as pd
 
-    from engine import figures
+    from dashboard import figures
 
     runs = pd.DataFrame({"target": ["de-DE"] * 10, "kind": ["merge"] * 9 + ["ensemble"],
                          "label": [f"run {i}" for i in range(10)], "test_accuracy": [i / 10 for i in range(10)]})
@@ -289,7 +289,7 @@ def test_many_runs_become_rows_best_on_top():
 
 
 def test_recipe_frames_for_both_searches():
-    from engine import figures
+    from dashboard import figures
 
     cma = {"groups": [{"group": "layers 0-1", "weights": {"a": 0.2, "b": 0.8}, "params": {"density": [0.5, 0.7]}},
                       {"group": "head", "weights": {"a": 0.6, "b": 0.4}, "params": {"density": [0.9, 0.1]}}]}
@@ -315,7 +315,7 @@ def test_controls_follow_the_parameter_schema():
 def test_table_exports():
     import pandas as pd
 
-    from dashboard import tables
+    from engine.report import tables
 
     frame = pd.DataFrame({"method": ["a|b"], "acc": [0.12345], "none": [None]})
     assert tables.markdown(frame) == "| method | acc | none |\n| --- | --- | --- |\n| a\\|b | 0.123 |  |\n"

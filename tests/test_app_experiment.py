@@ -200,7 +200,7 @@ def test_similarity_heatmap_follows_k_and_sinkhorn_and_one_source_order(app_cach
 def test_heatmaps_label_every_row_and_column():
     import pandas as pd
 
-    from engine import figures
+    from dashboard import figures
     from engine.languages import LOCALES
 
     matrix = pd.DataFrame(0.5, index=list(LOCALES), columns=list(LOCALES))
@@ -246,7 +246,7 @@ def test_one_way_of_writing_numbers_and_names(app_cache):
 
 
 def test_ensemble_says_which_outputs_are_missing(tiny_ws):
-    from dashboard import tasks
+    from engine import tasks
 
     pairs = tasks.ensemble_pairs(tiny_ws, "de-DE", ["nl-NL", "en-US"])
     text = tasks.describe_pairs(pairs, pairs[:1], "de-DE")

@@ -89,7 +89,7 @@ def test_named_sources_get_uriel_weights_over_exactly_those(zoo, tmp_path, capsy
 def test_named_sources_weights_for_ensemble_and_slerp(tiny_ws, kind, method):
     """The same engine function for every kind (parsed as the CLI parses; no evaluation needed)."""
     from engine.cli import build_parser
-    from engine.cli_methods import candidate_from_args
+    from engine.cli.methods import candidate_from_args
     from engine.experiments import source_weights
 
     args = build_parser().parse_args([kind, "--target", TARGET, "--method", method, "--sources", "es-ES",

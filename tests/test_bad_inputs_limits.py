@@ -63,7 +63,7 @@ def run_rows(cache: Path):
 def test_population_and_generations_beyond_their_range_are_refused_everywhere(tiny_zoo_dir, tmp_path, capsys):
     """The CLI (argparse type), the engine config (pages) and sweep specs read one table."""
     from engine.cli import UsageError, build_parser
-    from engine.sweep_spec import SweepSpecError, parse_spec
+    from engine.sweep.spec import SweepSpecError, parse_spec
 
     # parsed only: today's code would accept these and run for ever
     for argv, message in [
@@ -175,7 +175,7 @@ def test_resume_on_another_zoo_is_refused_before_any_run_is_made(stopped_run, tm
 
 def test_resume_hint_alone_continues_the_run_and_a_finished_run_says_so(stopped_run, tmp_path,
                                                                           capsys, monkeypatch):
-    from engine.cli_evolve import _summary
+    from engine.cli.evolve import _summary
 
     run_id, cache = stopped_run["run_id"], stopped_run["cache"]
     store = Store(cache / "runs.sqlite")

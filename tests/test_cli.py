@@ -93,3 +93,20 @@ def test_bad_method_parameter_is_clear(tiny_zoo_dir, tmp_path, capsys):
     assert "unknown merge method 'nonsense'" in capsys.readouterr().err
     assert main(["merge", "--target", "de-DE", "--method", "linear", "--sources", "de-DE", "en-US", *ws]) == 2
     assert "leave-one-out" in capsys.readouterr().err
+
+
+def test_runs_listing_is_the_compare_table(tmp_path, capsys):
+    """`runs` reads engine/report/tables.runs_frame (the Compare page's table), not a copy of its own:
+    a cancelled evolution shows its champion's test accuracy so far there, so it does here too."""
+    from engine.report.tables import runs_frame
+    from engine.store import Store
+
+    store = Store(tmp_path / "runs.sqlite")
+    evo = store.create("evolve", target="de-DE", method="evomerge", sources=["nl-NL"], weights=[1.0])
+    store.update(evo, status="cancelled", result={"champion": {"test": {"accuracy": 0.625}, "dev": {}}})
+    merge = store.create("merge", target="de-DE", method="linear", sources=["nl-NL"], weights=[1.0])
+    store.update(merge, status="done", metrics={"test": {"accuracy": 0.5}})
+    assert main(["runs", "--cache-dir", str(tmp_path)]) == 0
+    lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()[2:]}
+    assert lines[evo].split()[-1] == "0.625" and lines[merge].split()[-1] == "0.500"
+    assert list(runs_frame(store.runs())["id"]) == [merge, evo]

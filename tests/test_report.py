@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from engine import report
-from engine.report_figures import accuracy_heatmap, cost_scatter, figures, parameter_coordinates, win_rate_bars
+from engine.report.figures import accuracy_heatmap, cost_scatter, figures, parameter_coordinates, win_rate_bars
 from engine.store import Store
 
 LABELS = [0, 1] * 5                                     # 10 test examples per target

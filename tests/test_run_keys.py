@@ -126,7 +126,7 @@ def test_every_run_records_its_target_data(page_then_sweep):
 
 def test_the_report_marks_target_data_and_says_not_run(page_then_sweep):
     from engine.report import findings, headline_table, load_results, report_markdown
-    from engine.report_figures import cost_scatter, parameter_coordinates
+    from engine.report.figures import cost_scatter, parameter_coordinates
 
     store, _, sweep = page_then_sweep
     res = load_results(store, sweep["id"], n_boot=50)

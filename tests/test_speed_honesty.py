@@ -141,7 +141,7 @@ def test_latency_is_one_warm_median_measurement_everywhere(tiny_zoo_dir, tmp_pat
 
 
 def test_fitness_chart_has_two_stacked_readable_axes():
-    from engine.figures import fitness_curves
+    from dashboard.figures import fitness_curves
 
     frame = pd.DataFrame({"best": [0.31, 0.33, 0.34], "mean": [0.27, 0.29, 0.3],
                           "worst": [0.23, 0.25, 0.26], "champion": [0.31, 0.33, 0.34],

@@ -115,7 +115,7 @@ def test_concurrent_cli_processes_and_the_app_all_land(tiny_ws):
 def test_cli_runs_are_stored_like_the_apps(tiny_ws, capsys):
     """merge, ensemble, evaluate and nxn from the CLI: stored with the app's fields, so Compare
     (and its N×N tab) shows them; a failing command leaves a failed run with its error."""
-    from dashboard import tables
+    from engine.report import tables
     from engine.candidate_runs import zoo_signature
 
     cache = tiny_ws.cache_dir

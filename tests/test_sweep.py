@@ -10,7 +10,7 @@ from engine.experiments import Candidate, evaluate_candidate
 from engine.jobs import JobRunner
 from engine.store import Store
 from engine.sweep import find_cells, resume_sweep, submit_sweep, sweep_cells
-from engine.sweep_spec import SweepSpecError, expand_cells, load_spec
+from engine.sweep.spec import SweepSpecError, expand_cells, load_spec
 
 SPEC = {"name": "tiny", "targets": ["de-DE", "nl-NL"], "sources": [2],
         "methods": ["merge:linear", {"merge": "ties", "grid": {"density": [0.5]}}, {"ensemble": "soft"}]}
@@ -170,7 +170,7 @@ def test_ray_executor_gives_the_local_metrics(tiny_ws, swept, tmp_path):
     runner = JobRunner(store)
     spec = {**SPEC, "targets": ["de-DE"], "methods": ["merge:linear", "ensemble:soft"]}
     try:
-        from engine.sweep_ray import init_ray
+        from engine.parallel import init_ray
 
         init_ray(num_cpus=2)
         started = time.perf_counter()

@@ -263,7 +263,7 @@ def test_periodic_bad_settings(own_ws):
 
 
 def test_label_curve_from_a_periodic_merge_run(own_ws):
-    from engine.train.figures import label_curve
+    from dashboard.train_figures import label_curve
     from engine.train.labels import LabelCurveConfig, labels_saved, run_label_curve
     from engine.train.periodic import PeriodicConfig, run_periodic
 

@@ -126,7 +126,7 @@ def test_ensemble_cli_with_predicted_weighting(tiny_ws, capsys):
 
 
 def test_sweep_spec_weighting_axis_has_predicted(tiny_ws):
-    from engine.sweep_spec import expand_cells, load_spec
+    from engine.sweep.spec import expand_cells, load_spec
 
     spec = load_spec({"methods": ["merge:linear"], "targets": ["nl-NL"], "sources": [2],
                       "weighting": ["uriel", "equal", "predicted"]})

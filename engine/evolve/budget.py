@@ -92,9 +92,9 @@ def estimate(ws, config: EvolveConfig, store=None) -> Budget:
     per = (FIXED_S_PER_CANDIDATE / speedup + n * params * MERGE_S_PER_PARAM_SOURCE
            + dev * params * EVAL_S_PER_PARAM_EXAMPLE / speedup)
     if store is not None:
-        from .job import recorded_settings
+        from ..candidate_runs import workspace_record  # the zoo as job.recorded_settings writes it
 
-        per = measured_seconds(store, recorded_settings(ws)["zoo"], config.algorithm) or per
+        per = measured_seconds(store, workspace_record(ws)["zoo"], config.algorithm) or per
     candidates = candidates_per_run(config)
     held = n + 1 + (3 * n if config.merge_cache else 0) + 3   # sources, base, cache, 3 working models
     if config.executor == "ray":

@@ -6,7 +6,7 @@ builds one candidate from its plain recipe and returns its dev metrics. The driv
 into fitness with its own reference, so selection, curves and checkpoints are exactly the local
 ones (tests/test_evolve.py checks a run against the local executor); the champion is rebuilt on
 the driver for its test-split score. Worker time is summed into the run's merge / eval seconds.
-Ray setup (local instance or cluster) is the sweeps' (engine/sweep_ray.py).
+Ray setup (local instance or cluster) is engine/parallel.py's, shared with sweeps.
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ _CONTEXTS: Dict[str, Tuple[Any, Any, Any, Any]] = {}   # per worker: run key -> 
 
 
 def _context(settings: Dict[str, Any], config_data: Dict[str, Any]):
-    from ..sweep_ray import worker_workspace
+    from ..parallel import worker_workspace
     from .build import Sources
     from .config import EvolveConfig
     from .fitness import Fitness
@@ -52,15 +52,13 @@ def ray_candidates(ws, config, candidates: List[Dict[str, Any]], reference: Opti
                    tick: Callable[[int], None]) -> Iterator[Tuple[int, Dict[str, Any]]]:
     """Yields (index, outcome) as the candidates' tasks finish; ``tick(done)`` runs between waits
     (it may raise Cancelled: the tasks still pending are then cancelled)."""
-    from ..sweep_ray import init_ray, ray_map, require_ray, worker_settings
+    from ..parallel import ray_tasks
 
-    ray = require_ray()
-    init_ray(config.address, config.ray_cpus)
-    task = ray.remote(remote_candidate).options(num_cpus=1, max_retries=1)
-    settings, data = worker_settings(ws), config.to_dict()
+    data = config.to_dict()
     done = [0]
-    for i, outcome in ray_map(lambda i: task.remote(settings, data, candidates[i], reference),
-                              list(range(len(candidates))), lambda: tick(done[0]), len(candidates)):
+    for i, outcome in ray_tasks(ws, remote_candidate, list(range(len(candidates))),
+                                lambda i: (data, candidates[i], reference), lambda: tick(done[0]),
+                                config.address, config.ray_cpus, max_in_flight=len(candidates)):
         if isinstance(outcome, BaseException):  # the worker failed: the candidate scores lowest
             outcome = {"error": f"evaluation failed on the Ray worker: {outcome}"}
         done[0] += 1

@@ -5,6 +5,7 @@ weights normalised to sum to one, so each kernel is only its formula.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Set
 
@@ -115,3 +116,7 @@ def select_kth(values: Tensor, rank: int) -> Tensor:
 
     array = values.detach().numpy()
     return torch.tensor(np.partition(array, rank - 1)[rank - 1], dtype=values.dtype)
+
+
+# "<prefix>.layer.<n>." and the usual spellings in other architectures (layers, h, block(s)).
+LAYER_PATTERN = re.compile(r"^(.*?(?:^|\.)(?:layer|layers|h|block|blocks))\.(\d+)\.")

@@ -62,7 +62,7 @@ SPECIAL_TREATMENTS = {
 
 def _region(key: str) -> str:
     """Where a tensor sits: 'layer 3', 'embeddings', 'classifier', …"""
-    from .selection import LAYER_PATTERN
+    from .common import LAYER_PATTERN
 
     m = LAYER_PATTERN.match(key)
     if m:

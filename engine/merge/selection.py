@@ -2,7 +2,6 @@
 inverse-variance weighting ("DFS")."""
 from __future__ import annotations
 
-import re
 from typing import Dict, List, Optional, Tuple
 
 import torch
@@ -14,9 +13,8 @@ from . import MERGES
 from .common import (PREPARERS, MergeError, Prepared, chunk_size, linear_average,
                      weighted_sum)
 from .context import require_context
+from .common import LAYER_PATTERN  # noqa: I001  (shared with run.py's per-region timings)
 
-# "<prefix>.layer.<n>." and the usual spellings in other architectures (layers, h, block(s)).
-LAYER_PATTERN = re.compile(r"^(.*?(?:^|\.)(?:layer|layers|h|block|blocks))\.(\d+)\.")
 
 
 def layer_groups(keys) -> Dict[Tuple[str, int], List[str]]:

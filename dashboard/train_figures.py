@@ -6,7 +6,7 @@ from typing import Mapping, Optional
 import pandas as pd
 import plotly.graph_objects as go
 
-from ..figures import CANDIDATE, SECONDARY, _baseline_lines, _layout
+from .figures import CANDIDATE, SECONDARY, _baseline_lines, _layout
 
 SOURCE_COLOURS = ("#1098ad", "#ae3ec9", "#f08c00", "#2f9e44", "#e8590c", "#868e96", "#5c7cfa", "#d6336c")
 

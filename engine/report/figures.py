@@ -1,6 +1,6 @@
 """Plotly figures for a sweep (builders only: the Compare page shows them, ``write_report`` saves them).
 
-Each builder takes one of :mod:`engine.report`'s tables, so a page can filter a table first and
+Each builder takes one of :mod:`engine.report.results`' tables, so a page can filter a table first and
 draw the same figure from it.
 """
 from __future__ import annotations
@@ -11,8 +11,8 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from .runinfo import TARGET_DATA_MARKS
-from .report import BASELINE_TITLES, SweepResults, accuracy_table, headline_table, win_rate_table
+from ..runinfo import TARGET_DATA_MARKS
+from .results import BASELINE_TITLES, SweepResults, accuracy_table, headline_table, win_rate_table
 
 FAMILY_COLOURS = {"merge": "#1f77b4", "ensemble": "#ff7f0e"}
 # zero-shot hollow, unlabelled target text half, labelled target dev solid (as the ○ ◐ ● marks)
@@ -20,7 +20,7 @@ TARGET_DATA_SYMBOLS = {"none": "circle-open", "unlabelled target text": "diamond
 
 
 def accuracy_heatmap(table: pd.DataFrame, title: str = "Test accuracy: variant × target") -> go.Figure:
-    """From :func:`~engine.report.accuracy_table`: one cell per (variant, target), value printed."""
+    """From :func:`~engine.report.results.accuracy_table`: one cell per (variant, target), value printed."""
     z = table.to_numpy(dtype=float)
     text = [[("" if np.isnan(v) else f"{v:.3f}") for v in row] for row in z]
     fig = go.Figure(go.Heatmap(z=z, x=list(table.columns), y=list(table.index), text=text,
@@ -32,7 +32,7 @@ def accuracy_heatmap(table: pd.DataFrame, title: str = "Test accuracy: variant �
 
 
 def win_rate_bars(wins: pd.DataFrame, title: str = "Win rate over targets, per baseline") -> go.Figure:
-    """From :func:`~engine.report.win_rate_table`: grouped bars, one group per variant."""
+    """From :func:`~engine.report.results.win_rate_table`: grouped bars, one group per variant."""
     fig = go.Figure()
     variants = list(dict.fromkeys(wins["variant"]))
     for base, part in wins.groupby("baseline", sort=False):
@@ -82,7 +82,7 @@ def parameter_coordinates(frame: pd.DataFrame, method: Optional[str] = None,
 
 def cost_scatter(head: pd.DataFrame, cost: str = "latency_ms",
                  title: str = "Accuracy vs inference cost") -> go.Figure:
-    """From :func:`~engine.report.headline_table`: mean accuracy vs cost (``latency_ms`` per example or
+    """From :func:`~engine.report.results.headline_table`: mean accuracy vs cost (``latency_ms`` per example or
     ``forward_passes``), merges and ensembles in two colours."""
     if cost not in ("latency_ms", "forward_passes"):
         raise ValueError("cost must be 'latency_ms' or 'forward_passes'")

@@ -30,10 +30,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Union
 
-from .experiments import DATA_MODES, WEIGHTINGS, Candidate, CandidateError, suggest_sources
-from .limits import check_setting
-from .runinfo import KEY_SPLITS, candidate_key, target_data_use
-from .workspace import Workspace
+from ..experiments import DATA_MODES, WEIGHTINGS, Candidate, CandidateError, suggest_sources
+from ..limits import check_setting
+from ..runinfo import KEY_SPLITS, candidate_key, target_data_use
+from ..workspace import Workspace
 
 MAX_VARIANTS = 10_000     # grid combinations per method
 MAX_CELLS = 100_000       # cells of one sweep (targets × methods × grids × axes)
@@ -106,9 +106,9 @@ def _method_spec(item, i: int) -> MethodSpec:
         raise SweepSpecError(f"sweep spec: methods[{i}] has unknown field(s) {sorted(unknown)}")
     kind, method = item.get("kind"), item.get("method")
     if kind == "merge":
-        from .merge import MERGES as registry
+        from ..merge import MERGES as registry
     elif kind == "ensemble":
-        from .ensemble import ENSEMBLES as registry
+        from ..ensemble import ENSEMBLES as registry
     else:
         raise SweepSpecError(f"sweep spec: methods[{i}] kind must be merge or ensemble, got {kind!r}")
     if method not in registry:
@@ -150,7 +150,7 @@ def parse_spec(data: Dict[str, Any]) -> SweepSpec:
         raise SweepSpecError(f"sweep spec: 'sources' must be whole numbers ≥ 1, got {sources}")
     for k in sources:
         check_setting("sources", k, "sweep spec: ", SweepSpecError)
-    from .languages import parse_features
+    from ..languages import parse_features
 
     features = [str(f) for f in _as_list(data.get("features", ["syntax_knn"]), "features")]
     for f in features:

@@ -12,19 +12,19 @@ import time
 from dataclasses import fields
 from pathlib import Path
 
-from .cli import command, open_from_args, progress_for, table_text, workspace_args
-from .progress import Progress
+from .core import command, open_from_args, progress_for, table_text, workspace_args
+from ..progress import Progress
 
 
 def _default(name: str):
-    from .evolve import EvolveConfig
+    from ..evolve import EvolveConfig
 
     field = {f.name: f for f in fields(EvolveConfig)}[name]
     return field.default
 
 
 def _evolve_args(p) -> None:
-    from .evolve import ALGORITHMS
+    from ..evolve import ALGORITHMS
 
     workspace_args(p)
     p.add_argument("--target", help="target locale (required unless --resume)")
@@ -112,7 +112,7 @@ def _summary(row: dict) -> str:
 def resume_hint(row: dict) -> str:
     """The command that continues a run: the run records its workspace (``params.settings``), so
     only a results folder other than the default needs naming."""
-    from .evaluate import default_cache_dir
+    from ..evaluate import default_cache_dir
 
     cache_dir = ((row.get("params") or {}).get("settings") or {}).get("cache_dir")
     extra = "" if not cache_dir or Path(cache_dir).resolve() == Path(default_cache_dir()).resolve() \
@@ -125,8 +125,8 @@ def _resume_workspace(args, store):
     (then resume_evolution checks it holds the same models and data)."""
     import argparse
 
-    from .evolve import check_resumable
-    from .workspace import Settings, open_workspace
+    from ..evolve import check_resumable
+    from ..workspace import Settings, open_workspace
 
     row = check_resumable(store, args.resume)
     recorded = (row.get("params") or {}).get("settings")
@@ -151,7 +151,7 @@ def _resume_workspace(args, store):
 
 
 def _print_estimate(row: dict) -> None:
-    from .evolve.budget import Budget
+    from ..evolve.budget import Budget
 
     estimate = row["params"].get("estimate")
     if estimate:
@@ -162,11 +162,11 @@ def _print_estimate(row: dict) -> None:
 @command("evolve", "evolutionary merge search (EvoMerge or CMA-ES) for a target locale",
          _evolve_args)
 def cmd_evolve(args):
-    from .evaluate import default_cache_dir
-    from .evolve import (EvolveConfig, EvolveError, export_champion, parse_fitness_weights,
+    from ..evaluate import default_cache_dir
+    from ..evolve import (EvolveConfig, EvolveError, export_champion, parse_fitness_weights,
                          resume_evolution, submit_evolution)
-    from .jobs import JobRunner
-    from .store import Store
+    from ..jobs import JobRunner
+    from ..store import Store
 
     if args.resume:  # the store first: the run says which workspace it ran on
         store = Store(Path(args.cache_dir or default_cache_dir()) / "runs.sqlite")

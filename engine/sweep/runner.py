@@ -13,7 +13,7 @@ as its own run, so a large comparison can be stopped, resumed, and reported on.
   the logits cache): best source among a cell's sources, best zero-shot model overall, the target's
   own model (upper bound); the equal-weight linear merge of the same sources is added as a cell.
 - Executors: ``local`` (default) runs cells one after another in the job's thread, sharing the
-  workspace's caches; ``ray`` hands them to a Ray cluster (see :mod:`engine.sweep_ray`). Either way
+  workspace's caches; ``ray`` hands them to a Ray cluster (see :mod:`engine.parallel`). Either way
   the driver writes the store, and both give the same numbers.
 """
 from __future__ import annotations
@@ -24,12 +24,12 @@ from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple, Union
 
 import numpy as np
 
-from .experiments import Candidate, baselines_from_scores, evaluate_candidate, source_scores
-from .runinfo import target_data_use
-from .progress import Cancelled, Progress, ProgressFn, sub_progress
-from .store import Store
-from .sweep_spec import Cell, expand_cells, load_spec
-from .workspace import Workspace
+from ..experiments import Candidate, baselines_from_scores, evaluate_candidate, source_scores
+from ..runinfo import target_data_use
+from ..progress import Cancelled, Progress, ProgressFn, sub_progress
+from ..store import Store
+from ..workspace import Workspace
+from .spec import Cell, expand_cells, load_spec
 
 EXECUTORS = ("local", "ray")
 
@@ -125,6 +125,14 @@ def _local_cells(ws: Workspace, cells: List[Cell], step) -> Iterator[Tuple[Cell,
             yield cell, exc
 
 
+def remote_cell(settings: Dict[str, Any], candidate: Dict[str, Any]) -> Dict[str, Any]:
+    """The Ray task body: one sweep cell in this worker's workspace (the local executor's function,
+    so both give the same numbers)."""
+    from ..parallel import worker_workspace
+
+    return compute_cell(worker_workspace(settings), Candidate(**candidate))
+
+
 def sweep_job(ws: Workspace, spec, executor: str = "local", address: Optional[str] = None,
               num_cpus: int = 2, ray_options: Optional[Dict[str, Any]] = None, origin: str = "sweep"):
     """A JobFn for :class:`~engine.jobs.JobRunner` that runs the whole sweep with progress and ETA."""
@@ -132,7 +140,7 @@ def sweep_job(ws: Workspace, spec, executor: str = "local", address: Optional[st
     if executor not in EXECUTORS:
         raise SweepError(f"unknown executor '{executor}'; use one of {', '.join(EXECUTORS)}")
     if executor == "ray":
-        from .sweep_ray import require_ray
+        from ..parallel import require_ray
 
         require_ray()
 
@@ -171,10 +179,10 @@ def sweep_job(ws: Workspace, spec, executor: str = "local", address: Optional[st
         if executor == "local":
             stream = _local_cells(ws, todo, lambda i, c: step(i, f"cell {i + 1}/{len(todo)} {c.candidate.label()}: "))
         else:
-            from .sweep_ray import ray_cells
+            from ..parallel import ray_tasks
 
-            stream = ray_cells(ws, todo, tick=ctx.check, address=address, num_cpus=num_cpus,
-                               options=ray_options)
+            stream = ray_tasks(ws, remote_cell, todo, lambda cell: (cell.candidate.to_dict(),), tick=ctx.check,
+                               address=address, num_cpus=num_cpus, options=ray_options)
         for done, (cell, outcome) in enumerate(stream, start=1):
             run_id, ok = _record(ctx.store, ctx.run_id, cell, outcome, spec.name,
                                  references[cell.candidate.target]["scores"], origin)

@@ -1,25 +1,25 @@
-"""Job functions the pages submit that are not candidates (those go through engine.experiments):
-building the demo zoo, the N×N matrix, the sources' logits, the URIEL cache.
+"""Job factories the pages submit that are not candidates (those go through engine.experiments):
+building the demo zoo, the N×N matrix, the sources' logits, the URIEL cache, a champion's export.
 
-Plain engine calls with a progress callback; no streamlit here (they run in worker threads).
+Plain engine calls with a progress callback, run by :class:`engine.jobs.JobRunner` in worker threads.
 """
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Iterable, List, Tuple
 
-from engine.candidate_runs import zoo_signature  # shared with the CLI, so its N×N runs match
-from engine.jobs import JobRunner
-from engine.progress import Tracker
-from engine.workspace import Workspace
+from .candidate_runs import zoo_signature  # shared with the CLI, so its N×N runs match
+from .jobs import JobRunner
+from .progress import Tracker
+from .workspace import Workspace
 
 Pair = Tuple[str, str, str]  # (model locale, data locale, split)
 
 
 def submit_demo_build(runner: JobRunner, out: Path, size: str = "default") -> str:
     def job(ctx):
-        from engine.demo.build import build_demo_zoo
-        from engine.evaluate import default_cache_dir
+        from .demo.build import build_demo_zoo
+        from .evaluate import default_cache_dir
 
         manifest = build_demo_zoo(out, size=size, progress=ctx.progress, warm_cache=default_cache_dir())
         return {"result": {"manifest": str(manifest), "size": size}, "message": f"demo zoo ready at {out}"}
@@ -94,14 +94,14 @@ def submit_logits(runner: JobRunner, ws: Workspace, pairs: List[Pair], target: s
 
 
 def uriel_ready() -> bool:
-    from engine.languages import CACHE_FILE, default_cache_dir
+    from .languages import CACHE_FILE, default_cache_dir
 
     return (default_cache_dir() / CACHE_FILE).is_file()
 
 
 def submit_uriel(runner: JobRunner) -> str:
     def job(ctx):
-        from engine.languages import build_cache
+        from .languages import build_cache
 
         tracker = Tracker(ctx.progress, 1, "reading URIEL vectors (lang2vec, about 6 s)")
         path = build_cache()
@@ -114,7 +114,7 @@ def submit_uriel(runner: JobRunner) -> str:
 def submit_champion_export(runner: JobRunner, ws: Workspace, run_id: str, out_root: Path) -> str:
     """Rebuilds an evolution's champion and writes it as an HF folder (a merge: a job)."""
     def job(ctx):
-        from engine.evolve import export_champion
+        from .evolve import export_champion
 
         tracker = Tracker(ctx.progress, 1, "rebuilding the champion")
         # the app's own folder for this champion: exporting it again replaces it (atomically)

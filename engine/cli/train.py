@@ -5,11 +5,11 @@ Ctrl-C stops it after a checkpoint, and ``--resume RUN_ID`` continues it to the 
 """
 from __future__ import annotations
 
-from .cli import command, open_from_args, progress_for, workspace_args
+from .core import command, open_from_args, open_store, progress_for, table_text, workspace_args
 
 
 def _train_args(p) -> None:
-    from .train.finetune import REGISTER_MODES, FinetuneConfig
+    from ..train.finetune import REGISTER_MODES, FinetuneConfig
 
     d = FinetuneConfig(locale="")
     workspace_args(p)
@@ -34,8 +34,7 @@ def _train_args(p) -> None:
 
 @command("train", "fine-tune one locale's classifier from the zoo's pretrained base", _train_args)
 def cmd_train(args):
-    from .cli_methods import open_store
-    from .train.finetune import FinetuneConfig, TrainError, resume_finetune_here, run_finetune
+    from ..train.finetune import FinetuneConfig, TrainError, resume_finetune_here, run_finetune
 
     ws = open_from_args(args)
     store = open_store(ws)
@@ -59,7 +58,7 @@ def cmd_train(args):
 
 
 def _periodic_args(p) -> None:
-    from .train.periodic import PeriodicConfig
+    from ..train.periodic import PeriodicConfig
 
     d = PeriodicConfig(target="")
     workspace_args(p)
@@ -87,9 +86,8 @@ def _periodic_args(p) -> None:
 @command("train-merge", "train K source locales together, merging them every N steps, for a target",
          _periodic_args)
 def cmd_train_merge(args):
-    from .cli_methods import open_store
-    from .train.finetune import TrainError
-    from .train.periodic import PeriodicConfig, resume_periodic_here, run_periodic
+    from ..train.finetune import TrainError
+    from ..train.periodic import PeriodicConfig, resume_periodic_here, run_periodic
 
     ws = open_from_args(args)
     store = open_store(ws)
@@ -130,9 +128,7 @@ def _labels_args(p) -> None:
 @command("train-labels", "what a merge is worth in target labels: base vs fused model fine-tuned on n target labels",
          _labels_args)
 def cmd_train_labels(args):
-    from .cli import table_text
-    from .cli_methods import open_store
-    from .train.labels import LabelCurveConfig, run_label_curve
+    from ..train.labels import LabelCurveConfig, run_label_curve
 
     ws = open_from_args(args)
     config = LabelCurveConfig(target=args.target, fused=args.fused, ns=args.ns, steps=args.steps,

@@ -1,6 +1,8 @@
-"""The Ray executor for sweeps: cells run as Ray tasks, results come back as plain data, the driver
-writes the store. Same function (:func:`engine.sweep.compute_cell`) as the local executor, so the
-numbers are the same.
+"""The one Ray module: start or join Ray, open each worker's workspace from the driver's Settings,
+and map a task function over items with a bounded number in flight. The work is passed in (sweeps:
+:func:`engine.sweep.runner.remote_cell`; evolution: :func:`engine.evolve.remote.remote_candidate`),
+so this module knows nothing of either; results come back as plain data and the driver writes the
+store.
 
 Local (the default when ``address`` is None): ``ray.init(num_cpus=2, include_dashboard=False)`` in
 this process, nothing on the network; workers find ``engine`` through PYTHONPATH.
@@ -14,7 +16,7 @@ A real cluster (``address="ray://head:10001"`` or ``"auto"`` on a cluster node):
     python -m engine sweep spec.yaml --ray --address auto --zoo /shared/zoo --cache-dir /shared/cache
 
 The ``engine`` package is shipped to the workers with ``runtime_env={"py_modules": [...]}``; each worker
-opens its own Workspace from the driver's Settings (paths made absolute) and keeps it for later cells.
+opens its own Workspace from the driver's Settings (paths made absolute) and keeps it for later tasks.
 GPU workers: pass ``ray_options={"num_gpus": 1}`` (``--gpus-per-cell 1`` on the CLI).
 """
 from __future__ import annotations
@@ -24,7 +26,6 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
-from .experiments import Candidate
 from .workspace import Workspace, default_demo_dir
 
 ENGINE_DIR = Path(__file__).resolve().parent
@@ -82,13 +83,6 @@ def worker_workspace(settings: Dict[str, Any]) -> Workspace:
     return _WORKSPACES[key]
 
 
-def remote_cell(settings: Dict[str, Any], candidate: Dict[str, Any]) -> Dict[str, Any]:
-    """The task body: evaluate one sweep cell in this worker's workspace."""
-    from .sweep import compute_cell
-
-    return compute_cell(worker_workspace(settings), Candidate(**candidate))
-
-
 def _cause(exc: BaseException) -> BaseException:
     """The worker's own exception inside Ray's wrapper (so a failed cell says what went wrong)."""
     cause = getattr(exc, "cause", None)
@@ -124,12 +118,15 @@ def ray_map(submit: Callable[[Any], Any], items: List[Any], tick: Callable[[], N
                 pass
 
 
-def ray_cells(ws: Workspace, cells: List, tick: Callable[[], None], address: Optional[str] = None,
-              num_cpus: int = 2, options: Optional[Dict[str, Any]] = None,
+def ray_tasks(ws: Workspace, fn: Callable[..., Any], items: List[Any], args: Callable[[Any], tuple],
+              tick: Callable[[], None], address: Optional[str] = None, num_cpus: int = 2,
+              options: Optional[Dict[str, Any]] = None,
               max_in_flight: Optional[int] = None) -> Iterator[Tuple[Any, Any]]:
-    """Yields (cell, outcome or exception) as the sweep's cells finish on Ray (see ray_map)."""
+    """Runs ``fn(settings, *args(item))`` as a Ray task per item, ``settings`` being the workspace's
+    (see :func:`worker_workspace`); yields (item, result or the worker's exception) as they finish
+    (see :func:`ray_map`). ``options`` go to the task (``{"num_gpus": 1}``)."""
     ray = init_ray(address, num_cpus) or require_ray()
     settings = worker_settings(ws)
-    task = ray.remote(remote_cell).options(**{"num_cpus": 1, "max_retries": 1, **(options or {})})
+    task = ray.remote(fn).options(**{"num_cpus": 1, "max_retries": 1, **(options or {})})
     limit = max_in_flight or max(2, 2 * int(ray.cluster_resources().get("CPU", 1)))
-    return ray_map(lambda cell: task.remote(settings, cell.candidate.to_dict()), cells, tick, limit)
+    return ray_map(lambda item: task.remote(settings, *args(item)), items, tick, limit)

@@ -8,12 +8,12 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from .cli import command, open_from_args, progress_for, table_text, workspace_args
+from .core import command, open_from_args, progress_for, table_text, workspace_args
 
 
 def _store(cache_dir: str):
-    from .evaluate import default_cache_dir
-    from .store import Store
+    from ..evaluate import default_cache_dir
+    from ..store import Store
 
     return Store(Path(cache_dir or default_cache_dir()) / "runs.sqlite")
 
@@ -30,7 +30,7 @@ def _sweep_args(p):
 
 
 def _headline_text(store, run_id: str) -> str:
-    from .report import ReportError, headline_table, load_results
+    from ..report import ReportError, headline_table, load_results
 
     try:
         head = headline_table(load_results(store, run_id))
@@ -43,9 +43,9 @@ def _headline_text(store, run_id: str) -> str:
 
 @command("sweep", "run a sweep (targets × methods × grids × sources) as one resumable job", _sweep_args)
 def cmd_sweep(args):
-    from .jobs import JobRunner
-    from .progress import Progress
-    from .sweep import resume_sweep, submit_sweep
+    from ..jobs import JobRunner
+    from ..progress import Progress
+    from ..sweep import resume_sweep, submit_sweep
 
     if not args.spec and not args.resume:
         raise ValueError("give a sweep spec file, or --resume RUN_ID")
@@ -55,7 +55,7 @@ def cmd_sweep(args):
     executor = "ray" if args.ray or args.address else "local"
     options = {"num_gpus": args.gpus_per_cell} if args.gpus_per_cell else None
     if executor == "ray":
-        from .sweep_ray import init_ray
+        from ..parallel import init_ray
 
         init_ray(args.address, args.ray_cpus)      # from the main thread, before the job starts
     if args.resume:
@@ -89,7 +89,7 @@ def cmd_sweep(args):
     data = {"run_id": run_id, "status": row["status"], "message": row["message"], "metrics": row["metrics"]}
     text = f"sweep {run_id}: {row['message']}\n\n" + _headline_text(store, run_id)
     if args.report:
-        from .report import write_report
+        from ..report.write import write_report
 
         paths = write_report(store, run_id, args.report)
         data["report"] = {k: str(v) for k, v in paths.items()}
@@ -106,7 +106,7 @@ def _report_args(p):
 
 @command("report", "write a sweep's report: report.md, results.csv/json, figures (HTML)", _report_args)
 def cmd_report(args):
-    from .report import write_report
+    from ..report.write import write_report
 
     store = _store(args.cache_dir)
     paths = write_report(store, args.run_id, args.out, alpha=args.alpha)

@@ -1,18 +1,15 @@
-"""``python -m engine COMMAND``: the engine from the command line, for scripts and GPU boxes.
-
-Every command has ``--help`` and ``--json``; errors print one line to stderr and exit with 2.
-Commands register themselves with :func:`command`, so a module adds one in one place.
+"""The command registry, the options every command shares, and the workspace commands (locales,
+similarity, build-demo, info, evaluate, nxn). The other command groups import :func:`command` from
+here; ``engine/cli/__init__.py`` imports every group and parses the command line.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import sys
-import warnings
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional
 
-from .progress import text_bar
+from ..progress import text_bar
 
 COMMANDS: Dict[str, tuple] = {}
 
@@ -39,11 +36,18 @@ def workspace_args(p: argparse.ArgumentParser) -> None:
 
 
 def open_from_args(args):
-    from .workspace import Settings, open_workspace
+    from ..workspace import Settings, open_workspace
 
     return open_workspace(Settings(zoo=args.zoo, pattern=args.pattern, base=args.base, data=args.data,
                                    data_path=args.data_path, extra_locales=args.extra_locales, device=args.device, cache_dir=args.cache_dir,
                                    batch_size=args.batch_size))
+
+
+def open_store(ws):
+    """The one results store of the workspace's cache folder (the app's too)."""
+    from ..store import Store
+
+    return Store(ws.cache_dir / "runs.sqlite")
 
 
 def progress_for(args):
@@ -63,7 +67,7 @@ def table_text(rows: List[dict], floatfmt: str = "{:.3f}") -> str:
 # ---- commands --------------------------------------------------------------------------------
 @command("locales", "list the 51 MASSIVE locales with their ISO 639-3 codes")
 def cmd_locales(args):
-    from .languages import locale_table
+    from ..languages import locale_table
 
     rows = locale_table()
     return rows, table_text(rows)
@@ -79,7 +83,7 @@ def _similarity_args(p):
 
 @command("similarity", "URIEL similarity and source weights for a target locale", _similarity_args)
 def cmd_similarity(args):
-    from .languages import target_similarity
+    from ..languages import target_similarity
 
     res = target_similarity(args.target, sources=args.sources, features=args.features,
                             top_k=args.top_k, sinkhorn_iters=args.sinkhorn_iters)
@@ -106,10 +110,10 @@ def _build_args(p):
 
 @command("build-demo", "build (or resume) the offline demo zoo", _build_args)
 def cmd_build_demo(args):
-    from .demo.build import build_demo_zoo
-    from .demo.scale import SCALE_SIZES, build_scale_zoo
-    from .evaluate import default_cache_dir
-    from .workspace import default_demo_dir
+    from ..demo.build import build_demo_zoo
+    from ..demo.scale import SCALE_SIZES, build_scale_zoo
+    from ..evaluate import default_cache_dir
+    from ..workspace import default_demo_dir
 
     if args.size in SCALE_SIZES:
         manifest = build_scale_zoo(args.out or default_demo_dir().parent / "scale_zoo", size=args.size,
@@ -150,10 +154,9 @@ def _evaluate_args(p):
 def cmd_evaluate(args):
     from pathlib import Path
 
-    from .cli_methods import open_store
-    from .candidate_runs import workspace_record
-    from .jobs import run_here
-    from .zoo import load_state_dict
+    from ..candidate_runs import workspace_record
+    from ..jobs import run_here
+    from ..zoo import load_state_dict
 
     ws = open_from_args(args)
     ws.dataset.get(args.locale, args.split)  # an unknown locale or split is bad input, not a run
@@ -187,9 +190,8 @@ def _nxn_args(p):
 
 @command("nxn", "the zero-shot matrix: every source model on every locale's test set", _nxn_args)
 def cmd_nxn(args):
-    from .cli_methods import open_store
-    from .candidate_runs import workspace_record, zoo_signature
-    from .jobs import run_here
+    from ..candidate_runs import workspace_record, zoo_signature
+    from ..jobs import run_here
 
     ws = open_from_args(args)
     tables = []
@@ -209,84 +211,3 @@ def cmd_nxn(args):
         table.to_csv(args.csv)
     return ({"run_id": row["id"], "metric": args.metric, "split": args.split,
              "matrix": json.loads(table.to_json(orient="index"))}, table.round(3).to_string())
-
-
-# ---- entry -----------------------------------------------------------------------------------
-class UsageError(ValueError):
-    """A command line argparse refuses (unknown option, value outside its declared range)."""
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line and exit 2, like every other error (not the usage block)
-        raise UsageError(f"{message} (see {self.prog} --help)")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    from .limits import declare_ranges
-
-    _load_plugins()
-    parser = _Parser(prog="python -m engine", description=__doc__.split("\n")[0])
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, (help_text, add_args, _) in COMMANDS.items():
-        p = sub.add_parser(name, help=help_text, description=help_text)
-        p.add_argument("--json", action="store_true", help="print machine-readable JSON on stdout")
-        p.add_argument("--quiet", action="store_true", help="no progress bar")
-        add_args(p)
-        declare_ranges(p)  # every numeric option checked against engine/limits.py
-    return parser
-
-
-def _load_plugins() -> None:
-    """Commands that live next to their engine module (merge, ensemble, evolve, sweep, transfer, train)."""
-    import importlib
-
-    for mod in ("engine.cli_methods", "engine.cli_evolve", "engine.cli_sweep", "engine.cli_transfer",
-                "engine.cli_train"):
-        try:
-            importlib.import_module(mod)
-        except ModuleNotFoundError as exc:
-            if exc.name != mod:
-                raise
-
-
-def main(argv: Optional[List[str]] = None) -> int:
-    parser = build_parser()
-    try:
-        args = parser.parse_args(argv)
-    except UsageError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    if not args.command:
-        parser.print_help()
-        return 2
-    _, _, fn = COMMANDS[args.command]
-    try:
-        with warnings.catch_warnings():
-            warnings.showwarning = _one_line_warning
-            data, text = fn(args)
-    except KeyboardInterrupt:
-        print("\ninterrupted", file=sys.stderr)
-        return 130
-    except Exception as exc:  # one line, never a bare traceback
-        msg = str(exc).strip() or type(exc).__name__
-        if isinstance(exc, KeyError) and msg.startswith(("'", '"')):
-            msg = msg[1:-1]
-        print(f"error: {msg}", file=sys.stderr)
-        if getattr(args, "debug", False):
-            raise
-        return 2
-    print(json.dumps(data, indent=2, default=_json_default, ensure_ascii=False) if args.json else text)
-    return 0
-
-
-def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    """Warnings (a cache moved aside, a refused cache entry) as one line on stderr, like errors."""
-    print(f"warning: {message}", file=file or sys.stderr)
-
-
-def _json_default(obj: Any):
-    if hasattr(obj, "tolist"):
-        return obj.tolist()
-    if hasattr(obj, "item"):
-        return obj.item()
-    return str(obj)

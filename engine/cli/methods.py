@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .cli import command, open_from_args, progress_for, table_text, workspace_args
+from .core import command, open_from_args, open_store, progress_for, table_text, workspace_args
 
 
 def parse_params(items):
@@ -52,7 +52,7 @@ def candidate_args(p):
 def candidate_from_args(ws, args, kind):
     """Named sources get URIEL weights among themselves (unless --weights/--equal/--weighting say
     otherwise); none named: the target's top-K of the zoo (URIEL, or predicted transfer)."""
-    from .experiments import Candidate, CandidateError, check_unique_sources, source_weights
+    from ..experiments import Candidate, CandidateError, check_unique_sources, source_weights
 
     weighting = getattr(args, "weighting", None)
     if args.weights and weighting:
@@ -83,10 +83,10 @@ def candidate_from_args(ws, args, kind):
 def _run_candidate(args, kind):
     """Runs the candidate as a stored run (like the app's), so it reaches Compare; a failed export
     keeps the finished run and says how to export it again."""
-    from .experiments import check_candidate
-    from .candidate_runs import candidate_fields, candidate_job
-    from .export_guard import ExportError
-    from .jobs import run_here
+    from ..experiments import check_candidate
+    from ..candidate_runs import candidate_fields, candidate_job
+    from ..export_guard import ExportError
+    from ..jobs import run_here
 
     ws = open_from_args(args)
     cand = candidate_from_args(ws, args, kind)
@@ -107,13 +107,6 @@ def _run_candidate(args, kind):
             + (f"\n\nexported to {out['export']}" if out.get("export") else "")
             + f"\nstored as run {row['id']}")
     return {"run_id": row["id"], "candidate": cand.to_dict(), **out}, text
-
-
-def open_store(ws):
-    """The one results store of the workspace's cache folder (the app's too)."""
-    from .store import Store
-
-    return Store(ws.cache_dir / "runs.sqlite")
 
 
 def _merge_args(p):
@@ -137,9 +130,9 @@ def _methods_args(p):
 @command("methods", "list merge or ensemble methods with their parameter schemas", _methods_args)
 def cmd_methods(args):
     if args.kind == "merge":
-        from .merge import MERGES as registry
+        from ..merge import MERGES as registry
     else:
-        from .ensemble import ENSEMBLES as registry
+        from ..ensemble import ENSEMBLES as registry
     schema = registry.schema()
     rows = [{"method": name, "parameters": ", ".join(
         f"{p['name']}={p['default']}" + (f" [{p['low']}, {p['high']}]" if p["low"] is not None else "")
@@ -156,15 +149,18 @@ def _runs_args(p):
 
 @command("runs", "list stored runs (the same store the app reads)", _runs_args)
 def cmd_runs(args):
-    from .evaluate import default_cache_dir
-    from .store import Store
+    import pandas as pd
+
+    from ..evaluate import default_cache_dir
+    from ..report.tables import runs_frame
+    from ..store import Store
 
     store = Store(Path(args.cache_dir or default_cache_dir()) / "runs.sqlite")
     runs = store.runs(kind=args.kind, target=args.target, limit=args.limit)
-    rows = [{"id": r["id"], "kind": r["kind"], "method": r["method"] or "", "target": r["target"] or "",
-             "status": r["status"],
-             "test acc": f"{r['metrics'].get('test', {}).get('accuracy', float('nan')):.3f}"
-             if isinstance(r["metrics"].get("test"), dict) else ""} for r in runs]
+    frame = runs_frame(runs)  # the Compare page's table: the same accuracy for the same run
+    rows = [{"id": r.id, "kind": r.kind, "method": r.method or "", "target": r.target or "", "status": r.status,
+             "test acc": "" if pd.isna(r.test_accuracy) else f"{r.test_accuracy:.3f}"}
+            for r in frame.itertuples(index=False)]
     return runs, table_text(rows)
 
 
@@ -178,10 +174,10 @@ def _export_args(p):
 @command("export", "rebuild a stored run's merge (or champion, or fusion) and write it to DIR",
          _export_args)
 def cmd_export(args):
-    from .evaluate import default_cache_dir
-    from .export_run import export_stored_run
-    from .store import Store
-    from .workspace import Settings
+    from ..evaluate import default_cache_dir
+    from ..export_run import export_stored_run
+    from ..store import Store
+    from ..workspace import Settings
 
     store = Store(Path(args.cache_dir or default_cache_dir()) / "runs.sqlite")
     fallback = Settings(zoo=args.zoo, pattern=args.pattern, base=args.base, data=args.data,

@@ -3,8 +3,8 @@
 :func:`load_results` reads a sweep once (cells, baselines, per-example correctness). From it:
 :func:`accuracy_table` (variant × target), :func:`win_rate_table`, :func:`headline_table`,
 :func:`baseline_table`, :func:`paired_tests` (McNemar per target) and :func:`findings` (the seed's
-questions answered from the numbers). Figures are in :mod:`engine.report_figures`;
-:func:`engine.report_write.write_report` writes everything to a folder.
+questions answered from the numbers). Figures are in :mod:`engine.report.figures`;
+:func:`engine.report.write.write_report` writes everything to a folder.
 
 A *variant* is everything about a cell except its target (method, grid values, number of sources,
 feature set, weighting), so each variant has one accuracy per target and can be compared across
@@ -18,9 +18,9 @@ from typing import Any, Dict, List
 import numpy as np
 import pandas as pd
 
-from . import stats
-from .runinfo import TARGET_DATA_MARKS, run_target_data
-from .store import Store
+from .. import stats
+from ..runinfo import TARGET_DATA_MARKS, run_target_data
+from ..store import Store
 
 BASELINES = ("best_source", "best_zero_shot", "equal_merge", "target_model")
 BASELINE_TITLES = {"best_source": "best source", "best_zero_shot": "best zero-shot",
@@ -66,7 +66,7 @@ def _variant_label(row: Dict[str, Any], varying: set) -> str:
 
 def load_results(store: Store, sweep_run_id: str, n_boot: int = 1000, seed: int = 0) -> SweepResults:
     """Every finished cell of the sweep with its baselines, bootstrap CI and gap closed."""
-    from .sweep import sweep_cells
+    from ..sweep import sweep_cells
 
     sweep = store.get(sweep_run_id)
     if sweep["kind"] != "sweep":
@@ -359,35 +359,6 @@ def report_markdown(res: SweepResults, alpha: float = 0.05) -> str:
               "- *Inference cost*: forward passes per input (1 for a merge, K for an ensemble) and the measured "
               "latency per example on the machine that ran the cell.", ""]
     return "\n".join(lines)
-
-
-def write_report(store: Store, sweep_run_id: str, out_dir, alpha: float = 0.05) -> Dict[str, Any]:
-    """Writes report.md, results.csv, results.json and the figures as offline HTML (plotly.js saved
-    once beside them as plotly.min.js); returns the paths by name."""
-    import json
-    from pathlib import Path
-
-    from .report_figures import figures
-
-    res = load_results(store, sweep_run_id)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    paths: Dict[str, Any] = {"report": out / "report.md", "results_csv": out / "results.csv",
-                             "results_json": out / "results.json"}
-    paths["report"].write_text(report_markdown(res, alpha), encoding="utf-8")
-    res.frame.to_csv(paths["results_csv"], index=False)
-    found = findings(res, alpha)
-    data = {"sweep": {k: res.sweep[k] for k in ("id", "name", "status", "created", "finished")},
-            "spec": res.sweep["params"].get("spec"), "headline": headline_table(res).to_dict(orient="records"),
-            "baselines": baseline_table(res).to_dict(orient="records"),
-            "win_rates": win_rate_table(res).to_dict(orient="records"),
-            "findings": found, "cells": res.frame.to_dict(orient="records")}
-    paths["results_json"].write_text(json.dumps(_clean(data), indent=2, allow_nan=False, default=str),
-                                     encoding="utf-8")
-    for stem, fig in figures(res).items():
-        paths[stem] = out / f"{stem}.html"
-        fig.write_html(str(paths[stem]), include_plotlyjs="directory", full_html=True)
-    return paths
 
 
 def _clean(v):

@@ -7,7 +7,7 @@ from typing import Dict, List, Sequence
 
 import pandas as pd
 
-from engine.runinfo import TARGET_DATA_MARKS, run_origin, run_target_data, target_data_text
+from ..runinfo import TARGET_DATA_MARKS, run_origin, run_target_data, target_data_text
 
 CANDIDATE_KINDS = ("merge", "ensemble", "evolve")
 COLUMNS = ["label", "kind", "method", "target", "status", "target_data", "test_accuracy", "validation_accuracy",
@@ -77,7 +77,7 @@ def one_per_key(frame: pd.DataFrame, keep: Sequence[str] = ()) -> pd.DataFrame:
 def param_rows(run: dict) -> pd.DataFrame:
     """A run's settings as a small readable table (setting, value, what it does), from the method's
     declared parameters; seed and data settings only where the method reads them."""
-    from engine.runinfo import method_of
+    from ..runinfo import method_of
 
     params = {k: v for k, v in (run.get("params") or {}).items() if k not in RUN_META}
     try:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from .cli import command, open_from_args, progress_for, table_text, workspace_args
+from .core import command, open_from_args, progress_for, table_text, workspace_args
 
 
 def _transfer_args(p):
@@ -25,7 +25,7 @@ def _fmt(value: float) -> str:
 @command("transfer", "rank sources: Spearman / NDCG of URIEL cosines vs the transfer predictor",
          _transfer_args)
 def cmd_transfer(args):
-    from .transfer import predicted_transfer, predicted_weights, predictor_for, transfer_report
+    from ..transfer import predicted_transfer, predicted_weights, predictor_for, transfer_report
 
     if args.ndcg_k < 1:
         raise ValueError(f"--ndcg-k must be at least 1, got {args.ndcg_k}")
@@ -38,7 +38,7 @@ def cmd_transfer(args):
             f"predictor fitted on {report['fit_split']} (leave-target-out), truth: "
             f"{report['truth_split']} split\n\n" + table_text(rows))
     if args.target:
-        from .languages import resolve_locale
+        from ..languages import resolve_locale
 
         target = resolve_locale(args.target)
         predicted = predicted_transfer(ws, target)
