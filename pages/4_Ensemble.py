@@ -23,7 +23,7 @@ with settings:
     learned = [n for n in names if ENSEMBLES.get(n).meta.get("needs_fit")]
     family = st.segmented_control("Kind", ["voting", "learned fusion"], default="voting", key="ens_family") or "voting"
     options = rules if family == "voting" else learned
-    default = "weighted_logits" if "weighted_logits" in options else options[0]
+    default = next((d for d in ("weighted_logits", "learned_weights") if d in options), options[0])
     method = ENSEMBLES.get(widgets.method_picker(ENSEMBLES, options, "Method", f"ens_method_{family}", default=default))
     widgets.method_caption(method)
     if method.meta.get("uses_weights") is False and not method.meta.get("needs_fit"):
