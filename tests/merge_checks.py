@@ -92,11 +92,17 @@ def identity_params(method: Method) -> dict:
     return {**fast_params(method), **dense}
 
 
+def zoo_sources(method, zoo) -> list:
+    """The zoo's three sources, or as many as the method takes (max_sources)."""
+    most = method.traits.max_sources if isinstance(method, Method) else None
+    return zoo["sources"][: most or len(zoo["sources"])]
+
+
 def merge(zoo, method, sources=None, weights=(0.5, 0.3, 0.2), seed=0, **kw):
-    sources = zoo["sources"] if sources is None else sources
-    weights = list(weights)[: len(sources)]
     if isinstance(method, str) and method in MERGES:
         method = MERGES.get(method)
+    sources = zoo_sources(method, zoo) if sources is None else sources
+    weights = list(weights)[: len(sources)]
     name = method.name if isinstance(method, Method) else method
     params = kw.pop("params", None)
     if params is None and isinstance(method, Method):
@@ -268,8 +274,9 @@ def check_identities(method: Method, zoo):
     base = {f"roberta.{k}": v for k, v in zoo["base"].items()}
     big = {k: base[k] + (v - base[k]) / max(float((v - base[k]).norm()), 1e-30) if k in base else v
            for k, v in src.items()}
-    _same(merge(zoo, method, sources=[big, big, big], params=params), big, tol)
-    one_hot = [zoo["sources"][1], zoo["sources"][0], zoo["sources"][2]]
+    count = len(zoo_sources(method, zoo))
+    _same(merge(zoo, method, sources=[big] * count, params=params), big, tol)
+    one_hot = [zoo["sources"][1], zoo["sources"][0], zoo["sources"][2]][:count]
     _same(merge(zoo, method, sources=one_hot, weights=(1, 0, 0), params=params), src, tol)
 
 
@@ -287,12 +294,14 @@ def check_nonfinite_inputs_are_named(method: Method, zoo):
     """A NaN/inf in any source, weighted or not, stops the merge; a data-free merge names the model
     and tensor (propagates_nonfinite lets the run check the output instead: it must really
     propagate, e.g. an inf entry a sparsifier drops as an outlier would slip through)."""
-    for weights, bad, value in (((0.5, 0.3, 0.2), 0, float("inf")), ((0.5, 0.5, 0.0), 2, float("nan"))):
-        sources = [dict(s) for s in zoo["sources"]]
+    count = len(zoo_sources(method, zoo))
+    zero_last = [1.0] * (count - 1) + [0.0]
+    for weights, bad, value in (((0.5, 0.3, 0.2), 0, float("inf")), (zero_last, count - 1, float("nan"))):
+        sources = [dict(s) for s in zoo_sources(method, zoo)]
         broken = sources[bad][KEY].clone()
         broken.view(-1)[0] = value
         sources[bad][KEY] = broken
-        names = ["en", "fr", "de"]
+        names = ["en", "fr", "de"][:count]
         with pytest.raises(MergeError) as caught:
             merge(zoo, method, sources=sources, weights=weights, names=names)
         if not method.traits.needs_data:
@@ -302,7 +311,7 @@ def check_nonfinite_inputs_are_named(method: Method, zoo):
 def check_inputs_untouched_and_cache_transparent(method: Method, zoo):
     """Sources stay resident in memory between merges (engine/resident.py): no method may write
     into its inputs, with or without the repeated-merge cache; the cache gives the same tensors."""
-    before = [{k: v.clone() for k, v in s.items()} for s in zoo["sources"]]
+    before = [{k: v.clone() for k, v in s.items()} for s in zoo_sources(method, zoo)]
     base_before = {k: v.clone() for k, v in zoo["base"].items()}
     plain = merge(zoo, method)
     cached = merge(zoo, method, cache=MergeCache())

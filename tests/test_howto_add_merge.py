@@ -98,6 +98,46 @@ def test_it_passes_every_conformance_check(toy, zoo, check):
     check(toy, zoo)
 
 
+def register_pair_average():
+    """Traits and hooks ride on the same call: at most two sources, a weighted sum (so a NaN/inf
+    input always reaches the output and the run checks the output only), and a to_mergekit hook
+    that exports it as mergekit's linear merge."""
+    from engine.merge.linear import linear_to_mergekit
+
+    @MERGES.register(PAIR, family="toy", max_sources=2, propagates_nonfinite=True,
+                     mergekit="linear", to_mergekit=linear_to_mergekit)
+    def pair_average(tensors, weights, base=None, *, key="", generator=None):
+        """Pair average: the weighted mean of at most two models."""
+        return weighted_sum(tensors, weights.tolist())
+
+    return MERGES.get(PAIR)
+
+
+PAIR = "pair_average"
+
+
+@pytest.fixture(scope="module")
+def pair():
+    method = register_pair_average()
+    yield method
+    MERGES.unregister(PAIR)
+
+
+@pytest.mark.parametrize("check", CHECKS, ids=[c.__name__ for c in CHECKS])
+def test_traits_and_hooks_pass_the_same_checks(pair, zoo, check):
+    check(pair, zoo)
+
+
+def test_the_hook_writes_its_mergekit_yaml(pair, zoo, tmp_path):
+    from engine.merge import export_merge, merge_state_dicts
+
+    merged = merge_state_dicts(PAIR, zoo["sources"][:2], [3, 1])
+    folder = export_merge(merged, zoo["root"] / "src0", tmp_path / "out",
+                          {"method": PAIR, "sources": ["a", "b"], "weights": [3, 1]})
+    text = (folder / "mergekit.yaml").read_text()
+    assert "merge_method: linear" in text and "weight: 0.75" in text
+
+
 def test_a_wrong_declaration_is_refused_at_registration():
     with pytest.raises(TypeError, match="unknown trait"):
         MERGES.register("typo", needs_bas=True)
