@@ -133,6 +133,9 @@ def check_traits_valid(method: Method, zoo=None):
         assert t.data_use != "none", "a data-aware merge declares the most data it can read"
         assert t.context, "a data-aware merge names the MergeContext callables it calls"
         assert callable(method.hooks.prepare), "a data-aware merge has a prepare hook (its data pass)"
+        prepare = inspect.signature(method.hooks.prepare).parameters
+        assert list(prepare)[:5] == ["sources", "weights", "base", "context", "params"], list(prepare)
+        assert {"names", "device", "seed", "progress"} <= set(prepare), list(prepare)
     else:
         assert t.data_use == "none" and not t.context and method.hooks.prepare is None
     if isinstance(t.uses_labels, str):  # "param=value": a choice Param decides
@@ -142,6 +145,9 @@ def check_traits_valid(method: Method, zoo=None):
         assert isinstance(t.uses_labels, bool)
     assert bool(t.mergekit) == (method.hooks.to_mergekit is not None), \
         "a mergekit name and a to_mergekit hook come together"
+    if method.hooks.to_mergekit is not None:
+        assert len(inspect.signature(method.hooks.to_mergekit).parameters) == 4, \
+            "to_mergekit(sources, weights, params, base)"
     assert method.hooks.effective_weights is None, "effective_weights is an ensemble hook"
     signature = inspect.signature(method.fn).parameters
     for name in KERNEL_ARGS:

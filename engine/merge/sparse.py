@@ -291,9 +291,11 @@ def _register(name: str, *, mergekit: str, params: list, sparsifier: str, consen
     default = {p.name: p.default for p in params}
 
     def kernel(tensors: List[Tensor], weights: Tensor, base: Tensor, *, key: str = "",
-               generator=None, density=default.get("density", 1.0), scale: float = default.get("scale", 1.0),
-               normalize=default.get("normalize", normalize_default), rescale: str = default.get("rescale", "l1"),
-               gamma=default.get("gamma", 0.01), epsilon=default.get("epsilon", 0.15), inputs=None) -> Tensor:
+               generator=None, density=default.get("density", 1.0),
+               scale: float = default.get("scale", 1.0),
+               normalize=default.get("normalize", normalize_default),
+               rescale: str = default.get("rescale", "l1"), gamma=default.get("gamma", 0.01),
+               epsilon=default.get("epsilon", 0.15), inputs=None) -> Tensor:
         k = len(tensors)
         dens, gams, epss = each(density, k, "density"), each(gamma, k, "gamma"), each(epsilon, k,
                                                                                      "epsilon")
