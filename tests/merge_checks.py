@@ -3,7 +3,8 @@
 registered merge, and a new method (tests/test_howto_add_merge.py registers a toy one) runs the
 same list. Exemptions come from the method's traits and Params, never from a list of names.
 
-Each check is ``check_x(method, zoo)``; ``zoo`` is what :func:`build_zoo` returns (tiny real
+Each check is ``check_x(method, zoo)``: it raises AssertionError on a violation and returns None
+when it passed or a string saying why the method is exempt (as engine/ensemble/checks.py); ``zoo`` is what :func:`build_zoo` returns (tiny real
 models: a pretrained XLM-R encoder saved without a classification head, as a real zoo's base is,
 and three classifiers fine-tuned from it by a few real SGD steps, written and read as
 safetensors HF folders). Checks that need no models ignore it.
@@ -189,7 +190,7 @@ def check_to_mergekit_is_valid_mergekit(method: Method, zoo=None):
         from engine.merge.export import mergekit_config
         config, reason = mergekit_config({"method": method.name, "sources": ["/a", "/b"]})
         assert config is None and reason
-        return
+        return "no to_mergekit hook (the export says why in recipe.json)"
     pytest.importorskip("mergekit.config", reason="mergekit 0.1.5 not installed")
     from mergekit import merge_methods
     from mergekit.config import MergeConfiguration
@@ -290,7 +291,7 @@ def check_source_count_limits(method: Method, zoo):
     """More sources than max_sources is a clear MergeError."""
     most = method.traits.max_sources
     if most is None:
-        return
+        return "takes any number of sources (no max_sources)"
     sources = (zoo["sources"] * (most // 3 + 2))[: most + 1]
     with pytest.raises(MergeError, match=f"at most {most}"):
         merge(zoo, method, sources=sources, weights=[1.0] * len(sources))
@@ -337,3 +338,8 @@ def merge_checks(methods):
     """(method, check) pairs for ``pytest.mark.parametrize``, with readable ids."""
     pairs = [(m, c) for m in methods for c in CHECKS]
     return {"argvalues": pairs, "ids": [f"{m.name}-{c.__name__[len('check_'):]}" for m, c in pairs]}
+
+
+def run_checks(method: Method, zoo) -> dict:
+    """check name -> "passed" or why the method is exempt (an AssertionError propagates)."""
+    return {c.__name__: c(method, zoo) or "passed" for c in CHECKS}

@@ -6,6 +6,7 @@ import torch
 
 from engine.merge import MERGES, MergeContext, MergeError, merge_state_dicts
 from engine.progress import Cancelled
+import merge_checks as checks
 from merge_checks import build_zoo, merge, merge_checks
 
 torch.set_num_threads(1)
@@ -32,6 +33,16 @@ def test_the_fixture_is_realistic(zoo):
 def test_conformance(zoo, method, check):
     """Every check in tests/merge_checks.py on every registered merge (exemptions from traits)."""
     check(method, zoo)
+
+
+def test_exemptions_come_from_traits_and_leave_most_methods_checked(zoo):
+    """Each check that can exempt a method runs on some: exemptions are what the traits say, not a
+    blanket skip. (The full checks run above; these two need no merging.)"""
+    light = [checks.check_to_mergekit_is_valid_mergekit, checks.check_source_count_limits]
+    outcomes = {m.name: {c.__name__: c(m, zoo) or "passed" for c in light} for m in MERGES}
+    assert outcomes["ties"]["check_to_mergekit_is_valid_mergekit"] == "passed"
+    assert "no to_mergekit hook" in outcomes["fisher"]["check_to_mergekit_is_valid_mergekit"]
+    assert "no max_sources" in outcomes["linear"]["check_source_count_limits"]
 
 
 def test_random_masks_do_not_depend_on_key_order(zoo):
