@@ -294,7 +294,7 @@ def evaluate_candidate(ws: Workspace, cand: Candidate, progress: Optional[Progre
 
         method = ENSEMBLES.get(cand.method)
         fitted = None
-        if method.traits.needs_fit:
+        if method.meta.get("needs_fit"):
             fit_locs = [cand.target] if cand.data_mode == "target" else list(cand.sources)
             fit_logits, fit_labels = [], []
             for loc in fit_locs:
