@@ -86,7 +86,7 @@ def main(argv=None):
     for name, params in METHODS:
         method = MERGES.get(name)
         resolved = method.resolve(params)
-        uses_base = method.meta["needs_base"]
+        uses_base = method.traits.needs_base
         inputs = one + ([base[key]] if uses_base else [])
         gen_k = torch.Generator(device=device).manual_seed(1)
         kernel, raw, ratio = paired(

@@ -65,7 +65,7 @@ def child(tool: str, job: dict) -> dict:
 
         def run():
             states = [load_state_dict(Path(s)) for s in job["sources"]]
-            base = load_state_dict(Path(job["base"])) if MERGES.get(job["method"]).meta.get("needs_base") else None
+            base = load_state_dict(Path(job["base"])) if MERGES.get(job["method"]).traits.needs_base else None
             out = merge_state_dicts(job["method"], states, job["weights"], base=base, params=job["params"])
             save_file({k: v.contiguous() for k, v in out.items()}, str(Path(job["out"]) / "model.safetensors"))
     Path(job["out"]).mkdir(parents=True, exist_ok=True)
@@ -164,7 +164,7 @@ def main():
                     results[tool].append(json.loads(line[0][7:]))
                     shutil.rmtree(out, ignore_errors=True)
             med = {t: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for t, rs in results.items()}
-            needs_base = MERGES.get(method).meta.get("needs_base")
+            needs_base = MERGES.get(method).traits.needs_base
             moved = source_bytes + (base_bytes if needs_base else 0) + med["ours"]["written"]
             row = {"method": method, "ours s": f"{med['ours']['seconds']:.2f}",
                    "mergekit s": f"{med['mergekit']['seconds']:.2f}",

@@ -237,10 +237,10 @@ def build_merge(ws: Workspace, cand: Candidate, progress: Optional[ProgressFn] =
     for s in cand.sources:
         states.append(ws.zoo.state_dict(s))
         tracker.advance(1, f"loaded {s}")
-    base = ws.zoo.base_state_dict() if method.meta.get("needs_base") else None
+    base = ws.zoo.base_state_dict() if method.traits.needs_base else None
     tracker.advance(1)
     phases.finish("load", "sources loaded")
-    context = merge_context(ws, cand) if method.meta.get("needs_data") else None
+    context = merge_context(ws, cand) if method.traits.needs_data else None
     state = merge_state_dicts(cand.method, states, cand.weights, base=base, params=cand.params,
                               names=list(cand.sources), context=context, device=ws.evaluator.device,
                               seed=cand.seed, progress=phases.child("merge", "merging: "))

@@ -110,6 +110,7 @@ class Traits:
     uses_labels: bool = True  # a data-aware method reads labels (False: unlabelled text is enough)
     data_use: str = "none"  # the most a method can read, one of DATA_USES
     cache_aware: bool = False  # merges: the kernel takes ``inputs=`` from a MergeCache
+    propagates_nonfinite: bool = False  # merges: a NaN/inf in a weighted source always reaches the output
     mergekit: Optional[str] = None  # mergekit's name for the same method
     needs_fit: bool = False  # ensembles: fitted on data before combining (labels: uses_labels)
     uses_weights: bool = True  # ensembles: applies the per-model (URIEL) weights

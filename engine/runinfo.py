@@ -32,24 +32,25 @@ def method_of(kind: str, name: str):
 def target_data_use(cand: "Candidate") -> Dict[str, object]:
     """Which target data the recipe sees before it is tested, from the method's registry traits
     and the candidate's data_mode: ``target`` is one of :data:`TARGET_DATA`, ``source_data`` says
-    whether source-language data was used as well. A zero-shot recipe is ``none``."""
-    meta = method_of(cand.kind, cand.method).meta
+    whether source-language data was used as well. A zero-shot recipe is ``none``; a merge never
+    reads more than its ``data_use`` trait declares (the conformance suite checks it)."""
+    method = method_of(cand.kind, cand.method)
+    traits = method.traits
     target, source = "none", False
-    if cand.kind == "merge" and meta.get("needs_data"):
-        context = meta.get("context") or []
-        if "score" in context:                      # chooses by the target's validation accuracy
+    if cand.kind == "merge" and traits.needs_data and traits.data_use != "none":
+        if "score" in traits.context:               # chooses by the target's validation accuracy
             target = "labelled target dev"
-        if "batches" in context:
+        if "batches" in traits.context:
             if cand.data_mode in ("target", "both"):
-                labels = meta.get("uses_labels", True)
+                labels = traits.uses_labels
                 if isinstance(labels, str):         # a parameter says (Fisher: empirical/sampled)
                     name, value = labels.split("=", 1)
-                    labels = str(method_of(cand.kind, cand.method).resolve(cand.params)[name]) == value
+                    labels = str(method.resolve(cand.params)[name]) == value
                 target = max(target, "labelled target dev" if labels else "unlabelled target text",
                              key=TARGET_DATA.index)
             source = cand.data_mode in ("sources", "both")
-    elif cand.kind == "ensemble" and method_of(cand.kind, cand.method).traits.needs_fit:
-        if method_of(cand.kind, cand.method).traits.data_use == "target_text":  # labels withheld
+    elif cand.kind == "ensemble" and traits.needs_fit:
+        if traits.data_use == "target_text":  # labels withheld
             target = "unlabelled target text"
         elif cand.data_mode == "target":
             target = "labelled target dev"
@@ -63,19 +64,19 @@ def recipe_key_fields(cand: "Candidate") -> Dict[str, object]:
     normalised (4 decimals, as the pages edit them), and seed / data settings only where the method
     reads them, so a page run and a sweep cell of the same experiment get the same key."""
     method = method_of(cand.kind, cand.method)
-    meta = method.meta
+    traits = method.traits
     total = float(sum(cand.weights)) or 1.0
     fields: Dict[str, object] = {
         "kind": cand.kind, "method": cand.method, "target": cand.target, "sources": list(cand.sources),
         "weights": [round(float(w) / total, 4) for w in cand.weights],
         "params": json.loads(json.dumps(method.resolve(cand.params), default=str))}
-    uses_data = (cand.kind == "merge" and "batches" in (meta.get("context") or [])) or \
-        (cand.kind == "ensemble" and method.traits.needs_fit and method.traits.data_use == "target_dev")
+    uses_data = (cand.kind == "merge" and "batches" in traits.context) or \
+        (cand.kind == "ensemble" and traits.needs_fit and traits.data_use == "target_dev")
     if uses_data:
         fields["data_mode"] = cand.data_mode
         if cand.kind == "merge":
             fields["data_examples"] = cand.data_examples
-    if meta.get("random") or meta.get("needs_fit") or meta.get("needs_data"):
+    if traits.random or traits.needs_fit or traits.needs_data:
         fields["seed"] = cand.seed
     return fields
 

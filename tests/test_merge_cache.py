@@ -215,9 +215,15 @@ RECIPES = [
 ]
 
 
+def test_recipes_cover_every_cache_aware_method():
+    """Every kernel that reads cached inputs (the cache_aware trait) is checked bit for bit below."""
+    aware = {m.name for m in MERGES if m.traits.cache_aware}
+    assert aware and aware <= {method for method, _, _ in RECIPES}
+
+
 def run(recipe, names, states, base, cache=None, seed=3):
     method, params, weights = recipe
-    needs_base = MERGES.get(method).meta["needs_base"]
+    needs_base = MERGES.get(method).traits.needs_base
     return merge_state_dicts(method, states, weights, base=base if needs_base else None,
                              params=params, names=names, seed=seed, cache=cache)
 

@@ -73,7 +73,7 @@ def test_linear_matches_mergekit(shape):
                          ids=[f"{c[0]}-{i}" for i, c in enumerate(TA_CASES + RANDOM_CASES)])
 def test_task_vector_methods_match_mergekit(shape, name, params, kit):
     base, sources = _models(shape, seed=len(name))
-    seed = 1234 if MERGES.get(name).meta.get("random") else None
+    seed = 1234 if MERGES.get(name).traits.random else None
     expected = theirs(name, [base] + sources, {"weight": WEIGHTS, **kit}, seed=seed)
     got = ours(name, sources, base, params, seed=seed)
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)

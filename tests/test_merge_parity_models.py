@@ -31,7 +31,6 @@ from safetensors.torch import load_file, save_file  # noqa: E402
 from engine.candidate_runs import export_candidate  # noqa: E402
 from engine.experiments import Candidate, build_merge  # noqa: E402
 from engine.merge import MERGES  # noqa: E402
-from engine.merge.export import RANDOM  # noqa: E402
 
 TARGET, SOURCES = "nl-NL", ["de-DE", "en-US", "es-ES"]
 W3 = [0.5, 0.3, 0.2]
@@ -67,6 +66,14 @@ RANDOM_CASES = [
     ("della", {"density": 0.5, "epsilon": 0.2}, [0.2, 0.3, 0.5], SOURCES, 0),
     ("della_linear", {"density": 0.6, "epsilon": 0.1, "scale": 0.8}, [0.5, 0.5], SOURCES[1:], 7),
 ]
+
+
+def test_cases_cover_every_method_with_a_mergekit_hook():
+    """Each to_mergekit hook is rerun by mergekit below: deterministic ones to the same tensors,
+    random ones (the random trait) to tensors differing by the draws alone."""
+    hooked = [m for m in MERGES if m.hooks.to_mergekit is not None]
+    assert {m.name for m in hooked if not m.traits.random} == {c[0] for c in CASES}
+    assert {m.name for m in hooked if m.traits.random} == {c[0] for c in RANDOM_CASES}
 
 
 def mergekit_rerun(folder: Path, out: Path, seed=None) -> dict:
@@ -188,7 +195,7 @@ def test_random_methods_differ_only_by_the_draws(tiny_ws, tmp_path, method, para
     """DARE / DELLA: the YAML reruns the recipe, not the engine's draws (entries of every drawn
     tensor differ), and the export says so; mergekit's draws replayed through the engine's
     kernels give mergekit's tensors bit for bit, so the two differ by the draws alone."""
-    assert method in RANDOM
+    assert MERGES.get(method).traits.random
     folder, ours, theirs = export_and_rerun(tiny_ws, tmp_path, method, params, weights, sources,
                                             seed=seed)
     header = (folder / "mergekit.yaml").read_text(encoding="utf-8").split("merge_method")[0]

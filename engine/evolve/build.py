@@ -71,7 +71,7 @@ def build_evomerge(genome: Genome, sources: Sources, score=None, seed: int = 0) 
     first = merge_state_dicts(interpolation, sources.states, genome.weights, **common)
     second = merge_state_dicts(task_vector, sources.states, genome.weights, base=sources.base,
                                params=genome.params[task_vector], **common)
-    context = MergeContext(score=score) if MERGES.get(selection).meta.get("needs_data") else None
+    context = MergeContext(score=score) if MERGES.get(selection).traits.needs_data else None
     out = merge_state_dicts(selection, [first, second], [1.0 - genome.mix, genome.mix],
                             params=genome.params[selection], names=["interpolation", "task vectors"],
                             context=context, device=sources.device, seed=seed)

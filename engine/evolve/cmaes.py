@@ -45,13 +45,13 @@ class CmaSearch:
         if self.method is None:
             raise EvolveError(f"unknown merge method '{config.method}' for CMA-ES; known: "
                               f"{', '.join(MERGES.names())}")
-        if self.method.meta.get("needs_data"):
+        if self.method.traits.needs_data:
             raise EvolveError(f"CMA-ES cannot tune '{config.method}': it needs a data pass per "
                               f"merge; choose a method without one (e.g. ties, dare_ties, linear)")
-        self.needs_base = bool(self.method.meta.get("needs_base"))
+        self.needs_base = self.method.traits.needs_base
         k = len(self.names)
-        if k < self.method.meta.get("min_sources", 1):
-            raise EvolveError(f"'{config.method}' needs at least {self.method.meta['min_sources']} "
+        if k < self.method.traits.min_sources:
+            raise EvolveError(f"'{config.method}' needs at least {self.method.traits.min_sources} "
                               f"sources, got {k}")
         self.tuned = self._tuned_params(config.tune)
         fixed = {n: v for n, v in config.method_params.items() if n not in self.tuned}

@@ -2,8 +2,9 @@
 
 Every method is a per-tensor kernel
 ``fn(tensors, weights, base, *, key, generator, **params) -> Tensor`` registered in ``MERGES``
-with its parameter schema and meta (needs_base, needs_data, mergekit, family, min_sources,
-random; data-aware methods also list the ``context`` callables they need).
+in one call with its parameter schema, traits and hooks (engine/registry.py Traits, Hooks:
+needs_base, min/max_sources, random, data_use, cache_aware, mergekit …; a ``prepare`` hook for a
+whole-model pre-pass, a ``to_mergekit`` hook for export), so a new method is one file.
 ``merge_state_dicts`` drives any of them key by key; data-aware methods get a whole-model
 pre-pass through a ``MergeContext``; repeated merges over the same sources can share a
 ``MergeCache`` (opt-in). ``export_merge`` writes the result as an HF folder.

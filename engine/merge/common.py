@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Sequence, Set
+from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -32,20 +32,12 @@ class Prepared:
     default_label: Optional[str] = None  # label of keys without extras (None: the method name)
 
 
-# method name -> whole-model pre-pass, run once before the per-key loop. Kept out of the
-# registry's meta so that ``MERGES.schema()`` stays plain data (JSON-serialisable).
-PREPARERS: Dict[str, Callable[..., Prepared]] = {}
-
 CHUNK = 1 << 16  # entries per slice and thread of an elementwise loop: its scratch stays in cache
 
 
 def chunk_size() -> int:
     """Entries per slice of a kernel's elementwise loop (each thread's share: one CHUNK)."""
     return CHUNK * torch.get_num_threads()
-
-
-# Methods whose kernels take ``inputs=`` (a cache.KeyInputs) when the merge has a MergeCache.
-CACHE_AWARE: Set[str] = set()
 
 
 def all_finite(t: Tensor) -> bool:

@@ -14,7 +14,7 @@ from torch import Tensor
 from ..progress import Tracker
 from ..registry import Param
 from . import MERGES
-from .common import PREPARERS, MergeError, Prepared, linear_average
+from .common import MergeError, Prepared, linear_average
 from .context import require_context
 
 INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
@@ -158,7 +158,8 @@ def prepare_fisher(sources, weights, base, context, params, *, names, device, se
           help="added to every Fisher value, relative to the tensor's mean Fisher, so entries "
                "without gradient fall back to the weighted average")],
     family="data_aware", needs_base=False, needs_data=True, mergekit=None, min_sources=1,
-    random=False, context=["build_model", "batches"], uses_labels="labels=empirical")
+    random=False, context=["build_model", "batches"], uses_labels="labels=empirical",
+    data_use="target_dev", prepare=prepare_fisher)
 def fisher(tensors: List[Tensor], weights: Tensor, base: Optional[Tensor] = None, *,
            key: str = "", generator=None, examples: int = 256, labels: str = "empirical",
            epsilon: float = 1e-3, fishers: Optional[List[Optional[Tensor]]] = None) -> Tensor:
@@ -188,8 +189,6 @@ def fisher(tensors: List[Tensor], weights: Tensor, base: Optional[Tensor] = None
     out = numerator / torch.where(safe, denominator, torch.ones_like(denominator))
     return torch.where(safe, out, linear_average(tensors, weights))
 
-
-PREPARERS["fisher"] = prepare_fisher
 
 
 # ---- RegMean ------------------------------------------------------------------------------------
@@ -261,7 +260,8 @@ def prepare_regmean(sources, weights, base, context, params, *, names, device, s
           help="scale of the Gram matrices' off-diagonal entries (1 = exact regression, "
                "0 = per-input-feature weighted average)")],
     family="data_aware", needs_base=False, needs_data=True, mergekit=None, min_sources=1,
-    random=False, context=["build_model", "batches"], uses_labels=False)
+    random=False, context=["build_model", "batches"], uses_labels=False, data_use="target_text",
+    prepare=prepare_regmean)
 def regmean(tensors: List[Tensor], weights: Tensor, base: Optional[Tensor] = None, *,
             key: str = "", generator=None, examples: int = 256, alpha: float = 0.9,
             grams: Optional[List[Optional[Tensor]]] = None) -> Tensor:
@@ -298,5 +298,3 @@ def regmean(tensors: List[Tensor], weights: Tensor, base: Optional[Tensor] = Non
     rhs.add_(average.T, alpha=ridge)
     return torch.linalg.solve(lhs, rhs).T.float()
 
-
-PREPARERS["regmean"] = prepare_regmean

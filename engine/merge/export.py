@@ -22,9 +22,6 @@ from .common import MergeError
 
 TOKENIZER_FILES = ("special_tokens_map.json", "added_tokens.json", "sentencepiece.bpe.model",
                    "spiece.model", "vocab.txt", "vocab.json", "merges.txt")
-TA_FAMILY = {"task_arithmetic", "ties", "dare_linear", "dare_ties", "breadcrumbs",
-             "breadcrumbs_ties", "della", "della_linear"}
-RANDOM = {"dare_linear", "dare_ties", "della", "della_linear"}
 # Why a random merge's rerun differs (tests/test_merge_parity_models.py shows it is the draws only).
 RANDOM_NOTE = [
     "Random dropping: this file reproduces the recipe, not the random draws. The engine draws",
@@ -55,12 +52,17 @@ def _plain(value: Any) -> Any:
 
 def mergekit_config(recipe: Mapping[str, Any],
                     out_dtype: str = "float32") -> Tuple[Optional[Dict[str, Any]], str]:
-    """The mergekit config (as a dict) reproducing ``recipe``, or None and the reason why not."""
+    """The mergekit config (as a dict) reproducing ``recipe``, or None and the reason why not.
+
+    The method's ``to_mergekit`` hook (defined next to its kernel) gives the models and
+    parameters; this adds merge_method (the ``mergekit`` trait) and the dtypes."""
     name = recipe["method"]
     method = MERGES.get(name)
-    kit = method.meta.get("mergekit")
+    kit = method.traits.mergekit
     if not kit:
         return None, f"mergekit has no '{name}' method"
+    if method.hooks.to_mergekit is None:  # a method registered with a mergekit name but no hook
+        return None, f"no mergekit translation for '{name}'"
     sources = [str(s) for s in recipe.get("sources", [])]
     weights = [float(w) for w in recipe.get("weights") or [1.0] * len(sources)]
     if len(weights) != len(sources) or not sources:
@@ -68,46 +70,18 @@ def mergekit_config(recipe: Mapping[str, Any],
     total = sum(weights)
     weights = [w / total for w in weights]
     params = dict(method.resolve(recipe.get("params") or {}))
-    config: Dict[str, Any] = {"merge_method": kit}
-    shared: Dict[str, Any] = {}
-    if name == "linear":
-        config["models"] = [{"model": s, "parameters": {"weight": w}}
-                            for s, w in zip(sources, weights)]
-        shared["normalize"] = True
-    elif name == "slerp":
-        if len(sources) != 2:
-            return None, "mergekit's slerp takes exactly two models (ours chains pairs)"
-        config["base_model"] = sources[0]
-        config["models"] = [{"model": sources[0]}, {"model": sources[1]}]
-        shared["t"] = weights[1]
-    elif name == "model_stock":
-        if max(weights) - min(weights) > 1e-9:
-            return None, "mergekit's model_stock averages with equal weights only"
-        config["base_model"] = str(recipe.get("base"))
-        config["models"] = [{"model": s} for s in sources]
-        shared["filter_wise"] = params["filter_wise"]
-    elif name in TA_FAMILY:
-        if params.get("rescale") == "inverse_density":
-            return None, "mergekit rescales by the L1 norm only (rescale='inverse_density')"
-        config["base_model"] = str(recipe.get("base"))
-        models = []
-        for i, (s, w) in enumerate(zip(sources, weights)):
-            p: Dict[str, Any] = {"weight": w}
-            for per in ("density", "gamma", "epsilon"):
-                if per in params:
-                    value = params[per]
-                    p[per] = value[i] if isinstance(value, list) else value
-            models.append({"model": s, "parameters": p})
-        config["models"] = models
-        shared["lambda"] = params["scale"]
-        shared["normalize"] = params.get("normalize", False)
-        if "rescale" in params:
-            shared["rescale"] = params["rescale"] == "l1"
-    else:  # a method registered with a mergekit name but no translation here
-        return None, f"no mergekit translation for '{name}'"
-    if "base_model" in config and config["base_model"] in ("None", ""):
+    base = recipe.get("base")
+    base = None if base is None or str(base) in ("", "None") else str(base)
+    parts, reason = method.hooks.to_mergekit(sources, weights, params, base)
+    if parts is None:
+        return None, reason
+    if "base_model" in parts and not parts["base_model"]:
         return None, "recipe has no base model"
-    config["parameters"] = shared
+    config: Dict[str, Any] = {"merge_method": kit}
+    if "base_model" in parts:
+        config["base_model"] = parts["base_model"]
+    config["models"] = parts["models"]
+    config["parameters"] = dict(parts.get("parameters") or {})
     config["dtype"] = "float32"
     config["out_dtype"] = out_dtype
     return config, ""
@@ -195,7 +169,7 @@ def _write_folder(out: Path, state_dict: Mapping[str, Tensor], files: List[Path]
     else:
         header = [f"mergekit 0.1.5 config reproducing this '{record['method']}' merge "
                   f"(engine {ENGINE_VERSION})."]
-        if record["method"] in RANDOM:
+        if MERGES.get(record["method"]).traits.random:
             header += RANDOM_NOTE
         if config.get("base_model"):
             header.append("Tensors missing from base_model (a classification head) were "

@@ -48,14 +48,14 @@ def merge_files(method: str, source_dirs: Sequence[str | Path], out_file: str | 
     """Merges model folders into one safetensors file; returns the (empty) result with its report.
     Methods that need data (Fisher, RegMean) take the in-memory path with a context instead."""
     resolved = resolve_method(method)
-    if resolved.meta.get("needs_data"):
+    if resolved.traits.needs_data:
         raise MergeError(f"merge method '{resolved.name}' needs data: merge in memory with a context")
     names = list(names) if names is not None else [Path(d).name for d in source_dirs]
     sources = [mapped_model(d, n) for d, n in zip(source_dirs, names)]
     if not sources:
         raise MergeError("no source models to merge")
     base = None
-    if base_dir is not None and resolved.meta.get("needs_base"):
+    if base_dir is not None and resolved.traits.needs_base:
         base = aligned_base(base_dir, list(sources[0]), base_prefix)
     first = sources[0]
     layout = [(k, dtype if dtype is not None and first.dtype(k).is_floating_point else first.dtype(k),

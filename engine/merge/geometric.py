@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from typing import List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -10,6 +10,7 @@ from torch import Tensor
 from ..registry import Param
 from . import MERGES
 from .common import MergeError
+from .linear import MergekitParts
 
 DOT_THRESHOLD = 0.9995  # mergekit: |cos| above this counts as (anti)parallel -> linear
 NORM_EPS = 1e-8
@@ -37,8 +38,17 @@ def slerp_pair(a: Tensor, b: Tensor, t: float) -> Tensor:
     return (math.sin((1 - t) * theta) / sin_theta) * a + (math.sin(t * theta) / sin_theta) * b
 
 
+def slerp_to_mergekit(sources: Sequence[str], weights: Sequence[float], params: Dict[str, Any],
+                      base: Optional[str]) -> MergekitParts:
+    """mergekit slerp: base_model = source 1, t = w_2 (weights normalised); two models only."""
+    if len(sources) != 2:
+        return None, "mergekit's slerp takes exactly two models (ours chains pairs)"
+    return {"base_model": sources[0], "models": [{"model": sources[0]}, {"model": sources[1]}],
+            "parameters": {"t": weights[1]}}, ""
+
+
 @MERGES.register("slerp", params=[], family="geometric", needs_base=False, needs_data=False,
-                 mergekit="slerp", min_sources=1, random=False)
+                 mergekit="slerp", min_sources=1, random=False, to_mergekit=slerp_to_mergekit)
 def slerp(tensors: List[Tensor], weights: Tensor, base: Optional[Tensor] = None, *,
           key: str = "", generator=None) -> Tensor:
     """Spherical interpolation, per tensor; the weights set the interpolation factor.
@@ -61,11 +71,20 @@ def slerp(tensors: List[Tensor], weights: Tensor, base: Optional[Tensor] = None,
     return out.clone() if out is tensors[0] else out
 
 
+def model_stock_to_mergekit(sources: Sequence[str], weights: Sequence[float], params: Dict[str, Any],
+                            base: Optional[str]) -> MergekitParts:
+    """mergekit model_stock: a plain mean of the sources, so equal weights only."""
+    if max(weights) - min(weights) > 1e-9:
+        return None, "mergekit's model_stock averages with equal weights only"
+    return {"base_model": base, "models": [{"model": s} for s in sources],
+            "parameters": {"filter_wise": params["filter_wise"]}}, ""
+
+
 @MERGES.register("model_stock", params=[
     Param("filter_wise", "bool", False,
           help="one interpolation ratio per output row (filter) instead of per tensor")],
     family="geometric", needs_base=True, needs_data=False, mergekit="model_stock", min_sources=2,
-    random=False)
+    random=False, to_mergekit=model_stock_to_mergekit)
 def model_stock(tensors: List[Tensor], weights: Tensor, base: Tensor, *, key: str = "",
                 generator=None, filter_wise: bool = False) -> Tensor:
     """Model stock (mergekit formula): t = N·cosθ / (1 + (N − 1)·cosθ), θ ↦ t·avg + (1 − t)·base.

@@ -1,7 +1,7 @@
 """Weighted averaging in parameter space: linear and task arithmetic."""
 from __future__ import annotations
 
-from typing import List, Optional
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from torch import Tensor
 
@@ -15,8 +15,39 @@ SCALE = Param("scale", "float", 1.0, 0.0, 10.0,
                    "is the classic sum of N task vectors.")
 
 
+MergekitParts = Tuple[Optional[Dict[str, Any]], str]  # (config parts, "") or (None, why not)
+
+
+def linear_to_mergekit(sources: Sequence[str], weights: Sequence[float], params: Dict[str, Any],
+                       base: Optional[str]) -> MergekitParts:
+    """mergekit linear with normalize=true: the same normalised weighted sum."""
+    return {"models": [{"model": s, "parameters": {"weight": w}} for s, w in zip(sources, weights)],
+            "parameters": {"normalize": True}}, ""
+
+
+def task_vector_to_mergekit(sources: Sequence[str], weights: Sequence[float], params: Dict[str, Any],
+                            base: Optional[str]) -> MergekitParts:
+    """mergekit's generalised task arithmetic (task_arithmetic, TIES, DARE, breadcrumbs, DELLA):
+    per-model weight and sparsifier settings, shared λ, normalize and rescale."""
+    if params.get("rescale") == "inverse_density":
+        return None, "mergekit rescales by the L1 norm only (rescale='inverse_density')"
+    models = []
+    for i, (s, w) in enumerate(zip(sources, weights)):
+        p: Dict[str, Any] = {"weight": w}
+        for per in ("density", "gamma", "epsilon"):
+            if per in params:
+                value = params[per]
+                p[per] = value[i] if isinstance(value, list) else value
+        models.append({"model": s, "parameters": p})
+    shared = {"lambda": params["scale"], "normalize": params.get("normalize", False)}
+    if "rescale" in params:
+        shared["rescale"] = params["rescale"] == "l1"
+    return {"base_model": base, "models": models, "parameters": shared}, ""
+
+
 @MERGES.register("linear", params=[], family="linear", needs_base=False, needs_data=False,
-                 mergekit="linear", min_sources=1, random=False)
+                 mergekit="linear", min_sources=1, random=False, propagates_nonfinite=True,
+                 to_mergekit=linear_to_mergekit)
 def linear(tensors: List[Tensor], weights: Tensor, base: Optional[Tensor] = None, *,
            key: str = "", generator=None) -> Tensor:
     """Σ w_i θ_i with normalised weights (mergekit linear, normalize=true).
@@ -28,7 +59,8 @@ def linear(tensors: List[Tensor], weights: Tensor, base: Optional[Tensor] = None
 
 
 @MERGES.register("task_arithmetic", params=[SCALE], family="linear", needs_base=True,
-                 needs_data=False, mergekit="task_arithmetic", min_sources=1, random=False)
+                 needs_data=False, mergekit="task_arithmetic", min_sources=1, random=False,
+                 propagates_nonfinite=True, to_mergekit=task_vector_to_mergekit)
 def task_arithmetic(tensors: List[Tensor], weights: Tensor, base: Tensor, *, key: str = "",
                     generator=None, scale: float = 1.0) -> Tensor:
     """θ_base + λ Σ w_i (θ_i − θ_base) (mergekit task_arithmetic with normalised weights).

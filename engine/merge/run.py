@@ -19,8 +19,7 @@ from ..progress import ProgressFn, Tracker, sub_progress
 from ..registry import Method
 from . import MERGES
 from .cache import MergeCache
-from .common import (CACHE_AWARE, PREPARERS, MergeError, Prepared, all_finite,  # noqa: F401
-                     linear_average, normalise_weights)
+from .common import MergeError, Prepared, all_finite, linear_average, normalise_weights
 from .context import MergeContext
 
 StateDict = Mapping[str, Tensor]
@@ -187,13 +186,6 @@ def shape_of(state: StateDict, key: str) -> torch.Size:
     return state.shape(key) if hasattr(state, "shape") else state[key].shape
 
 
-# Methods whose output is a weighted sum of every input with a non-zero weight: a NaN/inf in an
-# input makes the output non-finite (IEEE: NaN·w = NaN, inf·w = ±inf, inf − inf = NaN), so checking
-# the output alone catches it — and saves reading every source once more. Zero-weight sources
-# (skipped by the sum) and the base are still checked on their own.
-PROPAGATES_NONFINITE = {"linear", "task_arithmetic"}
-
-
 def _finite(t: Tensor, who: str, key: str) -> None:
     if not all_finite(t):
         raise MergeError(f"model '{who}' tensor '{key}' contains NaN or inf")
@@ -220,7 +212,7 @@ def merge_state_dicts(method: Union[str, Method], sources: Sequence[StateDict],
     """Merges K state dicts with a registered method; returns the merged dict with ``.report``.
 
     weights: one non-negative number per source (None: equal), normalised to sum to one.
-    base: the PRETRAINED base, required by task-vector methods (meta needs_base); tensors the base
+    base: the PRETRAINED base, required by task-vector methods (trait needs_base); tensors the base
         lacks (a classification head) are linear-averaged and recorded in the report.
     Computes in float32 on ``device`` (default CPU); each output tensor is written in the
     sources' dtype (or ``dtype``) on the sources' device. Non-floating tensors are copied when
@@ -244,10 +236,14 @@ def merge_state_dicts(method: Union[str, Method], sources: Sequence[StateDict],
         raise MergeError(f"got {len(names)} names for {count} source models")
     w = normalise_weights([1.0] * count if weights is None else weights, count, names)
     resolved = resolve_params(method, params, count)
-    if count < method.meta.get("min_sources", 1):
+    traits = method.traits
+    if count < traits.min_sources:
         raise MergeError(f"merge method '{method.name}' needs at least "
-                         f"{method.meta['min_sources']} source models, got {count}")
-    needs_base = bool(method.meta.get("needs_base"))
+                         f"{traits.min_sources} source models, got {count}")
+    if traits.max_sources is not None and count > traits.max_sources:
+        raise MergeError(f"merge method '{method.name}' takes at most "
+                         f"{traits.max_sources} source models, got {count}")
+    needs_base = traits.needs_base
     if needs_base and base is None:
         raise MergeError(f"merge method '{method.name}' needs the pretrained base model "
                          "(task vectors are differences from it); pass base=")
@@ -268,7 +264,7 @@ def merge_state_dicts(method: Union[str, Method], sources: Sequence[StateDict],
 
     prepared = Prepared()
     loop_progress = progress
-    preparer = PREPARERS.get(method.name)
+    preparer = method.hooks.prepare
     if preparer is not None:
         prepared = preparer(sources, w, base, context, resolved, names=names, device=compute,
                             seed=int(seed), progress=sub_progress(progress, 0.0, 0.9))
@@ -279,8 +275,11 @@ def merge_state_dicts(method: Union[str, Method], sources: Sequence[StateDict],
     weight_tensor = torch.tensor(w, dtype=torch.float32, device=compute)
     tracker = Tracker(loop_progress, len(keys), f"merging ({method.name})")
     out = MergedStateDict()
-    aware = cache is not None and method.name in CACHE_AWARE
-    propagates = method.name in PROPAGATES_NONFINITE
+    aware = cache is not None and traits.cache_aware
+    # propagates_nonfinite: the output is a weighted sum of every input with a non-zero weight, so a
+    # NaN/inf there makes it non-finite (NaN·w = NaN, inf − inf = NaN) and checking the output alone
+    # catches it, saving a read of every source. Zero-weight sources and the base are still checked.
+    propagates = traits.propagates_nonfinite
     for key in keys:
         originals = [state[key] for state in sources]
         shape = originals[0].shape

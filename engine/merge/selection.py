@@ -10,8 +10,7 @@ from torch import Tensor
 from ..progress import Tracker
 from ..registry import Param
 from . import MERGES
-from .common import (PREPARERS, MergeError, Prepared, chunk_size, linear_average,
-                     weighted_sum)
+from .common import MergeError, Prepared, chunk_size, linear_average, weighted_sum
 from .context import require_context
 from .common import LAYER_PATTERN  # noqa: I001  (shared with run.py's per-region timings)
 
@@ -83,7 +82,7 @@ def prepare_frankenmerge(sources, weights, base, context, params, *, names, devi
           help="a layer may also stay the weighted linear merge (never scores below the linear "
                "merge on validation); off: every layer comes from one source")],
     family="selection", needs_base=False, needs_data=True, mergekit=None, min_sources=1,
-    random=False, context=["score"])
+    random=False, context=["score"], data_use="target_dev", prepare=prepare_frankenmerge)
 def frankenmerge(tensors: List[Tensor], weights: Tensor, base: Optional[Tensor] = None, *,
                  key: str = "", generator=None, include_linear: bool = True,
                  choice: Optional[int] = None) -> Tensor:
@@ -98,8 +97,6 @@ def frankenmerge(tensors: List[Tensor], weights: Tensor, base: Optional[Tensor] 
         return linear_average(tensors, weights)
     return tensors[choice].clone()
 
-
-PREPARERS["frankenmerge"] = prepare_frankenmerge
 
 
 @MERGES.register("inverse_variance", params=[

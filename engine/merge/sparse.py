@@ -25,8 +25,8 @@ from torch import Tensor
 from ..registry import Param
 from . import MERGES
 from .combine import Piece, combine, whole
-from .common import CACHE_AWARE, MergeError, each, select_kth
-from .linear import SCALE
+from .common import MergeError, each, select_kth
+from .linear import SCALE, task_vector_to_mergekit
 
 RESCALES = ("l1", "inverse_density", "none")
 
@@ -286,11 +286,16 @@ def _register(name: str, *, mergekit: str, params: list, sparsifier: str, consen
               normalize_default: bool, doc: str) -> None:
     """One registry entry per mergekit flavour; the kernel closes over its sparsifier.
     ``inputs`` (a cache.KeyInputs, when the merge has a MergeCache) supplies the deltas, sorted
-    magnitudes, norms and draws instead of recomputing them; the result is the same."""
+    magnitudes, norms and draws instead of recomputing them; the result is the same.
+    Keyword defaults are the flavour's Param defaults; settings it has no Param for stay fixed."""
+    default = {p.name: p.default for p in params}
 
     def kernel(tensors: List[Tensor], weights: Tensor, base: Tensor, *, key: str = "",
-               generator=None, density=1.0, scale: float = 1.0, normalize=normalize_default,
-               rescale: str = "l1", gamma=0.01, epsilon=0.15, inputs=None) -> Tensor:
+               generator=None, density=default.get("density", 1.0),
+               scale: float = default.get("scale", 1.0),
+               normalize=default.get("normalize", normalize_default),
+               rescale: str = default.get("rescale", "l1"), gamma=default.get("gamma", 0.01),
+               epsilon=default.get("epsilon", 0.15), inputs=None) -> Tensor:
         k = len(tensors)
         dens, gams, epss = each(density, k, "density"), each(gamma, k, "gamma"), each(epsilon, k,
                                                                                      "epsilon")
@@ -340,9 +345,8 @@ def _register(name: str, *, mergekit: str, params: list, sparsifier: str, consen
     kernel.__name__ = name
     kernel.__doc__ = doc
     MERGES.register(name, params=params, family="sparse", needs_base=True, needs_data=False,
-                    mergekit=mergekit, min_sources=1,
-                    random=sparsifier in ("random", "della"))(kernel)
-    CACHE_AWARE.add(name)
+                    mergekit=mergekit, min_sources=1, random=sparsifier in ("random", "della"),
+                    cache_aware=True, to_mergekit=task_vector_to_mergekit)(kernel)
 
 
 _register("ties", mergekit="ties", sparsifier="magnitude", consensus=True, normalize_default=True,

@@ -83,7 +83,7 @@ def check_periodic(ws, config: PeriodicConfig) -> PeriodicConfig:
         raise TrainError(f"weighting '{config.weighting}' must be uriel or equal")
     if config.method not in MERGES.names():
         raise TrainError(f"unknown merge method '{config.method}'; registered: {', '.join(MERGES.names())}")
-    if MERGES.get(config.method).meta.get("needs_data"):
+    if MERGES.get(config.method).traits.needs_data:
         raise TrainError(f"merge method '{config.method}' needs data batches; choose one that does not")
     if ws.zoo.base is None:
         raise TrainError("the zoo has no pretrained base to train from")
