@@ -1,7 +1,7 @@
-"""The generation loop both searches share: evaluate, keep the best-ever champion (tested on the
-untouched test split whenever it changes), log the curves, checkpoint, stop on a plateau.
+"""The generation loop every registered search shares: evaluate, keep the best-ever champion (tested
+on the untouched test split whenever it changes), log the curves, checkpoint, stop on a plateau.
 
-A search (EvoMerge or CMA-ES) proposes candidates and selects among evaluated ones; this loop owns
+A search (engine/evolve/algorithms.py: EvoMerge, CMA-ES, the Optuna samplers, ...) proposes candidates and selects among evaluated ones; this loop owns
 the rest. Everything random comes from one seeded generator (and CMA-ES's own seeded one), every
 evaluation is deterministic on a device, so a seed gives the same curves, and a checkpoint (plain
 JSON, written after every generation) continues exactly where a run stopped.
@@ -17,15 +17,13 @@ from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 
-from ..merge import MERGES, MergeError
 from ..progress import Progress
 from .build import Sources
-from .cmaes import CmaSearch
 from .config import EvolveConfig, EvolveError
 from .estimate import candidates_per_generation
-from .evomerge import EvoMergeSearch
 from .fitness import Fitness
 from .member import Member
+from .search import build_and_score, make_search, needs_base
 
 CHECKPOINT = "checkpoint.json"
 CHECKPOINT_VERSION = 1
@@ -55,18 +53,6 @@ def resolve_config(ws, config: EvolveConfig) -> EvolveConfig:
     return config.check()
 
 
-def needs_base(config: EvolveConfig) -> bool:
-    if config.algorithm == "evomerge":
-        return True
-    return config.method in MERGES and bool(MERGES.get(config.method).meta.get("needs_base"))
-
-
-def make_search(config: EvolveConfig, keys: List[str]):
-    if config.algorithm == "evomerge":
-        return EvoMergeSearch(config, config.sources, config.weights)
-    return CmaSearch(config, config.sources, config.weights, keys)
-
-
 def read_checkpoint(folder: Path) -> Dict[str, Any]:
     path = Path(folder) / CHECKPOINT
     if not path.is_file():
@@ -76,23 +62,6 @@ def read_checkpoint(folder: Path) -> Dict[str, Any]:
         raise EvolveError(f"checkpoint {path} has version {data.get('version')}, "
                           f"expected {CHECKPOINT_VERSION}")
     return data
-
-
-def build_and_score(search, sources: Sources, fitness: Fitness, cand: Dict[str, Any], seed: int):
-    """Merges one candidate in memory and measures it on the dev sample: (state or None, outcome),
-    the outcome plain data — {"metrics", "merge_s"} or {"error", "merge_s"}, merging time without
-    frankenmerge's own dev evaluations. The local loop and the Ray workers both score this way."""
-    started, eval_before = time.perf_counter(), fitness.seconds
-    try:
-        state = search.build(cand, sources, fitness.score, seed)
-    except MergeError as exc:
-        state, outcome = None, {"error": f"merge failed: {exc}"}
-    else:
-        outcome = {}
-    outcome["merge_s"] = (time.perf_counter() - started) - (fitness.seconds - eval_before)
-    if state is not None:
-        outcome["metrics"] = fitness.metrics(state)
-    return state, outcome
 
 
 class Evolution:
@@ -175,8 +144,7 @@ class Evolution:
             self._evaluate(cand, g, i, len(cands)) for i, cand in enumerate(cands))
         for member, state in evaluated:  # in candidate order, so ties resolve as they do locally
             members.append(member)
-            if not member.error and (self.champion is None
-                                     or member.fitness > self.champion.fitness):
+            if not member.error and self.search.better(member, self.champion):
                 # state is None from Ray: champion_model() rebuilds it here
                 self.champion, self.champion_state, self.champion_generation = member, state, g
                 changed = True
