@@ -28,11 +28,13 @@ def _cma():
     return cma
 
 
+SIGMA0 = Param("sigma0", "float", 0.2, 0.0, 1.0, low_open=True,
+               help="initial step size in the [0, 1] gene space")
+
+
 @EVOLUTIONS.register("cmaes", title="CMA-ES", summary="CMA-ES over per-layer-group weights and "
                      "parameters of one merge method (the cma package)", random=True,
-                     params=[*GROUPED_PARAMS,
-                             Param("sigma0", "float", 0.2, 0.0, 1.0, low_open=True,
-                                   help="initial step size in the [0, 1] gene space")])
+                     params=[*GROUPED_PARAMS, SIGMA0])
 class CmaSearch(GroupedSearch):
     algorithm = "cmaes"
 

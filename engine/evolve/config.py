@@ -140,6 +140,16 @@ class EvolveConfig:
             self.options = {**self.options, name: value}
         return self
 
+    @classmethod
+    def with_settings(cls, **values: Any) -> "EvolveConfig":
+        """A config from flat values (a page's controls, a CLI's flags): the fields set, an
+        algorithm's settings without a field of their own put in ``options``."""
+        config = cls(**{k: v for k, v in values.items() if k in FIELDS})
+        for name, value in values.items():
+            if name not in FIELDS:
+                config.set(name, value)
+        return config
+
     def to_dict(self) -> Dict[str, Any]:
         return asdict(self)
 
