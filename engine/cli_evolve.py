@@ -211,6 +211,7 @@ def cmd_evolve(args):
         store = Store(Path(args.cache_dir or default_cache_dir()) / "runs.sqlite")
         ws = _resume_workspace(args, store)
     else:
+        settings = _algorithm_settings(args, args.algorithm)  # refused before the zoo is opened
         ws = open_from_args(args)
         store = Store(ws.cache_dir / "runs.sqlite")
     runner = JobRunner(store)
@@ -226,7 +227,7 @@ def cmd_evolve(args):
                 population=args.population, seed=args.seed, dev_size=args.dev_size,
                 patience=args.patience, merge_cache=not args.no_merge_cache,
                 executor="ray" if args.ray else "local", address=args.address, ray_cpus=args.ray_cpus)
-            for name, value in _algorithm_settings(args, args.algorithm).items():
+            for name, value in settings.items():
                 config.set(name, value)
             if args.fitness_weights:
                 config.fitness_weights = parse_fitness_weights(args.fitness_weights)

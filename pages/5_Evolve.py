@@ -175,6 +175,15 @@ def live_panel() -> None:
         elif result.get("sigma") is not None:
             st.metric("CMA-ES step size σ", f"{result['sigma']:.4f}")
             st.caption(f"{result.get('dimensions')} dimensions over groups: {', '.join(result.get('groups') or [])}")
+        elif result.get("dimensions"):
+            st.caption(f"{result.get('trials', '?')} trials over {result['dimensions']} dimensions, groups: "
+                       f"{', '.join(result.get('groups') or [])}")
+    front = result.get("pareto_front")
+    if front:  # multi-objective searches (NSGA-II): the non-dominated trials, champion first
+        st.markdown(f"**Pareto front** over {', '.join(result.get('objectives') or [])}: {len(front)} "
+                    f"non-dominated of {result.get('trials')} trials; the champion has its best accuracy")
+        st.dataframe([{k: p[k] for k in ("trial", "generation", "accuracy", "nll")} for p in front],
+                     hide_index=True, key="evo_pareto")
     with st.expander("Champion recipe (JSON)"):
         st.json({"origin": champion.get("origin"), "generation": champion.get("generation"),
                  "export_method": champion.get("export_method"), **recipe}, expanded=2)
