@@ -140,6 +140,11 @@ def _summary(row: dict) -> str:
             lines.append(f"recipe: {recipe['method']} over {len(recipe['groups'])} layer groups")
     for name, base in (result.get("baselines") or {}).items():
         lines.append(f"baseline {name}: {base['model']} test accuracy {base['accuracy']:.3f}")
+    subset = result.get("dev_subset")
+    if subset:
+        lines.append(f"dev subset: {subset['examples']} of {subset['of']} examples; champion fitness "
+                     f"{subset['fitness']:.4f} on it, {subset['fitness_full']:.4f} on the whole split "
+                     f"(error {subset['error']:+.4f})")
     if result.get("combo_counts"):
         lines.append("combinations used: " + ", ".join(f"{k}×{v}" for k, v in
                                                        result["combo_counts"].items()))

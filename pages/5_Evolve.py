@@ -148,6 +148,12 @@ def live_panel() -> None:
     m[4].metric("Evaluations / s", f"{result['evals_per_s']:.2f}" if result.get("evals_per_s") else "–")
     if result.get("stopped"):
         st.caption(f"Stopped early: {result['stopped']}")
+    subset = result.get("dev_subset")
+    if subset:  # the cheaper fitness's error, measured once on the champion
+        st.caption(f"Searched on {subset['examples']} of {subset['of']} dev examples: the champion's fitness "
+                   f"{subset['fitness']:.4f} there vs {subset['fitness_full']:.4f} on the whole dev split "
+                   f"(error {subset['error']:+.4f}; accuracy {subset['accuracy']:.3f} vs "
+                   f"{subset['accuracy_full']:.3f}).")
     runs_view.champion_facts(row, test.get("accuracy"), base)
     frame = figures.series_frame(state.store().series(run_id))
     left, right = st.columns(2)

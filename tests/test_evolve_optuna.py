@@ -92,3 +92,20 @@ def test_cli_refuses_a_setting_the_algorithm_does_not_read(capsys):
     assert main(["evolve", "--target", TARGET, "--algorithm", "evomerge", "--sigma0", "0.3"]) == 2
     err = capsys.readouterr().err.strip()
     assert "--sigma0: not a setting of evomerge" in err and len(err.splitlines()) == 1
+
+
+def test_a_dev_subset_run_measures_its_fitness_error_on_the_whole_split(tiny_ws):
+    """MERGE³'s cheaper fitness: searching on dev_size examples; at the end the champion is
+    re-scored once on the whole dev split and the difference recorded."""
+    from engine.evolve.fitness import Fitness
+
+    evo = Evolution(tiny_ws, optuna_config("optuna_tpe", generations=1, population=2, dev_size=8))
+    result = evo.run()
+    subset = result["dev_subset"]
+    full = Fitness(tiny_ws, TARGET, evo.config.fitness_weights, "validation", 0, evo.config.seed)
+    expected = full.combine(full.metrics(evo.champion_model()))
+    assert (subset["examples"], subset["of"]) == (8, len(full.dev)) and len(full.dev) > 8
+    assert subset["fitness_full"] == pytest.approx(expected)
+    assert subset["error"] == pytest.approx(evo.champion.fitness - expected)
+    whole = Evolution(tiny_ws, optuna_config("optuna_tpe", generations=0, population=2, dev_size=0)).run()
+    assert whole["dev_subset"] is None  # the whole split: nothing to measure

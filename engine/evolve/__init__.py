@@ -48,9 +48,12 @@ forward_passes (dev passes, frankenmerge's included), seconds, eval_seconds, mer
 outside_eval_share, overhead_share, evals_per_s, history [{generation, best, mean, worst,
 diversity, champion, evaluations, seconds, eval_seconds, merge_seconds, evals_per_s, failed,
 reseeded (EvoMerge)}], baselines (best_source / best_zero_shot / target_model test accuracy),
-config, checkpoint (path); EvoMerge adds combo_counts {"000": n, …} (bit 0 first:
+config, checkpoint (path), dev_subset (with dev_size > 0, once the run ends: {examples, of,
+fitness, fitness_full, error, accuracy, accuracy_full} — the champion re-scored on the whole dev
+split, the subset fitness's measured error); EvoMerge adds combo_counts {"000": n, …} (bit 0 first:
 linear|SLERP, DARE|TIES, frankenmerge|inverse variance) and reseeded; CMA-ES adds sigma,
-dimensions, groups. At the end ``row["metrics"]`` =
+dimensions, groups; the Optuna algorithms add dimensions, groups, trials, and NSGA-II objectives
+and pareto_front [{trial, generation, accuracy, nll, x}] (best accuracy first). At the end ``row["metrics"]`` =
 {dev_split: champion dev metrics, "test": champion test metrics}.
 """
 from .algorithms import EVOLUTIONS

@@ -23,6 +23,7 @@ from .config import EvolveConfig, EvolveError
 from .estimate import candidates_per_generation
 from .fitness import Fitness
 from .member import Member
+from .remote import ray_candidates
 from .search import build_and_score, make_search, needs_base
 
 CHECKPOINT = "checkpoint.json"
@@ -108,6 +109,7 @@ class Evolution:
         self.stopped: Optional[str] = None
         self.evaluations, self.seconds, self.merge_seconds = 0, 0.0, 0.0
         self.baselines: Optional[Dict[str, Any]] = None
+        self.dev_subset: Optional[Dict[str, Any]] = None  # the subset's fitness error, at the end
         if state is not None:
             self._restore(state)
         self._clock = time.perf_counter()
@@ -127,8 +129,27 @@ class Evolution:
             self.baselines = baselines(self.ws, self.config.target, self.config.sources, "test")
         while self.step():
             pass
+        if self.config.dev_size and self.champion is not None and self.dev_subset is None:
+            self.dev_subset = self._dev_subset_error()
+            self.save()
         self._report(self.config.generations + 1, f"finished: {self.stopped or 'all generations'}")
         return self.result()
+
+    def _dev_subset_error(self) -> Optional[Dict[str, Any]]:
+        """What searching on a dev subset (``dev_size``, the cheaper fitness MERGE³ argues for) cost
+        in accuracy of the estimate: the champion re-scored once on the whole dev split. None when
+        the subset is the whole split."""
+        c = self.config
+        full = Fitness(self.ws, c.target, c.fitness_weights, c.dev_split, 0, c.seed)
+        if len(self.fitness.dev) >= len(full.dev):
+            return None
+        full.reference = self.fitness.reference
+        metrics = full.metrics(self.champion_model())
+        fitness = full.combine(metrics)
+        return {"examples": len(self.fitness.dev), "of": len(full.dev),
+                "fitness": self.champion.fitness, "fitness_full": fitness,
+                "error": self.champion.fitness - fitness,
+                "accuracy": self.champion.metrics["accuracy"], "accuracy_full": metrics["accuracy"]}
 
     def step(self) -> bool:
         """Runs the next generation; returns whether another one follows."""
@@ -173,8 +194,6 @@ class Evolution:
     def _evaluate_remote(self, cands: List[Dict[str, Any]], g: int):
         """The generation's candidates as parallel Ray tasks (engine/evolve/remote.py); the same
         (member, state=None) pairs as the local path, in candidate order."""
-        from .remote import ray_candidates
-
         plains = [self.search.plain(c) for c in cands]
         outcomes: Dict[int, Dict[str, Any]] = {}
         tick = lambda done: self._report(  # noqa: E731
@@ -279,7 +298,7 @@ class Evolution:
                "overhead_share": max(0.0, 1 - (eval_s + self.merge_seconds) / total_s)
                if self.seconds else None,
                "evals_per_s": self.evaluations / total_s, "history": self.history,
-               "baselines": self.baselines, "config": c.to_dict(),
+               "baselines": self.baselines, "config": c.to_dict(), "dev_subset": self.dev_subset,
                "checkpoint": str(self.checkpoint_dir / CHECKPOINT) if self.checkpoint_dir else None}
         out.update(self.search.extra())
         return out
@@ -299,6 +318,7 @@ class Evolution:
                 "evaluations": self.evaluations, "forward_passes": self.fitness.evaluations,
                 "eval_seconds": self.fitness.seconds, "seconds": self.seconds,
                 "merge_seconds": self.merge_seconds, "baselines": self.baselines,
+                "dev_subset": self.dev_subset,
                 "fitness_reference": self.fitness.reference}
         self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
         path = self.checkpoint_dir / CHECKPOINT
@@ -322,4 +342,5 @@ class Evolution:
         self.fitness.seconds = float(data["eval_seconds"])
         self.merge_seconds = float(data.get("merge_seconds", 0.0))
         self.baselines = data.get("baselines")
+        self.dev_subset = data.get("dev_subset")
         self.fitness.reference = data.get("fitness_reference")  # the run's own latency reference
