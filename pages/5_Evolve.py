@@ -189,7 +189,12 @@ def live_panel() -> None:
         st.markdown(f"**Pareto front** over {', '.join(result.get('objectives') or [])}: {len(front)} "
                     f"non-dominated of {result.get('trials')} trials; the champion has its best accuracy")
         st.dataframe([{k: p[k] for k in ("trial", "generation", "accuracy", "nll")} for p in front],
-                     hide_index=True, key="evo_pareto")
+                     hide_index=True)
+    importances = result.get("importances")
+    if importances:  # Optuna's own, over the scored trials
+        st.markdown("**Parameter importances** (Optuna's PED-ANOVA over the scored trials; top 12)")
+        top = dict(sorted(importances.items(), key=lambda kv: -kv[1])[:12])
+        st.bar_chart({"importance": top}, horizontal=True)
     with st.expander("Champion recipe (JSON)"):
         st.json({"origin": champion.get("origin"), "generation": champion.get("generation"),
                  "export_method": champion.get("export_method"), **recipe}, expanded=2)

@@ -37,6 +37,9 @@ def test_tpe_is_seeded_resumable_and_never_below_its_first_trial(tiny_ws, tmp_pa
     a = run(tiny_ws, config)
     assert a.champion.fitness >= a.history[0]["best"]  # generation 0 = the first trial, the start
     assert a.result()["trials"] == 1 + 3 * 3
+    importances = a.result()["importances"]  # Optuna's own, named by what each coordinate sets
+    assert set(importances) <= set(a.search.coordinate_names()) and "head · de-DE weight" in importances
+    assert sum(importances.values()) == pytest.approx(1.0)
     assert curves(run(tiny_ws, config)) == curves(a)  # the seed repeats the run
     different = run(tiny_ws, optuna_config("optuna_tpe", startup_trials=3, seed=6))
     assert [m.candidate for m in different.search.population] != [m.candidate for m in a.search.population]
@@ -109,3 +112,26 @@ def test_a_dev_subset_run_measures_its_fitness_error_on_the_whole_split(tiny_ws)
     assert subset["error"] == pytest.approx(evo.champion.fitness - expected)
     whole = Evolution(tiny_ws, optuna_config("optuna_tpe", generations=0, population=2, dev_size=0)).run()
     assert whole["dev_subset"] is None  # the whole split: nothing to measure
+
+
+def test_the_evolve_page_runs_nsga2_and_shows_its_front_and_importances(app_cache):
+    from app_support import button, goto, open_app, rerun, wait_for
+
+    at = goto(open_app(), "Evolve")
+    at.segmented_control(key="evo_algorithm").set_value("optuna_nsga2")
+    rerun(at)
+    at.selectbox(key="evo_method").set_value("linear")
+    at.number_input(key="evo_generations").set_value(2)
+    at.number_input(key="evo_population").set_value(4)
+    at.number_input(key="evo_layer_groups").set_value(0)
+    rerun(at)
+    button(at, "evo_start").click()
+    rerun(at)
+    row = wait_for(app_cache, at.session_state["evo_run"], timeout=180)
+    rerun(at)
+    assert not at.error and row["status"] == "done" and row["method"] == "optuna_nsga2:linear"
+    front = row["result"]["pareto_front"]
+    shown = [d.value for d in at.dataframe if "nll" in d.value.columns]
+    assert len(shown) == 1 and list(shown[0]["trial"]) == [p["trial"] for p in front]
+    assert any("Parameter importances" in m.value for m in at.markdown)
+    assert at.get("arrow_vega_lite_chart") or at.get("vega_lite_chart")  # the importances' bars

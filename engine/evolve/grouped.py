@@ -133,6 +133,16 @@ class GroupedSearch(Search):
             out.append((weights, params))
         return out
 
+    def coordinate_names(self) -> List[str]:
+        """What each coordinate of x sets: 'layer 0 · de-DE weight', 'head · density[en-US]'."""
+        out = []
+        for group, _ in self.groups:
+            out += [f"{group} · {n} weight" for n in self.names]
+            for p in self.tuned:
+                out += ([f"{group} · {p.name}[{n}]" for n in self.names] if p.per_model
+                        else [f"{group} · {p.name}"])
+        return out
+
     @staticmethod
     def _value(p, v: float):
         span = p.high - p.low
