@@ -11,7 +11,7 @@ only be typos or would run for years / exhaust memory.
 from __future__ import annotations
 
 import argparse
-from typing import Any, Callable, Dict, Tuple, Type
+from typing import Any, Callable, Dict, Tuple, Type, Union
 
 from .registry import Param
 
@@ -25,21 +25,12 @@ SETTINGS: Dict[str, Param] = {p.name: p for p in (
     Param("seed", "int", 0, 0, SEED_MAX, help="random seed"),
     Param("data_examples", "int", 64, 1, 100_000, help="examples per locale for data-aware methods"),
     Param("sources", "int", 3, 1, 100, help="number of URIEL top-K sources (sweeps)"),
-    # evolution
+    # evolution (each algorithm's own settings are Params in its registration: engine/evolve/)
     Param("generations", "int", 50, 0, 10_000, help="generations after generation 0"),
     Param("population", "int", 8, 2, 1000, help="candidates kept per generation"),
-    Param("elites", "int", 2, 1, 999, help="EvoMerge: best members kept and mutated"),
-    Param("mutants_per_elite", "int", 3, 1, 100),
-    Param("group_size", "int", 3, 2, 100),
-    Param("reseed", "int", 2, 0, 100),
     Param("dev_size", "int", 0, 0, 1_000_000, help="dev examples (0: the whole split)"),
     Param("patience", "int", 5, 0, 10_000, help="generations without gain before stopping (0: never)"),
     Param("min_delta", "float", 0.001, 0.0, 1.0),
-    Param("mutation_sigma", "float", 0.05, 0.0, 1.0, low_open=True),
-    Param("mutation_rate", "float", 0.25, 0.0, 1.0),
-    Param("diversity_threshold", "float", 0.02, 0.0, 1.0),
-    Param("layer_groups", "int", 2, 0, 1000, help="CMA-ES: transformer layers per group (0: global)"),
-    Param("sigma0", "float", 0.2, 0.0, 1.0, low_open=True),
     Param("fitness_weight", "float", 0.0, 0.0, 1000.0),
     # executors, reports, listings, demo builds
     Param("ray_cpus", "int", 2, 1, 4096, help="CPUs of a local Ray instance"),
@@ -57,7 +48,16 @@ class SettingError(ValueError):
 def check_setting(name: str, value: Any, where: str = "", error: Type[ValueError] = SettingError) -> Any:
     """``value`` coerced to the declared type, or ``error`` saying '<where><name> must be in [lo, hi],
     got <value>'."""
-    param = SETTINGS[name]
+    return check_param(SETTINGS[name], value, where, error)
+
+
+def _param(name: Union[str, Param]) -> Param:
+    return SETTINGS[name] if isinstance(name, str) else name
+
+
+def check_param(param: Param, value: Any, where: str = "", error: Type[ValueError] = SettingError) -> Any:
+    """check_setting for a Param declared elsewhere (an evolution algorithm's settings)."""
+    name = param.name
     if isinstance(value, bool) and param.kind in ("int", "float"):
         raise error(f"{where}{name} must be a number, got {value!r}")
     try:
@@ -68,16 +68,17 @@ def check_setting(name: str, value: Any, where: str = "", error: Type[ValueError
         raise error(f"{where}{name}{reason}") from None
 
 
-def bounds(name: str) -> Tuple[Any, Any]:
+def bounds(name: Union[str, Param]) -> Tuple[Any, Any]:
     """(low, high) of a setting, typed as the setting is (for a page's number input)."""
-    p = SETTINGS[name]
+    p = _param(name)
     cast = int if p.kind == "int" else float
     return cast(p.low), cast(p.high)
 
 
-def arg_type(name: str) -> Callable[[str], Any]:
+def arg_type(name: Union[str, Param]) -> Callable[[str], Any]:
     """An argparse ``type=`` that checks the value against the table (exit 2 with one line)."""
-    param = SETTINGS[name]
+    param = _param(name)
+    name = param.name
 
     def parse(text: str):
         try:
@@ -85,7 +86,7 @@ def arg_type(name: str) -> Callable[[str], Any]:
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
         try:
-            return check_setting(name, number if param.kind == "float" else _whole(text, number))
+            return check_param(param, number if param.kind == "float" else _whole(text, number))
         except SettingError as exc:
             raise argparse.ArgumentTypeError(str(exc)) from None
     parse.__name__ = name  # argparse names the type in its messages
@@ -105,9 +106,9 @@ def _whole(text: str, number: float):
     return int(text) if text.strip().lstrip("+-").isdigit() else number
 
 
-def arg_help(name: str, text: str = "") -> str:
+def arg_help(name: Union[str, Param], text: str = "") -> str:
     """Help text ending with the declared range, e.g. 'population (2..1000)'."""
-    p = SETTINGS[name]
-    low, high = bounds(name)
+    p = _param(name)
+    low, high = bounds(p)
     span = f"{'>' if p.low_open else ''}{low}..{high}"
     return f"{text or p.help} ({span})".strip()

@@ -1,17 +1,33 @@
-"""Evolve: search merge recipes (EvoMerge or CMA-ES) on the target's dev data; watch it live."""
+"""Evolve: search merge recipes (any registered algorithm: EvoMerge, CMA-ES, Optuna, ...) on the
+target's dev data; watch it live. The algorithm list and its settings' controls come from the
+registry (engine/evolve/algorithms.py)."""
 import streamlit as st
 
 from dashboard import runs as runs_view
 from dashboard import figures, state, widgets
 from dashboard.experiment import language
 from engine import tasks
-from engine.evolve import (DEFAULT_FITNESS, FITNESS_TERMS, SEED_FITNESS, EvolveConfig, resume_evolution,
-                           submit_evolution)
+from engine.evolve import (DEFAULT_FITNESS, EVOLUTIONS, FITNESS_TERMS, SEED_FITNESS, EvolveConfig,
+                           resume_evolution, submit_evolution)
 from engine.evolve.estimate import candidates_per_generation
 from engine.evolve.genome import combo_name
 from engine.limits import bounds
 from engine.merge import MERGES
 from engine.store import ACTIVE
+
+
+def setting_control(p, key: str, where):
+    """The control of one algorithm setting, drawn from its Param (an empty default: 'auto')."""
+    label = p.name.replace("_", " ").capitalize()
+    if p.kind == "choice" and all(c in MERGES for c in p.choices):
+        return widgets.method_picker(MERGES, p.choices, label, key, default=p.default, where=where,
+                                     help=p.help or None)
+    if p.default is None:
+        value = where.number_input(label, *bounds(p), value=None, key=key, help=p.help or None,
+                                   placeholder="auto")
+        return None if value is None else (int(value) if p.kind == "int" else float(value))
+    return widgets.scalar_control(p, label, key, where)
+
 
 st.title("Evolve")
 st.caption("Search merge recipes for the target: fitness is measured on the target's dev (validation) "
@@ -23,9 +39,11 @@ with st.expander("New evolutionary run", expanded=not history, icon=":material/a
     settings, target, sources, weights = widgets.recipe_columns(ws, "evo")
     with settings:
         algorithm = st.segmented_control(
-            "Algorithm", ["evomerge", "cmaes"], default="evomerge", key="evo_algorithm",
-            format_func={"evomerge": "EvoMerge (8 combinations)", "cmaes": "CMA-ES (per-layer groups)"}.get,
+            "Algorithm", EVOLUTIONS.names(), default="evomerge", key="evo_algorithm",
+            format_func=lambda n: EVOLUTIONS.get(n).title,
+            help="; ".join(f"{m.title}: {m.summary}" for m in EVOLUTIONS),
         ) or "evomerge"
+        spec = EVOLUTIONS.get(algorithm)
         c = st.columns(4)
         generations = c[0].number_input("Generations", *bounds("generations"), 10, key="evo_generations")
         population = c[1].number_input("Population", *bounds("population"), 8, key="evo_population")
@@ -49,32 +67,18 @@ with st.expander("New evolutionary run", expanded=not history, icon=":material/a
                                                key=f"evo_fit_{t}_{preset}"))
                    for i, t in enumerate(FITNESS_TERMS)}
         extra = {}
-        if algorithm == "evomerge":
-            with st.expander("EvoMerge settings"):
-                e = st.columns(4)
-                elites = int(e[0].number_input("Elites kept (0: a quarter of the population)", 0,
-                                               bounds("elites")[1], 0, key="evo_elites"))
-                extra["elites"] = elites or None
-                extra["mutants_per_elite"] = int(e[1].number_input("Mutants per elite", 1, 16, 3, key="evo_mutants"))
-                extra["group_size"] = int(e[2].number_input("Loser group size", 2, 16, 3, key="evo_group"))
-                extra["reseed"] = int(e[3].number_input("Re-seeded when uniform", 0, 16, 2, key="evo_reseed"))
-                e = st.columns(3)
-                extra["mutation_sigma"] = float(e[0].number_input("Mutation σ (× range)", 0.001, 1.0, 0.05,
-                                                                  format="%g", key="evo_sigma"))
-                extra["mutation_rate"] = float(e[1].number_input("Mutation rate", 0.0, 1.0, 0.25, key="evo_rate"))
-                extra["diversity_threshold"] = float(e[2].number_input("Diversity threshold", 0.0, 1.0, 0.02,
-                                                                       format="%g", key="evo_div"))
-        else:
-            names = [m.name for m in MERGES if not m.meta.get("needs_data")]
-            e = st.columns(3)
-            extra["method"] = widgets.method_picker(MERGES, names, "Merge method tuned", "evo_method", default="ties",
-                                                    where=e[0])
-            extra["layer_groups"] = int(e[1].number_input("Layers per group (0 = global)", 0, 64, 2, key="evo_groups"))
-            extra["sigma0"] = float(e[2].number_input("Initial step σ0", 0.01, 1.0, 0.2, key="evo_sigma0"))
-            tunable = [p.name for p in MERGES.get(extra["method"]).params if p.kind == "float" and p.per_model]
-            if tunable:
-                extra["tune"] = st.multiselect("Parameters tuned per group (besides the weights)", tunable,
-                                               default=tunable, key=f"evo_tune_{extra['method']}") or None
+        with st.expander(f"{spec.title} settings", expanded=algorithm != "evomerge"):
+            st.caption(spec.summary)
+            e = st.columns(4)
+            for i, p in enumerate(spec.params):  # one control per declared setting
+                extra[p.name] = setting_control(p, f"evo_{p.name}", e[i % 4])
+            if "method" in extra:  # a grouped search: which of the method's parameters it tunes
+                tunable = [p.name for p in MERGES.get(extra["method"]).params
+                           if p.kind == "float" and p.per_model]
+                if tunable:
+                    extra["tune"] = st.multiselect("Parameters tuned per group (besides the weights)",
+                                                   tunable, default=tunable,
+                                                   key=f"evo_tune_{extra['method']}") or None
         c = st.columns([2, 3])
         executor = c[0].segmented_control(
             "Evaluate candidates", ["local", "ray"], default="local", key="evo_executor",
@@ -83,17 +87,19 @@ with st.expander("New evolutionary run", expanded=not history, icon=":material/a
         address = c[1].text_input("Ray address (empty: a local instance)", "", key="evo_address",
                                   disabled=executor != "ray") or None
         extra.update(executor=executor, address=address if executor == "ray" else None)
-        planned = EvolveConfig(target=target, algorithm=algorithm, generations=int(generations),
-                               population=int(population), **extra)
+        planned = EvolveConfig.with_settings(target=target, algorithm=algorithm,
+                                             generations=int(generations), population=int(population),
+                                             **extra)
         st.caption(f"{candidates_per_generation(planned).text()} Each is one merge and one pass over "
                    f"{target}'s dev data" + (" (frankenmerge candidates: one more pass per layer choice)."
                                              if algorithm == "evomerge" else "."))
         if st.button("Start evolution", type="primary", icon=":material/play_arrow:", key="evo_start",
                      disabled=not sources):
-            config = EvolveConfig(target=target, algorithm=algorithm, sources=sources, weights=weights,
-                                  generations=int(generations), population=int(population), seed=int(seed),
-                                  patience=int(patience), dev_size=int(dev_size), fitness_weights=fitness,
-                                  merge_cache=bool(merge_cache), **extra)
+            config = EvolveConfig.with_settings(
+                target=target, algorithm=algorithm, sources=sources, weights=weights,
+                generations=int(generations), population=int(population), seed=int(seed),
+                patience=int(patience), dev_size=int(dev_size), fitness_weights=fitness,
+                merge_cache=bool(merge_cache), **extra)
             with state.engine_errors():
                 st.session_state["evo_run"] = submit_evolution(state.runner(), ws, config)
             st.rerun()
@@ -142,6 +148,12 @@ def live_panel() -> None:
     m[4].metric("Evaluations / s", f"{result['evals_per_s']:.2f}" if result.get("evals_per_s") else "–")
     if result.get("stopped"):
         st.caption(f"Stopped early: {result['stopped']}")
+    subset = result.get("dev_subset")
+    if subset:  # the cheaper fitness's error, measured once on the champion
+        st.caption(f"Searched on {subset['examples']} of {subset['of']} dev examples: the champion's fitness "
+                   f"{subset['fitness']:.4f} there vs {subset['fitness_full']:.4f} on the whole dev split "
+                   f"(error {subset['error']:+.4f}; accuracy {subset['accuracy']:.3f} vs "
+                   f"{subset['accuracy_full']:.3f}).")
     runs_view.champion_facts(row, test.get("accuracy"), base)
     frame = figures.series_frame(state.store().series(run_id))
     left, right = st.columns(2)
@@ -169,6 +181,20 @@ def live_panel() -> None:
         elif result.get("sigma") is not None:
             st.metric("CMA-ES step size σ", f"{result['sigma']:.4f}")
             st.caption(f"{result.get('dimensions')} dimensions over groups: {', '.join(result.get('groups') or [])}")
+        elif result.get("dimensions"):
+            st.caption(f"{result.get('trials', '?')} trials over {result['dimensions']} dimensions, groups: "
+                       f"{', '.join(result.get('groups') or [])}")
+    front = result.get("pareto_front")
+    if front:  # multi-objective searches (NSGA-II): the non-dominated trials, champion first
+        st.markdown(f"**Pareto front** over {', '.join(result.get('objectives') or [])}: {len(front)} "
+                    f"non-dominated of {result.get('trials')} trials; the champion has its best accuracy")
+        st.dataframe([{k: p[k] for k in ("trial", "generation", "accuracy", "nll")} for p in front],
+                     hide_index=True)
+    importances = result.get("importances")
+    if importances:  # Optuna's own, over the scored trials
+        st.markdown("**Parameter importances** (Optuna's PED-ANOVA over the scored trials; top 12)")
+        top = dict(sorted(importances.items(), key=lambda kv: -kv[1])[:12])
+        st.bar_chart({"importance": top}, horizontal=True)
     with st.expander("Champion recipe (JSON)"):
         st.json({"origin": champion.get("origin"), "generation": champion.get("generation"),
                  "export_method": champion.get("export_method"), **recipe}, expanded=2)

@@ -161,7 +161,7 @@ def test_evolve_runs_live_and_sends_the_champion_to_compare(app_cache):
     at.selectbox(key="evo_method").set_value("linear")
     at.number_input(key="evo_generations").set_value(1)
     at.number_input(key="evo_population").set_value(2)
-    at.number_input(key="evo_groups").set_value(0)
+    at.number_input(key="evo_layer_groups").set_value(0)
     rerun(at)
     button(at, "evo_start").click()
     rerun(at)

@@ -1,4 +1,5 @@
-"""``python -m engine evolve``: an EvoMerge or CMA-ES search from the command line.
+"""``python -m engine evolve``: any registered evolution algorithm from the command line (its
+settings' flags are drawn from the Params it registers with: engine/evolve/algorithms.py).
 
 The run goes through the same JobRunner and results store as the dashboard's
 (``<cache>/runs.sqlite``), so it shows up on the Evolve page and can be resumed from either side.
@@ -23,12 +24,57 @@ def _default(name: str):
     return field.default
 
 
+def _setting_flags(p) -> None:
+    """One flag per algorithm setting, drawn from the registered Params (type, range, help);
+    default None: the chosen algorithm's own default."""
+    from ..evolve.algorithms import EVOLUTIONS, setting_params
+    from ..limits import arg_help, arg_type
+
+    g = p.add_argument_group("algorithm settings (each names the algorithms that read it)")
+    for name, (param, owners) in setting_params().items():
+        who = ", ".join(EVOLUTIONS.get(o).title for o in owners)
+        flag = "--" + name.replace("_", "-")
+        default = "" if param.default is None else f" (default {param.default})"
+        if param.kind == "choice":
+            g.add_argument(flag, choices=param.choices, default=None,
+                           help=f"{who}: {param.help}{default}")
+        elif param.kind == "bool":
+            g.add_argument(flag, type=_boolean, default=None, metavar="true|false",
+                           help=f"{who}: {param.help}{default}")
+        else:
+            g.add_argument(flag, type=arg_type(param), default=None,
+                           help=f"{who}: " + arg_help(param) + default)
+
+
+def _boolean(text: str) -> bool:
+    import argparse
+
+    if text.lower() in ("true", "1", "yes", "false", "0", "no"):
+        return text.lower() in ("true", "1", "yes")
+    raise argparse.ArgumentTypeError(f"{text!r} is not true or false")
+
+
+def _algorithm_settings(args, algorithm: str) -> dict:
+    """The flags given for the chosen algorithm; a flag only another algorithm reads is refused."""
+    from ..evolve import EvolveError
+    from ..evolve.algorithms import EVOLUTIONS, setting_params
+
+    own = {p.name for p in EVOLUTIONS.get(algorithm).params}
+    given = {name: getattr(args, name) for name in setting_params() if getattr(args, name, None) is not None}
+    other = sorted(set(given) - own)
+    if other:
+        raise EvolveError(f"{', '.join('--' + n.replace('_', '-') for n in other)}: not a setting of "
+                          f"{algorithm} (it takes {', '.join(sorted(own)) or 'none'})")
+    return given
+
+
 def _evolve_args(p) -> None:
-    from ..evolve import ALGORITHMS
+    from ..evolve import EVOLUTIONS
 
     workspace_args(p)
     p.add_argument("--target", help="target locale (required unless --resume)")
-    p.add_argument("--algorithm", choices=ALGORITHMS, default=_default("algorithm"))
+    p.add_argument("--algorithm", choices=EVOLUTIONS.names(), default=_default("algorithm"),
+                   help="; ".join(f"{m.name}: {m.summary}" for m in EVOLUTIONS))
     p.add_argument("--sources", nargs="*", default=None,
                    help="source locales (default: the target's URIEL top-k)")
     p.add_argument("--weights", nargs="*", type=float, default=None,
@@ -36,9 +82,6 @@ def _evolve_args(p) -> None:
     p.add_argument("--top-k", type=int, default=_default("top_k"))
     p.add_argument("--generations", type=int, default=_default("generations"))
     p.add_argument("--population", type=int, default=_default("population"))
-    p.add_argument("--elites", type=int, default=None,
-                   help="EvoMerge: best members kept and mutated each generation (default: a "
-                        "quarter of the population, at least 1; 2 of 8 as in seed 004)")
     p.add_argument("--force", action="store_true",
                    help="start even when the time / memory estimate is far beyond this machine")
     p.add_argument("--seed", type=int, default=_default("seed"))
@@ -49,11 +92,6 @@ def _evolve_args(p) -> None:
                    help="dev examples of the target's validation split (0: all)")
     p.add_argument("--patience", type=int, default=_default("patience"),
                    help="stop after this many generations without gain (0: never)")
-    p.add_argument("--mutation-sigma", type=float, default=_default("mutation_sigma"))
-    p.add_argument("--mutation-rate", type=float, default=_default("mutation_rate"))
-    p.add_argument("--method", default=_default("method"), help="CMA-ES: merge method to tune")
-    p.add_argument("--layer-groups", type=int, default=_default("layer_groups"),
-                   help="CMA-ES: transformer layers per group (0: one global group)")
     p.add_argument("--no-merge-cache", action="store_true",
                    help="do not keep task vectors, sorted magnitudes and draws between merges "
                         "(slower; saves up to ~3x the sources' memory, for models near the limit)")
@@ -66,6 +104,7 @@ def _evolve_args(p) -> None:
     p.add_argument("--export", metavar="DIR", help="write the champion as an HF folder here "
                    "(never into the zoo; written whole or not at all)")
     p.add_argument("--overwrite", action="store_true", help="replace DIR if it is not empty")
+    _setting_flags(p)
 
 
 def _follow(store, run_id: str, bar) -> dict:
@@ -101,6 +140,11 @@ def _summary(row: dict) -> str:
             lines.append(f"recipe: {recipe['method']} over {len(recipe['groups'])} layer groups")
     for name, base in (result.get("baselines") or {}).items():
         lines.append(f"baseline {name}: {base['model']} test accuracy {base['accuracy']:.3f}")
+    subset = result.get("dev_subset")
+    if subset:
+        lines.append(f"dev subset: {subset['examples']} of {subset['of']} examples; champion fitness "
+                     f"{subset['fitness']:.4f} on it, {subset['fitness_full']:.4f} on the whole split "
+                     f"(error {subset['error']:+.4f})")
     if result.get("combo_counts"):
         lines.append("combinations used: " + ", ".join(f"{k}×{v}" for k, v in
                                                        result["combo_counts"].items()))
@@ -159,7 +203,7 @@ def _print_estimate(row: dict) -> None:
         print("\n".join([budget.summary(), *(f"note: {n}" for n in budget.notes)]), file=sys.stderr)
 
 
-@command("evolve", "evolutionary merge search (EvoMerge or CMA-ES) for a target locale",
+@command("evolve", "evolutionary merge search (EvoMerge, CMA-ES, Optuna, ...) for a target locale",
          _evolve_args)
 def cmd_evolve(args):
     from ..evaluate import default_cache_dir
@@ -172,6 +216,7 @@ def cmd_evolve(args):
         store = Store(Path(args.cache_dir or default_cache_dir()) / "runs.sqlite")
         ws = _resume_workspace(args, store)
     else:
+        settings = _algorithm_settings(args, args.algorithm)  # refused before the zoo is opened
         ws = open_from_args(args)
         store = Store(ws.cache_dir / "runs.sqlite")
     runner = JobRunner(store)
@@ -184,11 +229,11 @@ def cmd_evolve(args):
             config = EvolveConfig(
                 target=args.target, algorithm=args.algorithm, sources=args.sources or None,
                 weights=args.weights or None, top_k=args.top_k, generations=args.generations,
-                population=args.population, elites=args.elites, seed=args.seed, dev_size=args.dev_size,
-                patience=args.patience, mutation_sigma=args.mutation_sigma,
-                mutation_rate=args.mutation_rate, method=args.method,
-                layer_groups=args.layer_groups, merge_cache=not args.no_merge_cache,
+                population=args.population, seed=args.seed, dev_size=args.dev_size,
+                patience=args.patience, merge_cache=not args.no_merge_cache,
                 executor="ray" if args.ray else "local", address=args.address, ray_cpus=args.ray_cpus)
+            for name, value in settings.items():
+                config.set(name, value)
             if args.fitness_weights:
                 config.fitness_weights = parse_fitness_weights(args.fitness_weights)
             run_id = submit_evolution(runner, ws, config, force=args.force)

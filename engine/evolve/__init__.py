@@ -1,4 +1,6 @@
-"""Evolutionary merge search: EvoMerge (seed 004) and CMA-ES over per-layer-group recipes.
+"""Evolutionary merge search: EvoMerge (seed 004), CMA-ES and Optuna's samplers (TPE, CMA-ES,
+NSGA-II) over per-layer-group recipes — each a registered algorithm (``EVOLUTIONS``,
+engine/evolve/algorithms.py) whose Params are its settings.
 
 Both optimise a composite fitness on the TARGET's dev data (its validation split, or a seeded
 sample of ``dev_size`` examples) and test the champion on the untouched test split whenever it
@@ -7,7 +9,8 @@ source. Deterministic for a seed; resumable from a JSON checkpoint after every g
 
 Public API (for the CLI and the Evolve page)
 --------------------------------------------
-``EvolveConfig`` (dataclass; defaults): target (required), algorithm="evomerge" | "cmaes",
+``EvolveConfig`` (dataclass; defaults): target (required), algorithm="evomerge" (any name in
+    ``EVOLUTIONS``; an algorithm's settings without a field of their own go in ``options``),
     sources=None (URIEL top_k neighbours), weights=None (URIEL, else equal), top_k=3,
     generations=50, population=8, seed=0,
     fitness_weights={"accuracy": .5, "loss": .5, "latency": 0, "memory": 0}
@@ -36,7 +39,7 @@ initial population): "best", "mean", "worst" (population fitness), "champion" (b
 "diversity" (mean pairwise gene distance, 0..1), "evals_per_s"; and only in generations where the
 champion changed: "champion_test_accuracy", "champion_dev_accuracy".
 
-Run row: kind "evolve", method "evomerge" | "cmaes:<method>", params = the resolved config,
+Run row: kind "evolve", method "evomerge" | "<algorithm>:<method>" (grouped searches), params = the resolved config,
 sources / weights = the starting ones. ``row["result"]`` (updated after every generation):
 algorithm, target, sources, weights, generation (last completed), generations, stopped (None, or
 "plateau: …" / "cma-es: …"), champion {fitness, generation, origin, recipe, candidate, dev (dev
@@ -45,13 +48,18 @@ forward_passes (dev passes, frankenmerge's included), seconds, eval_seconds, mer
 outside_eval_share, overhead_share, evals_per_s, history [{generation, best, mean, worst,
 diversity, champion, evaluations, seconds, eval_seconds, merge_seconds, evals_per_s, failed,
 reseeded (EvoMerge)}], baselines (best_source / best_zero_shot / target_model test accuracy),
-config, checkpoint (path); EvoMerge adds combo_counts {"000": n, …} (bit 0 first:
+config, checkpoint (path), dev_subset (with dev_size > 0, once the run ends: {examples, of,
+fitness, fitness_full, error, accuracy, accuracy_full} — the champion re-scored on the whole dev
+split, the subset fitness's measured error); EvoMerge adds combo_counts {"000": n, …} (bit 0 first:
 linear|SLERP, DARE|TIES, frankenmerge|inverse variance) and reseeded; CMA-ES adds sigma,
-dimensions, groups. At the end ``row["metrics"]`` =
+dimensions, groups; the Optuna algorithms add dimensions, groups, trials, and NSGA-II objectives
+and pareto_front [{trial, generation, accuracy, nll, x}] (best accuracy first). At the end ``row["metrics"]`` =
 {dev_split: champion dev metrics, "test": champion test metrics}.
 """
-from .config import (ALGORITHMS, DEFAULT_FITNESS, FITNESS_TERMS, SEED_FITNESS, EvolveConfig,
-                     EvolveError, parse_fitness_weights)
+from .algorithms import EVOLUTIONS
+from .config import (DEFAULT_FITNESS, FITNESS_TERMS, SEED_FITNESS, EvolveConfig, EvolveError,
+                     parse_fitness_weights)
+from . import cmaes, evomerge, optuna_search  # noqa: F401  (each registers its algorithms)
 from .budget import Budget, check_budget
 from .job import (check_resumable, checkpoint_dir, evolve_job, export_champion, export_evolution,
                   recorded_settings, resumable_runs, resume_evolution, run_fields, submit_evolution)
@@ -60,7 +68,7 @@ from .runner import Evolution, resolve_config
 SERIES = ("best", "mean", "worst", "champion", "diversity", "evals_per_s",
           "champion_test_accuracy", "champion_dev_accuracy")
 
-__all__ = ["ALGORITHMS", "Budget", "DEFAULT_FITNESS", "check_budget", "check_resumable",
+__all__ = ["EVOLUTIONS", "Budget", "DEFAULT_FITNESS", "check_budget", "check_resumable",
            "recorded_settings", "run_fields", "FITNESS_TERMS", "SEED_FITNESS", "SERIES", "Evolution",
            "EvolveConfig", "EvolveError", "checkpoint_dir", "evolve_job", "export_champion",
            "export_evolution", "parse_fitness_weights", "resolve_config", "resumable_runs",

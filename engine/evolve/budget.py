@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass
 from typing import Dict, List
 
 from .config import EvolveConfig, EvolveError
+from .estimate import candidates_per_generation
 
 MERGE_S_PER_PARAM_SOURCE = 0.09 / (5 * 12.3e6)
 EVAL_S_PER_PARAM_EXAMPLE = 0.13 / (72 * 12.3e6)
@@ -48,13 +49,8 @@ class Budget:
 
 
 def candidates_per_run(config: EvolveConfig) -> int:
-    """Merges + evaluations the whole run does at most (no early stop)."""
-    if config.algorithm == "cmaes":
-        return config.population * (config.generations + 1)
-    first = max(8, config.population)
-    per_generation = (config.elites * config.mutants_per_elite
-                      + (config.population - config.elites) // config.group_size + config.reseed)
-    return first + per_generation * config.generations
+    """Merges + evaluations the whole run does at most (no early stop, re-seeding every time)."""
+    return candidates_per_generation(config).most
 
 
 def machine_memory(device: str) -> int:

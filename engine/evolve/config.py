@@ -13,19 +13,18 @@ from dataclasses import asdict, dataclass, field, fields
 import math
 from typing import Any, Dict, List, Optional
 
-from ..limits import check_setting
-
-ALGORITHMS = ("evomerge", "cmaes")
+from ..limits import check_param, check_setting
+from .algorithms import EVOLUTIONS
 EXECUTORS = ("local", "ray")
 FITNESS_TERMS = ("accuracy", "loss", "latency", "memory")
 DEFAULT_FITNESS = {"accuracy": 0.5, "loss": 0.5, "latency": 0.0, "memory": 0.0}
 SEED_FITNESS = {"accuracy": 0.3, "loss": 0.4, "latency": 0.2, "memory": 0.1}  # seed 004's weights
 
 
-# Numeric settings checked against their declared ranges in engine/limits.py.
+# Settings every run has, checked against their declared ranges in engine/limits.py; an
+# algorithm's own settings are the Params it registers with (engine/evolve/algorithms.py).
 NUMERIC = ("generations", "population", "top_k", "seed", "dev_size", "patience", "min_delta",
-           "mutants_per_elite", "group_size", "mutation_sigma", "mutation_rate",
-           "diversity_threshold", "reseed", "layer_groups", "sigma0", "ray_cpus")
+           "ray_cpus")
 
 
 def default_elites(population: int) -> int:
@@ -43,7 +42,7 @@ class EvolveConfig:
     """One run. ``sources=None`` takes the target's URIEL top-k (leave-one-out) and their weights."""
 
     target: str
-    algorithm: str = "evomerge"            # "evomerge" | "cmaes"
+    algorithm: str = "evomerge"            # a registered algorithm: EVOLUTIONS.names()
     sources: Optional[List[str]] = None    # None: URIEL top_k neighbours of the target
     weights: Optional[List[float]] = None  # starting per-model weights (None: URIEL, else equal)
     top_k: int = 3                         # seed 004 merges 3 models
@@ -57,6 +56,8 @@ class EvolveConfig:
                                            # merges (faster; up to ~3x the sources' memory)
     patience: int = 5                      # generations without a champion gain > min_delta; 0: off
     min_delta: float = 0.001
+    # The built-in algorithms' settings keep fields of their own (checkpoints store them so);
+    # declared, ranged and documented as Params where each algorithm registers.
     # EvoMerge
     elites: Optional[int] = None           # None: default_elites(population) (2 for seed 004's 8)
     mutants_per_elite: int = 3
@@ -76,6 +77,8 @@ class EvolveConfig:
     executor: str = "local"
     address: Optional[str] = None          # Ray cluster address; None: a local instance
     ray_cpus: int = 2                      # CPUs of that local instance
+    options: Dict[str, Any] = field(default_factory=dict)  # settings of an algorithm without a
+                                                           # field above (missing: its default)
 
     def __post_init__(self) -> None:
         if self.elites is None and isinstance(self.population, int) and self.population >= 2:
@@ -87,20 +90,24 @@ class EvolveConfig:
             if not ok:
                 raise EvolveError(message)
 
-        need(self.algorithm in ALGORITHMS,
-             f"unknown algorithm '{self.algorithm}'; use {' or '.join(ALGORITHMS)}")
+        need(self.algorithm in EVOLUTIONS,
+             f"unknown algorithm '{self.algorithm}'; use {' or '.join(EVOLUTIONS.names())}")
         need(bool(self.target), "choose a target locale")
         for name in NUMERIC:  # the declared ranges (engine/limits.py), one message for every entry point
             setattr(self, name, check_setting(name, getattr(self, name), "evolve: ", EvolveError))
         if self.elites is None:
             self.elites = default_elites(self.population)
-        self.elites = check_setting("elites", self.elites, "evolve: ", EvolveError)
         need(self.dev_split in ("train", "validation"),
              f"dev_split must be 'validation' or 'train' (the test split stays untouched), "
              f"got '{self.dev_split}'")
-        need(self.algorithm != "evomerge" or self.elites < self.population,
-             f"elites must be in 1..population-1, got {self.elites} (population {self.population}); "
-             f"lower --elites or raise --population")
+        algorithm = EVOLUTIONS.get(self.algorithm)
+        known = {p.name for p in algorithm.params}
+        need(not set(self.options) - known,
+             f"{self.algorithm} has no setting(s) {sorted(set(self.options) - known)}; it takes "
+             f"{sorted(known) or 'none'}")
+        algorithm.fn.check(self)  # settings wrong together, named before each alone is ranged
+        for p in algorithm.params:  # the algorithm's own settings, ranged by their Params
+            self.set(p.name, check_param(p, self.setting(p.name), "evolve: ", EvolveError))
         need(self.executor in EXECUTORS, f"unknown executor '{self.executor}'; use {' or '.join(EXECUTORS)}")
         self.fitness_weights = check_fitness_weights(self.fitness_weights)
         if self.sources is not None:
@@ -117,6 +124,32 @@ class EvolveConfig:
                      f"weights must be finite, non-negative and not all zero, got {self.weights}")
         return self
 
+    def setting(self, name: str) -> Any:
+        """An algorithm setting: its field, else ``options``, else the algorithm's Param default."""
+        if name in FIELDS:
+            return getattr(self, name)
+        if name in self.options:
+            return self.options[name]
+        return EVOLUTIONS.get(self.algorithm).param(name).default
+
+    def set(self, name: str, value: Any) -> "EvolveConfig":
+        """Sets an algorithm setting where ``setting`` reads it; returns self."""
+        if name in FIELDS:
+            setattr(self, name, value)
+        else:
+            self.options = {**self.options, name: value}
+        return self
+
+    @classmethod
+    def with_settings(cls, **values: Any) -> "EvolveConfig":
+        """A config from flat values (a page's controls, a CLI's flags): the fields set, an
+        algorithm's settings without a field of their own put in ``options``."""
+        config = cls(**{k: v for k, v in values.items() if k in FIELDS})
+        for name, value in values.items():
+            if name not in FIELDS:
+                config.set(name, value)
+        return config
+
     def to_dict(self) -> Dict[str, Any]:
         return asdict(self)
 
@@ -127,6 +160,9 @@ class EvolveConfig:
         if unknown:
             raise EvolveError(f"unknown evolution setting(s) {unknown}")
         return cls(**data)
+
+
+FIELDS = frozenset(f.name for f in fields(EvolveConfig)) - {"options"}
 
 
 def check_fitness_weights(weights: Dict[str, float]) -> Dict[str, float]:

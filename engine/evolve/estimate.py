@@ -5,14 +5,14 @@ each later generation is elites × mutants_per_elite mutants, one merged child p
 ``group_size`` among the population − elites losers, and ``reseed`` random hybrids in generations
 where diversity fell below the threshold (not known in advance: counted as a range). CMA-ES
 evaluates its starting point, then ``population`` samples per generation. A plateau can stop a
-run earlier, so these are the most it will do.
+run earlier, so these are the most it will do. Each algorithm counts its own (``Search.estimate``).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .algorithms import algorithm
 from .config import EvolveConfig
-from .genome import COMBOS
 
 
 @dataclass(frozen=True)
@@ -39,9 +39,5 @@ class Estimate:
 
 
 def candidates_per_generation(config: EvolveConfig) -> Estimate:
-    if config.algorithm == "cmaes":
-        return Estimate(1, config.population, 0, config.generations)
-    first = len(COMBOS) + max(0, config.population - len(COMBOS))
-    losers = config.population - config.elites
-    later = config.elites * config.mutants_per_elite + max(0, losers) // config.group_size
-    return Estimate(first, later, config.reseed, config.generations)
+    """Counted by the config's algorithm (its search class's ``estimate``)."""
+    return algorithm(config.algorithm).fn.estimate(config)

@@ -21,24 +21,63 @@ from typing import Any, Dict, List, Sequence
 
 import numpy as np
 
+from ..limits import check_param
+from ..registry import Param
+from .algorithms import EVOLUTIONS
 from .build import Sources, build_evomerge
-from .config import EvolveConfig
+from .config import EvolveConfig, EvolveError
+from .estimate import Estimate
 from .genome import (COMBOS, Genome, blend, combo_label, default_genome, diversity, mutate,
                      random_genome)
 from .member import Member
+from .search import Search
+
+ELITES = Param("elites", "int", None, 1, 999,
+               help="best members kept and mutated (empty: a quarter of the population, at least 1)")
+PARAMS = (
+    ELITES,
+    Param("mutants_per_elite", "int", 3, 1, 100, help="mutants of each elite per generation"),
+    Param("group_size", "int", 3, 2, 100, help="losers merged in groups of this size"),
+    Param("mutation_sigma", "float", 0.05, 0.0, 1.0, low_open=True,
+          help="Gaussian σ as a fraction of each parameter's range"),
+    Param("mutation_rate", "float", 0.25, 0.0, 1.0,
+          help="chance that each gene mutates (at least one always does)"),
+    Param("diversity_threshold", "float", 0.02, 0.0, 1.0,
+          help="below it, re-seeded random hybrids join the next generation"),
+    Param("reseed", "int", 2, 0, 100, help="random hybrids added when diversity is low"),
+)
 
 
-class EvoMergeSearch:
+@EVOLUTIONS.register("evomerge", params=PARAMS, title="EvoMerge", needs_base=True, random=True,
+                     summary="seed 004's search: 8 stage combinations, elites mutated, losers merged")
+class EvoMergeSearch(Search):
     algorithm = "evomerge"
     needs_base = True
 
     def __init__(self, config: EvolveConfig, names: Sequence[str], weights: Sequence[float]):
-        self.config = config
+        super().__init__(config)
         self.names = list(names)
         self.start_weights = [float(w) for w in weights]
-        self.population: List[Member] = []
         self.combo_counts: Counter = Counter()
         self.reseeded = 0
+
+    @classmethod
+    def create(cls, config: EvolveConfig, keys: Sequence[str]) -> "EvoMergeSearch":
+        return cls(config, config.sources, config.weights)
+
+    @classmethod
+    def check(cls, config: EvolveConfig) -> None:
+        elites = check_param(ELITES, config.elites, "evolve: ", EvolveError)
+        if elites >= config.population:
+            raise EvolveError(f"elites must be in 1..population-1, got {elites} (population "
+                              f"{config.population}); lower --elites or raise --population")
+
+    @classmethod
+    def estimate(cls, config: EvolveConfig) -> Estimate:
+        first = len(COMBOS) + max(0, config.population - len(COMBOS))
+        losers = config.population - config.elites
+        later = config.elites * config.mutants_per_elite + max(0, losers) // config.group_size
+        return Estimate(first, later, config.reseed, config.generations)
 
     # ---- proposing ---------------------------------------------------------------------------
     def initial(self, rng: np.random.Generator) -> List[Dict[str, Any]]:
@@ -103,6 +142,11 @@ class EvoMergeSearch:
 
     def export_method(self, candidate: Dict[str, Any]) -> str:
         return self.genome(candidate).methods[2]
+
+    def export_parts(self, recipe: Dict[str, Any]):
+        """Stage 3 names the method; 'mix' is our own gene."""
+        params = {k: v for k, v in recipe["stages"][2]["params"].items() if k != "mix"}
+        return list(recipe["weights"].values()), params, None
 
     def plain(self, candidate: Dict[str, Any]) -> Dict[str, Any]:
         """The candidate as JSON data (what a Member and the checkpoint store)."""

@@ -14,15 +14,12 @@ from typing import Any, Dict, List, Optional, Union
 from ..store import ACTIVE
 from .config import EvolveConfig, EvolveError
 from .runner import CHECKPOINT, Evolution, read_checkpoint, resolve_config
+from .search import run_label
 
 
 def checkpoint_dir(ws, run_id: str) -> Path:
     """Where a run's checkpoint lives: ``<cache>/evolve/<run_id>/``."""
     return ws.cache_dir / "evolve" / run_id
-
-
-def run_label(config: EvolveConfig) -> str:
-    return "evomerge" if config.algorithm == "evomerge" else f"cmaes:{config.method}"
 
 
 def _final(evo: Evolution, result: Dict[str, Any]) -> Dict[str, Any]:
@@ -177,25 +174,13 @@ def export_evolution(evo: Evolution, out_dir: Union[str, Path], run_id: str = ""
 
     ws, config, champion = evo.ws, evo.config, evo.champion
     recipe_data = evo.champion_recipe()
-    groups = recipe_data.get("groups") or []
-    single = groups[0] if len(groups) == 1 else None
-    if single is not None:  # CMA-ES with one group: an ordinary merge of that method
-        weights, params = list(single["weights"].values()), single["params"]
-    elif config.algorithm == "evomerge":  # stage 3 names the method; 'mix' is our own gene
-        weights = list(recipe_data["weights"].values())
-        params = {k: v for k, v in recipe_data["stages"][2]["params"].items() if k != "mix"}
-    else:
-        weights, params = list(config.weights), {}
+    weights, params, note = evo.search.export_parts(recipe_data)
     recipe = {"kind": "evolve", "method": evo.search.export_method(champion.candidate),
               "target": config.target, "sources": config.sources, "weights": weights,
               "params": params, "seed": config.seed, "zoo": ws.zoo.name,
               "base": str(ws.zoo.base) if ws.zoo.base else None, "run_id": run_id,
               "evolve": recipe_data, "fitness": champion.fitness, "dev": champion.metrics,
               "test": evo.champion_test, "config": config.to_dict()}
-    # export_merge describes one global recipe; a grouped one must not claim a mergekit twin
-    note = ("per-layer-group weights and parameters: no single mergekit config written "
-            "(mergekit-evolve expresses them as slices)"
-            if config.algorithm == "cmaes" and single is None else None)
     return export_merge(evo.champion_model(), ws.zoo.path(config.sources[0]), out_dir, recipe,
                         overwrite=overwrite, protected=workspace_folders(ws), mergekit_note=note)
 

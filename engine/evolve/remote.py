@@ -13,15 +13,16 @@ from __future__ import annotations
 import json
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
+from .build import Sources
+from .config import EvolveConfig
+from .fitness import Fitness
+from .search import build_and_score, make_search, needs_base
+
 _CONTEXTS: Dict[str, Tuple[Any, Any, Any, Any]] = {}   # per worker: run key -> (config, sources, search, fitness)
 
 
 def _context(settings: Dict[str, Any], config_data: Dict[str, Any]):
     from ..parallel import worker_workspace
-    from .build import Sources
-    from .config import EvolveConfig
-    from .fitness import Fitness
-    from .runner import make_search, needs_base
 
     key = json.dumps([settings, config_data], sort_keys=True, default=str)
     if key not in _CONTEXTS:
@@ -39,8 +40,6 @@ def remote_candidate(settings: Dict[str, Any], config_data: Dict[str, Any], cand
                      reference: Optional[Dict[str, float]]) -> Dict[str, Any]:
     """The task body: build_and_score one candidate here; plain data back, with this worker's
     evaluation time and dev passes (frankenmerge's included)."""
-    from .runner import build_and_score
-
     config, sources, search, fitness = _context(settings, config_data)
     fitness.reference = reference  # frankenmerge's layer choices score with the driver's reference
     eval_before, passes_before = fitness.seconds, fitness.evaluations

@@ -1,7 +1,7 @@
-"""The generation loop both searches share: evaluate, keep the best-ever champion (tested on the
-untouched test split whenever it changes), log the curves, checkpoint, stop on a plateau.
+"""The generation loop every registered search shares: evaluate, keep the best-ever champion (tested
+on the untouched test split whenever it changes), log the curves, checkpoint, stop on a plateau.
 
-A search (EvoMerge or CMA-ES) proposes candidates and selects among evaluated ones; this loop owns
+A search (engine/evolve/algorithms.py: EvoMerge, CMA-ES, the Optuna samplers, ...) proposes candidates and selects among evaluated ones; this loop owns
 the rest. Everything random comes from one seeded generator (and CMA-ES's own seeded one), every
 evaluation is deterministic on a device, so a seed gives the same curves, and a checkpoint (plain
 JSON, written after every generation) continues exactly where a run stopped.
@@ -17,15 +17,14 @@ from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 
-from ..merge import MERGES, MergeError
 from ..progress import Progress
 from .build import Sources
-from .cmaes import CmaSearch
 from .config import EvolveConfig, EvolveError
 from .estimate import candidates_per_generation
-from .evomerge import EvoMergeSearch
 from .fitness import Fitness
 from .member import Member
+from .remote import ray_candidates
+from .search import build_and_score, make_search, needs_base
 
 CHECKPOINT = "checkpoint.json"
 CHECKPOINT_VERSION = 1
@@ -55,18 +54,6 @@ def resolve_config(ws, config: EvolveConfig) -> EvolveConfig:
     return config.check()
 
 
-def needs_base(config: EvolveConfig) -> bool:
-    if config.algorithm == "evomerge":
-        return True
-    return config.method in MERGES and bool(MERGES.get(config.method).meta.get("needs_base"))
-
-
-def make_search(config: EvolveConfig, keys: List[str]):
-    if config.algorithm == "evomerge":
-        return EvoMergeSearch(config, config.sources, config.weights)
-    return CmaSearch(config, config.sources, config.weights, keys)
-
-
 def read_checkpoint(folder: Path) -> Dict[str, Any]:
     path = Path(folder) / CHECKPOINT
     if not path.is_file():
@@ -76,23 +63,6 @@ def read_checkpoint(folder: Path) -> Dict[str, Any]:
         raise EvolveError(f"checkpoint {path} has version {data.get('version')}, "
                           f"expected {CHECKPOINT_VERSION}")
     return data
-
-
-def build_and_score(search, sources: Sources, fitness: Fitness, cand: Dict[str, Any], seed: int):
-    """Merges one candidate in memory and measures it on the dev sample: (state or None, outcome),
-    the outcome plain data — {"metrics", "merge_s"} or {"error", "merge_s"}, merging time without
-    frankenmerge's own dev evaluations. The local loop and the Ray workers both score this way."""
-    started, eval_before = time.perf_counter(), fitness.seconds
-    try:
-        state = search.build(cand, sources, fitness.score, seed)
-    except MergeError as exc:
-        state, outcome = None, {"error": f"merge failed: {exc}"}
-    else:
-        outcome = {}
-    outcome["merge_s"] = (time.perf_counter() - started) - (fitness.seconds - eval_before)
-    if state is not None:
-        outcome["metrics"] = fitness.metrics(state)
-    return state, outcome
 
 
 class Evolution:
@@ -139,6 +109,7 @@ class Evolution:
         self.stopped: Optional[str] = None
         self.evaluations, self.seconds, self.merge_seconds = 0, 0.0, 0.0
         self.baselines: Optional[Dict[str, Any]] = None
+        self.dev_subset: Optional[Dict[str, Any]] = None  # the subset's fitness error, at the end
         if state is not None:
             self._restore(state)
         self._clock = time.perf_counter()
@@ -158,8 +129,27 @@ class Evolution:
             self.baselines = baselines(self.ws, self.config.target, self.config.sources, "test")
         while self.step():
             pass
+        if self.config.dev_size and self.champion is not None and self.dev_subset is None:
+            self.dev_subset = self._dev_subset_error()
+            self.save()
         self._report(self.config.generations + 1, f"finished: {self.stopped or 'all generations'}")
         return self.result()
+
+    def _dev_subset_error(self) -> Optional[Dict[str, Any]]:
+        """What searching on a dev subset (``dev_size``, the cheaper fitness MERGE³ argues for) cost
+        in accuracy of the estimate: the champion re-scored once on the whole dev split. None when
+        the subset is the whole split."""
+        c = self.config
+        full = Fitness(self.ws, c.target, c.fitness_weights, c.dev_split, 0, c.seed)
+        if len(self.fitness.dev) >= len(full.dev):
+            return None
+        full.reference = self.fitness.reference
+        metrics = full.metrics(self.champion_model())
+        fitness = full.combine(metrics)
+        return {"examples": len(self.fitness.dev), "of": len(full.dev),
+                "fitness": self.champion.fitness, "fitness_full": fitness,
+                "error": self.champion.fitness - fitness,
+                "accuracy": self.champion.metrics["accuracy"], "accuracy_full": metrics["accuracy"]}
 
     def step(self) -> bool:
         """Runs the next generation; returns whether another one follows."""
@@ -175,8 +165,7 @@ class Evolution:
             self._evaluate(cand, g, i, len(cands)) for i, cand in enumerate(cands))
         for member, state in evaluated:  # in candidate order, so ties resolve as they do locally
             members.append(member)
-            if not member.error and (self.champion is None
-                                     or member.fitness > self.champion.fitness):
+            if not member.error and self.search.better(member, self.champion):
                 # state is None from Ray: champion_model() rebuilds it here
                 self.champion, self.champion_state, self.champion_generation = member, state, g
                 changed = True
@@ -205,8 +194,6 @@ class Evolution:
     def _evaluate_remote(self, cands: List[Dict[str, Any]], g: int):
         """The generation's candidates as parallel Ray tasks (engine/evolve/remote.py); the same
         (member, state=None) pairs as the local path, in candidate order."""
-        from .remote import ray_candidates
-
         plains = [self.search.plain(c) for c in cands]
         outcomes: Dict[int, Dict[str, Any]] = {}
         tick = lambda done: self._report(  # noqa: E731
@@ -311,7 +298,7 @@ class Evolution:
                "overhead_share": max(0.0, 1 - (eval_s + self.merge_seconds) / total_s)
                if self.seconds else None,
                "evals_per_s": self.evaluations / total_s, "history": self.history,
-               "baselines": self.baselines, "config": c.to_dict(),
+               "baselines": self.baselines, "config": c.to_dict(), "dev_subset": self.dev_subset,
                "checkpoint": str(self.checkpoint_dir / CHECKPOINT) if self.checkpoint_dir else None}
         out.update(self.search.extra())
         return out
@@ -331,6 +318,7 @@ class Evolution:
                 "evaluations": self.evaluations, "forward_passes": self.fitness.evaluations,
                 "eval_seconds": self.fitness.seconds, "seconds": self.seconds,
                 "merge_seconds": self.merge_seconds, "baselines": self.baselines,
+                "dev_subset": self.dev_subset,
                 "fitness_reference": self.fitness.reference}
         self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
         path = self.checkpoint_dir / CHECKPOINT
@@ -354,4 +342,5 @@ class Evolution:
         self.fitness.seconds = float(data["eval_seconds"])
         self.merge_seconds = float(data.get("merge_seconds", 0.0))
         self.baselines = data.get("baselines")
+        self.dev_subset = data.get("dev_subset")
         self.fitness.reference = data.get("fitness_reference")  # the run's own latency reference
