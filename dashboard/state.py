@@ -17,9 +17,9 @@ from typing import Iterator, List, Optional
 
 import streamlit as st
 
-from engine.evaluate import default_cache_dir
 from engine.jobs import JobRunner
-from engine.store import Store, StoreError
+from engine.paths import default_cache_dir
+from engine.store import Store, StoreError, open_store
 from engine.workspace import Settings, Workspace, default_demo_dir, open_workspace
 
 from . import experiment as xp
@@ -61,7 +61,7 @@ def export_dir() -> Path:
 @st.cache_resource(show_spinner=False)
 def services(cache: str) -> tuple:
     """(Store, JobRunner) for one cache folder; created once per server process."""
-    store = Store(Path(cache) / "runs.sqlite")
+    store = open_store(cache)
     return store, JobRunner(store)
 
 

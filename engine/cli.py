@@ -26,9 +26,11 @@ def command(name: str, help: str, args: Optional[Callable[[argparse.ArgumentPars
 
 
 def workspace_args(p: argparse.ArgumentParser) -> None:
+    from .zoo import DEFAULT_PATTERN
+
     g = p.add_argument_group("workspace")
     g.add_argument("--zoo", default="", help="manifest, folder with zoo.json, or folder to scan (default: demo zoo)")
-    g.add_argument("--pattern", default="{base}_massive_k_{locale}", help="folder name pattern when scanning")
+    g.add_argument("--pattern", default=DEFAULT_PATTERN, help="folder name pattern when scanning")
     g.add_argument("--base", default=None, help="pretrained base model folder or hub id")
     g.add_argument("--data", default="zoo", choices=["zoo", "demo", "massive", "jsonl", "table"])
     g.add_argument("--data-path", default="", help="file/folder for --data jsonl/table; hub id or local copy for massive")
@@ -108,7 +110,7 @@ def _build_args(p):
 def cmd_build_demo(args):
     from .demo.build import build_demo_zoo
     from .demo.scale import SCALE_SIZES, build_scale_zoo
-    from .evaluate import default_cache_dir
+    from .paths import default_cache_dir
     from .workspace import default_demo_dir
 
     if args.size in SCALE_SIZES:

@@ -111,9 +111,9 @@ def _run_candidate(args, kind):
 
 def open_store(ws):
     """The one results store of the workspace's cache folder (the app's too)."""
-    from .store import Store
+    from .store import open_store as store_of
 
-    return Store(ws.cache_dir / "runs.sqlite")
+    return store_of(ws.cache_dir)
 
 
 def _merge_args(p):
@@ -156,10 +156,9 @@ def _runs_args(p):
 
 @command("runs", "list stored runs (the same store the app reads)", _runs_args)
 def cmd_runs(args):
-    from .evaluate import default_cache_dir
-    from .store import Store
+    from .store import open_store as store_of
 
-    store = Store(Path(args.cache_dir or default_cache_dir()) / "runs.sqlite")
+    store = store_of(args.cache_dir)
     runs = store.runs(kind=args.kind, target=args.target, limit=args.limit)
     rows = [{"id": r["id"], "kind": r["kind"], "method": r["method"] or "", "target": r["target"] or "",
              "status": r["status"],
@@ -178,12 +177,11 @@ def _export_args(p):
 @command("export", "rebuild a stored run's merge (or champion, or fusion) and write it to DIR",
          _export_args)
 def cmd_export(args):
-    from .evaluate import default_cache_dir
     from .export_run import export_stored_run
-    from .store import Store
+    from .store import open_store as store_of
     from .workspace import Settings
 
-    store = Store(Path(args.cache_dir or default_cache_dir()) / "runs.sqlite")
+    store = store_of(args.cache_dir)
     fallback = Settings(zoo=args.zoo, pattern=args.pattern, base=args.base, data=args.data,
                         data_path=args.data_path, extra_locales=args.extra_locales,
                         device=args.device, cache_dir=args.cache_dir, batch_size=args.batch_size)

@@ -27,11 +27,10 @@ import numpy as np
 from .experiments import Candidate, baselines_from_scores, evaluate_candidate, source_scores
 from .runinfo import target_data_use
 from .progress import Cancelled, Progress, ProgressFn, sub_progress
-from .store import Store
+from .jobs import EXECUTORS  # noqa: F401  (its home is engine.jobs)
+from .store import ACTIVE, Store
 from .sweep_spec import Cell, expand_cells, load_spec
 from .workspace import Workspace
-
-EXECUTORS = ("local", "ray")
 
 
 class SweepError(ValueError):
@@ -219,7 +218,7 @@ def resume_sweep(runner, ws: Workspace, sweep_run_id: str, executor: Optional[st
     row = runner.store.get(sweep_run_id)
     if row["kind"] != "sweep" or "spec" not in row["params"]:
         raise SweepError(f"run {sweep_run_id} is a {row['kind']} run, not a sweep")
-    if row["status"] in ("queued", "running"):
+    if row["status"] in ACTIVE:
         raise SweepError(f"sweep {sweep_run_id} is still {row['status']}; cancel it (or wait) before resuming")
     old = row["params"]
     return submit_sweep(runner, ws, old["spec"], executor or old.get("executor", "local"),

@@ -7,6 +7,7 @@ from dashboard import runs as runs_view
 from dashboard import state, tasks, widgets
 from engine import figures
 from dashboard import experiment as xp
+from engine.store import ACTIVE
 from engine.languages import FEATURE_SETS, NAMES, locale_table, parse_features, similarity_matrix, target_similarity
 
 st.title("Similarity")
@@ -16,7 +17,7 @@ st.caption("Which source languages are typologically close to the target (URIEL,
 ws = state.require_workspace()
 
 if not tasks.uriel_ready():
-    active = state.store().runs(kind="uriel", status=("queued", "running"), limit=1)
+    active = state.store().runs(kind="uriel", status=ACTIVE, limit=1)
     run_id = active[0]["id"] if active else tasks.submit_uriel(state.runner())
     st.info("Reading the URIEL vectors once (lang2vec); later visits read a small cache.")
     runs_view.watch(run_id, key="uriel")

@@ -5,6 +5,7 @@ import streamlit as st
 from dashboard import runs as runs_view
 from dashboard import state, sweeps, tables, tasks, widgets
 from engine import figures
+from engine.store import ACTIVE
 
 TARGET_DATA_HELP = ("Target data: ○ none (zero-shot), ◐ unlabelled target text, ● labelled target dev "
                     "(fitted or chosen on it: not zero-shot); bars with target data are hatched.")
@@ -119,7 +120,7 @@ with tab_nxn:
     signature = tasks.zoo_signature(ws)
     matches = [r for r in state.store().runs(kind="nxn", limit=50)
                if all(r["params"].get(k) == v for k, v in signature.items())]
-    active = [r for r in matches if r["status"] in ("queued", "running")]
+    active = [r for r in matches if r["status"] in ACTIVE]
     finished = [r for r in matches if r["status"] == "done"]
     if active:
         runs_view.watch(active[0]["id"], key="nxn")
