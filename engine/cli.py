@@ -10,8 +10,9 @@ import json
 import sys
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional
 
+from .formats import json_default
 from .progress import text_bar
 
 COMMANDS: Dict[str, tuple] = {}
@@ -277,7 +278,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         if getattr(args, "debug", False):
             raise
         return 2
-    print(json.dumps(data, indent=2, default=_json_default, ensure_ascii=False) if args.json else text)
+    print(json.dumps(data, indent=2, default=json_default, ensure_ascii=False) if args.json else text)
     return 0
 
 
@@ -285,10 +286,3 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
     """Warnings (a cache moved aside, a refused cache entry) as one line on stderr, like errors."""
     print(f"warning: {message}", file=file or sys.stderr)
 
-
-def _json_default(obj: Any):
-    if hasattr(obj, "tolist"):
-        return obj.tolist()
-    if hasattr(obj, "item"):
-        return obj.item()
-    return str(obj)

@@ -22,11 +22,10 @@ import time
 import traceback
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple, Union
 
-import numpy as np
-
 from .experiments import Candidate, baselines_from_scores, evaluate_candidate, source_scores
 from .runinfo import target_data_use
 from .progress import Cancelled, Progress, ProgressFn, sub_progress
+from .formats import jsonable
 from .jobs import EXECUTORS  # noqa: F401  (its home is engine.jobs)
 from .store import ACTIVE, Store
 from .sweep_spec import Cell, expand_cells, load_spec
@@ -35,19 +34,6 @@ from .workspace import Workspace
 
 class SweepError(ValueError):
     """A sweep that cannot be started or resumed as asked."""
-
-
-def _plain(value: Any) -> Any:
-    """JSON-safe copy (numpy scalars/arrays to Python)."""
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
 
 
 # ---- one cell ------------------------------------------------------------------------------------
@@ -60,7 +46,7 @@ def compute_cell(ws: Workspace, cand: Candidate, progress: Optional[ProgressFn] 
     result = {k: v for k, v in out.items() if k != "metrics"}
     result["predictions"] = {"test": predictions["test"]}
     result["forward_passes"] = 1 if cand.kind == "merge" else len(cand.sources)
-    return _plain({"metrics": out["metrics"], "result": result, "started": started, "finished": time.time()})
+    return jsonable({"metrics": out["metrics"], "result": result, "started": started, "finished": time.time()})
 
 
 def target_reference(ws: Workspace, target: str, models: Iterable[str],
@@ -74,7 +60,7 @@ def target_reference(ws: Workspace, target: str, models: Iterable[str],
     keep = sorted({m for m in models if m in scores} | ({best} if best else set())
                   | ({target} if target in scores else set()))
     predictions = {m: ws.evaluator.source_logits(m, target, "test").logits.argmax(axis=1).tolist() for m in keep}
-    return _plain({"labels": labels, "scores": scores,
+    return jsonable({"labels": labels, "scores": scores,
                    "best_zero_shot": {"model": best, "accuracy": zero[best]} if best else None,
                    "target_model": {"model": target, "accuracy": scores[target]} if target in scores else None,
                    "predictions": predictions})
