@@ -27,13 +27,15 @@ def command(name: str, help: str, args: Optional[Callable[[argparse.ArgumentPars
 
 
 def workspace_args(p: argparse.ArgumentParser) -> None:
+    from .data.sources import DATA_SOURCES, DEFAULT_SOURCE, data_kinds
     from .zoo import DEFAULT_PATTERN
 
     g = p.add_argument_group("workspace")
     g.add_argument("--zoo", default="", help="manifest, folder with zoo.json, or folder to scan (default: demo zoo)")
     g.add_argument("--pattern", default=DEFAULT_PATTERN, help="folder name pattern when scanning")
     g.add_argument("--base", default=None, help="pretrained base model folder or hub id")
-    g.add_argument("--data", default="zoo", choices=["zoo", "demo", "massive", "jsonl", "table"])
+    g.add_argument("--data", default=DEFAULT_SOURCE, choices=data_kinds(),
+                   help="; ".join(f"{m.name}: {m.title}" for m in map(DATA_SOURCES.get, data_kinds())))
     g.add_argument("--data-path", default="", help="file/folder for --data jsonl/table; hub id or local copy for massive")
     g.add_argument("--extra-locales", default="", help="massive: comma-separated targets without a model")
     g.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")

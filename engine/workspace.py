@@ -10,11 +10,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from .data import DataError, Dataset
+from .data import Dataset
+from .data.sources import data_kinds, load_source  # noqa: F401  (data_kinds: the accepted kinds)
 from .evaluate import Evaluator, default_cache_dir
 from .zoo import DEFAULT_PATTERN, Zoo, ZooError
-
-DATA_KINDS = ("zoo", "demo", "massive", "jsonl", "table")
 
 
 def default_demo_dir() -> Path:
@@ -42,39 +41,8 @@ class Settings:
 
 
 def open_dataset(settings: Settings, zoo: Zoo) -> Dataset:
-    """The dataset the settings name, restricted to nothing: callers pick locales."""
-    kind = settings.data
-    if kind not in DATA_KINDS:
-        raise DataError(f"unknown data source '{kind}'; use one of {', '.join(DATA_KINDS)}")
-    from .data import loaders
-
-    if kind == "zoo":
-        spec = zoo.info.get("dataset")
-        if not spec:
-            raise DataError(f"the zoo '{zoo.name}' names no dataset in its manifest; choose one "
-                            f"(massive, jsonl, table or demo)")
-        kind, path = spec.get("kind"), zoo.root / spec.get("path", "")
-        if kind == "massive_jsonl":  # the manifest may say what the data are (the demo's: intents)
-            dataset = loaders.load_massive_jsonl(path, labels=zoo.labels or None)
-            dataset.name = spec.get("name") or dataset.name
-            return dataset
-        if kind == "massive":
-            return loaders.load_massive(spec.get("locales") or zoo.locales)
-        raise DataError(f"the zoo's manifest names an unknown dataset kind '{kind}'")
-    if kind == "demo":
-        from .data.demo import build_demo_dataset
-
-        return build_demo_dataset(locales=zoo.locales, n_intents=len(zoo.labels))
-    if kind == "massive":
-        extra = [l.strip() for l in settings.extra_locales.split(",") if l.strip()]
-        return loaders.load_massive(list(dict.fromkeys(zoo.locales + extra)),
-                                    name=settings.data_path or "AmazonScience/massive")
-    if not settings.data_path:
-        raise DataError(f"data source '{kind}' needs a path")
-    if kind == "jsonl":  # labels mapped by name onto the zoo's ids, whatever their order
-        return loaders.load_massive_jsonl(settings.data_path, labels=zoo.labels or None)
-    return loaders.load_table(settings.data_path, text_column=settings.text_column,
-                              label_column=settings.label_column, labels=zoo.labels)
+    """The dataset the settings name (a registered data source), restricted to nothing: callers pick locales."""
+    return load_source(settings, zoo)
 
 
 @dataclass
