@@ -23,6 +23,7 @@ from engine.store import Store, StoreError, open_store
 from engine.workspace import Settings, Workspace, default_demo_dir, open_workspace
 
 from . import experiment as xp
+from .navigation import page_path
 from .experiment import Experiment
 
 SETTINGS_KEY = "settings"
@@ -121,7 +122,7 @@ def require_workspace() -> Workspace:
         if not demo_built() and not settings().zoo:
             st.info("The built-in demo zoo is not built yet: build it from the overview page, or open "
                     "your own zoo on the Setup page.")
-        st.page_link("pages/1_Setup.py", label="Open Setup", icon=":material/settings:")
+        st.page_link(page_path("Setup"), label="Open Setup", icon=":material/settings:")
         st.stop()
     return ws
 

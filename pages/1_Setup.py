@@ -1,4 +1,6 @@
 """Setup: which zoo, which data, which device; what was found, and what is wrong if anything."""
+PAGE = {"title": "Setup", "icon": ":material/settings:", "order": 1,
+        "summary": "Choose the model zoo, the dataset and the device."}
 from dataclasses import replace
 from pathlib import Path
 

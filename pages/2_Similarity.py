@@ -1,10 +1,13 @@
 """Similarity: URIEL vectors → cosine similarity → top-K → Sinkhorn → source weights for a target."""
+PAGE = {"title": "Similarity", "icon": ":material/hub:", "order": 2,
+        "summary": "Pick a target language; URIEL similarity → top-K → Sinkhorn → source weights."}
 from dataclasses import replace
 
 import streamlit as st
 
 from dashboard import runs as runs_view
 from dashboard import state, tasks, widgets
+from dashboard.navigation import page_path
 from engine import figures
 from dashboard import experiment as xp
 from engine.store import ACTIVE
@@ -95,8 +98,8 @@ if st.button("Use these sources", type="primary", icon=":material/check:", key="
     state.set_experiment(replace(current, weights=chosen, origin=xp.SIMILARITY))
     st.success(f"Stored for Merge, Ensemble and Evolve: {xp.describe(state.experiment(ws))}")
     l1, l2 = st.columns(2)
-    l1.page_link("pages/3_Merge.py", label="Go to Merge", icon=":material/merge:")
-    l2.page_link("pages/4_Ensemble.py", label="Go to Ensemble", icon=":material/groups:")
+    l1.page_link(page_path("Merge"), label="Go to Merge", icon=":material/merge:")
+    l2.page_link(page_path("Ensemble"), label="Go to Ensemble", icon=":material/groups:")
 elif in_use:
     st.caption("These are the current experiment's sources (shown in the sidebar; Merge, Ensemble and Evolve "
                "use them).")

@@ -1,4 +1,6 @@
 """Merge: sources + weights + a method from the registry → a background job → the result card."""
+PAGE = {"title": "Merge", "icon": ":material/merge:", "order": 3,
+        "summary": "Merge the sources in parameter space (linear, TIES, DARE, Fisher, …)."}
 import streamlit as st
 
 from dashboard import runs as runs_view

@@ -1,4 +1,6 @@
 """Ensemble: combine the sources' outputs. Once their logits are cached, re-scoring is instant."""
+PAGE = {"title": "Ensemble", "icon": ":material/groups:", "order": 4,
+        "summary": "Combine the sources' outputs: voting rules or learned fusion."}
 import json
 
 import streamlit as st

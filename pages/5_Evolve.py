@@ -1,4 +1,6 @@
 """Evolve: search merge recipes (EvoMerge or CMA-ES) on the target's dev data; watch it live."""
+PAGE = {"title": "Evolve", "icon": ":material/genetics:", "order": 5,
+        "summary": "Search merge recipes evolutionarily; watch fitness live."}
 import streamlit as st
 
 from dashboard import runs as runs_view

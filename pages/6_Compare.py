@@ -1,4 +1,6 @@
 """Compare: every candidate against the target's baselines, the zero-shot N×N matrix, exports."""
+PAGE = {"title": "Compare", "icon": ":material/leaderboard:", "order": 8,
+        "summary": "Every run against honest baselines; the N×N matrix; export."}
 import pandas as pd
 import streamlit as st
 

@@ -1,5 +1,7 @@
 """Sweeps: every target × method (× grid × K × features × weighting) as one resumable job, with the
 report that answers "does merging beat ensembling here, and which strategy is best"."""
+PAGE = {"title": "Sweeps", "icon": ":material/table_view:", "order": 6,
+        "summary": "Run every target × method at once, resumable; win rates, paired tests, a one-click report."}
 from pathlib import Path
 
 import streamlit as st
