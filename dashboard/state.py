@@ -20,6 +20,7 @@ import streamlit as st
 from engine.jobs import JobRunner
 from engine.paths import default_cache_dir
 from engine.store import Store, StoreError, open_store
+from engine.zoo import MANIFEST
 from engine.workspace import Settings, Workspace, default_demo_dir, open_workspace
 
 from . import experiment as xp
@@ -128,7 +129,7 @@ def require_workspace() -> Workspace:
 
 
 def demo_built() -> bool:
-    return (default_demo_dir() / "zoo.json").is_file()
+    return (default_demo_dir() / MANIFEST).is_file()
 
 
 # ---- the current experiment --------------------------------------------------------------------

@@ -12,6 +12,7 @@ import warnings
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
+from .data.base import SPLITS
 from .formats import json_default
 from .progress import text_bar
 
@@ -148,7 +149,7 @@ def _evaluate_args(p):
     workspace_args(p)
     p.add_argument("--model", required=True, help="a zoo locale (e.g. de-DE) or a model folder")
     p.add_argument("--locale", required=True)
-    p.add_argument("--split", default="test", choices=["train", "validation", "test"])
+    p.add_argument("--split", default="test", choices=SPLITS)
 
 
 @command("evaluate", "evaluate one model of the zoo (or a model folder) on a locale", _evaluate_args)
@@ -185,7 +186,7 @@ def cmd_evaluate(args):
 
 def _nxn_args(p):
     workspace_args(p)
-    p.add_argument("--split", default="test", choices=["train", "validation", "test"])
+    p.add_argument("--split", default="test", choices=SPLITS)
     p.add_argument("--metric", default="accuracy")
     p.add_argument("--csv", default="", help="also write the matrix to this CSV file")
 

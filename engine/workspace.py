@@ -13,7 +13,7 @@ from typing import Dict, List, Optional
 from .data import Dataset
 from .data.sources import data_kinds, load_source  # noqa: F401  (data_kinds: the accepted kinds)
 from .evaluate import Evaluator, default_cache_dir
-from .zoo import DEFAULT_PATTERN, Zoo, ZooError
+from .zoo import DEFAULT_PATTERN, MANIFEST, Zoo, ZooError
 
 
 def default_demo_dir() -> Path:
@@ -68,7 +68,7 @@ def open_workspace(settings: Optional[Settings] = None) -> Workspace:
     settings = settings or Settings()
     settings.batch_size = check_setting("batch_size", settings.batch_size)
     zoo_path = settings.zoo or str(default_demo_dir())
-    if not settings.zoo and not (Path(zoo_path) / "zoo.json").exists():
+    if not settings.zoo and not (Path(zoo_path) / MANIFEST).exists():
         raise ZooError(f"the demo zoo is not built yet at {zoo_path}; run `python -m engine build-demo`")
     zoo = Zoo.open(zoo_path, settings.pattern, settings.base)
     notes = zoo.validate()

@@ -12,7 +12,7 @@ from dashboard import state
 from dashboard.widgets import params_text
 from engine.data.sources import DATA_SOURCES, data_kinds
 from engine.workspace import default_demo_dir
-from engine.zoo import DEFAULT_PATTERN
+from engine.zoo import DEFAULT_PATTERN, MANIFEST
 
 st.title("Setup")
 
@@ -28,7 +28,7 @@ st.caption("Where the source models and the evaluation data come from. Nothing i
 current = state.settings()
 ZOO_KINDS = {"demo": "Built-in demo zoo", "folder": "Local folder + name pattern", "manifest": "Manifest file (zoo.json)"}
 zoo_kind = "demo" if not current.zoo else (
-    "manifest" if current.zoo.endswith(".json") or (Path(current.zoo) / "zoo.json").is_file() else "folder")
+    "manifest" if current.zoo.endswith(".json") or (Path(current.zoo) / MANIFEST).is_file() else "folder")
 
 # No form: choosing a kind reruns the page at once, so the fields that do not apply to it are
 # disabled (greyed, their help says why) rather than left editable and silently ignored. Nothing

@@ -33,6 +33,9 @@ def _hits(pattern: str, home: str):
     (r"""["']\{base\}_massive_k_\{locale\}["']""", "engine/zoo.py"),                   # zoo.DEFAULT_PATTERN
     (r"""def (_clean|_plain|_json_default)\b""", ""),                                 # formats.jsonable/json_default
     (r"""join\(\s*["']---["']""", "engine/formats.py"),                               # formats.markdown_table
+    (r"""["']zoo\.json["']""", "engine/zoo.py"),                                        # zoo.MANIFEST
+    (r"""["']train["']\s*,\s*["']validation["']\s*,\s*["']test["']""", "engine/data/base.py"),  # SPLITS
+    (r"""["']AmazonScience/massive["']""", "engine/data/loaders.py"),                    # loaders.MASSIVE_ID
 ])
 def test_constant_has_one_home(pattern, home):
     assert _hits(pattern, home) == [], f"re-typed outside {home or 'engine/formats.py'}"
@@ -68,6 +71,14 @@ def test_jsonable_keeps_or_drops_nan_as_asked():
     strict = jsonable(value, nan_to_none=True)
     assert strict == {"1": [2, [1.5, None]], "x": None}
     json.dumps(strict, allow_nan=False)                             # results.json is strict JSON
+
+
+def test_text_settings_are_checked_as_text():
+    from engine.registry import Param
+
+    assert Param("data_path", "text", "").check("/data/x.tsv") == "/data/x.tsv"
+    with pytest.raises(ValueError, match="parameter 'data_path' must be text, got 3"):
+        Param("data_path", "text", "").check(3)
 
 
 def test_markdown_table_missing_cells_and_escapes():

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Dict, List
 
 from ..registry import Param, Registry
 from .base import DataError, Dataset
+from .loaders import MASSIVE_ID
 
 if TYPE_CHECKING:  # the workspace imports this module, not the other way round
     from ..workspace import Settings
@@ -81,7 +82,7 @@ def _demo_dataset(settings: "Settings", zoo: "Zoo") -> Dataset:
 
 
 @DATA_SOURCES.register("massive", title="MASSIVE through `datasets` (cached)",
-                       params=[Param("data_path", "text", "AmazonScience/massive",
+                       params=[Param("data_path", "text", MASSIVE_ID,
                                      help="hub id or local copy of MASSIVE"), EXTRA_LOCALES],
                        summary="AmazonScience/massive from the Hugging Face cache (or a local copy)")
 def _massive_dataset(settings: "Settings", zoo: "Zoo") -> Dataset:
@@ -89,7 +90,7 @@ def _massive_dataset(settings: "Settings", zoo: "Zoo") -> Dataset:
 
     extra = [l.strip() for l in settings.extra_locales.split(",") if l.strip()]
     return loaders.load_massive(list(dict.fromkeys(zoo.locales + extra)),
-                                name=settings.data_path or "AmazonScience/massive")
+                                name=settings.data_path or MASSIVE_ID)
 
 
 @DATA_SOURCES.register("jsonl", title="Local MASSIVE-format jsonl",
