@@ -14,7 +14,7 @@ from pathlib import Path
 
 from .cli import command, open_from_args, progress_for, table_text, workspace_args
 from .progress import Progress
-from .store import ACTIVE
+from .store import ACTIVE, STOPPED
 
 
 def _default(name: str):
@@ -105,7 +105,7 @@ def _summary(row: dict) -> str:
     if result.get("combo_counts"):
         lines.append("combinations used: " + ", ".join(f"{k}×{v}" for k, v in
                                                        result["combo_counts"].items()))
-    if row["status"] in ("cancelled", "interrupted", "failed"):
+    if row["status"] in STOPPED:
         lines.append(f"resume with: {resume_hint(row)}")
     return "\n".join(lines)
 

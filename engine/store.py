@@ -22,6 +22,7 @@ from .paths import store_path
 
 STATUSES = ("queued", "running", "done", "failed", "cancelled", "interrupted")
 ACTIVE = ("queued", "running")
+STOPPED = ("cancelled", "interrupted", "failed")   # ended before the end: what a resume may continue
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (

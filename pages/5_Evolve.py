@@ -13,7 +13,7 @@ from engine.evolve.estimate import candidates_per_generation
 from engine.evolve.genome import combo_name
 from engine.limits import bounds
 from engine.merge import MERGES
-from engine.store import ACTIVE
+from engine.store import ACTIVE, STOPPED
 
 st.title("Evolve")
 st.caption("Search merge recipes for the target: fitness is measured on the target's dev (validation) "
@@ -181,7 +181,7 @@ live_panel()
 row = state.store().get(run_id)
 result = row.get("result") or {}
 b = st.columns(3)
-if row["status"] in ("cancelled", "interrupted", "failed") and result.get("generation", -1) >= 0:
+if row["status"] in STOPPED and result.get("generation", -1) >= 0:
     if b[0].button("Resume", icon=":material/resume:", key="evo_resume",
                    help="continue from the last completed generation as a new run"):
         with state.engine_errors():

@@ -8,7 +8,7 @@ import streamlit as st
 
 from dashboard import runs as runs_view
 from dashboard import state, sweeps
-from engine.store import ACTIVE
+from engine.store import ACTIVE, STOPPED
 from engine.sweep import resume_sweep, submit_sweep
 from engine.sweep_spec import expand_cells, load_spec
 
@@ -78,7 +78,7 @@ def live() -> None:
 
 
 live()
-if run["status"] in ("cancelled", "interrupted", "failed"):
+if run["status"] in STOPPED:
     if st.button("Resume", icon=":material/resume:", key="sw_resume",
                  help="a new sweep run over the same spec: finished cells are linked, only the rest runs"):
         with state.engine_errors():

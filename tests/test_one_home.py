@@ -36,6 +36,7 @@ def _hits(pattern: str, home: str):
     (r"""["']zoo\.json["']""", "engine/zoo.py"),                                        # zoo.MANIFEST
     (r"""["']train["']\s*,\s*["']validation["']\s*,\s*["']test["']""", "engine/data/base.py"),  # SPLITS
     (r"""["']AmazonScience/massive["']""", "engine/data/loaders.py"),                    # loaders.MASSIVE_ID
+    (r"""["']cancelled["']\s*,\s*["']interrupted["']\s*,\s*["']failed["']""", "engine/store.py"),  # STOPPED
 ])
 def test_constant_has_one_home(pattern, home):
     assert _hits(pattern, home) == [], f"re-typed outside {home or 'engine/formats.py'}"
