@@ -28,7 +28,8 @@ def command(name: str, help: str, args: Optional[Callable[[argparse.ArgumentPars
 
 
 def workspace_args(p: argparse.ArgumentParser) -> None:
-    from .data.sources import DATA_SOURCES, DEFAULT_SOURCE, data_kinds
+    from .data.sources import DATA_SOURCES, DEFAULT_SOURCE, data_kinds, source_fields
+    from .workspace import Settings
     from .zoo import DEFAULT_PATTERN
 
     g = p.add_argument_group("workspace")
@@ -37,19 +38,21 @@ def workspace_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--base", default=None, help="pretrained base model folder or hub id")
     g.add_argument("--data", default=DEFAULT_SOURCE, choices=data_kinds(),
                    help="; ".join(f"{m.name}: {m.title}" for m in map(DATA_SOURCES.get, data_kinds())))
-    g.add_argument("--data-path", default="", help="file/folder for --data jsonl/table; hub id or local copy for massive")
-    g.add_argument("--extra-locales", default="", help="massive: comma-separated targets without a model")
+    for field, users in source_fields().items():   # each setting a data source declares, e.g. --data-path
+        g.add_argument("--" + field.replace("_", "-"), default=getattr(Settings(), field),
+                       help="; ".join(f"{source}: {p.help}" for source, p in users))
     g.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     g.add_argument("--cache-dir", default="", help="cache/results folder (default: ./cache)")
     g.add_argument("--batch-size", type=int, default=64)
 
 
 def open_from_args(args):
+    from .data.sources import source_fields
     from .workspace import Settings, open_workspace
 
     return open_workspace(Settings(zoo=args.zoo, pattern=args.pattern, base=args.base, data=args.data,
-                                   data_path=args.data_path, extra_locales=args.extra_locales, device=args.device, cache_dir=args.cache_dir,
-                                   batch_size=args.batch_size))
+                                   device=args.device, cache_dir=args.cache_dir, batch_size=args.batch_size,
+                                   **{field: getattr(args, field) for field in source_fields()}))
 
 
 def progress_for(args):

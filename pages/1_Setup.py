@@ -10,7 +10,7 @@ import streamlit as st
 from dashboard import runs as runs_view
 from dashboard import state
 from dashboard.widgets import params_text
-from engine.data.sources import DATA_SOURCES, data_kinds
+from engine.data.sources import DATA_SOURCES, data_kinds, source_fields
 from engine.workspace import default_demo_dir
 from engine.zoo import DEFAULT_PATTERN, MANIFEST
 
@@ -59,7 +59,7 @@ reads = {p.name: p for p in DATA_SOURCES.get(data).params}
 def field_help(field: str) -> str:
     if field in reads:
         return reads[field].help
-    users = [DATA_SOURCES.get(k).title for k in kinds if field in {p.name for p in DATA_SOURCES.get(k).params}]
+    users = [DATA_SOURCES.get(k).title for k, _ in source_fields().get(field, [])]
     return f"not used by this source (used by: {', '.join(users) or 'none'})"
 
 

@@ -49,7 +49,8 @@ def test_toy_source_is_a_cli_choice_and_scores_a_model(toy_source, tiny_zoo_dir,
     with pytest.raises(SystemExit):
         main(["info", "--help"])
     help_text = capsys.readouterr().out
-    assert "toy_tsv" in help_text and "Toy TSV" in help_text
+    assert "toy_tsv: Toy TSV" in " ".join(help_text.split())        # a --data choice, with its title
+    assert "toy_tsv: the file or folder to read" in " ".join(help_text.split())   # its --data-path
 
     common = ["--zoo", str(tiny_zoo_dir), "--data", "toy_tsv", "--data-path", str(toy_source),
               "--cache-dir", str(tmp_path / "cache"), "--device", "cpu", "--json", "--quiet"]
@@ -72,6 +73,18 @@ def test_toy_source_is_a_workspace_kind_with_its_settings_checked(toy_source, ti
         open_workspace(Settings(zoo=str(tiny_zoo_dir), data="toy_tsv", cache_dir=str(tmp_path), device="cpu"))
 
 
+def test_a_source_setting_must_be_a_workspace_setting():
+    from engine.data.sources import source_fields
+    from engine.registry import Param
+
+    DATA_SOURCES.register("toy_bad", params=[Param("delimiter", "text", "\t")])(load_tsv)
+    try:
+        with pytest.raises(ValueError, match="'toy_bad' declares the setting 'delimiter', which Settings has no"):
+            source_fields()
+    finally:
+        DATA_SOURCES.unregister("toy_bad")
+
+
 def test_toy_source_is_offered_by_the_setup_page(toy_source, app_cache):
     from app_support import goto, open_app, rerun
 
@@ -82,3 +95,18 @@ def test_toy_source_is_offered_by_the_setup_page(toy_source, app_cache):
     rerun(at)
     assert not at.text_input(key="setup_data_path").disabled      # the source declared a path
     assert at.text_input(key="setup_text_column").disabled         # and no text column
+
+
+def test_a_declared_setting_becomes_a_cli_option(tiny_zoo_dir, tmp_path, capsys):
+    """The table source declares its text and label columns, so the CLI offers --text-column and
+    --label-column (before the registry it had no way to set them)."""
+    path = tmp_path / "rows.csv"
+    with open(path, "w", encoding="utf-8", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["locale", "split", "utt", "intent"])
+        w.writerows(["de-DE", "test", text.format("bad"), label] for label, text in TEXTS.items())
+    assert main(["info", "--zoo", str(tiny_zoo_dir), "--data", "table", "--data-path", str(path),
+                 "--text-column", "utt", "--label-column", "intent", "--cache-dir", str(tmp_path / "c"),
+                 "--device", "cpu", "--json", "--quiet"]) == 0
+    rows = json.loads(capsys.readouterr().out)["data"]
+    assert [(r["locale"], r["test"]) for r in rows] == [("de-DE", 4)]

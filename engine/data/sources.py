@@ -10,7 +10,7 @@ them with their titles and enables the fields their settings name, so a new sour
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Dict, List
+from typing import TYPE_CHECKING, Dict, List, Tuple
 
 from ..registry import Param, Registry
 from .base import DataError, Dataset
@@ -33,6 +33,22 @@ EXTRA_LOCALES = Param("extra_locales", "text", "", help="comma-separated targets
 def data_kinds() -> List[str]:
     """Every registered source, in registration order (the zoo's own first: it is the default)."""
     return DATA_SOURCES.registered()
+
+
+def source_fields() -> Dict[str, List[Tuple[str, Param]]]:
+    """Settings field -> (source, Param) for every source that reads it: the CLI's options and the
+    Setup page's fields come from here."""
+    from ..workspace import Settings
+
+    known = set(Settings.__dataclass_fields__)
+    fields: Dict[str, List[Tuple[str, Param]]] = {}
+    for name in data_kinds():
+        for p in DATA_SOURCES.get(name).params:
+            if p.name not in known:
+                raise DataError(f"data source '{name}' declares the setting '{p.name}', which Settings has no "
+                                f"field for; use one of {', '.join(sorted(known))}")
+            fields.setdefault(p.name, []).append((name, p))
+    return fields
 
 
 def source_settings(settings: "Settings") -> Dict[str, str]:
