@@ -2,7 +2,6 @@
 with one extra page file (nothing else changed) shows the page in its navigation and its "Where to
 start" cards, and the page links to others by name."""
 import shutil
-from pathlib import Path
 
 import pytest
 
