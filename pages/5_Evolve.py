@@ -13,6 +13,7 @@ from engine.evolve.estimate import candidates_per_generation
 from engine.evolve.genome import combo_name
 from engine.limits import bounds
 from engine.merge import MERGES
+from engine.jobs import EXECUTORS
 from engine.store import ACTIVE, STOPPED
 
 st.title("Evolve")
@@ -79,7 +80,7 @@ with st.expander("New evolutionary run", expanded=not history, icon=":material/a
                                                default=tunable, key=f"evo_tune_{extra['method']}") or None
         c = st.columns([2, 3])
         executor = c[0].segmented_control(
-            "Evaluate candidates", ["local", "ray"], default="local", key="evo_executor",
+            "Evaluate candidates", list(EXECUTORS), default=EXECUTORS[0], key="evo_executor",
             help="local: one after another in this server; ray: each generation's candidates as parallel "
                  "Ray tasks (a local instance, or a cluster address) — the same results") or "local"
         address = c[1].text_input("Ray address (empty: a local instance)", "", key="evo_address",

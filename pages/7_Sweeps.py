@@ -8,6 +8,7 @@ import streamlit as st
 
 from dashboard import runs as runs_view
 from dashboard import state, sweeps
+from engine.jobs import EXECUTORS
 from engine.store import ACTIVE, STOPPED
 from engine.sweep import resume_sweep, submit_sweep
 from engine.sweep_spec import expand_cells, load_spec
@@ -46,7 +47,7 @@ with st.expander("New sweep", expanded=not history, icon=":material/add:"):
         spec = None
         st.error(state.message(exc))
     c = st.columns([2, 2, 3])
-    executor = c[0].segmented_control("Run on", ["local", "ray"], default="local", key="sw_exec",
+    executor = c[0].segmented_control("Run on", list(EXECUTORS), default=EXECUTORS[0], key="sw_exec",
                                       help="local: cells one after another in a background thread (default); "
                                            "ray: cells as Ray tasks — a local instance, or a cluster address") or "local"
     address, cpus = None, 2

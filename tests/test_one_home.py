@@ -29,7 +29,7 @@ def _hits(pattern: str, home: str):
     (r"""\(\s*["']queued["']\s*,\s*["']running["']\s*\)""", "engine/store.py"),        # store.ACTIVE
     (r"""["']runs\.sqlite["']""", "engine/paths.py"),                                  # paths.store_path
     (r"""def default_cache_dir\b""", "engine/paths.py"),
-    (r"""\(\s*["']local["']\s*,\s*["']ray["']\s*\)""", "engine/jobs.py"),              # jobs.EXECUTORS
+    (r"""[(\[]\s*["']local["']\s*,\s*["']ray["']\s*[)\]]""", "engine/jobs.py"),       # jobs.EXECUTORS
     (r"""["']\{base\}_massive_k_\{locale\}["']""", "engine/zoo.py"),                   # zoo.DEFAULT_PATTERN
     (r"""def (_clean|_plain|_json_default)\b""", ""),                                 # formats.jsonable/json_default
     (r"""join\(\s*["']---["']""", "engine/formats.py"),                               # formats.markdown_table
