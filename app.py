@@ -8,24 +8,14 @@ import streamlit as st
 
 from dashboard import runs as runs_view
 from dashboard import state
+from dashboard.navigation import discover
 from dashboard.widgets import params_text
 from engine.store import ACTIVE
 
 st.set_page_config(page_title="Cross-lingual fusion", page_icon=":material/merge_type:", layout="wide")
 
-STEPS = [
-    ("pages/1_Setup.py", "Setup", ":material/settings:", "Choose the model zoo, the dataset and the device."),
-    ("pages/2_Similarity.py", "Similarity", ":material/hub:",
-     "Pick a target language; URIEL similarity → top-K → Sinkhorn → source weights."),
-    ("pages/3_Merge.py", "Merge", ":material/merge:", "Merge the sources in parameter space (linear, TIES, DARE, Fisher, …)."),
-    ("pages/4_Ensemble.py", "Ensemble", ":material/groups:", "Combine the sources' outputs: voting rules or learned fusion."),
-    ("pages/5_Evolve.py", "Evolve", ":material/genetics:", "Search merge recipes evolutionarily; watch fitness live."),
-    ("pages/7_Sweeps.py", "Sweeps", ":material/table_view:",
-     "Run every target × method at once, resumable; win rates, paired tests, a one-click report."),
-    ("pages/8_Train.py", "Train", ":material/model_training:",
-     "Fine-tune a locale from the pretrained base; the new model joins the zoo."),
-    ("pages/6_Compare.py", "Compare", ":material/leaderboard:", "Every run against honest baselines; the N×N matrix; export."),
-]
+# The pages declare themselves (title, icon, order, summary) in pages/*.py: see dashboard/navigation.py.
+STEPS = discover()
 
 
 def overview() -> None:
@@ -69,10 +59,10 @@ def overview() -> None:
         st.caption("No runs yet.")
     st.subheader("Where to start")
     cols = st.columns(3)
-    for i, (path, title, icon, text) in enumerate(STEPS):
+    for i, step in enumerate(STEPS):
         with cols[i % 3].container(border=True):
-            st.page_link(path, label=f"{i + 1}. {title}", icon=icon)
-            st.caption(text)
+            st.page_link(step.path, label=f"{i + 1}. {step.title}", icon=step.icon)
+            st.caption(step.summary)
 
 
 def experiment_panel(ws) -> None:
@@ -107,7 +97,7 @@ def sidebar() -> None:
 
 
 pages = [st.Page(overview, title="Overview", icon=":material/home:", default=True)]
-pages += [st.Page(path, title=title, icon=icon) for path, title, icon, _ in STEPS]
+pages += [st.Page(step.path, title=step.title, icon=step.icon) for step in STEPS]
 page = st.navigation(pages)
 sidebar()
 page.run()

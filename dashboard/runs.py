@@ -14,6 +14,7 @@ from engine.registry import method_title
 from engine.store import ACTIVE
 
 from . import figures, state
+from .navigation import page_path
 from .widgets import chart
 
 POLL_S = 1.0
@@ -93,7 +94,7 @@ def send_to_compare(run_id: str, key: str, where=None) -> None:
     if (where or st).button("Send to Compare", icon=":material/leaderboard:", key=key,
                             help="pin this run: Compare opens with the pinned runs selected"):
         state.store().pin(run_id)
-        st.switch_page("pages/6_Compare.py")
+        st.switch_page(page_path("Compare"))
 
 
 def status_line(run: dict) -> None:

@@ -17,12 +17,14 @@ from typing import Iterator, List, Optional
 
 import streamlit as st
 
-from engine.evaluate import default_cache_dir
 from engine.jobs import JobRunner
-from engine.store import Store, StoreError
+from engine.paths import default_cache_dir
+from engine.store import Store, StoreError, open_store
+from engine.zoo import MANIFEST
 from engine.workspace import Settings, Workspace, default_demo_dir, open_workspace
 
 from . import experiment as xp
+from .navigation import page_path
 from .experiment import Experiment
 
 SETTINGS_KEY = "settings"
@@ -61,7 +63,7 @@ def export_dir() -> Path:
 @st.cache_resource(show_spinner=False)
 def services(cache: str) -> tuple:
     """(Store, JobRunner) for one cache folder; created once per server process."""
-    store = Store(Path(cache) / "runs.sqlite")
+    store = open_store(cache)
     return store, JobRunner(store)
 
 
@@ -121,13 +123,13 @@ def require_workspace() -> Workspace:
         if not demo_built() and not settings().zoo:
             st.info("The built-in demo zoo is not built yet: build it from the overview page, or open "
                     "your own zoo on the Setup page.")
-        st.page_link("pages/1_Setup.py", label="Open Setup", icon=":material/settings:")
+        st.page_link(page_path("Setup"), label="Open Setup", icon=":material/settings:")
         st.stop()
     return ws
 
 
 def demo_built() -> bool:
-    return (default_demo_dir() / "zoo.json").is_file()
+    return (default_demo_dir() / MANIFEST).is_file()
 
 
 # ---- the current experiment --------------------------------------------------------------------

@@ -18,6 +18,7 @@ from engine.ensemble import ENSEMBLES
 from engine.languages import FEATURE_SETS
 from engine.merge import MERGES
 from engine.registry import method_title
+from engine.store import ACTIVE
 from engine.report import (BASELINE_TITLES, ReportError, baseline_table, findings, headline_table,
                            load_results, paired_tests, win_rate_table)
 from engine.report.write import write_report
@@ -227,12 +228,12 @@ def pick_sweep(runs: List[dict], key: str, preferred: Optional[str] = None) -> O
 def refresh_when_done(run: Optional[dict]) -> None:
     """While the chosen sweep runs, poll it and rerun the page when it ends (its label and results
     then read 'done' without a reload)."""
-    if not run or run["status"] not in ("queued", "running"):
+    if not run or run["status"] not in ACTIVE:
         return
 
     @st.fragment(run_every=1.0)
     def poll() -> None:
-        if state.store().get(run["id"])["status"] not in ("queued", "running"):
+        if state.store().get(run["id"])["status"] not in ACTIVE:
             st.rerun(scope="app")
         st.caption(f"Sweep {run['id']} is {run['status']}; results so far.")
 

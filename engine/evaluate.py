@@ -26,13 +26,7 @@ from .metrics import classification_metrics, softmax
 from .progress import ProgressFn, Tracker, sub_progress
 from .zoo import Zoo, fingerprint_state
 
-DEFAULT_CACHE = Path(__file__).resolve().parent.parent / "cache"
-
-
-def default_cache_dir() -> Path:
-    import os
-
-    return Path(os.environ.get("FUSION_CACHE_DIR", DEFAULT_CACHE))
+from .paths import default_cache_dir  # noqa: F401  (its home is engine.paths)
 
 
 @dataclass

@@ -17,6 +17,7 @@ from typing import Dict, Iterable, List, Optional, Tuple
 import numpy as np
 import torch
 
+from .data.base import SPLITS
 from .latency import ensemble_latency, measure_model
 from .progress import Phases, Progress, ProgressFn, Tracker
 from .workplan import candidate_plan
@@ -353,7 +354,7 @@ def inputs_fingerprint(ws: Workspace, cand: Candidate) -> str:
 
     ds = ws.dataset
     data = {f"{loc}/{split}": ds.fingerprint(loc, split) for loc in [cand.target, *cand.sources]
-            for split in ("train", "validation", "test") if ds.has(loc, split)}
+            for split in SPLITS if ds.has(loc, split)}
     base = ws.zoo.base
     parts = {"models": {s: ws.zoo.fingerprint(s) for s in cand.sources},
              "base": (fingerprint_dir(Path(base)) if Path(base).is_dir() else str(base)) if base else None,

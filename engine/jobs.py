@@ -19,6 +19,7 @@ from .progress import Cancelled, Progress
 from .store import Store
 
 PROGRESS_INTERVAL_S = 0.25
+EXECUTORS = ("local", "ray")   # where a sweep's cells or an evolution's candidates run (engine/parallel.py)
 
 
 @dataclass

@@ -38,6 +38,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import pandas as pd
 
+from .paths import CACHE_ENV, default_cache_dir  # noqa: F401  (their home is engine.paths)
 from .similarity import (_check_int, _square, _top_indices, cosine_similarity, sinkhorn,  # noqa: F401
                          tie_notes, top_k_filter)
 
@@ -73,7 +74,6 @@ FALLBACK_ISO: Dict[str, str] = {"nob": "nor"}
 
 FEATURE_SETS: Tuple[str, ...] = ("syntax_knn", "phonology_knn", "inventory_knn", "fam", "geo")
 DEFAULT_FEATURES = "syntax_knn"
-CACHE_ENV = "FUSION_CACHE_DIR"
 CACHE_FILE = "uriel_vectors.npz"
 _FORMAT = 1
 
@@ -146,12 +146,6 @@ def parse_features(features: Union[str, Sequence[str]] = DEFAULT_FEATURES) -> Tu
 _lock = threading.Lock()
 _tables: Dict[str, dict] = {}  # cache file path -> {set: (values, names, iso used per locale)}
 _similarities: Dict[Tuple[str, str], np.ndarray] = {}
-
-
-def default_cache_dir() -> Path:
-    """$FUSION_CACHE_DIR, else ``cache/`` at the project root."""
-    env = os.environ.get(CACHE_ENV)
-    return Path(env) if env else Path(__file__).resolve().parent.parent / "cache"
 
 
 def _cache_key() -> str:

@@ -15,7 +15,7 @@ class Param:
     """A declared parameter: its type, range, default, and whether it takes one value per model."""
 
     name: str
-    kind: str  # "float" | "int" | "bool" | "choice"
+    kind: str  # "float" | "int" | "bool" | "choice" | "text"
     default: Any
     low: Optional[float] = None
     high: Optional[float] = None
@@ -34,6 +34,10 @@ class Param:
             if isinstance(value, bool):
                 return value
             raise ValueError(f"{label} must be true or false, got {value!r}")
+        if self.kind == "text":  # a path or a name (data sources' settings)
+            if isinstance(value, str):
+                return value
+            raise ValueError(f"{label} must be text, got {value!r}")
         if self.kind == "choice":
             if value in self.choices:
                 return value
@@ -233,6 +237,10 @@ class Registry:
 
     def names(self) -> List[str]:
         return sorted(self._methods)
+
+    def registered(self) -> List[str]:
+        """The names in registration order, for lists whose first entry is the default."""
+        return list(self._methods)
 
     def __iter__(self) -> Iterable[Method]:
         return iter(self._methods[n] for n in self.names())

@@ -16,10 +16,13 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional
+from typing import Any, Dict, Iterable, List, Optional, Union
+
+from .paths import store_path
 
 STATUSES = ("queued", "running", "done", "failed", "cancelled", "interrupted")
 ACTIVE = ("queued", "running")
+STOPPED = ("cancelled", "interrupted", "failed")   # ended before the end: what a resume may continue
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -274,3 +277,8 @@ class Store:
             args.append(name)
         rows = self._conn().execute(sql + " ORDER BY name, step", args)
         return [{"name": r["name"], "step": r["step"], "value": json.loads(r["value"])} for r in rows]
+
+
+def open_store(cache_dir: Optional[Union[str, Path]] = None) -> Store:
+    """The one results store of ``cache_dir`` (empty or None: the default cache folder)."""
+    return Store(store_path(cache_dir))

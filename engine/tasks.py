@@ -19,7 +19,7 @@ Pair = Tuple[str, str, str]  # (model locale, data locale, split)
 def submit_demo_build(runner: JobRunner, out: Path, size: str = "default") -> str:
     def job(ctx):
         from .demo.build import build_demo_zoo
-        from .evaluate import default_cache_dir
+        from .paths import default_cache_dir
 
         manifest = build_demo_zoo(out, size=size, progress=ctx.progress, warm_cache=default_cache_dir())
         return {"result": {"manifest": str(manifest), "size": size}, "message": f"demo zoo ready at {out}"}
@@ -94,7 +94,8 @@ def submit_logits(runner: JobRunner, ws: Workspace, pairs: List[Pair], target: s
 
 
 def uriel_ready() -> bool:
-    from .languages import CACHE_FILE, default_cache_dir
+    from .languages import CACHE_FILE
+    from .paths import default_cache_dir
 
     return (default_cache_dir() / CACHE_FILE).is_file()
 

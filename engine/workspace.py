@@ -6,75 +6,24 @@ means the same thing everywhere.
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import List, Optional
 
-from .data import DataError, Dataset
+from .data import Dataset
+from .data.sources import data_kinds, load_source  # noqa: F401  (data_kinds: the accepted kinds)
 from .evaluate import Evaluator, default_cache_dir
-from .zoo import DEFAULT_PATTERN, Zoo, ZooError
-
-DATA_KINDS = ("zoo", "demo", "massive", "jsonl", "table")
+from .settings import Settings  # noqa: F401  (opened from here; its home is engine.settings)
+from .zoo import MANIFEST, Zoo, ZooError
 
 
 def default_demo_dir() -> Path:
     return Path(os.environ.get("FUSION_DEMO_DIR", default_cache_dir() / "demo_zoo"))
 
 
-@dataclass
-class Settings:
-    """Where the models and the data come from. ``data='zoo'`` uses the dataset the manifest names."""
-
-    zoo: str = ""                    # manifest, folder with zoo.json, or folder to scan; "" = demo zoo
-    pattern: str = DEFAULT_PATTERN
-    base: Optional[str] = None
-    data: str = "zoo"
-    data_path: str = ""              # jsonl/table: the file or folder; massive: hub id or local copy
-    extra_locales: str = ""          # massive: comma-separated targets that have no model of their own
-    text_column: str = "text"
-    label_column: str = "label"
-    device: str = "auto"
-    cache_dir: str = ""
-    batch_size: int = 64
-
-    def to_dict(self) -> Dict[str, object]:
-        return asdict(self)
-
-
 def open_dataset(settings: Settings, zoo: Zoo) -> Dataset:
-    """The dataset the settings name, restricted to nothing: callers pick locales."""
-    kind = settings.data
-    if kind not in DATA_KINDS:
-        raise DataError(f"unknown data source '{kind}'; use one of {', '.join(DATA_KINDS)}")
-    from .data import loaders
-
-    if kind == "zoo":
-        spec = zoo.info.get("dataset")
-        if not spec:
-            raise DataError(f"the zoo '{zoo.name}' names no dataset in its manifest; choose one "
-                            f"(massive, jsonl, table or demo)")
-        kind, path = spec.get("kind"), zoo.root / spec.get("path", "")
-        if kind == "massive_jsonl":  # the manifest may say what the data are (the demo's: intents)
-            dataset = loaders.load_massive_jsonl(path, labels=zoo.labels or None)
-            dataset.name = spec.get("name") or dataset.name
-            return dataset
-        if kind == "massive":
-            return loaders.load_massive(spec.get("locales") or zoo.locales)
-        raise DataError(f"the zoo's manifest names an unknown dataset kind '{kind}'")
-    if kind == "demo":
-        from .data.demo import build_demo_dataset
-
-        return build_demo_dataset(locales=zoo.locales, n_intents=len(zoo.labels))
-    if kind == "massive":
-        extra = [l.strip() for l in settings.extra_locales.split(",") if l.strip()]
-        return loaders.load_massive(list(dict.fromkeys(zoo.locales + extra)),
-                                    name=settings.data_path or "AmazonScience/massive")
-    if not settings.data_path:
-        raise DataError(f"data source '{kind}' needs a path")
-    if kind == "jsonl":  # labels mapped by name onto the zoo's ids, whatever their order
-        return loaders.load_massive_jsonl(settings.data_path, labels=zoo.labels or None)
-    return loaders.load_table(settings.data_path, text_column=settings.text_column,
-                              label_column=settings.label_column, labels=zoo.labels)
+    """The dataset the settings name (a registered data source), restricted to nothing: callers pick locales."""
+    return load_source(settings, zoo)
 
 
 @dataclass
@@ -100,7 +49,7 @@ def open_workspace(settings: Optional[Settings] = None) -> Workspace:
     settings = settings or Settings()
     settings.batch_size = check_setting("batch_size", settings.batch_size)
     zoo_path = settings.zoo or str(default_demo_dir())
-    if not settings.zoo and not (Path(zoo_path) / "zoo.json").exists():
+    if not settings.zoo and not (Path(zoo_path) / MANIFEST).exists():
         raise ZooError(f"the demo zoo is not built yet at {zoo_path}; run `python -m engine build-demo`")
     zoo = Zoo.open(zoo_path, settings.pattern, settings.base)
     notes = zoo.validate()

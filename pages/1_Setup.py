@@ -1,4 +1,6 @@
 """Setup: which zoo, which data, which device; what was found, and what is wrong if anything."""
+PAGE = {"title": "Setup", "icon": ":material/settings:", "order": 1,
+        "summary": "Choose the model zoo, the dataset and the device."}
 from dataclasses import replace
 from pathlib import Path
 
@@ -8,8 +10,9 @@ import streamlit as st
 from dashboard import runs as runs_view
 from dashboard import state
 from dashboard.widgets import params_text
-from engine.workspace import DATA_KINDS, default_demo_dir
-from engine.zoo import DEFAULT_PATTERN
+from engine.data.sources import DATA_SOURCES, data_kinds, source_fields
+from engine.workspace import default_demo_dir
+from engine.zoo import DEFAULT_PATTERN, MANIFEST
 
 st.title("Setup")
 
@@ -24,11 +27,8 @@ st.caption("Where the source models and the evaluation data come from. Nothing i
 
 current = state.settings()
 ZOO_KINDS = {"demo": "Built-in demo zoo", "folder": "Local folder + name pattern", "manifest": "Manifest file (zoo.json)"}
-DATA_LABELS = {"zoo": "The zoo's own (from its manifest)", "demo": "Built-in demo data",
-               "massive": "MASSIVE through `datasets` (cached)", "jsonl": "Local MASSIVE-format jsonl",
-               "table": "Local CSV / JSONL table"}
 zoo_kind = "demo" if not current.zoo else (
-    "manifest" if current.zoo.endswith(".json") or (Path(current.zoo) / "zoo.json").is_file() else "folder")
+    "manifest" if current.zoo.endswith(".json") or (Path(current.zoo) / MANIFEST).is_file() else "folder")
 
 # No form: choosing a kind reruns the page at once, so the fields that do not apply to it are
 # disabled (greyed, their help says why) rather than left editable and silently ignored. Nothing
@@ -49,16 +49,28 @@ base = c3.text_input("Pretrained base (optional)", value=current.base or "", key
                      help="the demo zoo brings its own base" if demo else
                      "folder or cached hub id; task-vector merges need it")
 st.subheader("Dataset")
-data = st.radio("Data", list(DATA_KINDS), index=list(DATA_KINDS).index(current.data),
-                format_func=DATA_LABELS.get, horizontal=True, key="setup_data")
+kinds = data_kinds()   # the registered data sources (engine/data/sources.py), titled and in order
+data = st.radio("Data", kinds, index=kinds.index(current.data) if current.data in kinds else 0,
+                format_func=lambda k: DATA_SOURCES.get(k).title, horizontal=True, key="setup_data")
+# A field is editable when the chosen source declares it among its settings; its help is the source's.
+reads = {p.name: p for p in DATA_SOURCES.get(data).params}
+
+
+def field_help(field: str) -> str:
+    if field in reads:
+        return reads[field].help
+    users = [DATA_SOURCES.get(k).title for k, _ in source_fields().get(field, [])]
+    return f"not used by this source (used by: {', '.join(users) or 'none'})"
+
+
 d1, d2, d3 = st.columns([3, 1, 1])
 data_path = d1.text_input("Data path (jsonl folder, CSV or JSONL file; MASSIVE: hub id or local copy)",
-                          value=current.data_path, key="setup_data_path", disabled=data in ("zoo", "demo"),
-                          help="not used: the data come with the zoo" if data in ("zoo", "demo") else None)
+                          value=current.data_path, key="setup_data_path", disabled="data_path" not in reads,
+                          help=field_help("data_path"))
 text_col = d2.text_input("Text column", value=current.text_column, key="setup_text_column",
-                         disabled=data != "table", help="CSV / JSONL table only")
+                         disabled="text_column" not in reads, help=field_help("text_column"))
 label_col = d3.text_input("Label column", value=current.label_column, key="setup_label_column",
-                          disabled=data != "table", help="CSV / JSONL table only")
+                          disabled="label_column" not in reads, help=field_help("label_column"))
 with st.container():
     st.subheader("Compute")
     e1, e2 = st.columns(2)

@@ -1,4 +1,6 @@
 """Similarity: URIEL vectors → cosine similarity → top-K → Sinkhorn → source weights for a target."""
+PAGE = {"title": "Similarity", "icon": ":material/hub:", "order": 2,
+        "summary": "Pick a target language; URIEL similarity → top-K → Sinkhorn → source weights."}
 from dataclasses import replace
 
 import streamlit as st
@@ -6,7 +8,9 @@ import streamlit as st
 from dashboard import runs as runs_view
 from dashboard import experiment as xp
 from dashboard import figures, state, widgets
+from dashboard.navigation import page_path
 from engine import tasks
+from engine.store import ACTIVE
 from engine.languages import FEATURE_SETS, NAMES, locale_table, parse_features, similarity_matrix, target_similarity
 
 st.title("Similarity")
@@ -16,7 +20,7 @@ st.caption("Which source languages are typologically close to the target (URIEL,
 ws = state.require_workspace()
 
 if not tasks.uriel_ready():
-    active = state.store().runs(kind="uriel", status=("queued", "running"), limit=1)
+    active = state.store().runs(kind="uriel", status=ACTIVE, limit=1)
     run_id = active[0]["id"] if active else tasks.submit_uriel(state.runner())
     st.info("Reading the URIEL vectors once (lang2vec); later visits read a small cache.")
     runs_view.watch(run_id, key="uriel")
@@ -94,8 +98,8 @@ if st.button("Use these sources", type="primary", icon=":material/check:", key="
     state.set_experiment(replace(current, weights=chosen, origin=xp.SIMILARITY))
     st.success(f"Stored for Merge, Ensemble and Evolve: {xp.describe(state.experiment(ws))}")
     l1, l2 = st.columns(2)
-    l1.page_link("pages/3_Merge.py", label="Go to Merge", icon=":material/merge:")
-    l2.page_link("pages/4_Ensemble.py", label="Go to Ensemble", icon=":material/groups:")
+    l1.page_link(page_path("Merge"), label="Go to Merge", icon=":material/merge:")
+    l2.page_link(page_path("Ensemble"), label="Go to Ensemble", icon=":material/groups:")
 elif in_use:
     st.caption("These are the current experiment's sources (shown in the sidebar; Merge, Ensemble and Evolve "
                "use them).")

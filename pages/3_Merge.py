@@ -1,4 +1,6 @@
 """Merge: sources + weights + a method from the registry → a background job → the result card."""
+PAGE = {"title": "Merge", "icon": ":material/merge:", "order": 3,
+        "summary": "Merge the sources in parameter space (linear, TIES, DARE, Fisher, …)."}
 import streamlit as st
 
 from dashboard import runs as runs_view
@@ -8,6 +10,7 @@ from engine.experiments import DATA_MODES, Candidate
 from engine.candidate_runs import protected_folders, submit_candidate
 from engine.export_guard import ExportError, check_export_dir
 from engine.merge import MERGES
+from engine.store import ACTIVE
 
 st.title("Merge")
 st.caption("Merge the source models in parameter space into one model for the target, then score it on "
@@ -90,7 +93,7 @@ labels = {r["id"]: runs_view.run_label(r) for r in mine}
 run_id = st.selectbox(f"Run (merges for {target})", ids, index=ids.index(chosen), format_func=labels.get,
                       key=f"merge_show_{chosen}")
 run = runs_view.watch(run_id, key="merge")
-if run is None or run["status"] in ("queued", "running"):
+if run is None or run["status"] in ACTIVE:
     st.stop()
 st.caption(f"{run['method']} → {run['target']} from " + ", ".join(
     f"{s} ({w:.2f})" for s, w in zip(run["sources"], run["weights"])))

@@ -1,4 +1,6 @@
 """Ensemble: combine the sources' outputs. Once their logits are cached, re-scoring is instant."""
+PAGE = {"title": "Ensemble", "icon": ":material/groups:", "order": 4,
+        "summary": "Combine the sources' outputs: voting rules or learned fusion."}
 import json
 
 import streamlit as st
@@ -10,6 +12,7 @@ from engine.ensemble import ENSEMBLES
 from engine.experiments import Candidate, evaluate_candidate, source_scores
 from engine.candidate_runs import submit_candidate
 from engine.runinfo import target_data_use
+from engine.store import ACTIVE
 
 st.title("Ensemble")
 st.caption("Combine the source models in output space: every source classifies the target's text and "
@@ -58,7 +61,7 @@ st.divider()
 pairs = tasks.ensemble_pairs(ws, target, sources, fit_on=data_mode if method.meta.get("needs_fit") else "")
 missing = tasks.missing_logits(ws, pairs)
 if missing:
-    active = [r for r in state.store().runs(kind="logits", status=("queued", "running"), limit=5)]
+    active = [r for r in state.store().runs(kind="logits", status=ACTIVE, limit=5)]
     st.info(f"{len(missing)} of {len(pairs)} model outputs are not cached yet. They are computed once "
             "(one forward pass per model and split); after that every change here re-scores instantly.  \n"
             + tasks.describe_pairs(pairs, missing, target))

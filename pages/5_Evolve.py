@@ -1,6 +1,8 @@
 """Evolve: search merge recipes (any registered algorithm: EvoMerge, CMA-ES, Optuna, ...) on the
 target's dev data; watch it live. The algorithm list and its settings' controls come from the
 registry (engine/evolve/algorithms.py)."""
+PAGE = {"title": "Evolve", "icon": ":material/genetics:", "order": 5,
+        "summary": "Search merge recipes evolutionarily; watch fitness live."}
 import streamlit as st
 
 from dashboard import runs as runs_view
@@ -13,7 +15,8 @@ from engine.evolve.estimate import candidates_per_generation
 from engine.evolve.genome import combo_name
 from engine.limits import bounds
 from engine.merge import MERGES
-from engine.store import ACTIVE
+from engine.jobs import EXECUTORS
+from engine.store import ACTIVE, STOPPED
 
 
 def setting_control(p, key: str, where):
@@ -81,7 +84,7 @@ with st.expander("New evolutionary run", expanded=not history, icon=":material/a
                                                    key=f"evo_tune_{extra['method']}") or None
         c = st.columns([2, 3])
         executor = c[0].segmented_control(
-            "Evaluate candidates", ["local", "ray"], default="local", key="evo_executor",
+            "Evaluate candidates", list(EXECUTORS), default=EXECUTORS[0], key="evo_executor",
             help="local: one after another in this server; ray: each generation's candidates as parallel "
                  "Ray tasks (a local instance, or a cluster address) — the same results") or "local"
         address = c[1].text_input("Ray address (empty: a local instance)", "", key="evo_address",
@@ -205,7 +208,7 @@ live_panel()
 row = state.store().get(run_id)
 result = row.get("result") or {}
 b = st.columns(3)
-if row["status"] in ("cancelled", "interrupted", "failed") and result.get("generation", -1) >= 0:
+if row["status"] in STOPPED and result.get("generation", -1) >= 0:
     if b[0].button("Resume", icon=":material/resume:", key="evo_resume",
                    help="continue from the last completed generation as a new run"):
         with state.engine_errors():

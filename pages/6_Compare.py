@@ -1,4 +1,6 @@
 """Compare: every candidate against the target's baselines, the zero-shot N×N matrix, exports."""
+PAGE = {"title": "Compare", "icon": ":material/leaderboard:", "order": 8,
+        "summary": "Every run against honest baselines; the N×N matrix; export."}
 import pandas as pd
 import streamlit as st
 
@@ -6,6 +8,7 @@ from dashboard import runs as runs_view
 from dashboard import figures, state, sweeps, widgets
 from engine import tasks
 from engine.report import tables
+from engine.store import ACTIVE
 
 TARGET_DATA_HELP = ("Target data: ○ none (zero-shot), ◐ unlabelled target text, ● labelled target dev "
                     "(fitted or chosen on it: not zero-shot); bars with target data are hatched.")
@@ -120,7 +123,7 @@ with tab_nxn:
     signature = tasks.zoo_signature(ws)
     matches = [r for r in state.store().runs(kind="nxn", limit=50)
                if all(r["params"].get(k) == v for k, v in signature.items())]
-    active = [r for r in matches if r["status"] in ("queued", "running")]
+    active = [r for r in matches if r["status"] in ACTIVE]
     finished = [r for r in matches if r["status"] == "done"]
     if active:
         runs_view.watch(active[0]["id"], key="nxn")

@@ -1,12 +1,15 @@
 """Sweeps: every target × method (× grid × K × features × weighting) as one resumable job, with the
 report that answers "does merging beat ensembling here, and which strategy is best"."""
+PAGE = {"title": "Sweeps", "icon": ":material/table_view:", "order": 6,
+        "summary": "Run every target × method at once, resumable; win rates, paired tests, a one-click report."}
 from pathlib import Path
 
 import streamlit as st
 
 from dashboard import runs as runs_view
 from dashboard import state, sweeps
-from engine.store import ACTIVE
+from engine.jobs import EXECUTORS
+from engine.store import ACTIVE, STOPPED
 from engine.sweep import resume_sweep, submit_sweep
 from engine.sweep.spec import expand_cells, load_spec
 
@@ -44,7 +47,7 @@ with st.expander("New sweep", expanded=not history, icon=":material/add:"):
         spec = None
         st.error(state.message(exc))
     c = st.columns([2, 2, 3])
-    executor = c[0].segmented_control("Run on", ["local", "ray"], default="local", key="sw_exec",
+    executor = c[0].segmented_control("Run on", list(EXECUTORS), default=EXECUTORS[0], key="sw_exec",
                                       help="local: cells one after another in a background thread (default); "
                                            "ray: cells as Ray tasks — a local instance, or a cluster address") or "local"
     address, cpus = None, 2
@@ -76,7 +79,7 @@ def live() -> None:
 
 
 live()
-if run["status"] in ("cancelled", "interrupted", "failed"):
+if run["status"] in STOPPED:
     if st.button("Resume", icon=":material/resume:", key="sw_resume",
                  help="a new sweep run over the same spec: finished cells are linked, only the rest runs"):
         with state.engine_errors():

@@ -1,5 +1,7 @@
 """Train: fine-tune a locale's classifier from the zoo's pretrained base; watch loss and validation
 accuracy live; cancel and resume; the result joins the zoo."""
+PAGE = {"title": "Train", "icon": ":material/model_training:", "order": 7,
+        "summary": "Fine-tune a locale from the pretrained base; the new model joins the zoo."}
 import streamlit as st
 
 from dashboard import runs as runs_view

@@ -4,11 +4,11 @@ from pathlib import Path
 
 from streamlit.testing.v1 import AppTest
 
+from dashboard.navigation import discover, page_path
+
 ROOT = Path(__file__).resolve().parent.parent
 APP = ROOT / "app.py"
-PAGES = {"Setup": "pages/1_Setup.py", "Similarity": "pages/2_Similarity.py", "Merge": "pages/3_Merge.py",
-         "Ensemble": "pages/4_Ensemble.py", "Evolve": "pages/5_Evolve.py", "Compare": "pages/6_Compare.py",
-         "Sweeps": "pages/7_Sweeps.py", "Train": "pages/8_Train.py"}
+PAGES = [p.title for p in discover()]   # every page, by the name it declares
 TIMEOUT = 60
 LOAD_TIMES = {}
 
@@ -27,7 +27,7 @@ def open_app() -> AppTest:
 
 
 def goto(at: AppTest, page: str) -> AppTest:
-    at.switch_page(PAGES[page]).run()
+    at.switch_page(page_path(page)).run()
     assert not at.exception, [e.value for e in at.exception]
     assert at.title[0].value == page
     return at

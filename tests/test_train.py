@@ -147,13 +147,13 @@ def test_cli_train_bad_settings_exit_2(own_ws, capsys):
 
 
 def test_train_page_runs_a_fine_tune_and_shows_its_curves(app_cache, tiny_zoo_dir, tmp_path, monkeypatch):
-    from app_support import open_app, rerun, runner
+    from app_support import open_app, page_path, rerun, runner
 
     zoo = tmp_path / "zoo"  # training writes into the zoo's folder: never the shared test zoo
     shutil.copytree(tiny_zoo_dir, zoo)
     monkeypatch.setenv("FUSION_ZOO", str(zoo))
     at = open_app()
-    at.switch_page("pages/8_Train.py").run()
+    at.switch_page(page_path("Train")).run()
     assert not at.exception and at.title[0].value == "Train"
     at.selectbox(key="train_locale").set_value("nl-NL")
     at.text_input(key="train_name").set_value("ft_nl_app")
@@ -286,7 +286,7 @@ def test_label_curve_from_a_periodic_merge_run(own_ws):
 
 
 def test_train_page_measures_a_label_curve(app_cache, tiny_zoo_dir, tmp_path, monkeypatch):
-    from app_support import open_app, rerun, runner
+    from app_support import open_app, page_path, rerun, runner
 
     from engine.train.periodic import PeriodicConfig, submit_periodic
 
@@ -299,7 +299,7 @@ def test_train_page_measures_a_label_curve(app_cache, tiny_zoo_dir, tmp_path, mo
         baseline=False))
     assert runner(app_cache).wait(fused, timeout=300)["status"] == "done"
     at = open_app()
-    at.switch_page("pages/8_Train.py").run()
+    at.switch_page(page_path("Train")).run()
     at.selectbox(key="lc_fused").set_value(fused)
     at.text_input(key="lc_ns").set_value("0 4")
     at.number_input(key="lc_steps").set_value(1)

@@ -11,8 +11,9 @@ import argparse
 import json
 import sys
 import warnings
-from typing import Any, List, Optional
+from typing import List, Optional
 
+from ..formats import json_default
 from .core import COMMANDS, command, table_text  # noqa: F401  (the registry, for callers and tests)
 from . import methods, evolve, sweep, transfer, train  # noqa: F401,E402,I001  (each registers its commands, in --help order)
 
@@ -66,7 +67,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         if getattr(args, "debug", False):
             raise
         return 2
-    print(json.dumps(data, indent=2, default=_json_default, ensure_ascii=False) if args.json else text)
+    print(json.dumps(data, indent=2, default=json_default, ensure_ascii=False) if args.json else text)
     return 0
 
 
@@ -74,10 +75,3 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
     """Warnings (a cache moved aside, a refused cache entry) as one line on stderr, like errors."""
     print(f"warning: {message}", file=file or sys.stderr)
 
-
-def _json_default(obj: Any):
-    if hasattr(obj, "tolist"):
-        return obj.tolist()
-    if hasattr(obj, "item"):
-        return obj.item()
-    return str(obj)

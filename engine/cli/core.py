@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
+from ..data.base import SPLITS
 from ..progress import text_bar
 
 COMMANDS: Dict[str, tuple] = {}
@@ -23,31 +24,38 @@ def command(name: str, help: str, args: Optional[Callable[[argparse.ArgumentPars
 
 
 def workspace_args(p: argparse.ArgumentParser) -> None:
+    from ..data.sources import DATA_SOURCES, DEFAULT_SOURCE, data_kinds, source_fields
+    from ..workspace import Settings
+    from ..zoo import DEFAULT_PATTERN
+
     g = p.add_argument_group("workspace")
     g.add_argument("--zoo", default="", help="manifest, folder with zoo.json, or folder to scan (default: demo zoo)")
-    g.add_argument("--pattern", default="{base}_massive_k_{locale}", help="folder name pattern when scanning")
+    g.add_argument("--pattern", default=DEFAULT_PATTERN, help="folder name pattern when scanning")
     g.add_argument("--base", default=None, help="pretrained base model folder or hub id")
-    g.add_argument("--data", default="zoo", choices=["zoo", "demo", "massive", "jsonl", "table"])
-    g.add_argument("--data-path", default="", help="file/folder for --data jsonl/table; hub id or local copy for massive")
-    g.add_argument("--extra-locales", default="", help="massive: comma-separated targets without a model")
+    g.add_argument("--data", default=DEFAULT_SOURCE, choices=data_kinds(),
+                   help="; ".join(f"{m.name}: {m.title}" for m in map(DATA_SOURCES.get, data_kinds())))
+    for field, users in source_fields().items():   # each setting a data source declares, e.g. --data-path
+        g.add_argument("--" + field.replace("_", "-"), default=getattr(Settings(), field),
+                       help="; ".join(f"{source}: {p.help}" for source, p in users))
     g.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     g.add_argument("--cache-dir", default="", help="cache/results folder (default: ./cache)")
     g.add_argument("--batch-size", type=int, default=64)
 
 
 def open_from_args(args):
+    from ..data.sources import source_fields
     from ..workspace import Settings, open_workspace
 
     return open_workspace(Settings(zoo=args.zoo, pattern=args.pattern, base=args.base, data=args.data,
-                                   data_path=args.data_path, extra_locales=args.extra_locales, device=args.device, cache_dir=args.cache_dir,
-                                   batch_size=args.batch_size))
+                                   device=args.device, cache_dir=args.cache_dir, batch_size=args.batch_size,
+                                   **{field: getattr(args, field) for field in source_fields()}))
 
 
 def open_store(ws):
     """The one results store of the workspace's cache folder (the app's too)."""
-    from ..store import Store
+    from ..store import open_store as store_of
 
-    return Store(ws.cache_dir / "runs.sqlite")
+    return store_of(ws.cache_dir)
 
 
 def progress_for(args):
@@ -112,7 +120,7 @@ def _build_args(p):
 def cmd_build_demo(args):
     from ..demo.build import build_demo_zoo
     from ..demo.scale import SCALE_SIZES, build_scale_zoo
-    from ..evaluate import default_cache_dir
+    from ..paths import default_cache_dir
     from ..workspace import default_demo_dir
 
     if args.size in SCALE_SIZES:
@@ -147,7 +155,7 @@ def _evaluate_args(p):
     workspace_args(p)
     p.add_argument("--model", required=True, help="a zoo locale (e.g. de-DE) or a model folder")
     p.add_argument("--locale", required=True)
-    p.add_argument("--split", default="test", choices=["train", "validation", "test"])
+    p.add_argument("--split", default="test", choices=SPLITS)
 
 
 @command("evaluate", "evaluate one model of the zoo (or a model folder) on a locale", _evaluate_args)
@@ -183,7 +191,7 @@ def cmd_evaluate(args):
 
 def _nxn_args(p):
     workspace_args(p)
-    p.add_argument("--split", default="test", choices=["train", "validation", "test"])
+    p.add_argument("--split", default="test", choices=SPLITS)
     p.add_argument("--metric", default="accuracy")
     p.add_argument("--csv", default="", help="also write the matrix to this CSV file")
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from .core import command, open_from_args, progress_for, table_text, workspace_args
 from ..progress import Progress
+from ..store import ACTIVE, STOPPED
 
 
 def _default(name: str):
@@ -113,7 +114,7 @@ def _follow(store, run_id: str, bar) -> dict:
         row = store.get(run_id)
         if bar is not None and row["status"] == "running":
             bar(Progress(row["progress"], 1.0, row["message"] or "", time.perf_counter() - start))
-        if row["status"] not in ("queued", "running"):
+        if row["status"] not in ACTIVE:
             return row
         time.sleep(0.25)
 
@@ -148,7 +149,7 @@ def _summary(row: dict) -> str:
     if result.get("combo_counts"):
         lines.append("combinations used: " + ", ".join(f"{k}×{v}" for k, v in
                                                        result["combo_counts"].items()))
-    if row["status"] in ("cancelled", "interrupted", "failed"):
+    if row["status"] in STOPPED:
         lines.append(f"resume with: {resume_hint(row)}")
     return "\n".join(lines)
 
@@ -156,7 +157,7 @@ def _summary(row: dict) -> str:
 def resume_hint(row: dict) -> str:
     """The command that continues a run: the run records its workspace (``params.settings``), so
     only a results folder other than the default needs naming."""
-    from ..evaluate import default_cache_dir
+    from ..paths import default_cache_dir
 
     cache_dir = ((row.get("params") or {}).get("settings") or {}).get("cache_dir")
     extra = "" if not cache_dir or Path(cache_dir).resolve() == Path(default_cache_dir()).resolve() \
@@ -206,19 +207,18 @@ def _print_estimate(row: dict) -> None:
 @command("evolve", "evolutionary merge search (EvoMerge, CMA-ES, Optuna, ...) for a target locale",
          _evolve_args)
 def cmd_evolve(args):
-    from ..evaluate import default_cache_dir
     from ..evolve import (EvolveConfig, EvolveError, export_champion, parse_fitness_weights,
-                         resume_evolution, submit_evolution)
+                          resume_evolution, submit_evolution)
     from ..jobs import JobRunner
-    from ..store import Store
+    from ..store import open_store
 
     if args.resume:  # the store first: the run says which workspace it ran on
-        store = Store(Path(args.cache_dir or default_cache_dir()) / "runs.sqlite")
+        store = open_store(args.cache_dir)
         ws = _resume_workspace(args, store)
     else:
         settings = _algorithm_settings(args, args.algorithm)  # refused before the zoo is opened
         ws = open_from_args(args)
-        store = Store(ws.cache_dir / "runs.sqlite")
+        store = open_store(ws.cache_dir)
     runner = JobRunner(store)
     try:
         if args.resume:

@@ -151,11 +151,10 @@ def _runs_args(p):
 def cmd_runs(args):
     import pandas as pd
 
-    from ..evaluate import default_cache_dir
     from ..report.tables import runs_frame
-    from ..store import Store
+    from ..store import open_store as store_of
 
-    store = Store(Path(args.cache_dir or default_cache_dir()) / "runs.sqlite")
+    store = store_of(args.cache_dir)
     runs = store.runs(kind=args.kind, target=args.target, limit=args.limit)
     frame = runs_frame(runs)  # the Compare page's table: the same accuracy for the same run
     rows = [{"id": r.id, "kind": r.kind, "method": r.method or "", "target": r.target or "", "status": r.status,
@@ -174,12 +173,11 @@ def _export_args(p):
 @command("export", "rebuild a stored run's merge (or champion, or fusion) and write it to DIR",
          _export_args)
 def cmd_export(args):
-    from ..evaluate import default_cache_dir
     from ..export_run import export_stored_run
-    from ..store import Store
+    from ..store import open_store as store_of
     from ..workspace import Settings
 
-    store = Store(Path(args.cache_dir or default_cache_dir()) / "runs.sqlite")
+    store = store_of(args.cache_dir)
     fallback = Settings(zoo=args.zoo, pattern=args.pattern, base=args.base, data=args.data,
                         data_path=args.data_path, extra_locales=args.extra_locales,
                         device=args.device, cache_dir=args.cache_dir, batch_size=args.batch_size)

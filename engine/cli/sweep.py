@@ -6,16 +6,14 @@ Compare page and can be resumed from either side.
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 from .core import command, open_from_args, progress_for, table_text, workspace_args
 
 
 def _store(cache_dir: str):
-    from ..evaluate import default_cache_dir
-    from ..store import Store
+    from ..store import open_store
 
-    return Store(Path(cache_dir or default_cache_dir()) / "runs.sqlite")
+    return open_store(cache_dir)
 
 
 def _sweep_args(p):
@@ -45,6 +43,7 @@ def _headline_text(store, run_id: str) -> str:
 def cmd_sweep(args):
     from ..jobs import JobRunner
     from ..progress import Progress
+    from ..store import ACTIVE
     from ..sweep import resume_sweep, submit_sweep
 
     if not args.spec and not args.resume:
@@ -69,7 +68,7 @@ def cmd_sweep(args):
     try:
         while True:
             row = store.get(run_id)
-            if row["status"] not in ("queued", "running"):
+            if row["status"] not in ACTIVE:
                 break
             if bar is not None:
                 bar(Progress(row["progress"], 1.0, row["message"] or "", time.perf_counter() - started))

@@ -24,6 +24,9 @@ def _split_name(value: str, where: str) -> str:
     return split
 
 
+MASSIVE_ID = "AmazonScience/massive"  # the hub id load_massive reads by default
+
+
 def _build(name: str, rows: Rows, labels: Optional[Sequence[str]], where: str, info: dict) -> Dataset:
     """Rows -> Dataset over ``labels`` (default: the sorted union of label names)."""
     if not any(texts for parts in rows.values() for texts, _ in parts.values()):
@@ -42,7 +45,7 @@ def _build(name: str, rows: Rows, labels: Optional[Sequence[str]], where: str, i
 # ---------------------------------------------------------------- MASSIVE through `datasets`
 
 def load_massive(locales: Sequence[str], cache_dir: Optional[str] = None,
-                 name: str = "AmazonScience/massive", revision: Optional[str] = None) -> Dataset:
+                 name: str = MASSIVE_ID, revision: Optional[str] = None) -> Dataset:
     """MASSIVE locales through ``datasets.load_dataset`` (columns ``utt`` and ``intent``).
 
     ``name`` is a hub id or a local folder laid out like the hub's parquet export

@@ -28,6 +28,7 @@ from ..data import Dataset
 from ..progress import ProgressFn, Tracker, sub_progress
 from ..train.loop import Trainer, accuracy
 from ..train.loop import seed_everything as _seed_everything
+from ..zoo import MANIFEST
 
 MODEL_PREFIX = "e5small_massive_k_"
 
@@ -158,7 +159,7 @@ def build_demo_zoo(out_dir: str | Path, size: str = "default", locales: Optional
     out.mkdir(parents=True, exist_ok=True)
     recipe = {"size": size, "locales": locales, "seed": seed, "steps": steps, **{
         k: v for k, v in asdict(spec).items() if k not in ("name", "locales", "steps")}}
-    manifest = out / "zoo.json"
+    manifest = out / MANIFEST
     if manifest.exists():
         spec_done = json.loads(manifest.read_text()).get("recipe")
         if spec_done == recipe:

@@ -21,6 +21,7 @@ import torch
 
 from ..progress import ProgressFn, Tracker
 from ..tensorfile import StreamingWriter
+from ..zoo import MANIFEST
 from .build import MODEL_PREFIX, write_jsonl
 
 
@@ -93,7 +94,7 @@ def build_scale_zoo(out_dir: str | Path, size: str = "xlmr-base", locales: Optio
     locales = sorted(locales or SCALE_LOCALES)
     out = Path(out_dir)
     recipe = {"size": size, "locales": locales, "seed": seed, "shape": asdict(shape)}
-    manifest = out / "zoo.json"
+    manifest = out / MANIFEST
     if manifest.exists():
         done = json.loads(manifest.read_text()).get("recipe")
         if done == recipe:

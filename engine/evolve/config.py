@@ -13,9 +13,10 @@ from dataclasses import asdict, dataclass, field, fields
 import math
 from typing import Any, Dict, List, Optional
 
+from ..jobs import EXECUTORS
 from ..limits import check_param, check_setting
 from .algorithms import EVOLUTIONS
-EXECUTORS = ("local", "ray")
+
 FITNESS_TERMS = ("accuracy", "loss", "latency", "memory")
 DEFAULT_FITNESS = {"accuracy": 0.5, "loss": 0.5, "latency": 0.0, "memory": 0.0}
 SEED_FITNESS = {"accuracy": 0.3, "loss": 0.4, "latency": 0.2, "memory": 0.1}  # seed 004's weights

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
 
-from ..store import ACTIVE
+from ..store import ACTIVE, STOPPED
 from .config import EvolveConfig, EvolveError
 from .runner import CHECKPOINT, Evolution, read_checkpoint, resolve_config
 from .search import run_label
@@ -154,7 +154,7 @@ def resumable_runs(ws, store) -> List[Dict[str, Any]]:
     """Evolution runs that stopped early (interrupted, cancelled, failed) with a checkpoint that
     has generations left and no resumed run yet, newest first: what a page offers to resume."""
     out = []
-    for row in store.runs(kind="evolve", status=("interrupted", "cancelled", "failed")):
+    for row in store.runs(kind="evolve", status=STOPPED):
         if store.runs(parent=row["id"], limit=1):
             continue
         try:

@@ -17,6 +17,7 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 from .. import __version__ as ENGINE_VERSION
+from ..formats import strict_json_default
 from . import MERGES
 from .common import MergeError
 
@@ -38,16 +39,6 @@ def _template_files(template: Path) -> List[Path]:
         if f.is_file() and (f.name.startswith("tokenizer") or f.name in TOKENIZER_FILES):
             files.append(f)
     return files
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, Tensor):
-        return value.tolist()
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, torch.dtype):
-        return str(value).replace("torch.", "")
-    raise TypeError(f"not JSON-serialisable: {type(value).__name__}")
 
 
 def mergekit_config(recipe: Mapping[str, Any],
@@ -176,5 +167,5 @@ def _write_folder(out: Path, state_dict: Mapping[str, Tensor], files: List[Path]
                           "linear-averaged by the engine.")
         (out / "mergekit.yaml").write_text(_yaml(config, header), encoding="utf-8")
         record["mergekit_yaml"] = "mergekit.yaml"
-    (out / "recipe.json").write_text(json.dumps(record, indent=2, default=_plain,
+    (out / "recipe.json").write_text(json.dumps(record, indent=2, default=strict_json_default,
                                                 ensure_ascii=False), encoding="utf-8")

@@ -18,7 +18,7 @@ from typing import Any, Dict, List
 import numpy as np
 import pandas as pd
 
-from .. import stats
+from .. import formats, stats
 from ..runinfo import TARGET_DATA_MARKS, run_target_data
 from ..store import Store
 
@@ -298,15 +298,8 @@ def _recommend(res, head, out, base, alpha):
 
 # ---- report.md and the files ---------------------------------------------------------------------------
 def markdown_table(df: pd.DataFrame, floatfmt: str = "{:.3f}") -> str:
-    """A GitHub markdown table (no tabulate dependency)."""
-    def cell(v):
-        if isinstance(v, (float, np.floating)):
-            return "–" if np.isnan(v) else floatfmt.format(v)
-        return str(v).replace("|", "\\|")
-    cols = [str(c) for c in df.columns]
-    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
-    return "\n".join(lines)
+    """report.md's tables: a missing number shows as a dash."""
+    return formats.markdown_table(df, floatfmt, missing="–")
 
 
 def report_markdown(res: SweepResults, alpha: float = 0.05) -> str:
@@ -361,16 +354,3 @@ def report_markdown(res: SweepResults, alpha: float = 0.05) -> str:
     return "\n".join(lines)
 
 
-def _clean(v):
-    """JSON-safe: numpy to Python, NaN to null (results.json is strict JSON)."""
-    if isinstance(v, dict):
-        return {str(k): _clean(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_clean(x) for x in v]
-    if isinstance(v, np.ndarray):
-        return _clean(v.tolist())
-    if isinstance(v, np.generic):
-        v = v.item()
-    if isinstance(v, float) and not np.isfinite(v):
-        return None
-    return v

@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 import json
-import math
 from typing import Dict, List, Sequence
 
 import pandas as pd
 
+from ..formats import markdown_table
 from ..runinfo import TARGET_DATA_MARKS, run_origin, run_target_data, target_data_text
 
 CANDIDATE_KINDS = ("merge", "ensemble", "evolve")
@@ -141,18 +141,8 @@ def summary(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def markdown(frame: pd.DataFrame, digits: int = 3) -> str:
-    """A GitHub-flavoured Markdown table (no extra dependency)."""
-    def cell(v) -> str:
-        if v is None or (isinstance(v, float) and math.isnan(v)):
-            return ""
-        if isinstance(v, float):
-            return f"{v:.{digits}f}"
-        return str(v).replace("|", "\\|").replace("\n", " ")
-
-    head = "| " + " | ".join(map(str, frame.columns)) + " |"
-    rule = "| " + " | ".join("---" for _ in frame.columns) + " |"
-    body = ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
-    return "\n".join([head, rule, *body]) + "\n"
+    """The Compare page's download: a Markdown table file, empty cells where a value is missing."""
+    return markdown_table(frame, f"{{:.{digits}f}}") + "\n"
 
 
 def to_json(frame: pd.DataFrame) -> str:

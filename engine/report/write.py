@@ -8,7 +8,8 @@ from typing import Any, Dict
 
 from ..store import Store
 from .figures import figures
-from .results import (_clean, baseline_table, findings, headline_table, load_results, report_markdown,
+from ..formats import jsonable
+from .results import (baseline_table, findings, headline_table, load_results, report_markdown,
                       win_rate_table)
 
 
@@ -28,7 +29,7 @@ def write_report(store: Store, sweep_run_id: str, out_dir, alpha: float = 0.05) 
             "baselines": baseline_table(res).to_dict(orient="records"),
             "win_rates": win_rate_table(res).to_dict(orient="records"),
             "findings": found, "cells": res.frame.to_dict(orient="records")}
-    paths["results_json"].write_text(json.dumps(_clean(data), indent=2, allow_nan=False, default=str),
+    paths["results_json"].write_text(json.dumps(jsonable(data, nan_to_none=True), indent=2, allow_nan=False, default=str),
                                      encoding="utf-8")
     for stem, fig in figures(res).items():
         paths[stem] = out / f"{stem}.html"

@@ -27,28 +27,15 @@ import numpy as np
 from ..experiments import Candidate, baselines_from_scores, evaluate_candidate, source_scores
 from ..runinfo import target_data_use
 from ..progress import Cancelled, Progress, ProgressFn, sub_progress
-from ..store import Store
+from ..formats import jsonable
+from ..jobs import EXECUTORS  # noqa: F401  (its home is engine.jobs)
+from ..store import ACTIVE, Store
 from ..workspace import Workspace
 from .spec import Cell, expand_cells, load_spec
-
-EXECUTORS = ("local", "ray")
 
 
 class SweepError(ValueError):
     """A sweep that cannot be started or resumed as asked."""
-
-
-def _plain(value: Any) -> Any:
-    """JSON-safe copy (numpy scalars/arrays to Python)."""
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
 
 
 # ---- one cell ------------------------------------------------------------------------------------
@@ -61,7 +48,7 @@ def compute_cell(ws: Workspace, cand: Candidate, progress: Optional[ProgressFn] 
     result = {k: v for k, v in out.items() if k != "metrics"}
     result["predictions"] = {"test": predictions["test"]}
     result["forward_passes"] = 1 if cand.kind == "merge" else len(cand.sources)
-    return _plain({"metrics": out["metrics"], "result": result, "started": started, "finished": time.time()})
+    return jsonable({"metrics": out["metrics"], "result": result, "started": started, "finished": time.time()})
 
 
 def target_reference(ws: Workspace, target: str, models: Iterable[str],
@@ -75,7 +62,7 @@ def target_reference(ws: Workspace, target: str, models: Iterable[str],
     keep = sorted({m for m in models if m in scores} | ({best} if best else set())
                   | ({target} if target in scores else set()))
     predictions = {m: ws.evaluator.source_logits(m, target, "test").logits.argmax(axis=1).tolist() for m in keep}
-    return _plain({"labels": labels, "scores": scores,
+    return jsonable({"labels": labels, "scores": scores,
                    "best_zero_shot": {"model": best, "accuracy": zero[best]} if best else None,
                    "target_model": {"model": target, "accuracy": scores[target]} if target in scores else None,
                    "predictions": predictions})
@@ -227,7 +214,7 @@ def resume_sweep(runner, ws: Workspace, sweep_run_id: str, executor: Optional[st
     row = runner.store.get(sweep_run_id)
     if row["kind"] != "sweep" or "spec" not in row["params"]:
         raise SweepError(f"run {sweep_run_id} is a {row['kind']} run, not a sweep")
-    if row["status"] in ("queued", "running"):
+    if row["status"] in ACTIVE:
         raise SweepError(f"sweep {sweep_run_id} is still {row['status']}; cancel it (or wait) before resuming")
     old = row["params"]
     return submit_sweep(runner, ws, old["spec"], executor or old.get("executor", "local"),

@@ -23,7 +23,7 @@ from safetensors.torch import load_file, save_file
 
 from ..export_guard import check_export_dir, export_folder, zoo_folders
 from ..progress import Cancelled, Tracker
-from ..store import ACTIVE
+from ..store import ACTIVE, STOPPED
 from ..zoo import MANIFEST, label_list, read_config
 from .loop import Trainer, freeze_embeddings, seed_everything
 
@@ -270,7 +270,7 @@ def run_finetune(store, ws, config: FinetuneConfig, echo=None) -> dict:
 
 def resumable(row: dict) -> bool:
     ckpt = (row.get("params") or {}).get("checkpoint")
-    return (row["kind"] == "train" and row["status"] in ("cancelled", "interrupted", "failed")
+    return (row["kind"] == "train" and row["status"] in STOPPED
             and row.get("method") == "finetune" and bool(ckpt) and (Path(ckpt) / "trainer.json").exists())
 
 

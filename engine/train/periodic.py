@@ -29,7 +29,7 @@ from typing import Any, Dict, List, Optional
 from safetensors.torch import save_file
 
 from ..progress import Cancelled, Tracker
-from ..store import ACTIVE
+from ..store import ACTIVE, STOPPED
 from .finetune import TrainError, checkpoint_dir, load_base
 from .loop import Trainer
 
@@ -270,7 +270,7 @@ def run_periodic(store, ws, config: PeriodicConfig, echo=None) -> dict:
 
 def periodic_resumable(row: dict) -> bool:
     ckpt = (row.get("params") or {}).get("checkpoint")
-    return (row.get("method") == "periodic-merge" and row["status"] in ("cancelled", "interrupted", "failed")
+    return (row.get("method") == "periodic-merge" and row["status"] in STOPPED
             and bool(ckpt) and (Path(ckpt) / "state.json").exists())
 
 
