@@ -70,6 +70,8 @@ def zoo(tmp_path_factory):
 
 def merge(zoo, name, sources=None, weights=(0.5, 0.3, 0.2), seed=0, **kw):
     sources = zoo["sources"] if sources is None else sources
+    limit = MERGES.get(name).traits.max_sources if name in MERGES else None
+    sources = sources[:limit]  # fixed-size methods (nuslerp) take the first ones
     weights = list(weights)[: len(sources)]
     return merge_state_dicts(name, sources, weights, base=kw.pop("base", zoo["base"]),
                              params=kw.pop("params", DATA_PARAMS.get(name)),
@@ -124,6 +126,7 @@ def test_deterministic_for_a_seed(zoo, name):
 # parameters under which a method must return its input when there is nothing to merge
 IDENTITY = {"linear": {}, "task_arithmetic": {}, "slerp": {}, "inverse_variance": {},
             "model_stock": {}, "frankenmerge": {}, **DATA_PARAMS,
+            "karcher": {},
             **{m: {"density": 1.0} for m in ("ties", "dare_linear", "dare_ties", "breadcrumbs",
                                              "breadcrumbs_ties", "della", "della_linear")}}
 NO_SINGLE = {"model_stock"}  # needs two models

@@ -70,7 +70,14 @@ def mergekit_config(recipe: Mapping[str, Any],
     params = dict(method.resolve(recipe.get("params") or {}))
     config: Dict[str, Any] = {"merge_method": kit}
     shared: Dict[str, Any] = {}
-    if name == "linear":
+    hook = method.hooks.to_mergekit  # a1: replaces the branches below
+    if hook is not None:
+        parts, reason = hook(sources, weights, params, recipe.get("base") and str(recipe["base"]))
+        if parts is None:
+            return None, reason
+        shared = dict(parts.get("parameters", {}))
+        config.update({k: v for k, v in parts.items() if k != "parameters"})
+    elif name == "linear":
         config["models"] = [{"model": s, "parameters": {"weight": w}}
                             for s, w in zip(sources, weights)]
         shared["normalize"] = True

@@ -1,0 +1,94 @@
+"""mergekit's newer spherical merges: Karcher mean, multi-SLERP and NuSLERP.
+
+Each kernel is mergekit 0.1.5's formula (``mergekit/merge_methods/{karcher,multislerp,nuslerp}.py``)
+on whole tensors, with the engine's normalised weights where mergekit takes weights; its
+``to_mergekit`` hook writes the mergekit.yaml that reproduces it (tests/test_merge_parity_mergekit_new.py
+reruns it). None of them reads the pretrained base: mergekit's multislerp/nuslerp can take a
+base_model (then they interpolate task vectors), ours interpolate the models themselves, which
+is mergekit's behaviour without base_model. The classification head is merged like every tensor.
+"""
+from __future__ import annotations
+
+from typing import List, Optional
+
+import torch
+from torch import Tensor
+
+from ..registry import Param
+from . import MERGES
+from .common import MergeError
+
+
+def _weighted_models(sources, weights, extra=None):
+    return [{"model": s, "parameters": {"weight": w, **(extra or {})}}
+            for s, w in zip(sources, weights)]
+
+
+# ---- Karcher mean -------------------------------------------------------------------------------
+
+def karcher_mean(tensors: List[Tensor], alphas: List[float], max_iter: int = 10,
+                 tol: float = 1e-5) -> Tensor:
+    """Weighted Karcher (Riemannian) mean of the tensors' directions on the unit sphere, scaled
+    by the weighted mean norm: mergekit's ``karcher_merge_tensors`` step for step."""
+    if len(tensors) == 1:
+        return tensors[0].clone()
+    dtype = torch.float64 if tensors[0].dtype == torch.float64 else torch.float32
+    norms, units = [], []
+    for tensor in tensors:
+        norm = torch.linalg.vector_norm(tensor.to(dtype))
+        norms.append(norm)
+        units.append(torch.zeros_like(tensor) if norm.item() == 0.0 else (tensor / norm).to(tensor.dtype))
+    valid = [i for i, n in enumerate(norms) if n.item() > tol]
+    if not valid:
+        return torch.zeros_like(tensors[0])
+    total = sum(alphas[i] for i in valid)
+    valid_alphas = [alphas[i] / total for i in valid]
+    valid_units = [units[i] for i in valid]
+    mean = torch.zeros_like(valid_units[0])
+    for alpha, unit in zip(valid_alphas, valid_units):
+        mean += alpha * unit
+    mean_norm = torch.linalg.vector_norm(mean.to(dtype))
+    mean = valid_units[0].clone() if mean_norm.item() < tol else (mean / mean_norm).to(mean.dtype)
+    for _ in range(max_iter):
+        tangent = torch.zeros_like(mean)
+        for alpha, unit in zip(valid_alphas, valid_units):
+            dot = torch.clamp(torch.dot(mean.flatten(), unit.flatten()), -1.0, 1.0)
+            theta = torch.arccos(dot)
+            if theta.item() < tol:
+                continue
+            tangent += alpha * (theta / torch.sin(theta)) * (unit - dot * mean)
+        tangent_norm = torch.linalg.vector_norm(tangent.to(dtype))
+        if tangent_norm.item() < tol:
+            break
+        mean = (torch.cos(tangent_norm) * mean
+                + torch.sin(tangent_norm) * (tangent / tangent_norm)).to(mean.dtype)
+        unit_norm = torch.linalg.vector_norm(mean.to(dtype))
+        if unit_norm.item() > tol:
+            mean = (mean / unit_norm).to(mean.dtype)
+    scale = sum(alpha * norm for alpha, norm in zip(alphas, norms))
+    return scale * mean
+
+
+def karcher_to_mergekit(sources, weights, params, base):
+    """mergekit's karcher averages with equal weights: exportable when the used weights are equal."""
+    used = [(s, w) for s, w in zip(sources, weights) if w > 0]
+    if max(w for _, w in used) - min(w for _, w in used) > 1e-9:
+        return None, "mergekit's karcher averages with equal weights only"
+    return {"models": [{"model": s} for s, _ in used],
+            "parameters": {"max_iter": params["max_iter"], "tol": params["tol"]}}, ""
+
+
+@MERGES.register("karcher", params=[
+    Param("max_iter", "int", 10, 1, 1000, help="Riemannian gradient steps towards the mean direction"),
+    Param("tol", "float", 1e-5, 0.0, 1.0,
+          help="stop when the tangent step is this small; norms below it count as zero")],
+    family="geometric", title="Karcher mean", needs_base=False, mergekit="karcher", min_sources=1,
+    data_use="none", to_mergekit=karcher_to_mergekit)
+def karcher(tensors: List[Tensor], weights: Tensor, base: Optional[Tensor] = None, *, key: str = "",
+            generator=None, max_iter: int = 10, tol: float = 1e-5) -> Tensor:
+    """Karcher mean (arXiv 2603.04972), per tensor: the point on the unit sphere minimising the
+    weighted squared geodesic distance to each tensor's direction, found by ``max_iter`` Riemannian
+    gradient steps, times Σ w_i ‖θ_i‖. Weights are the alphas (mergekit uses 1/N each); zero
+    tensors drop out of the direction."""
+    return karcher_mean(tensors, weights.tolist(), max_iter=max_iter, tol=tol)
+
