@@ -37,6 +37,8 @@ def ours(name, sources, base, params, weights):
 TENSOR_CASES = [
     ("karcher", {}, {}, [1, 1, 1], False),
     ("karcher", {"max_iter": 3, "tol": 1e-3}, {"max_iter": 3, "tol": 1e-3}, [1, 1, 1], False),
+    ("multislerp", {}, {"weight": [0.5, 0.3, 0.2]}, [0.5, 0.3, 0.2], False),
+    ("multislerp", {"eps": 1e-4}, {"weight": [0.2, 0.2, 0.6], "eps": 1e-4}, [0.2, 0.2, 0.6], False),
 ]
 
 
@@ -72,6 +74,7 @@ def test_karcher_of_two_is_the_geodesic_point_at_the_weight():
 # (method, params, weights, sources): whole models, exported and rerun by mergekit
 MODEL_CASES = [
     ("karcher", {}, [1, 1, 1], SOURCES),
+    ("multislerp", {}, models_parity.W3, SOURCES),
 ]
 ROUNDING = {"karcher": 1e-6}  # alphas: float32-normalised 1/3 vs mergekit's Python 1/3
 

@@ -92,3 +92,44 @@ def karcher(tensors: List[Tensor], weights: Tensor, base: Optional[Tensor] = Non
     tensors drop out of the direction."""
     return karcher_mean(tensors, weights.tolist(), max_iter=max_iter, tol=tol)
 
+
+# ---- multi-SLERP --------------------------------------------------------------------------------
+
+def multislerp_to_mergekit(sources, weights, params, base):
+    return {"models": _weighted_models(sources, weights),
+            "parameters": {"normalize_weights": True, "eps": params["eps"]}}, ""
+
+
+@MERGES.register("multislerp", params=[
+    Param("eps", "float", 1e-8, 0.0, 1e-2, help="added to norms so zero tensors do not divide by 0")],
+    family="geometric", title="Multi-SLERP", needs_base=False, mergekit="multislerp", min_sources=1,
+    data_use="none", to_mergekit=multislerp_to_mergekit)
+def multislerp(tensors: List[Tensor], weights: Tensor, base: Optional[Tensor] = None, *,
+               key: str = "", generator=None, eps: float = 1e-8) -> Tensor:
+    """Barycentric interpolation on the sphere, per tensor (mergekit's multislerp): project the
+    unit directions onto the tangent space at their weighted mean, average there, map back with
+    the exponential map and scale by Σ w_i ‖θ_i‖. Unlike ``slerp`` it does not depend on source
+    order. Two exactly opposite directions fall back to the weighted average; more than two
+    cancelling out is an error (as in mergekit)."""
+    if len(tensors) == 1:
+        return tensors[0].clone()
+    stacked = torch.stack(tensors, dim=0)
+    flat = stacked.view(stacked.shape[0], -1)
+    w = weights.to(stacked.dtype)
+    norms = torch.norm(flat, dim=-1, keepdim=True)
+    units = flat / (norms + eps)
+    mean = (units * w.view(-1, 1)).sum(0)
+    mean_norm = torch.norm(mean)
+    if mean_norm < eps:
+        if stacked.shape[0] == 2:
+            return (stacked[0] * w[0] + stacked[1] * w[1]).view(stacked.shape[1:])
+        raise MergeError(f"multislerp: the weighted directions of tensor '{key}' cancel out "
+                         "(opposite models with balancing weights); change the weights")
+    mean = mean / mean_norm
+    dots = (units * mean).sum(-1, keepdim=True)
+    tangents = units - dots * mean
+    tangent = (tangents * w.view(-1, 1)).sum(0)
+    tangent_norm = torch.norm(tangent) + eps
+    result = mean * torch.cos(tangent_norm) + tangent * (torch.sin(tangent_norm) / tangent_norm)
+    return (result * (norms.squeeze(-1) * w).sum()).view(stacked.shape[1:])
+
