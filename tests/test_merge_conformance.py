@@ -126,10 +126,10 @@ def test_deterministic_for_a_seed(zoo, name):
 # parameters under which a method must return its input when there is nothing to merge
 IDENTITY = {"linear": {}, "task_arithmetic": {}, "slerp": {}, "inverse_variance": {},
             "model_stock": {}, "frankenmerge": {}, **DATA_PARAMS,
-            "karcher": {}, "multislerp": {},
+            "karcher": {}, "multislerp": {}, "nuslerp": {},
             **{m: {"density": 1.0} for m in ("ties", "dare_linear", "dare_ties", "breadcrumbs",
                                              "breadcrumbs_ties", "della", "della_linear")}}
-NO_SINGLE = {"model_stock"}  # needs two models
+NO_SINGLE = {"model_stock", "nuslerp"}  # needs two models
 # mergekit clamps |δ_a|·|δ_b| at 1e-6, so identical but tiny deltas (|δ| < 1e-3) give cos < 1 and
 # move towards the base; the identity for model stock is checked on large deltas in
 # test_merge_definitions instead.

@@ -39,6 +39,11 @@ TENSOR_CASES = [
     ("karcher", {"max_iter": 3, "tol": 1e-3}, {"max_iter": 3, "tol": 1e-3}, [1, 1, 1], False),
     ("multislerp", {}, {"weight": [0.5, 0.3, 0.2]}, [0.5, 0.3, 0.2], False),
     ("multislerp", {"eps": 1e-4}, {"weight": [0.2, 0.2, 0.6], "eps": 1e-4}, [0.2, 0.2, 0.6], False),
+    ("nuslerp", {}, {"weight": [0.6, 0.4]}, [0.6, 0.4], False),
+    ("nuslerp", {"flatten": False}, {"weight": [0.3, 0.7], "nuslerp_flatten": False}, [0.3, 0.7],
+     False),
+    ("nuslerp", {"flatten": False, "row_wise": True},
+     {"weight": [0.5, 0.5], "nuslerp_flatten": False, "nuslerp_row_wise": True}, [0.5, 0.5], False),
 ]
 
 
@@ -71,10 +76,21 @@ def test_karcher_of_two_is_the_geodesic_point_at_the_weight():
                                rtol=1e-5, atol=1e-5)
 
 
+def test_nuslerp_takes_exactly_two_and_multislerp_refuses_cancelling_directions():
+    base, sources = _models((8, 4))
+    with pytest.raises(MergeError, match="exactly 2 source models, got 3"):
+        merge_state_dicts("nuslerp", [{"w": s} for s in sources])
+    a = torch.ones(6)
+    with pytest.raises(MergeError, match="cancel out"):
+        merge_state_dicts("multislerp", [{"w": a}, {"w": -a}, {"w": a * 0}], [1, 1, 1])
+
+
 # (method, params, weights, sources): whole models, exported and rerun by mergekit
 MODEL_CASES = [
     ("karcher", {}, [1, 1, 1], SOURCES),
     ("multislerp", {}, models_parity.W3, SOURCES),
+    ("nuslerp", {}, [0.6, 0.4], SOURCES[:2]),
+    ("nuslerp", {"flatten": False, "row_wise": True}, [0.35, 0.65], SOURCES[1:]),
 ]
 ROUNDING = {"karcher": 1e-6}  # alphas: float32-normalised 1/3 vs mergekit's Python 1/3
 

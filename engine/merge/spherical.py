@@ -133,3 +133,49 @@ def multislerp(tensors: List[Tensor], weights: Tensor, base: Optional[Tensor] = 
     result = mean * torch.cos(tangent_norm) + tangent * (torch.sin(tangent_norm) / tangent_norm)
     return (result * (norms.squeeze(-1) * w).sum()).view(stacked.shape[1:])
 
+
+# ---- NuSLERP ------------------------------------------------------------------------------------
+
+def nuslerp_pair(t: float, v0: Tensor, v1: Tensor, row_wise: bool = False, flatten: bool = True,
+                 eps: float = 1e-8) -> Tensor:
+    """mergekit's ``nuslerp``: SLERP of the whole flattened tensors (flatten), or of each row
+    (row_wise) / each last-axis vector; colinear vectors are interpolated linearly."""
+    shape = v0.shape
+    if flatten:
+        v0, v1 = v0.reshape(-1), v1.reshape(-1)
+    elif row_wise:
+        v0, v1 = v0.transpose(0, -1), v1.transpose(0, -1)
+    u0 = v0 / torch.norm(v0, dim=-1, keepdim=True).clamp(min=1e-7)
+    u1 = v1 / torch.norm(v1, dim=-1, keepdim=True).clamp(min=1e-7)
+    cos = torch.sum(u0 * u1, dim=-1, keepdim=True).clamp(-1, 1)
+    colinear = (1 - cos.square()) <= eps ** 2
+    theta = torch.acos(torch.where(colinear, 0, cos))
+    result = (torch.sin((1 - t) * theta) * v0 + torch.sin(t * theta) * v1) / torch.sin(theta)
+    result = torch.where(colinear, (1 - t) * v0 + t * v1, result)
+    if row_wise and not flatten:
+        result = result.transpose(0, -1)
+    return result.reshape(shape)
+
+
+def nuslerp_to_mergekit(sources, weights, params, base):
+    return {"models": _weighted_models(sources, weights),
+            "parameters": {"nuslerp_row_wise": params["row_wise"],
+                           "nuslerp_flatten": params["flatten"]}}, ""
+
+
+@MERGES.register("nuslerp", params=[
+    Param("row_wise", "bool", False,
+          help="interpolate each row (vector along the first axis) on its own; used when flatten "
+               "is off"),
+    Param("flatten", "bool", True, help="interpolate the whole tensor as one vector")],
+    family="geometric", title="NuSLERP", needs_base=False, mergekit="nuslerp", min_sources=2,
+    max_sources=2, data_use="none", to_mergekit=nuslerp_to_mergekit)
+def nuslerp(tensors: List[Tensor], weights: Tensor, base: Optional[Tensor] = None, *,
+            key: str = "", generator=None, row_wise: bool = False, flatten: bool = True) -> Tensor:
+    """NuSLERP (mergekit): SLERP of exactly two models with t = w_2 / (w_1 + w_2), over the whole
+    tensor (flatten, the default: the same as ``slerp``'s formula up to the colinear fallback), per
+    row (row_wise) or per last-axis vector."""
+    if len(tensors) != 2:
+        raise MergeError(f"nuslerp merges exactly 2 source models, got {len(tensors)}")
+    w = weights.tolist()
+    return nuslerp_pair(w[1] / (w[0] + w[1]), tensors[0], tensors[1], row_wise, flatten)
