@@ -126,7 +126,7 @@ def test_deterministic_for_a_seed(zoo, name):
 # parameters under which a method must return its input when there is nothing to merge
 IDENTITY = {"linear": {}, "task_arithmetic": {}, "slerp": {}, "inverse_variance": {},
             "model_stock": {}, "frankenmerge": {}, **DATA_PARAMS,
-            "karcher": {}, "multislerp": {}, "nuslerp": {},
+            "karcher": {}, "multislerp": {}, "nuslerp": {}, "sce": {},
             **{m: {"density": 1.0} for m in ("ties", "dare_linear", "dare_ties", "breadcrumbs",
                                              "breadcrumbs_ties", "della", "della_linear")}}
 NO_SINGLE = {"model_stock", "nuslerp"}  # needs two models

@@ -44,6 +44,8 @@ TENSOR_CASES = [
      False),
     ("nuslerp", {"flatten": False, "row_wise": True},
      {"weight": [0.5, 0.5], "nuslerp_flatten": False, "nuslerp_row_wise": True}, [0.5, 0.5], False),
+    ("sce", {}, {}, [1, 1, 1], True),
+    ("sce", {"select_topk": 0.3}, {"select_topk": 0.3}, [1, 1, 1], True),
 ]
 
 
@@ -60,6 +62,17 @@ def test_kernels_match_mergekit_per_tensor(shape, name, params, kit, weights, wi
         expected = mk.merge_tensors(sources, name, parameters=kit)
     got = ours(name, sources, base, params, weights)
     torch.testing.assert_close(got, expected, rtol=0, atol=0)
+
+
+def test_sce_weights_scale_energy_and_vote_and_zero_leaves_a_source_out():
+    """mergekit's sce has no weights: equal weights are its result, weight 0 is the merge
+    without that source, and unequal weights move the result towards the heavier source."""
+    base, sources = _models((24, 16), seed=3)
+    two = mk.merge_tensors([base] + sources[:2], "sce", parameters={}, base_index=0)
+    torch.testing.assert_close(ours("sce", sources, base, {}, [2, 2, 0]), two, rtol=0, atol=0)
+    even = ours("sce", sources, base, {}, [1, 1, 1])
+    heavy = ours("sce", sources, base, {}, [8, 1, 1])
+    assert torch.dist(heavy, sources[0]) < torch.dist(even, sources[0])
 
 
 def test_karcher_of_two_is_the_geodesic_point_at_the_weight():
@@ -91,6 +104,8 @@ MODEL_CASES = [
     ("multislerp", {}, models_parity.W3, SOURCES),
     ("nuslerp", {}, [0.6, 0.4], SOURCES[:2]),
     ("nuslerp", {"flatten": False, "row_wise": True}, [0.35, 0.65], SOURCES[1:]),
+    ("sce", {}, [1, 1, 1], SOURCES),
+    ("sce", {"select_topk": 0.4}, [1, 1], SOURCES[:2]),
 ]
 ROUNDING = {"karcher": 1e-6}  # alphas: float32-normalised 1/3 vs mergekit's Python 1/3
 
@@ -106,7 +121,7 @@ def test_mergekit_reruns_the_export_to_the_same_tensors(tiny_ws, tmp_path, metho
     assert models_parity.differing(mine, theirs, atol=ROUNDING.get(method, 0.0)) == {}
 
 
-@pytest.mark.parametrize("method", ["karcher"])
+@pytest.mark.parametrize("method", ["karcher", "sce"])
 def test_unequal_weights_are_not_exported_to_mergekit(method):
     """mergekit's karcher and sce take no weights: no mergekit.yaml, and the recipe says why."""
     recipe = {"method": method, "sources": ["a", "b"], "weights": [0.7, 0.3], "base": "base",
