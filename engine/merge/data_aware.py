@@ -169,6 +169,12 @@ def fisher(tensors: List[Tensor], weights: Tensor, base: Optional[Tensor] = None
     scale-free and entries no example moves fall back to the weighted average. Every parameter
     the model has, the classification head included, is Fisher-weighted; tensors that are not
     parameters (buffers) get the weighted average.
+
+    FusionBench's fisher_merging is the same formula (tests/test_merge_parity_fusionbench.py) with
+    three deliberate differences: it divides each source by its Fisher's global norm first
+    (normalize_fisher_weight, so a source more certain on its data counts no more; ours keeps
+    that), its floor is one constant for every tensor, and its statistic squares the gradient of
+    Σ_c √p_c·log p_c per batch where ours averages per-example squared gradients of log p(y|x).
     """
     if fishers is None:
         return linear_average(tensors, weights)
@@ -272,6 +278,11 @@ def regmean(tensors: List[Tensor], weights: Tensor, base: Optional[Tensor] = Non
     spans towards the weighted average instead of zero. Everything that is not an nn.Linear
     weight (biases, embeddings, LayerNorms) gets the weighted average; the classification head's
     dense/out_proj layers are nn.Linear and are RegMean-merged.
+
+    FusionBench's regmean_merging is the same (α = its reduce_non_diagonal_ratio, default 1.0
+    there, 0.9 here; tests/test_merge_parity_fusionbench.py) except, on purpose: the weights w_i
+    (it has none: equal), the ridge (its float32 inverse gives arbitrary values in directions
+    the data never spans), and padding, which its Grams count and ours leave out.
     """
     if grams is None:
         return linear_average(tensors, weights)
