@@ -12,7 +12,8 @@ from engine.progress import Cancelled
 torch.set_num_threads(1)
 CONFIG = dict(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
               intermediate_size=64, max_position_embeddings=40, num_labels=4)
-DATA_PARAMS = {"fisher": {"examples": 12}, "regmean": {"examples": 12}}
+DATA_PARAMS = {"fisher": {"examples": 12}, "regmean": {"examples": 12},
+               "regmean_plusplus": {"examples": 12}}
 
 
 def _batch(gen, size=8, length=10):
@@ -150,7 +151,7 @@ def _same(a, b, tol=1e-5):
 def test_identities(zoo, name):
     src = zoo["sources"][1]
     params = IDENTITY[name]
-    tol = 1e-4 if name == "regmean" else 1e-5
+    tol = 1e-4 if name.startswith("regmean") else 1e-5
     if name in NO_SINGLE:
         with pytest.raises(MergeError, match="at least 2"):
             merge(zoo, name, sources=[src], params=params)
@@ -247,7 +248,7 @@ def test_schema_is_plain_data_and_complete():
         for field in ("needs_base", "needs_data", "mergekit", "family", "min_sources", "random"):
             assert field in entry, (name, field)
     assert {n for n, e in schema.items() if e["needs_data"]} == {"fisher", "regmean",
-                                                                 "frankenmerge"}
+                                                                 "regmean_plusplus", "frankenmerge"}
 
 
 @pytest.mark.parametrize("name", METHODS)

@@ -6,7 +6,7 @@ weight 0 are not run (they would not contribute).
 """
 from __future__ import annotations
 
-from typing import Dict, Iterator, List, Optional
+from typing import Dict, Iterator, List, Optional, Set
 
 import torch
 from torch import Tensor
@@ -200,12 +200,23 @@ PREPARERS["fisher"] = prepare_fisher
 
 # ---- RegMean ------------------------------------------------------------------------------------
 
-def linear_grams(model: torch.nn.Module, batches, name: str = "model",
-                 progress=None) -> Dict[str, Tensor]:
+class _Stop(Exception):
+    """Raised by a hook to end a forward pass once the wanted inputs are seen."""
+
+
+def _stop(*_):
+    raise _Stop()
+
+
+def linear_grams(model: torch.nn.Module, batches, name: str = "model", progress=None,
+                 only: Optional[Set[str]] = None,
+                 stop_after: Optional[torch.nn.Module] = None) -> Dict[str, Tensor]:
     """Mean Gram matrix XᵀX / rows of the inputs to every nn.Linear, keyed '<module>.weight'.
 
     Rows are token positions; padding positions are left out where the input is
     (batch, seq, features) and the batch's attention mask matches. Returned on CPU, float32.
+    ``only``: the module names to record (default all); ``stop_after``: a module after which
+    each forward pass ends (RegMean++ reads one layer at a time).
     """
     device = next(model.parameters()).device
     sums: Dict[str, Tensor] = {}
@@ -228,13 +239,18 @@ def linear_grams(model: torch.nn.Module, batches, name: str = "model",
         return hook
 
     handles = [m.register_forward_pre_hook(hook_for(n)) for n, m in model.named_modules()
-               if isinstance(m, torch.nn.Linear)]
+               if isinstance(m, torch.nn.Linear) and (only is None or n in only)]
+    if stop_after is not None:
+        handles.append(stop_after.register_forward_hook(_stop))
     try:
         with torch.no_grad():
             for batch in batches:
                 inputs = {k: batch[k].to(device) for k in INPUT_KEYS if k in batch}
                 mask_now[0] = inputs.get("attention_mask")
-                model(**inputs)
+                try:
+                    model(**inputs)
+                except _Stop:
+                    pass
                 if progress is not None:
                     progress(batch["input_ids"].shape[0])
     finally:
