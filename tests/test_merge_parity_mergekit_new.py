@@ -130,3 +130,20 @@ def test_unequal_weights_are_not_exported_to_mergekit(method):
     assert config is None and "equal weights only" in reason
     config, _ = mergekit_config({**recipe, "weights": [0.5, 0.5]})
     assert config["merge_method"] == method and json.dumps(config)
+
+
+def test_merge_page_draws_the_new_methods_from_their_schema(app_cache):
+    """Each new method on the Merge page: its controls, named by its parameters, with mergekit's
+    defaults, and no error."""
+    from app_support import goto, open_app, rerun
+
+    at = goto(open_app(), "Merge")
+    expected = {"karcher": {"max_iter": 10, "tol": 1e-5}, "multislerp": {"eps": 1e-8},
+                "nuslerp": {"row_wise": False, "flatten": True}, "sce": {"select_topk": 1.0},
+                "regmean_plusplus": {"examples": 256, "alpha": 0.9}}
+    for name, defaults in expected.items():
+        at.selectbox(key="merge_method").set_value(name)
+        rerun(at)
+        assert not at.exception, name
+        for param, value in defaults.items():
+            assert at.session_state[f"merge.{name}.{param}"] == value, (name, param)
