@@ -101,7 +101,8 @@ def test_regmean_whole_merge_matches_fusionbench(zoo, grams, fusionbench_regmean
     Every nn.Linear weight (the classification head's two included) is RegMean-merged by both and
     the two solutions agree on the data (Gram-metric gap ≤ 1e-3; 4.6e-4 measured, on the
     1536-input FFN output whose Gram has condition ~10⁹); weights whose Gram is well conditioned
-    (query/key/value: every token's input) agree entry by entry (≤ 1e-4); everything else is the plain average in both (≤ 1e-6).
+    (query/key/value: every token's input) agree entry by entry (≤ 1e-4); everything else is the
+    plain average in both (≤ 1e-6).
 
     On purpose ours adds a ridge of 1e-6 × mean diagonal and solves in float64: directions the
     data never spans go to the weighted average, where FusionBench's float32 inverse gives

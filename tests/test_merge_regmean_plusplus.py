@@ -195,3 +195,37 @@ def test_matches_fusionbench_regmean_plusplus(zoo, alpha):
         torch.testing.assert_close(ours[k], theirs[k], rtol=1e-4, atol=1e-4, msg=k)
     assert ours.report.treatment["classifier.out_proj.weight"] == "regmean++"
     assert not torch.equal(ours["classifier.out_proj.weight"], theirs["classifier.out_proj.weight"])
+
+
+class BagOfWords(torch.nn.Module):
+    """A real classifier without numbered layers: an embedding bag and one linear layer."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = torch.nn.EmbeddingBag(100, 8)
+        self.out = torch.nn.Linear(8, 4)
+
+    def forward(self, input_ids, attention_mask=None):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(logits=self.out(self.embed(input_ids)))
+
+
+def test_bad_input_names_what_is_missing(zoo):
+    from engine.merge import MergeError
+
+    torch.manual_seed(0)
+    states = [BagOfWords().state_dict() for _ in range(2)]
+
+    def build(state):
+        model = BagOfWords()
+        model.load_state_dict(state)
+        return model
+
+    context = MergeContext(build, lambda i: zoo["data"][i])
+    with pytest.raises(MergeError, match="no numbered layers.*use regmean"):
+        merge_state_dicts("regmean_plusplus", states, context=context)
+    assert set(merge_state_dicts("regmean", states, context=context)) == set(states[0])
+    with pytest.raises(MergeError, match="no data for model 'de'"):
+        merge_state_dicts("regmean_plusplus", zoo["sources"][:2], names=["de", "en"],
+                          context=MergeContext(zoo["build"], lambda i: []))
