@@ -106,7 +106,7 @@ def test_regmean_whole_merge_matches_fusionbench(zoo, grams, fusionbench_regmean
 
     On purpose ours adds a ridge of 1e-6 × mean diagonal and solves in float64: directions the
     data never spans go to the weighted average, where FusionBench's float32 inverse gives
-    arbitrary values (max |diff| 6.0 there, on source weights of 6.2)."""
+    arbitrary values (max |diff| 6.4 there, on source weights of 6.2)."""
     alpha, theirs = 0.9, fusionbench_regmean
     ours = _ours(zoo, "regmean", zoo["single"], {"examples": EXAMPLES, "alpha": alpha})
     assert set(theirs) <= set(ours) and "classifier.out_proj.weight" in grams[0]

@@ -184,7 +184,7 @@ def _fusionbench_merge(zoo, alpha):
 @pytest.mark.parametrize("alpha", [0.9, 0.6])
 def test_matches_fusionbench_regmean_plusplus(zoo, alpha):
     """Embeddings and every encoder layer as FusionBench merges them (its float32 inverse vs our
-    float64 solve with a 1e-6 ridge: ≤ 1e-4); past the last layer FusionBench keeps its
+    float64 solve with a 1e-6 ridge: ≤ 1e-4; 7.2e-6 measured at α 0.9); past the last layer FusionBench keeps its
     pretrained model's head where ours RegMean-merges the head on the merged encoder's outputs."""
     pytest.importorskip("fusion_bench", reason="fusion-bench 0.2.33 not installed")
     theirs = _fusionbench_merge(zoo, alpha)
