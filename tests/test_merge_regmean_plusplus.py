@@ -229,3 +229,20 @@ def test_bad_input_names_what_is_missing(zoo):
     with pytest.raises(MergeError, match="no data for model 'de'"):
         merge_state_dicts("regmean_plusplus", zoo["sources"][:2], names=["de", "en"],
                           context=MergeContext(zoo["build"], lambda i: []))
+
+
+def test_progress_runs_through_the_layers_and_cancel_stops_it(zoo):
+    from engine.progress import Cancelled
+
+    seen = []
+    merge_state_dicts("regmean_plusplus", zoo["sources"], params={"examples": EXAMPLES},
+                      context=zoo["context"], progress=seen.append)
+    messages = " ".join(p.message for p in seen)
+    assert seen[-1].fraction == 1.0 and "layer.1" in messages and "the ends" in messages
+
+    def cancel(p):
+        if 0.3 < p.fraction < 0.9:  # between layers of the pre-pass
+            raise Cancelled()
+    with pytest.raises(Cancelled):
+        merge_state_dicts("regmean_plusplus", zoo["sources"], params={"examples": EXAMPLES},
+                          context=zoo["context"], progress=cancel)
