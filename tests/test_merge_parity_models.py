@@ -71,8 +71,10 @@ RANDOM_CASES = [
 def test_cases_cover_every_method_with_a_mergekit_hook():
     """Each to_mergekit hook is rerun by mergekit below: deterministic ones to the same tensors,
     random ones (the random trait) to tensors differing by the draws alone."""
+    from test_merge_parity_mergekit_new import MODEL_CASES  # mergekit's newer methods, same rerun
+
     hooked = [m for m in MERGES if m.hooks.to_mergekit is not None]
-    assert {m.name for m in hooked if not m.traits.random} == {c[0] for c in CASES}
+    assert {m.name for m in hooked if not m.traits.random} == {c[0] for c in CASES + MODEL_CASES}
     assert {m.name for m in hooked if m.traits.random} == {c[0] for c in RANDOM_CASES}
 
 

@@ -6,7 +6,7 @@ weight 0 are not run (they would not contribute).
 """
 from __future__ import annotations
 
-from typing import Dict, Iterator, List, Optional
+from typing import Dict, Iterator, List, Optional, Set
 
 import torch
 from torch import Tensor
@@ -170,6 +170,12 @@ def fisher(tensors: List[Tensor], weights: Tensor, base: Optional[Tensor] = None
     scale-free and entries no example moves fall back to the weighted average. Every parameter
     the model has, the classification head included, is Fisher-weighted; tensors that are not
     parameters (buffers) get the weighted average.
+
+    FusionBench's fisher_merging is the same formula (tests/test_merge_parity_fusionbench.py) with
+    three deliberate differences: it divides each source by its Fisher's global norm first
+    (normalize_fisher_weight, so a source more certain on its data counts no more; ours keeps
+    that), its floor is one constant for every tensor, and its statistic squares the gradient of
+    Σ_c √p_c·log p_c per batch where ours averages per-example squared gradients of log p(y|x).
     """
     if fishers is None:
         return linear_average(tensors, weights)
@@ -193,12 +199,23 @@ def fisher(tensors: List[Tensor], weights: Tensor, base: Optional[Tensor] = None
 
 # ---- RegMean ------------------------------------------------------------------------------------
 
-def linear_grams(model: torch.nn.Module, batches, name: str = "model",
-                 progress=None) -> Dict[str, Tensor]:
+class _Stop(Exception):
+    """Raised by a hook to end a forward pass once the wanted inputs are seen."""
+
+
+def _stop(*_):
+    raise _Stop()
+
+
+def linear_grams(model: torch.nn.Module, batches, name: str = "model", progress=None,
+                 only: Optional[Set[str]] = None,
+                 stop_after: Optional[torch.nn.Module] = None) -> Dict[str, Tensor]:
     """Mean Gram matrix XᵀX / rows of the inputs to every nn.Linear, keyed '<module>.weight'.
 
     Rows are token positions; padding positions are left out where the input is
     (batch, seq, features) and the batch's attention mask matches. Returned on CPU, float32.
+    ``only``: the module names to record (default all); ``stop_after``: a module after which
+    each forward pass ends (RegMean++ reads one layer at a time).
     """
     device = next(model.parameters()).device
     sums: Dict[str, Tensor] = {}
@@ -221,13 +238,18 @@ def linear_grams(model: torch.nn.Module, batches, name: str = "model",
         return hook
 
     handles = [m.register_forward_pre_hook(hook_for(n)) for n, m in model.named_modules()
-               if isinstance(m, torch.nn.Linear)]
+               if isinstance(m, torch.nn.Linear) and (only is None or n in only)]
+    if stop_after is not None:
+        handles.append(stop_after.register_forward_hook(_stop))
     try:
         with torch.no_grad():
             for batch in batches:
                 inputs = {k: batch[k].to(device) for k in INPUT_KEYS if k in batch}
                 mask_now[0] = inputs.get("attention_mask")
-                model(**inputs)
+                try:
+                    model(**inputs)
+                except _Stop:
+                    pass
                 if progress is not None:
                     progress(batch["input_ids"].shape[0])
     finally:
@@ -272,6 +294,11 @@ def regmean(tensors: List[Tensor], weights: Tensor, base: Optional[Tensor] = Non
     spans towards the weighted average instead of zero. Everything that is not an nn.Linear
     weight (biases, embeddings, LayerNorms) gets the weighted average; the classification head's
     dense/out_proj layers are nn.Linear and are RegMean-merged.
+
+    FusionBench's regmean_merging is the same (α = its reduce_non_diagonal_ratio, default 1.0
+    there, 0.9 here; tests/test_merge_parity_fusionbench.py) except, on purpose: the weights w_i
+    (it has none: equal), the ridge (its float32 inverse gives arbitrary values in directions
+    the data never spans), and padding, which its Grams count and ours leave out.
     """
     if grams is None:
         return linear_average(tensors, weights)

@@ -12,7 +12,6 @@ import shutil
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
-import torch
 from safetensors.torch import save_file
 from torch import Tensor
 
