@@ -97,6 +97,21 @@ def send_to_compare(run_id: str, key: str, where=None) -> None:
         st.switch_page(page_path("Compare"))
 
 
+LABEL_CURVE_RUN = "lc_preselect"  # the fused run the Train page's label-curve expander opens with
+
+
+def send_to_label_curve(run: dict, key: str, where=None) -> None:
+    """For one finished merge (or periodic-merge) run: a button that opens the Train page with the
+    run chosen in "What a merge is worth in target labels"."""
+    from engine.train.labels import is_fused_run
+
+    if is_fused_run(run) and (where or st).button(
+            "What is it worth in target labels?", icon=":material/stacked_line_chart:", key=key,
+            help="measure how many labelled target examples the base needs to match this fused model"):
+        st.session_state[LABEL_CURVE_RUN] = run["id"]
+        st.switch_page(page_path("Train"))
+
+
 def status_line(run: dict) -> None:
     """A finished run's outcome: error text for failures, a warning for cancelled/interrupted."""
     if run["status"] == "failed":
@@ -178,6 +193,8 @@ def card_facts(run: dict) -> None:
                      "unlabelled target text, or labelled target dev data")
     if use["target"] == "labelled target dev":
         left.caption("Fitted or chosen on the target's labelled dev data: not a zero-shot result.")
+    elif use["target"] == "labelled target train":
+        left.caption("Trained on the target's own labelled train data: the target's own model in kind, no transfer.")
     table = param_rows(run)
     if not table.empty:
         right.markdown("**Settings**")

@@ -15,8 +15,10 @@ if TYPE_CHECKING:
     from .experiments import Candidate
     from .workspace import Workspace
 
-# What target-language data a run used, weakest first (what Compare marks every run with)
-TARGET_DATA = ("none", "unlabelled target text", "labelled target dev")
+# What target-language data a run used, weakest first (what Compare marks every run with); a
+# training run that fits the target's own labelled train split is the target's own model in kind
+TARGET_DATA = ("none", "unlabelled target text", "labelled target dev", "labelled target train")
+TRAIN_LABELS = "labelled target train"
 KEY_VERSION = 2
 KEY_SPLITS = ("validation", "test")
 
@@ -92,7 +94,8 @@ def candidate_key(ws: "Workspace", cand: "Candidate") -> str:
 
 
 EVOLVE_TARGET_DATA = {"target": "labelled target dev", "source_data": False}  # fitness on the dev split
-TARGET_DATA_MARKS = {"none": "○", "unlabelled target text": "◐", "labelled target dev": "●"}
+TARGET_DATA_MARKS = {"none": "○", "unlabelled target text": "◐", "labelled target dev": "●",
+                     TRAIN_LABELS: "●"}
 
 
 def run_target_data(run: Dict[str, object]) -> Dict[str, object]:
@@ -101,6 +104,8 @@ def run_target_data(run: Dict[str, object]) -> Dict[str, object]:
     result, params = run.get("result") or {}, run.get("params") or {}
     if isinstance(result.get("target_data"), dict):
         return dict(result["target_data"])
+    if str(params.get("target_data", "")).startswith(TRAIN_LABELS):  # a label curve: "… (n examples per point)"
+        return {"target": TRAIN_LABELS, "source_data": False}
     if params.get("target_data") in TARGET_DATA:
         return {"target": params["target_data"], "source_data": bool(params.get("source_data"))}
     if run.get("kind") == "evolve":

@@ -11,13 +11,14 @@ from engine.report import tables
 from engine.store import ACTIVE
 
 TARGET_DATA_HELP = ("Target data: ○ none (zero-shot), ◐ unlabelled target text, ● labelled target dev "
-                    "(fitted or chosen on it: not zero-shot); bars with target data are hatched.")
+                    "(fitted or chosen on it: not zero-shot), ● labelled target train (a model trained on the "
+                    "target's own labels: its own model in kind, no transfer gain); bars with target data are hatched.")
 
 st.title("Compare")
-st.caption("Every merge, ensemble and evolved champion, scored on its target's held-out test split, "
-           "against the best chosen source, the best zero-shot model and the target's own model.")
+st.caption("Every merge, ensemble, evolved champion and training run, scored on its target's held-out test "
+           "split, against the best chosen source, the best zero-shot model and the target's own model.")
 
-all_runs = [r for r in state.store().runs(limit=2000) if r["kind"] in tables.CANDIDATE_KINDS]
+all_runs = [r for r in state.store().runs(limit=2000) if r["kind"] in tables.COMPARE_KINDS]
 pinned = state.store().pinned()
 frame = tables.one_per_key(tables.runs_frame(all_runs), keep=pinned)  # a page run = its sweep twin
 
@@ -61,7 +62,7 @@ with tab_runs:
                                             "(same content key) are one row")})
         rows = list(event.selection.rows) if event is not None else []
         chosen = view.iloc[rows] if rows else view.head(30)
-        c = st.columns([4, 1, 1], vertical_alignment="center")
+        c = st.columns([4, 1, 1, 2], vertical_alignment="center")
         c[0].caption(f"{len(view)} runs shown, {len(rows)} selected, {len(pinned)} pinned (always shown)"
                      + ("" if rows else " — charts show the first 30; select rows to narrow them")
                      + ". " + TARGET_DATA_HELP)
@@ -76,6 +77,8 @@ with tab_runs:
             for rid in pinned:
                 state.store().pin(rid, False)
             st.rerun()
+        if len(selected_ids) == 1:
+            runs_view.send_to_label_curve(state.store().get(selected_ids[0]), "cmp_label_curve", c[3])
         plotted = chosen[chosen["test_accuracy"].notna()]  # any run with a test score, cancelled champions too
         base = tables.baselines_by_target(all_runs)
         figs = figures.compare_bars(plotted, base, title="test accuracy · ")

@@ -8,7 +8,7 @@ from dashboard import runs as runs_view
 from dashboard import figures, state, train_figures, widgets
 from engine.store import ACTIVE
 from engine.merge import MERGES
-from engine.train.labels import LabelCurveConfig, submit_label_curve
+from engine.train.labels import LabelCurveConfig, is_fused_run, submit_label_curve
 from engine.train.finetune import REGISTER_MODES, FinetuneConfig, resumable, resume_finetune, submit_finetune
 from engine.train.periodic import PeriodicConfig, periodic_resumable, resume_periodic, submit_periodic
 
@@ -92,12 +92,17 @@ with st.expander("Train sources together, merging every N steps (for a target)",
             st.session_state["train_run"] = submit_periodic(state.runner(), ws, config)
         st.rerun()
 
-with st.expander("What a merge is worth in target labels", icon=":material/stacked_line_chart:"):
+from_compare = st.session_state.pop(runs_view.LABEL_CURVE_RUN, None)  # "What is it worth…" on Compare
+with st.expander("What a merge is worth in target labels", icon=":material/stacked_line_chart:",
+                 expanded=from_compare is not None):
     st.caption("Fine-tune the base and a fused model on n = 0, 8, 16, … labelled target examples (nested draws of "
                "the target's train split) and score both on its test split: the horizontal distance between the "
                "curves is the number of target labels the merge saves.")
-    fused_runs = [r for r in state.store().runs(status=["done"], limit=200)
-                  if r["kind"] == "merge" or r.get("method") == "periodic-merge"]
+    fused_runs = [r for r in state.store().runs(status=["done"], limit=200) if is_fused_run(r)]
+    if from_compare is not None and from_compare not in {r["id"] for r in fused_runs}:
+        fused_runs.insert(0, state.store().get(from_compare))  # older than the 200 listed
+    if from_compare is not None:
+        st.session_state["lc_fused"] = from_compare  # preselected in the picker below
     if not fused_runs:
         st.caption("No finished merge (or periodic-merge training) run yet to start from.")
     else:

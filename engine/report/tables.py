@@ -7,9 +7,13 @@ from typing import Dict, List, Sequence
 import pandas as pd
 
 from ..formats import markdown_table
-from ..runinfo import TARGET_DATA_MARKS, run_origin, run_target_data, target_data_text
+from ..runinfo import TARGET_DATA_MARKS, TRAIN_LABELS, run_origin, run_target_data, target_data_text
 
 CANDIDATE_KINDS = ("merge", "ensemble", "evolve")
+# what Compare lists: the candidates and every training run (fine-tune, periodic merge, label curve);
+# training runs never compete for "winner" in the summary (a fine-tune on target labels is the
+# target's own model in kind, not a fusion of other languages' models)
+COMPARE_KINDS = CANDIDATE_KINDS + ("train",)
 COLUMNS = ["label", "kind", "method", "target", "status", "target_data", "test_accuracy", "validation_accuracy",
            "test_macro_f1", "gain_vs_best_source", "best_source", "best_zero_shot", "target_model",
            "n_sources", "sources", "weights", "params", "latency_ms", "seconds", "origin", "zoo", "created", "id",
@@ -33,8 +37,9 @@ def runs_frame(runs: Sequence[dict]) -> pd.DataFrame:
             metrics = {"test": champion.get("test") or {}, "validation": champion.get("dev") or {}}
         base = result.get("baselines") or {}
         test = _acc(metrics.get("test"), "accuracy")
-        best_source = _acc(base.get("best_source"), "accuracy")
         use = run_target_data(r)
+        # no gain over a source for a model fitted on the target's own labels: it is no transfer
+        best_source = None if use["target"] == TRAIN_LABELS else _acc(base.get("best_source"), "accuracy")
         mark = "" if use["target"] == "none" else TARGET_DATA_MARKS.get(str(use["target"]), "?") + " "
         rows.append({
             "label": f"{mark}{r.get('method') or r['kind']} · {r['id'][-6:]}",
@@ -117,12 +122,13 @@ def baselines_by_target(runs: Sequence[dict]) -> Dict[str, dict]:
 
 def summary(frame: pd.DataFrame) -> pd.DataFrame:
     """Per target: the best merge, the best ensemble, the best evolved champion (a cancelled search's
-    best-so-far included: it was scored on test) and the baselines, and who wins."""
+    best-so-far included: it was scored on test), the best training run, the baselines, and who wins
+    among the fusions (a training run is shown, never the winner)."""
     done = frame[frame["test_accuracy"].notna()]
     rows = []
     for target, part in done.groupby("target"):
         row = {"target": target}
-        for kind in CANDIDATE_KINDS:
+        for kind in COMPARE_KINDS:
             sub = part[part["kind"] == kind]
             if not sub.empty:
                 best = sub.loc[sub["test_accuracy"].idxmax()]
@@ -130,7 +136,8 @@ def summary(frame: pd.DataFrame) -> pd.DataFrame:
                 row[f"best {kind} method"] = best["method"]
                 row[f"best {kind} target data"] = best["target_data"]
                 row[f"{kind} runs"] = len(sub)
-                row[f"{kind} beats best source"] = f"{int((sub['gain_vs_best_source'] > 0).sum())}/{len(sub)}"
+                if kind in CANDIDATE_KINDS:
+                    row[f"{kind} beats best source"] = f"{int((sub['gain_vs_best_source'] > 0).sum())}/{len(sub)}"
         last = part.iloc[0]
         row.update({"best source": last["best_source"], "best zero-shot": last["best_zero_shot"],
                     "target's own model": last["target_model"]})

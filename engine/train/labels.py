@@ -37,6 +37,11 @@ class LabelCurveConfig:
         return asdict(self)
 
 
+def is_fused_run(run: dict) -> bool:
+    """A finished run whose model a label curve can start from: a merge or a periodic-merge training."""
+    return run.get("status") == "done" and (run.get("kind") == "merge" or run.get("method") == "periodic-merge")
+
+
 def fused_state(ws, store, ref: str) -> Dict[str, torch.Tensor]:
     """The weights of a fused model: a stored merge run (rebuilt from its recipe), a periodic-merge
     training run (its final merge), or an HF model folder."""
