@@ -39,6 +39,8 @@ def target_data_use(cand: "Candidate") -> Dict[str, object]:
         context = meta.get("context") or []
         if "score" in context:                      # chooses by the target's validation accuracy
             target = "labelled target dev"
+        if "texts" in context:                      # the target's text, labels withheld (adamerging)
+            target = max(target, "unlabelled target text", key=TARGET_DATA.index)
         if "batches" in context:
             if cand.data_mode in ("target", "both"):
                 labels = meta.get("uses_labels", True)
