@@ -8,8 +8,9 @@ the target's texts; no label is ever read (the context hands over input ids only
 cross-lingual case exactly: a target language with text but no labels.
 
 Classification head: the paper keeps one head per task; our sources share one label set, so the
-head (absent from the pretrained base) is the weighted average of the sources' heads, held fixed
-while λ is learned and in the final merge alike. As in the paper's code, every λ is kept in
+head (every tensor outside the model's encoder, ``base_model_prefix``) is the weighted average of
+the sources' heads, held fixed while λ is learned and in the final merge alike — also where the
+base holds a head (the demo zoo's does), which task arithmetic would scale instead. As in the paper's code, every λ is kept in
 [0, 1]; sources with weight 0 stay at 0.
 """
 from __future__ import annotations
@@ -172,16 +173,19 @@ def prepare_adamerging(sources, weights, base, context, params, *, names, device
     if base is None:
         raise MergeError("adamerging works on task vectors and needs the pretrained base model")
     keys = list(sources[0].keys())
-    base_keys = match_base(base, keys)
+    compute = device if device is not None else torch.device("cpu")
+    model = _model(context, sources[0], compute, names[0])
+    for p in model.parameters():
+        p.requires_grad_(False)
+    prefix = f"{getattr(model, 'base_model_prefix', '')}."
+    heads = [k for k in keys if prefix != "." and not k.startswith(prefix)
+             and any(other.startswith(prefix) for other in keys)]
+    base_keys = {k: b for k, b in match_base(base, keys).items() if k not in heads}
     learned_keys = [k for k in keys if k in base_keys and sources[0][k].is_floating_point()]
     group_names, groups = (groups_of or (lambda ks: coefficient_groups(ks, params["granularity"])))(learned_keys)
     steps = int(params["steps"])
     tracker = Tracker(progress, steps + 2, "AdaMerging: reading the target's texts")
-    compute = device if device is not None else torch.device("cpu")
     batches = _text_batches(context, int(params["batch_size"]), int(params["examples"]), compute)
-    model = _model(context, sources[0], compute, names[0])
-    for p in model.parameters():
-        p.requires_grad_(False)
     view = MergedView(sources, list(weights), base, base_keys, groups, compute, keys)
     tracker.advance(1, "AdaMerging: task vectors ready")
     w = torch.tensor(weights, dtype=torch.float32, device=compute)
@@ -197,6 +201,9 @@ def prepare_adamerging(sources, weights, base, context, params, *, names, device
     prepared = Prepared()
     for key in learned_keys:
         prepared.extras[key] = {"coefficients": lam[:, groups[key]].tolist()}
+    for key in heads:  # λ = the weights: Σ w_k θ_k whatever the base holds
+        prepared.extras[key] = {"coefficients": list(weights)}
+        prepared.labels[key] = "linear (classification head)"
     examples = sum(int(b["input_ids"].shape[0]) for b in batches)
     mean = ", ".join(f"{n} {float(v):.3f}" for n, v in zip(names, lam.mean(1)))
     prepared.notes.append(
@@ -235,7 +242,7 @@ def adamerging(tensors: List[Tensor], weights: Tensor, base: Tensor, *, key: str
     lam = [min(1.0, max(0.0, float(c))) for c in lam]
     out = weighted_sum(tensors, lam)
     rest = 1.0 - sum(lam)
-    if rest != 0.0:
+    if abs(rest) > 1e-9:  # weights that sum to one up to rounding: no base
         out.add_(base, alpha=rest)
     return out
 
