@@ -35,7 +35,9 @@ def main():
     rows = []
     for target in args.targets or ws.zoo.locales:
         sources, uriel = source_weights(ws, target, top_k=args.k)
+        print(target, sources, uriel, flush=True)
         own = source_scores(ws, target, [target, *sources])
+        print(target, "zero-shot", own, flush=True)
         row = {"target": target, "sources": " ".join(sources), "own": own[target],
                "best source": max(own[s] for s in sources)}
         for label, (method, weighting, params) in recipes.items():
@@ -44,6 +46,7 @@ def main():
             out = evaluate_candidate(ws, Candidate("merge", method, target, sources, weights, params=params),
                                      with_baselines=False)
             row[label] = out["test_accuracy"]
+            print(f"{target} {label}: {row[label]:.3f} in {time.perf_counter() - t0:.0f} s", flush=True)
             if method == "adamerging":
                 row[f"{label} s"] = time.perf_counter() - t0
                 print(target, label, out["merge_report"]["notes"][-2], flush=True)

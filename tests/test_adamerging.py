@@ -181,3 +181,43 @@ def test_cancel_stops_at_the_next_step_with_a_clear_status(tiny_ws, tmp_path):
     assert row["status"] == "cancelled"
     assert "at AdaMerging step 3/50" in row["message"] and "cancelled by the user" in row["message"]
     assert [p["step"] for p in store.series(ctx.run_id, "entropy")] == [1, 2]
+
+
+def _curves(at):
+    return [c for c in at.get("plotly_chart") if "Mean prediction entropy" in str(c.proto.spec)]
+
+
+def test_merge_page_runs_adamerging_with_a_live_entropy_curve(app_cache):
+    """On the Merge page AdaMerging says it learns on unlabelled target text; while a run is
+    active the page draws its entropy curve beside the progress bar (and Cancel); the finished
+    run keeps the curve, and its card says the run used unlabelled target text (◐)."""
+    from app_support import button, goto, metric, open_app, rerun, runner, wait_for
+
+    at = goto(open_app(), "Merge")
+    at.selectbox(key="merge_method").set_value("adamerging")
+    rerun(at)
+    assert any("labels withheld" in c.value for c in at.caption)
+    at.number_input(key="merge.adamerging.steps").set_value(4)
+    at.number_input(key="merge.adamerging.examples").set_value(16)
+    rerun(at)
+    store = runner(app_cache).store
+    live = store.create("merge", name="adamerging (live)", target=at.selectbox(key="merge_target").value,
+                        method="adamerging",
+                        sources=SOURCES, weights=WEIGHTS)
+    store.update(live, status="running", progress=0.4, message="AdaMerging step 2/5: entropy 1.2")
+    for step, value in ((1, 1.30), (2, 1.20)):
+        store.add_point(live, "entropy", step, value)
+    at.session_state["merge_run"] = live
+    rerun(at)
+    assert _curves(at) and [b for b in at.button if b.label == "Cancel"]
+    store.update(live, status="cancelled", message="cancelled")
+    button(at, "merge_run_button").click()
+    rerun(at)
+    run_id = at.session_state["merge_run"]
+    assert run_id != live
+    row = wait_for(app_cache, run_id)
+    rerun(at)
+    assert [p["step"] for p in store.series(run_id, "entropy")] == [1, 2, 3, 4]
+    assert _curves(at)
+    assert metric(at, "Target data used") == "◐ unlabelled target text"
+    assert row["params"]["target_data"] == "unlabelled target text"

@@ -12,7 +12,8 @@ from engine.progress import Cancelled
 torch.set_num_threads(1)
 CONFIG = dict(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
               intermediate_size=64, max_position_embeddings=40, num_labels=4)
-DATA_PARAMS = {"fisher": {"examples": 12}, "regmean": {"examples": 12}}
+DATA_PARAMS = {"fisher": {"examples": 12}, "regmean": {"examples": 12},
+               "adamerging": {"steps": 3, "examples": 8, "batch_size": 4}}
 
 
 def _batch(gen, size=8, length=10):
@@ -64,8 +65,12 @@ def zoo(tmp_path_factory):
                                          attention_mask=val["attention_mask"]).logits
         return float((logits.argmax(-1) == val["labels"]).float().mean())
 
+    def texts(batch_size):  # unlabelled target text (adamerging)
+        gen = torch.Generator().manual_seed(77)
+        return [{k: v for k, v in _batch(gen, batch_size).items() if k != "labels"} for _ in range(2)]
+
     return {"base": base, "sources": sources, "config": config, "build": build, "val": val,
-            "context": MergeContext(build, batches, score), "root": root}
+            "context": MergeContext(build, batches, score, texts), "root": root}
 
 
 def merge(zoo, name, sources=None, weights=(0.5, 0.3, 0.2), seed=0, **kw):
@@ -123,7 +128,7 @@ def test_deterministic_for_a_seed(zoo, name):
 
 # parameters under which a method must return its input when there is nothing to merge
 IDENTITY = {"linear": {}, "task_arithmetic": {}, "slerp": {}, "inverse_variance": {},
-            "model_stock": {}, "frankenmerge": {}, **DATA_PARAMS,
+            "model_stock": {}, "frankenmerge": {}, **DATA_PARAMS, "adamerging": {"steps": 0},
             **{m: {"density": 1.0} for m in ("ties", "dare_linear", "dare_ties", "breadcrumbs",
                                              "breadcrumbs_ties", "della", "della_linear")}}
 NO_SINGLE = {"model_stock"}  # needs two models
@@ -243,7 +248,7 @@ def test_schema_is_plain_data_and_complete():
     for name, entry in schema.items():
         for field in ("needs_base", "needs_data", "mergekit", "family", "min_sources", "random"):
             assert field in entry, (name, field)
-    assert {n for n, e in schema.items() if e["needs_data"]} == {"fisher", "regmean",
+    assert {n for n, e in schema.items() if e["needs_data"]} == {"fisher", "regmean", "adamerging",
                                                                  "frankenmerge"}
 
 
