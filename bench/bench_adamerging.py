@@ -20,6 +20,7 @@ def main():
     ap.add_argument("--targets", nargs="*", default=[])
     ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--examples", type=int, default=256)
+    ap.add_argument("--skip", nargs="*", default=["task_arithmetic"], help="recipes left out")
     args = ap.parse_args()
     import torch
 
@@ -32,6 +33,7 @@ def main():
                "task_arithmetic": ("task_arithmetic", "uriel", {}),
                "ada task": ("adamerging", "uriel", {**ada, "granularity": "task"}),
                "ada layer": ("adamerging", "uriel", {**ada, "granularity": "layer"})}
+    recipes = {k: v for k, v in recipes.items() if k not in args.skip}
     rows = []
     for target in args.targets or ws.zoo.locales:
         sources, uriel = source_weights(ws, target, top_k=args.k)
@@ -43,8 +45,12 @@ def main():
         for label, (method, weighting, params) in recipes.items():
             weights = [1.0 / len(sources)] * len(sources) if weighting == "equal" else uriel
             t0 = time.perf_counter()
+            def show(p, seen=set()):
+                if "step" in p.message and p.message not in seen and p.message.split("/")[0].endswith("0"):
+                    seen.add(p.message)
+                    print(f"  {time.perf_counter() - t0:.0f} s {p.message}", flush=True)
             out = evaluate_candidate(ws, Candidate("merge", method, target, sources, weights, params=params),
-                                     with_baselines=False)
+                                     progress=show, with_baselines=False)
             row[label] = out["test_accuracy"]
             print(f"{target} {label}: {row[label]:.3f} in {time.perf_counter() - t0:.0f} s", flush=True)
             if method == "adamerging":

@@ -142,7 +142,7 @@ def learn_coefficients(model, view: MergedView, init: Tensor, trainable: Tensor,
             try:
                 tracker.advance(1, message, point=("entropy", step, curve[-1]))
             except Cancelled as exc:
-                raise Cancelled(f"{exc or 'cancelled'} at AdaMerging step {step}/{steps} "
+                raise Cancelled(f"{str(exc) or 'cancelled'} at AdaMerging step {step}/{steps} "
                                 f"(entropy {curve[-1]:.4f})") from None
     return raw.detach().clamp(0.0, 1.0), curve
 
