@@ -10,8 +10,9 @@ cross-lingual case exactly: a target language with text but no labels.
 Classification head: the paper keeps one head per task; our sources share one label set, so the
 head (every tensor outside the model's encoder, ``base_model_prefix``) is the weighted average of
 the sources' heads, held fixed while λ is learned and in the final merge alike — also where the
-base holds a head (the demo zoo's does), which task arithmetic would scale instead. As in the paper's code, every λ is kept in
-[0, 1]; sources with weight 0 stay at 0.
+base holds a head (the demo zoo's does), which task arithmetic would scale instead. As in the
+paper's code, every λ is kept in [0, 1]; sources with weight 0 stay at 0. Memory: the K task
+vectors in float32 on the device, plus one model (about K + 3 model copies in all).
 """
 from __future__ import annotations
 
