@@ -39,7 +39,7 @@ def target_data_use(cand: "Candidate") -> Dict[str, object]:
         context = meta.get("context") or []
         if "score" in context:                      # chooses by the target's validation accuracy
             target = "labelled target dev"
-        if "texts" in context:                      # the target's text, labels withheld (adamerging)
+        if "texts" in method_of(cand.kind, cand.method).traits.context:  # target text, no labels (adamerging)
             target = max(target, "unlabelled target text", key=TARGET_DATA.index)
         if "batches" in context:
             if cand.data_mode in ("target", "both"):

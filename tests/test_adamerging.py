@@ -149,6 +149,16 @@ def test_labels_are_never_read(tiny_ws):
     assert (traits.uses_labels, traits.data_use, traits.family) == (False, "target_text", "learned")
 
 
+def test_kernel_defaults_are_the_params():
+    """Called directly, the kernel behaves as the schema says (main's conformance check)."""
+    import inspect
+
+    method = MERGES.get("adamerging")
+    signature = inspect.signature(method.fn).parameters
+    assert {p.name: signature[p.name].default for p in method.params} == method.defaults()
+    assert callable(method.hooks.prepare)
+
+
 def test_refuses_labelled_batches_and_a_missing_text_source(parts):
     labelled = dataclasses.replace(parts["context"], texts=lambda bs: [
         {**b, "labels": torch.zeros(b["input_ids"].shape[0], dtype=torch.long)}

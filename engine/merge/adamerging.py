@@ -24,7 +24,8 @@ from torch import Tensor
 from ..progress import Cancelled, Tracker
 from ..registry import Param
 from . import MERGES
-from .common import PREPARERS, MergeError, Prepared, weighted_sum
+from . import common
+from .common import MergeError, Prepared, weighted_sum
 from .context import require_context
 from .data_aware import INPUT_KEYS, _model
 from .selection import LAYER_PATTERN
@@ -235,8 +236,9 @@ def prepare_adamerging(sources, weights, base, context, params, *, names, device
               help="λ starts at prior_scale × the normalised weights (1: the weighted linear merge "
                    "of the task vectors; the paper's 0.3 per task is 0.3·K with equal weights)")])
 def adamerging(tensors: List[Tensor], weights: Tensor, base: Tensor, *, key: str = "", generator=None,
-               granularity: str, steps: int, learning_rate: float, batch_size: int, examples: int,
-               prior_scale: float, coefficients: Optional[List[float]] = None) -> Tensor:
+               granularity: str = "layer", steps: int = 100, learning_rate: float = 0.01,
+               batch_size: int = 16, examples: int = 256, prior_scale: float = 1.0,
+               coefficients: Optional[List[float]] = None) -> Tensor:
     """θ_base + Σ_k λ_k (θ_k − θ_base) for one tensor, with this tensor's learned λ
     (``coefficients``; without them, λ = prior_scale × weights, i.e. task arithmetic)."""
     lam = coefficients if coefficients is not None else [prior_scale * w for w in weights.tolist()]
@@ -248,4 +250,5 @@ def adamerging(tensors: List[Tensor], weights: Tensor, base: Tensor, *, key: str
     return out
 
 
-PREPARERS["adamerging"] = prepare_adamerging  # a1 removes (run.py on main reads PREPARERS)
+if hasattr(common, "PREPARERS"):  # a1 removes: run.py before the prepare= hook reads this table
+    common.PREPARERS["adamerging"] = prepare_adamerging
