@@ -69,6 +69,26 @@ def watch(run_id: Optional[str], key: str) -> Optional[dict]:
     return run
 
 
+def curve(run_id: str, key: str, active: bool, title: str = "") -> None:
+    """A run's logged curves (store series, e.g. AdaMerging's entropy per step): redrawn every
+    second while the run is active, so the loss is watched as it falls."""
+    import plotly.graph_objects as go
+
+    def draw() -> None:
+        frame = figures.series_frame(state.store().series(run_id))
+        if frame.empty:
+            st.caption("The curve appears after the first step.")
+            return
+        fig = go.Figure([go.Scatter(x=frame.index, y=frame[c], name=str(c), mode="lines") for c in frame])
+        fig.update_layout(title=title, xaxis_title="step", height=300, margin=dict(t=40, b=30))
+        chart(fig, f"{key}_curve_{run_id}")
+
+    if active:
+        st.fragment(run_every=POLL_S)(draw)()
+    else:
+        draw()
+
+
 def active_jobs(where=None, key: str = "jobs", compact: bool = False) -> None:
     """Every active run of this cache folder, refreshed every second (idle: every 5 s)."""
     busy = bool(state.store().runs(status=ACTIVE, limit=1))

@@ -205,8 +205,24 @@ def data_batches(ws: Workspace, locales: List[str], split: str, n: int, batch_si
     return batches
 
 
+def unlabelled_texts(ws: Workspace, locale: str) -> List[str]:
+    """A language's text with its labels withheld (only ``.texts`` is read): its train split, or
+    its validation split when it has no train split. Never the test split."""
+    split = "train" if ws.dataset.has(locale, "train") else "validation"
+    return list(ws.dataset.get(locale, split).texts)
+
+
+def text_batches(ws: Workspace, texts: List[str], batch_size: int):
+    """Tokenised batches of texts, no labels: ``{"input_ids", "attention_mask"}``, one at a time."""
+    tok = ws.evaluator.tokenizer
+    for lo in range(0, len(texts), batch_size):
+        yield dict(tok(texts[lo:lo + batch_size], padding=True, truncation=True,
+                       max_length=ws.evaluator.max_length, return_tensors="pt"))
+
+
 def merge_context(ws: Workspace, cand: Candidate):
-    """What data-aware merges need: a model builder, per-source batches, a validation scorer."""
+    """What data-aware merges need: a model builder, per-source batches, a validation scorer, and
+    the target's unlabelled text (adamerging)."""
     from .merge.context import MergeContext
 
     def batches(i: int):
@@ -220,7 +236,10 @@ def merge_context(ws: Workspace, cand: Candidate):
         scored = ws.evaluator.state_logits(state, cand.target, "validation", cache=False)
         return ws.evaluator.score(scored, cand.target, "validation")["accuracy"]
 
-    return MergeContext(build_model=ws.zoo.build_model, batches=batches, score=score)
+    def texts(batch_size: int):
+        return text_batches(ws, unlabelled_texts(ws, cand.target), batch_size)
+
+    return MergeContext(build_model=ws.zoo.build_model, batches=batches, score=score, texts=texts)
 
 
 def build_merge(ws: Workspace, cand: Candidate, progress: Optional[ProgressFn] = None,

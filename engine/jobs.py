@@ -43,6 +43,8 @@ class JobContext:
     def progress(self, p: Progress) -> None:
         """Engine-style progress callback; throttled writes; raises Cancelled when asked to stop."""
         self.check()
+        if p.point is not None:  # a live curve (e.g. AdaMerging's entropy per step)
+            self.log(*p.point)
         if self.echo is not None:
             self.echo(p)
         now = time.monotonic()
@@ -131,7 +133,8 @@ def execute(fn: JobFn, ctx: JobContext) -> Optional[BaseException]:
     try:
         result = fn(ctx) or {}
     except Cancelled as exc:
-        store.update(ctx.run_id, status="cancelled", finished=time.time(), message="cancelled")
+        store.update(ctx.run_id, status="cancelled", finished=time.time(),
+                     message=str(exc)[:200] if exc.args else "cancelled")
         return exc
     except Exception as exc:  # a failing job records its error; the app and other jobs go on
         store.update(ctx.run_id, status="failed", finished=time.time(),

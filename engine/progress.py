@@ -8,7 +8,7 @@ from __future__ import annotations
 import sys
 import time
 from dataclasses import dataclass
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, Optional, Tuple
 
 
 class Cancelled(Exception):
@@ -21,6 +21,7 @@ class Progress:
     total: float
     message: str = ""
     elapsed_s: float = 0.0
+    point: Optional[Tuple[str, int, float]] = None  # (series, step, value): a live curve's next point
 
     @property
     def fraction(self) -> float:
@@ -56,16 +57,17 @@ class Tracker:
         self.start = time.perf_counter()
         self._emit()
 
-    def _emit(self) -> None:
+    def _emit(self, point: Optional[Tuple[str, int, float]] = None) -> None:
         if self.callback is not None:
             self.callback(Progress(self.done, self.total, self.message,
-                                   time.perf_counter() - self.start))
+                                   time.perf_counter() - self.start, point))
 
-    def advance(self, steps: float = 1.0, message: Optional[str] = None) -> None:
+    def advance(self, steps: float = 1.0, message: Optional[str] = None,
+                point: Optional[Tuple[str, int, float]] = None) -> None:
         self.done += steps
         if message is not None:
             self.message = message
-        self._emit()
+        self._emit(point)
 
     def set(self, done: float, message: Optional[str] = None) -> None:
         self.done = float(done)
@@ -86,7 +88,7 @@ def sub_progress(callback: Optional[ProgressFn], start: float, end: float, prefi
 
     def child(p: Progress) -> None:
         msg = f"{prefix}{p.message}" if prefix else p.message
-        callback(Progress(start + (end - start) * p.fraction, 1.0, msg, time.perf_counter() - t0))
+        callback(Progress(start + (end - start) * p.fraction, 1.0, msg, time.perf_counter() - t0, p.point))
 
     return child
 

@@ -42,6 +42,8 @@ def target_data_use(cand: "Candidate") -> Dict[str, object]:
     if cand.kind == "merge" and traits.needs_data and traits.data_use != "none":
         if "score" in traits.context:               # chooses by the target's validation accuracy
             target = "labelled target dev"
+        if "texts" in traits.context:               # target text, labels withheld (adamerging)
+            target = max(target, "unlabelled target text", key=TARGET_DATA.index)
         if "batches" in traits.context:
             if cand.data_mode in ("target", "both"):
                 labels = traits.uses_labels

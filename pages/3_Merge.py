@@ -32,6 +32,8 @@ with settings:
                                        help="target: the target's validation data; sources: each source's own "
                                             "training data; both: the two together")
         examples = int(extra[1].number_input("Examples per locale drawn", 1, 100000, 64, key="merge_examples"))
+    elif "texts" in method.meta.get("context", []):
+        st.caption("Learns on the target's training texts with their labels withheld (unlabelled target text).")
     elif method.meta.get("needs_data"):
         st.caption("Scored on the target's validation split while it chooses.")
     if method.meta.get("random"):
@@ -93,6 +95,9 @@ labels = {r["id"]: runs_view.run_label(r) for r in mine}
 run_id = st.selectbox(f"Run (merges for {target})", ids, index=ids.index(chosen), format_func=labels.get,
                       key=f"merge_show_{chosen}")
 run = runs_view.watch(run_id, key="merge")
+if run is not None and run["method"] in MERGES and MERGES.get(run["method"]).traits.family == "learned":
+    runs_view.curve(run_id, "merge", run["status"] in ACTIVE,
+                    "Mean prediction entropy on the target's unlabelled text (nats)")
 if run is None or run["status"] in ACTIVE:
     st.stop()
 st.caption(f"{run['method']} → {run['target']} from " + ", ".join(

@@ -77,20 +77,30 @@ def build_zoo(root):
                                          attention_mask=val["attention_mask"]).logits
         return float((logits.argmax(-1) == val["labels"]).float().mean())
 
+    def texts(batch_size):  # the target's unlabelled text (adamerging)
+        gen = torch.Generator().manual_seed(77)
+        return [{k: v for k, v in _batch(gen, batch_size).items() if k != "labels"} for _ in range(2)]
+
     return {"base": base, "sources": sources, "config": config, "build": build, "val": val,
-            "context": MergeContext(build, batches, score), "root": root}
+            "context": MergeContext(build, batches, score, texts), "root": root}
+
+
+FAST = {"examples": 12, "steps": 3, "batch_size": 4}  # small data passes and few learning steps
 
 
 def fast_params(method: Method) -> dict:
-    """Defaults, but a data pass over 12 examples (an ``examples`` Param) to keep checks fast."""
-    return {"examples": 12} if any(p.name == "examples" for p in method.params) else {}
+    """Defaults, but short data passes (``examples``, ``batch_size``) and few learning ``steps``
+    where a method declares those Params, to keep the checks fast."""
+    names = {p.name for p in method.params}
+    return {name: value for name, value in FAST.items() if name in names}
 
 
 def identity_params(method: Method) -> dict:
     """Parameters under which a method must return its input when there is nothing to merge:
     nothing sparsified (a ``density`` Param at 1)."""
     dense = {"density": 1.0} if any(p.name == "density" for p in method.params) else {}
-    return {**fast_params(method), **dense}
+    frozen = {"steps": 0} if method.traits.family == "learned" else {}  # learning off: the prior
+    return {**fast_params(method), **dense, **frozen}
 
 
 def zoo_sources(method, zoo) -> list:

@@ -27,11 +27,14 @@ class MergeContext:
         (tensors, batch first) for source i's Fisher / Gram statistics. A fresh iterator per call.
     score: validation score (e.g. accuracy, higher is better) of a candidate state dict. Used by
         frankenmerge to choose layers.
+    texts: ``texts(batch_size)`` yields tokenised batches of the target's text with no labels
+        (``{"input_ids", "attention_mask"}``): what adamerging learns its coefficients on.
     """
 
     build_model: Optional[Callable[[StateDict], torch.nn.Module]] = None
     batches: Optional[Callable[[int], Iterable[dict]]] = None
     score: Optional[Callable[[StateDict], float]] = None
+    texts: Optional[Callable[[int], Iterable[dict]]] = None
 
     def require(self, method: str, *fields: str) -> None:
         """Raises MergeError naming every callable ``method`` needs but did not get."""
