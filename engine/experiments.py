@@ -53,28 +53,14 @@ class Candidate:
 
 
 def check_candidate(ws: Workspace, cand: Candidate) -> None:
-    if cand.kind not in ("merge", "ensemble"):
-        raise CandidateError(f"unknown candidate kind '{cand.kind}'")
-    if not cand.sources:
-        raise CandidateError("choose at least one source model")
-    check_unique_sources(cand.sources)
-    for s in cand.sources:
-        ws.zoo.path(s)
-    if cand.target in cand.sources:
-        raise CandidateError(f"the target {cand.target} is among the sources: its own model may only "
-                             f"be a baseline (leave-one-out)")
-    if len(cand.weights) != len(cand.sources):
-        raise CandidateError(f"{len(cand.weights)} weights for {len(cand.sources)} sources")
-    w = np.asarray(cand.weights, dtype=float)
-    if not np.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:
-        raise CandidateError("weights must be finite, non-negative and not all zero")
-    if cand.data_mode not in DATA_MODES:
-        raise CandidateError(f"data_mode must be one of {DATA_MODES}")
+    """Refuses a recipe that cannot run, with the first of :func:`engine.preflight.preflight`'s
+    problems (the list the pages show), and coerces seed / data_examples to their declared types."""
     from .limits import check_setting
+    from .preflight import preflight, raise_first
 
+    raise_first(preflight(ws, cand))
     for name in ("seed", "data_examples"):  # declared ranges (engine/limits.py)
         setattr(cand, name, check_setting(name, getattr(cand, name), "", CandidateError))
-    ws.dataset.get(cand.target, "test")
 
 
 def suggest_sources(ws: Workspace, target: str, top_k: int = 5, features: str = "syntax_knn",
