@@ -167,7 +167,9 @@ def ticked_weights(ws, target: str, shown: Dict[str, float], sources: List[str],
 
 
 def _same_weights(a, b) -> bool:
-    return [s for s, _ in a] == [s for s, _ in b] and all(abs(x - y) < 1e-9 for (_, x), (_, y) in zip(a, b))
+    """The same sources with the same weights, in any order (the table lists tied weights by name)."""
+    da, db = dict(a), dict(b)
+    return da.keys() == db.keys() and all(abs(da[s] - db[s]) < 1e-9 for s in da)
 
 
 def sources_editor(ws, key: str) -> Tuple[List[str], List[float]]:
@@ -223,14 +225,13 @@ def weighting_radio(ws, key: str, where=None) -> str:
     exp = state.experiment(ws, derive=False)
     widget_key = f"{key}_weighting"
     seed(widget_key, exp.weighting)
-    where = where or st
-    where.radio("Weighting", list(WEIGHTINGS), key=widget_key, horizontal=True,
+    (where or st).radio("Weighting", list(WEIGHTINGS), key=widget_key, horizontal=True,
                 format_func=lambda w: xp.WEIGHTING_TEXT.get(w, w),
                 on_change=lambda: state.change_weighting(st.session_state[widget_key]),
                 help="how the sources and their weights are chosen (as the CLI's --weighting): URIEL "
                      "similarity + Sinkhorn, equal weights over URIEL's top-K, or transfer predicted from "
                      "the zoo's zero-shot validation scores. Shared by every page")
-    current = state.experiment(ws, derive=False).weighting
+    current = state.experiment(ws).weighting  # derives the weights under a newly chosen weighting
     if current == "predicted" and not state.predicted_ready(ws):
         from engine.store import ACTIVE
 
@@ -239,7 +240,7 @@ def weighting_radio(ws, key: str, where=None) -> str:
 
         active = [r for r in state.store().runs(kind="nxn", status=ACTIVE, limit=5)
                   if (r.get("params") or {}).get("split") == "validation"]
-        with where:
+        with where or st.container():
             st.info("Predicted transfer is fitted on every zoo model's zero-shot validation scores; "
                     "computing them once (a job), then the weights follow.")
             with state.engine_errors():
