@@ -63,7 +63,7 @@ def spec_form(ws, key: str = "sweep") -> Dict[str, Any]:
     for m in methods:
         kind, method = m.split(":", 1)
         item: Dict[str, Any] = {kind: method}
-        if kind == "merge" and MERGES.get(method).meta.get("needs_data"):
+        if kind == "merge" and MERGES.get(method).traits.needs_data:
             item["grid"] = {"examples": [DATA_AWARE_EXAMPLES]}
         spec_methods.append(item)
     return {"name": name, "targets": targets, "sources": sources, "features": features,
