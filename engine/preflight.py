@@ -191,5 +191,6 @@ def raise_first(problems: List[Problem]) -> None:
     """The engine's refusal: the first problem, as its exception type (the rest follow it)."""
     if problems:
         first = problems[0]
-        more = f" (and {len(problems) - 1} more: {'; '.join(p.text for p in problems[1:])})" if len(problems) > 1 else ""
+        rest = "; ".join(p.text for p in problems[1:])
+        more = f" (and {len(problems) - 1} more: {rest})" if rest else ""
         raise first.error(first.text + more)

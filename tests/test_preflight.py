@@ -118,7 +118,8 @@ def test_base_and_data_a_method_needs(bare_ws, tiny_zoo_dir, tmp_path):
          "no 'validation' split for de-DE", DataError)
     only(ws, Candidate("merge", "regmean", "es-ES", ["nl-NL", "en-US"], [1, 1], data_mode="sources"), "data",
          "no 'train' split for nl-NL", DataError)
-    assert preflight(ws, Candidate("merge", "regmean", "es-ES", ["nl-NL", "en-US"], [1, 1], data_mode="target")) == []
+    target_stats = Candidate("merge", "regmean", "es-ES", ["nl-NL", "en-US"], [1, 1], data_mode="target")
+    assert preflight(ws, target_stats) == []
     only(ws, Candidate("merge", "frankenmerge", T, ["en-US", "es-ES"], [1, 1]), "data",
          "'frankenmerge' chooses by", DataError)
     # learned fusion: fitted on the target's or the sources' validation data
