@@ -169,7 +169,9 @@ def _data(ws, cand, method, problem) -> None:
                     if s in ws.zoo.models:
                         need(s, "train", f"'{method.name}' reads (statistics from each source)")
     elif traits.needs_fit:
-        if cand.data_mode == "target":
+        if not traits.uses_labels:  # fitted on the target's validation texts, labels withheld
+            need(cand.target, "validation", f"'{method.name}' is fitted on (its unlabelled texts)")
+        elif cand.data_mode == "target":
             need(cand.target, "validation", f"'{method.name}' is fitted on (fit on the target)")
         else:
             for s in dict.fromkeys(cand.sources):

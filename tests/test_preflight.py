@@ -129,6 +129,16 @@ def test_base_and_data_a_method_needs(bare_ws, tiny_zoo_dir, tmp_path):
          "no 'validation' split for de-DE", DataError)
     assert preflight(ws, Candidate("ensemble", "soft", T, ["en-US", "es-ES"], [1, 1])) == []
 
+    @ENSEMBLES.register("toy_unlabelled_fit", params=[], needs_fit=True, uses_labels=False)
+    def toy(logits, labels, weights, params, seed):
+        raise AssertionError("never fitted here")
+
+    try:  # a fusion that reads no labels fits on the target's validation texts, whatever data_mode says
+        only(ws, Candidate("ensemble", "toy_unlabelled_fit", T, ["en-US", "es-ES"], [1, 1], data_mode="sources"),
+             "data", "no 'validation' split for de-DE", DataError)
+    finally:
+        ENSEMBLES.unregister("toy_unlabelled_fit")
+
     # a base that was there when the zoo was opened and is gone now
     base = tmp_path / "moved_base"
     shutil.copytree(tiny_zoo_dir / "base", base)
