@@ -180,11 +180,10 @@ def _data(ws, cand, method, problem) -> None:
 
 
 def _export(ws, export_path: Path, overwrite: bool, problem) -> None:
-    from .candidate_runs import protected_folders
-    from .export_guard import ExportError, check_export_dir
+    from .export_guard import ExportError, check_export_dir, workspace_folders
 
-    try:
-        check_export_dir(export_path, protected_folders(ws), overwrite=overwrite)
+    try:  # the folders no export may touch: the zoo's models, base and data, the cache's store
+        check_export_dir(export_path, workspace_folders(ws), overwrite=overwrite)
     except ExportError as exc:
         problem(str(exc), "export", ExportError)
 
