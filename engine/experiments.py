@@ -22,15 +22,13 @@ from .progress import Phases, Progress, ProgressFn, Tracker
 from .workplan import candidate_plan
 from .workspace import Workspace
 
-DATA_MODES = ("target", "sources", "both")
+# a recipe's checks (and the error they raise) live in engine.preflight; re-exported for callers
+from .preflight import DATA_MODES, CandidateError, check_unique_sources  # noqa: F401
+
 # How source weights are chosen: URIEL similarity + Sinkhorn (MergingUriel), equal over the URIEL
 # top-K, or predicted transfer (engine.transfer: sources and weights from the leave-target-out
 # predictor fitted on the zoo's validation matrix).
 WEIGHTINGS = ("uriel", "equal", "predicted")
-
-
-class CandidateError(ValueError):
-    """A recipe that cannot be run as given (unknown source, target among sources, ...)."""
 
 
 @dataclass
@@ -83,19 +81,6 @@ def suggest_sources(ws: Workspace, target: str, top_k: int = 5, features: str = 
 def check_weighting(weighting: str) -> None:
     if weighting not in WEIGHTINGS:
         raise CandidateError(f"unknown weighting {weighting!r}; use one of {', '.join(WEIGHTINGS)}")
-
-
-def check_unique_sources(sources: Iterable[str]) -> None:
-    """A source named twice would silently get double weight (or, with URIEL weights, be merged
-    with itself): refuse it."""
-    seen, twice = set(), []
-    for s in sources:
-        if s in seen and s not in twice:
-            twice.append(s)
-        seen.add(s)
-    if twice:
-        raise CandidateError(f"source {', '.join(twice)} is listed more than once: name each source "
-                             f"once (to weight one more, give explicit weights)")
 
 
 def source_weights(ws: Workspace, target: str, sources: Optional[Iterable[str]] = None, top_k: int = 5,

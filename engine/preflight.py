@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, List, Optional, Type
+from typing import TYPE_CHECKING, Iterable, List, Optional, Type
 
 import numpy as np
 
@@ -17,10 +17,27 @@ from .data.base import DataError
 from .zoo import ZooError
 
 if TYPE_CHECKING:
-    from .experiments import Candidate
     from .workspace import Workspace
 
 KINDS = ("merge", "ensemble")
+DATA_MODES = ("target", "sources", "both")  # which language's data data-aware methods and fits read
+
+
+class CandidateError(ValueError):
+    """A recipe that cannot be run as given (unknown source, target among sources, ...)."""
+
+
+def check_unique_sources(sources: Iterable[str]) -> None:
+    """A source named twice would silently get double weight (or, with URIEL weights, be merged
+    with itself): refuse it."""
+    seen, twice = set(), []
+    for s in sources:
+        if s in seen and s not in twice:
+            twice.append(s)
+        seen.add(s)
+    if twice:
+        raise CandidateError(f"source {', '.join(twice)} is listed more than once: name each source "
+                             f"once (to weight one more, give explicit weights)")
 
 
 @dataclass(frozen=True)
@@ -45,12 +62,11 @@ def registry_of(kind: str):
     return registry
 
 
-def preflight(ws: "Workspace", cand: "Candidate", export_path: Optional[Path] = None,
+def preflight(ws: "Workspace", cand, export_path: Optional[Path] = None,
               overwrite: bool = False) -> List[Problem]:
     """Every problem that stops ``cand`` on ``ws`` (empty: it may run). With ``export_path``, the
-    export folder is checked too (a page's choice; a run with a bad one still runs and is kept)."""
-    from .experiments import CandidateError
-
+    export folder is checked too (a page's choice; a run with a bad one still runs and is kept).
+    ``cand`` is an :class:`engine.experiments.Candidate`."""
     def problem(text: str, about: str, error: Type[ValueError] = CandidateError) -> None:
         found.append(Problem(text, about, error))
 
@@ -74,8 +90,6 @@ def preflight(ws: "Workspace", cand: "Candidate", export_path: Optional[Path] = 
 
 
 def _sources(ws, cand, problem) -> None:
-    from .experiments import CandidateError, check_unique_sources
-
     if not cand.sources:
         problem("choose at least one source model", "sources")
         return
@@ -135,7 +149,6 @@ def _method_needs(ws, cand, method, problem) -> None:
 
 
 def _settings(cand, problem) -> None:
-    from .experiments import DATA_MODES, CandidateError
     from .limits import check_setting
 
     if cand.data_mode not in DATA_MODES:
