@@ -4,7 +4,7 @@ that keep it across reloads, checking it against the open zoo, and deriving the 
 ``dashboard.state`` keeps the one canonical copy in the session.
 
 Query parameters (all optional; anything unknown is dropped with a note, never an error page):
-``target=de-DE&sources=nl-NL:0.5,en-US:0.3&features=syntax_knn&k=5&sinkhorn=20``.
+``target=de-DE&sources=nl-NL:0.5,en-US:0.3&features=syntax_knn&k=5&sinkhorn=20&weighting=uriel``.
 """
 from __future__ import annotations
 
@@ -12,12 +12,15 @@ import math
 from dataclasses import dataclass, replace
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
+from engine.experiments import WEIGHTINGS
 from engine.languages import DEFAULT_FEATURES, NAMES, parse_features
 
 DEFAULT_TOP_K = 5
 DEFAULT_SINKHORN = 20
 MAX_SINKHORN = 100
-QUERY_KEYS = ("target", "sources", "features", "k", "sinkhorn")
+QUERY_KEYS = ("target", "sources", "features", "k", "sinkhorn", "weighting")
+# how each weighting (engine.experiments.WEIGHTINGS, the CLI's --weighting) is named on the pages
+WEIGHTING_TEXT = {"uriel": "URIEL + Sinkhorn", "equal": "equal (URIEL top-K)", "predicted": "predicted transfer"}
 
 # how the weights came about (shown beside the sources table)
 URIEL = "uriel"            # derived from target, features, K and Sinkhorn
@@ -25,6 +28,8 @@ SIMILARITY = "similarity"  # handed over by "Use these sources" (possibly a rest
 EDITED = "edited"          # ticked / typed in a sources table
 QUERY = "query"            # read from the page address
 ORIGIN_TEXT = {URIEL: "from URIEL ({features}, top-{k}, Sinkhorn {iters})",
+               "equal": "equal over URIEL's top-{k} ({features})",
+               "predicted": "from predicted transfer (top-{k})",
                SIMILARITY: "from the Similarity page", EDITED: "as edited", QUERY: "from the page address"}
 
 
@@ -38,6 +43,7 @@ class Experiment:
     top_k: int = DEFAULT_TOP_K
     sinkhorn_iters: int = DEFAULT_SINKHORN
     origin: str = URIEL
+    weighting: str = "uriel"  # one of engine.experiments.WEIGHTINGS: how derived weights are chosen
 
     @property
     def sources(self) -> List[str]:
@@ -49,7 +55,8 @@ class Experiment:
 
     def origin_text(self, available: int = 0) -> str:
         """How the weights came about; ``available``: the number of possible sources (K is at most that)."""
-        return ORIGIN_TEXT.get(self.origin, self.origin).format(
+        origin = self.weighting if self.origin == URIEL and self.weighting != "uriel" else self.origin
+        return ORIGIN_TEXT.get(origin, origin).format(
             features=self.features, k=self.k_used(available), iters=self.sinkhorn_iters)
 
     def k_used(self, available: int = 0) -> int:
@@ -86,7 +93,8 @@ def to_query(exp: Experiment) -> Dict[str, str]:
     """The experiment as short, readable query parameters."""
     return {"target": exp.target,
             "sources": ",".join(f"{s}:{_number(w)}" for s, w in exp.weights),
-            "features": exp.features, "k": str(exp.top_k), "sinkhorn": str(exp.sinkhorn_iters)}
+            "features": exp.features, "k": str(exp.top_k), "sinkhorn": str(exp.sinkhorn_iters),
+            "weighting": exp.weighting}
 
 
 def from_query(params: Mapping[str, object]) -> Tuple[dict, List[str]]:
@@ -115,6 +123,11 @@ def from_query(params: Mapping[str, object]) -> Tuple[dict, List[str]]:
                 fields[name] = value
             except ValueError:
                 notes.append(f"address: {key}={text(key)!r} is not a whole number in [{low}, {high}]; ignored")
+    if text("weighting"):
+        if text("weighting") in WEIGHTINGS:
+            fields["weighting"] = text("weighting")
+        else:
+            notes.append(f"address: weighting={text('weighting')!r} is not one of {', '.join(WEIGHTINGS)}; ignored")
     if text("sources"):
         weights = []
         for item in text("sources").split(","):
@@ -178,6 +191,13 @@ def uriel_weights(exp: Experiment, locales: Sequence[str],
 def with_target(exp: Experiment, target: str) -> Experiment:
     """A new target: its sources and weights must be derived again (URIEL), settings kept."""
     return replace(exp, target=target, weights=(), origin=URIEL) if target != exp.target else exp
+
+
+def with_weighting(exp: Experiment, weighting: str) -> Experiment:
+    """Another weighting (as the CLI's --weighting): the weights are derived again under it."""
+    if weighting == exp.weighting:
+        return exp
+    return replace(exp, weighting=weighting, weights=(), origin=URIEL)
 
 
 def with_settings(exp: Experiment, features: str, top_k: int, sinkhorn_iters: int) -> Experiment:

@@ -147,7 +147,7 @@ def experiment(ws: Workspace, derive: bool = True) -> Experiment:
     checked, more = xp.validate(current, ws.target_locales(), ws.zoo.locales)
     notes += more
     if derive and not checked.weights and checked.origin == xp.URIEL:
-        weights, why = xp.uriel_weights(checked, ws.zoo.locales)
+        weights, why = derived_weights(ws, checked)
         checked = replace(checked, weights=weights)
         if why:
             notes.append(f"{checked.target}: {why}")
@@ -157,6 +157,48 @@ def experiment(ws: Workspace, derive: bool = True) -> Experiment:
     else:
         sync_query(checked)
     return checked
+
+
+def predicted_ready(ws: Workspace) -> bool:
+    """Whether predicted transfer can weigh sources without a forward pass: every zoo model's
+    validation logits on every locale are cached (the matrix its predictor is fitted on)."""
+    from engine.transfer import FIT_SPLIT
+    from engine.workplan import missing_zero_shot
+
+    return not missing_zero_shot(ws, ws.dataset.locales, FIT_SPLIT)
+
+
+def derived_weights(ws: Workspace, exp: Experiment) -> tuple:
+    """(weights, note): the top-K sources and weights under the experiment's weighting, chosen as the
+    CLI's --weighting chooses them (engine.experiments.suggest_sources); equal weights and why when
+    that fails. Predicted transfer waits (no weights yet) until its validation matrix is cached."""
+    from engine.experiments import suggest_sources
+
+    if exp.weighting == "predicted" and not predicted_ready(ws):
+        return (), "predicted transfer waits for the zoo's zero-shot validation scores"
+    if exp.weighting == "uriel":
+        return xp.uriel_weights(exp, ws.zoo.locales)
+    try:
+        weights = suggest_sources(ws, exp.target, top_k=exp.top_k, features=exp.features,
+                                  sinkhorn_iters=exp.sinkhorn_iters, weighting=exp.weighting)
+        return tuple(weights.items()), ""
+    except Exception as exc:  # URIEL or the predictor cannot weigh this target: equal weights, said so
+        others = [l for l in ws.zoo.locales if l != exp.target]
+        return tuple((l, 1.0 / len(others)) for l in others), f"equal weights ({message(exc)})"
+
+
+def change_weighting(weighting: str) -> None:
+    """A weighting chosen on any page: the sources and weights are derived again under it."""
+    current = st.session_state.get(EXPERIMENT_KEY)
+    if current is not None and weighting and weighting != current.weighting:
+        st.session_state[EXPERIMENT_NOTES_KEY] = []
+        set_experiment(xp.with_weighting(current, weighting))
+
+
+def run_weighting(exp: Experiment) -> Optional[str]:
+    """What a run records as its weighting: the experiment's, when its weights were derived by it
+    (here or on the Similarity page); None for weights typed, ticked or read from the address."""
+    return exp.weighting if exp.origin in (xp.URIEL, xp.SIMILARITY) else None
 
 
 def set_experiment(exp: Experiment, bump: bool = True) -> None:

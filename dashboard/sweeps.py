@@ -15,16 +15,16 @@ import streamlit as st
 
 from engine.report import figures as report_figures
 from engine.ensemble import ENSEMBLES
+from engine.experiments import WEIGHTINGS
 from engine.languages import FEATURE_SETS
 from engine.merge import MERGES
 from engine.registry import method_title
 from engine.store import ACTIVE
 from engine.report import (BASELINE_TITLES, ReportError, baseline_table, findings, headline_table,
                            load_results, paired_tests, win_rate_table)
-from engine.report.write import write_report
 
 from . import state
-from .experiment import language
+from .experiment import WEIGHTING_TEXT, language
 from .widgets import chart
 
 # The issue-7 headline set: the default of a new sweep
@@ -55,14 +55,15 @@ def spec_form(ws, key: str = "sweep") -> Dict[str, Any]:
     sources = c[0].multiselect("Sources (top-K)", list(range(1, 11)), default=[5], key=f"{key}_k")
     features = c[1].multiselect("URIEL features", list(FEATURE_SETS), default=["syntax_knn"],
                                 key=f"{key}_features")
-    weighting = c[2].multiselect("Weighting", ["uriel", "equal"], default=["uriel"], key=f"{key}_weighting")
+    weighting = c[2].multiselect("Weighting", list(WEIGHTINGS), default=["uriel"], key=f"{key}_weighting",
+                                 format_func=lambda w: WEIGHTING_TEXT.get(w, w))
     equal = st.checkbox("Add the equal-weight merge of the same sources as a baseline cell", True,
                         key=f"{key}_equal")
     spec_methods = []
     for m in methods:
         kind, method = m.split(":", 1)
         item: Dict[str, Any] = {kind: method}
-        if kind == "merge" and MERGES.get(method).meta.get("needs_data"):
+        if kind == "merge" and MERGES.get(method).traits.needs_data:
             item["grid"] = {"examples": [DATA_AWARE_EXAMPLES]}
         spec_methods.append(item)
     return {"name": name, "targets": targets, "sources": sources, "features": features,
@@ -165,14 +166,25 @@ def report_dir(run_id: str) -> Path:
 
 
 def report_panel(run: dict, key: str) -> None:
-    """One click writes report.md, results.csv/json and the figures; then they download."""
+    """One click writes report.md, results.csv/json and the figures as a light-lane job (its
+    progress shown here); then they download."""
+    from engine.light_jobs import submit_report
+
+    from . import runs as runs_view
+
     folder = report_dir(run["id"])
     c = st.columns([2, 5])
+    job_key = f"{key}_report_job_{run['id']}"
     if c[0].button("Write report" if not (folder / "report.md").exists() else "Rewrite report",
                    icon=":material/description:", key=f"{key}_report",
                    help="Markdown + CSV + JSON + the figures as offline HTML, in " + str(folder)):
         with state.engine_errors():
-            write_report(state.store(), run["id"], folder)
+            st.session_state[job_key] = submit_report(state.runner(), state.store(), run["id"], folder)
+    job = runs_view.watch(st.session_state.get(job_key), key=f"{key}_report")
+    if job is not None and job["status"] in ACTIVE:
+        return
+    if job is not None and job["status"] != "done":
+        runs_view.status_line(job)
     if not (folder / "report.md").exists():
         return
     c[1].caption(f"Report in `{folder}`")

@@ -94,22 +94,22 @@ def checked_params(method: Method, values: Dict[str, Any]) -> Tuple[Optional[Dic
 
 
 def method_caption(method: Method) -> None:
-    meta = method.meta
+    traits = method.traits
     tags = []
-    if meta.get("family"):
-        tags.append(f"family: {meta['family']}")
-    if meta.get("needs_base"):
+    if traits.family:
+        tags.append(f"family: {traits.family}")
+    if traits.needs_base:
         tags.append("needs the pretrained base")
-    if meta.get("needs_data"):
+    if traits.needs_data:
         tags.append("data-aware")
-    if meta.get("random"):
+    if traits.random:
         tags.append("random (seeded)")
-    if meta.get("mergekit"):
-        tags.append(f"mergekit: {meta['mergekit']}")
-    elif "mergekit" in meta:
+    if traits.mergekit:
+        tags.append(f"mergekit: {traits.mergekit}")
+    else:
         tags.append("no mergekit equivalent")
-    if meta.get("min_sources", 1) > 1:
-        tags.append(f"at least {meta['min_sources']} sources")
+    if traits.min_sources > 1:
+        tags.append(f"at least {traits.min_sources} sources")
     st.caption(method.summary + ("  \n" + " · ".join(tags) if tags else ""))
 
 
@@ -138,16 +138,27 @@ def target_picker(ws, key: str, where=None, label: str = "Target language") -> s
 
 
 def ticked_weights(ws, target: str, shown: Dict[str, float], sources: List[str], raw: List[float],
-                   features: str = "syntax_knn", sinkhorn_iters: int = 20) -> Tuple[List[float], str]:
+                   features: str = "syntax_knn", sinkhorn_iters: int = 20,
+                   weighting: str = "uriel") -> Tuple[List[float], str]:
     """The weights of the ticked sources, and a note. When the ticks differ from the proposed
-    sources but no weight was edited, the ticked sources get URIEL weights among themselves (one
-    ticked outside the proposal would otherwise keep the 0 it is shown with)."""
+    sources but no weight was edited, the ticked sources get weights among themselves under the
+    weighting (one ticked outside the proposal would otherwise keep the 0 it is shown with)."""
     from engine.experiments import source_weights
 
     edited = any(abs(w - round(float(shown.get(s, 0.0)), 4)) > 1e-9 for s, w in zip(sources, raw))
     if not sources or edited or set(sources) == {s for s, w in shown.items() if w > 0}:
         zero = [s for s, w in zip(sources, raw) if w <= 0]
         return raw, (f"{', '.join(zero)} ticked with weight 0: no part in the result" if zero else "")
+    if weighting == "equal":
+        return [1.0] * len(sources), f"equal weights over the {len(sources)} ticked sources"
+    if weighting == "predicted":
+        if not state.predicted_ready(ws):
+            return [1.0] * len(sources), "equal weights over the ticked sources (predicted transfer is not ready)"
+        try:
+            _, weights = source_weights(ws, target, sources, weighting="predicted")
+            return weights, f"predicted-transfer weights over the {len(sources)} ticked sources"
+        except Exception as exc:
+            return [1.0] * len(sources), f"equal weights over the ticked sources ({state.message(exc)})"
     try:
         _, weights = source_weights(ws, target, sources, features=features, sinkhorn_iters=sinkhorn_iters)
         return weights, f"URIEL weights over the {len(sources)} ticked sources ({features}, Sinkhorn {sinkhorn_iters})"
@@ -156,7 +167,9 @@ def ticked_weights(ws, target: str, shown: Dict[str, float], sources: List[str],
 
 
 def _same_weights(a, b) -> bool:
-    return [s for s, _ in a] == [s for s, _ in b] and all(abs(x - y) < 1e-9 for (_, x), (_, y) in zip(a, b))
+    """The same sources with the same weights, in any order (the table lists tied weights by name)."""
+    da, db = dict(a), dict(b)
+    return da.keys() == db.keys() and all(abs(da[s] - db[s]) < 1e-9 for s in da)
 
 
 def sources_editor(ws, key: str) -> Tuple[List[str], List[float]]:
@@ -189,7 +202,7 @@ def sources_editor(ws, key: str) -> Tuple[List[str], List[float]]:
     chosen = edited[edited["use"]]
     sources = [str(s) for s in chosen["source"]]
     raw, note = ticked_weights(ws, target, weights, sources, [float(w) for w in chosen["weight"].fillna(0.0)],
-                               features=exp.features, sinkhorn_iters=exp.sinkhorn_iters)
+                               features=exp.features, sinkhorn_iters=exp.sinkhorn_iters, weighting=exp.weighting)
     picked = tuple(zip(sources, raw))
     rounded = lambda pairs: tuple((s, round(float(w), 4)) for s, w in pairs)  # noqa: E731
     if not _same_weights(rounded(picked), rounded(exp.weights)):
@@ -203,12 +216,46 @@ def sources_editor(ws, key: str) -> Tuple[List[str], List[float]]:
     return sources, raw
 
 
+def weighting_radio(ws, key: str, where=None) -> str:
+    """How the sources' weights are derived (engine.experiments.WEIGHTINGS, the CLI's --weighting),
+    one choice for every page. Predicted transfer needs every zoo model's validation scores: when
+    they are not cached, they are computed as a job, shown here, and the weights follow."""
+    from engine.experiments import WEIGHTINGS
+
+    exp = state.experiment(ws, derive=False)
+    widget_key = f"{key}_weighting"
+    seed(widget_key, exp.weighting)
+    (where or st).radio("Weighting", list(WEIGHTINGS), key=widget_key, horizontal=True,
+                format_func=lambda w: xp.WEIGHTING_TEXT.get(w, w),
+                on_change=lambda: state.change_weighting(st.session_state[widget_key]),
+                help="how the sources and their weights are chosen (as the CLI's --weighting): URIEL "
+                     "similarity + Sinkhorn, equal weights over URIEL's top-K, or transfer predicted from "
+                     "the zoo's zero-shot validation scores. Shared by every page")
+    current = state.experiment(ws).weighting  # derives the weights under a newly chosen weighting
+    if current == "predicted" and not state.predicted_ready(ws):
+        from engine.store import ACTIVE
+
+        from . import runs as runs_view
+        from engine import tasks
+
+        active = [r for r in state.store().runs(kind="nxn", status=ACTIVE, limit=5)
+                  if (r.get("params") or {}).get("split") == "validation"]
+        with where or st.container():
+            st.info("Predicted transfer is fitted on every zoo model's zero-shot validation scores; "
+                    "computing them once (a job), then the weights follow.")
+            with state.engine_errors():
+                run_id = active[0]["id"] if active else tasks.submit_nxn(state.runner(), ws, "validation")
+            runs_view.watch(run_id, key=f"{key}_predicted")
+    return current
+
+
 def recipe_columns(ws, key: str):
-    """The left column of a recipe (target, sources, weights) and the right one for the method's
-    settings: (settings column, target, sources, weights)."""
+    """The left column of a recipe (target, weighting, sources, weights) and the right one for the
+    method's settings: (settings column, target, sources, weights)."""
     recipe, settings = st.columns([2, 3], gap="large")
     with recipe:
         target = target_picker(ws, key)
+        weighting_radio(ws, key)
         sources, weights = sources_editor(ws, key)
     return settings, target, sources, weights
 

@@ -129,10 +129,14 @@ def export_candidate(ws: Workspace, cand: Candidate, state, out_dir: Path, overw
 
 def submit_candidate(runner, ws: Workspace, cand: Candidate, export_dir: Optional[Path] = None,
                      name: str = "", export_path: Optional[Path] = None, overwrite: bool = False,
-                     origin: str = "page") -> str:
+                     origin: str = "page", weighting: Optional[str] = None) -> str:
+    """Queues the candidate as a stored run; ``weighting`` (engine.experiments.WEIGHTINGS) is
+    recorded with it when its weights were derived by one."""
     check_candidate(ws, cand)
     lane = "light" if cand.kind == "ensemble" else "compute"
     fields = candidate_fields(cand, ws)
     fields["name"] = name or fields["name"]
+    if weighting:
+        fields["params"]["weighting"] = weighting
     return runner.submit(cand.kind, candidate_job(ws, cand, export_dir, export_path, overwrite, origin=origin),
                          lane=lane, **fields)

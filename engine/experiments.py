@@ -23,15 +23,13 @@ from .progress import Phases, Progress, ProgressFn, Tracker
 from .workplan import candidate_plan
 from .workspace import Workspace
 
-DATA_MODES = ("target", "sources", "both")
+# a recipe's checks (and the error they raise) live in engine.preflight; re-exported for callers
+from .preflight import DATA_MODES, CandidateError, check_unique_sources  # noqa: F401
+
 # How source weights are chosen: URIEL similarity + Sinkhorn (MergingUriel), equal over the URIEL
 # top-K, or predicted transfer (engine.transfer: sources and weights from the leave-target-out
 # predictor fitted on the zoo's validation matrix).
 WEIGHTINGS = ("uriel", "equal", "predicted")
-
-
-class CandidateError(ValueError):
-    """A recipe that cannot be run as given (unknown source, target among sources, ...)."""
 
 
 @dataclass
@@ -54,28 +52,14 @@ class Candidate:
 
 
 def check_candidate(ws: Workspace, cand: Candidate) -> None:
-    if cand.kind not in ("merge", "ensemble"):
-        raise CandidateError(f"unknown candidate kind '{cand.kind}'")
-    if not cand.sources:
-        raise CandidateError("choose at least one source model")
-    check_unique_sources(cand.sources)
-    for s in cand.sources:
-        ws.zoo.path(s)
-    if cand.target in cand.sources:
-        raise CandidateError(f"the target {cand.target} is among the sources: its own model may only "
-                             f"be a baseline (leave-one-out)")
-    if len(cand.weights) != len(cand.sources):
-        raise CandidateError(f"{len(cand.weights)} weights for {len(cand.sources)} sources")
-    w = np.asarray(cand.weights, dtype=float)
-    if not np.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:
-        raise CandidateError("weights must be finite, non-negative and not all zero")
-    if cand.data_mode not in DATA_MODES:
-        raise CandidateError(f"data_mode must be one of {DATA_MODES}")
+    """Refuses a recipe that cannot run, with the first of :func:`engine.preflight.preflight`'s
+    problems (the list the pages show), and coerces seed / data_examples to their declared types."""
     from .limits import check_setting
+    from .preflight import preflight, raise_first
 
+    raise_first(preflight(ws, cand))
     for name in ("seed", "data_examples"):  # declared ranges (engine/limits.py)
         setattr(cand, name, check_setting(name, getattr(cand, name), "", CandidateError))
-    ws.dataset.get(cand.target, "test")
 
 
 def suggest_sources(ws: Workspace, target: str, top_k: int = 5, features: str = "syntax_knn",
@@ -98,19 +82,6 @@ def suggest_sources(ws: Workspace, target: str, top_k: int = 5, features: str = 
 def check_weighting(weighting: str) -> None:
     if weighting not in WEIGHTINGS:
         raise CandidateError(f"unknown weighting {weighting!r}; use one of {', '.join(WEIGHTINGS)}")
-
-
-def check_unique_sources(sources: Iterable[str]) -> None:
-    """A source named twice would silently get double weight (or, with URIEL weights, be merged
-    with itself): refuse it."""
-    seen, twice = set(), []
-    for s in sources:
-        if s in seen and s not in twice:
-            twice.append(s)
-        seen.add(s)
-    if twice:
-        raise CandidateError(f"source {', '.join(twice)} is listed more than once: name each source "
-                             f"once (to weight one more, give explicit weights)")
 
 
 def source_weights(ws: Workspace, target: str, sources: Optional[Iterable[str]] = None, top_k: int = 5,

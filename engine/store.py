@@ -49,6 +49,10 @@ CREATE TABLE IF NOT EXISTS runs (
 );
 CREATE INDEX IF NOT EXISTS runs_created ON runs(created);
 CREATE INDEX IF NOT EXISTS runs_cell_key ON runs(json_extract(params, '$.cell_key'));
+-- what every page asks on each rerun (runs of a kind, a sweep's cells, active jobs): index searches
+CREATE INDEX IF NOT EXISTS runs_kind_created ON runs(kind, created);
+CREATE INDEX IF NOT EXISTS runs_parent_status ON runs(parent, status, created);
+CREATE INDEX IF NOT EXISTS runs_status_created ON runs(status, created);
 CREATE TABLE IF NOT EXISTS series (
     run_id TEXT NOT NULL,
     name TEXT NOT NULL,
@@ -261,7 +265,9 @@ class Store:
         out: List[Dict[str, Any]] = []
         for lo in range(0, len(keys), 500):  # SQLite's limit on bound parameters
             chunk = keys[lo:lo + 500]
-            sql = (f"SELECT * FROM runs WHERE json_extract(params, '$.cell_key') IN ({','.join('?' * len(chunk))})")
+            # INDEXED BY: the planner would otherwise walk the status index (every 'done' run)
+            sql = (f"SELECT * FROM runs INDEXED BY runs_cell_key WHERE json_extract(params, '$.cell_key') "
+                   f"IN ({','.join('?' * len(chunk))})")
             args: List[Any] = list(chunk)
             if status:
                 status = list(status)

@@ -29,6 +29,7 @@ if not tasks.uriel_ready():
 exp = state.experiment(ws, derive=False)
 c = st.columns([2, 3, 2, 2], gap="medium")
 target = widgets.target_picker(ws, "sim", where=c[0])
+weighting = widgets.weighting_radio(ws, "sim", where=c[0])
 
 
 def settings_changed() -> None:
@@ -92,6 +93,17 @@ if moved > 0.05:
                "takes weight from sources that are everyone's neighbour.")
 current = state.experiment(ws, derive=False)
 chosen = tuple(result.weights.items())
+if weighting == "equal":  # the same top-K, weighted equally (the CLI's --weighting equal)
+    chosen = tuple((s, 1.0 / len(chosen)) for s, _ in chosen)
+elif weighting == "predicted":  # top-K of the pool by predicted transfer (the CLI's --weighting predicted)
+    if not state.predicted_ready(ws):
+        st.stop()
+    from engine.transfer import predicted_weights
+
+    with state.engine_errors():
+        chosen = tuple(predicted_weights(ws, target, pool, result.top_k).items())
+if weighting != "uriel":
+    st.caption(f"Weights handed over ({xp.WEIGHTING_TEXT[weighting]}): " + xp.sources_text(chosen, 3))
 in_use = [s for s, _ in current.weights] == [s for s, _ in chosen] and all(
     abs(a - b) < 1e-6 for (_, a), (_, b) in zip(current.weights, chosen))
 if st.button("Use these sources", type="primary", icon=":material/check:", key="sim_use"):

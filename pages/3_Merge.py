@@ -1,15 +1,17 @@
 """Merge: sources + weights + a method from the registry → a background job → the result card."""
 PAGE = {"title": "Merge", "icon": ":material/merge:", "order": 3,
         "summary": "Merge the sources in parameter space (linear, TIES, DARE, Fisher, …)."}
+from pathlib import Path
+
 import streamlit as st
 
 from dashboard import runs as runs_view
 from dashboard import experiment as xp
 from dashboard import state, widgets
 from engine.experiments import DATA_MODES, Candidate
-from engine.candidate_runs import protected_folders, submit_candidate
-from engine.export_guard import ExportError, check_export_dir
+from engine.candidate_runs import submit_candidate
 from engine.merge import MERGES
+from engine.preflight import preflight
 from engine.store import ACTIVE
 
 st.title("Merge")
@@ -26,57 +28,41 @@ with settings:
     values = widgets.param_controls(method, sources, key="merge")
     data_mode, examples, seed = "sources", 64, 0
     extra = st.columns(3)
-    if "batches" in method.meta.get("context", []):
+    if "batches" in method.traits.context:
         data_mode = extra[0].selectbox("Statistics from", DATA_MODES, index=DATA_MODES.index("sources"),
                                        key="merge_data_mode",
                                        help="target: the target's validation data; sources: each source's own "
                                             "training data; both: the two together")
         examples = int(extra[1].number_input("Examples per locale drawn", 1, 100000, 64, key="merge_examples"))
-    elif "texts" in method.meta.get("context", []):
+    elif "texts" in method.traits.context:
         st.caption("Learns on the target's training texts with their labels withheld (unlabelled target text).")
-    elif method.meta.get("needs_data"):
+    elif method.traits.needs_data:
         st.caption("Scored on the target's validation split while it chooses.")
-    if method.meta.get("random"):
+    if method.traits.random:
         seed = int(extra[2].number_input("Seed", 0, 2 ** 31 - 1, 0, key="merge_seed"))
     export = st.toggle("Export the merged model (HF folder + recipe + mergekit.yaml)", value=True,
                        key="merge_export")
 
-    problems, export_to, replace = [], "", False
+    cand = Candidate("merge", method.name, target, sources, weights, params=values, seed=seed,
+                     data_mode=data_mode, data_examples=examples)
+    export_to, replace = "", False
     if export:  # a chosen folder: never the zoo's, replaced only when the user ticks it
         export_to = st.text_input("Export folder (empty: a new folder per run in the cache)",
                                   key="merge_export_dir").strip()
-        try:
-            folder = check_export_dir(export_to, protected_folders(ws), overwrite=True) if export_to else None
-        except ExportError as exc:
-            problems.append(str(exc))
-        else:
-            if folder is not None and folder.is_dir() and any(folder.iterdir()):
-                replace = st.checkbox(f"Replace everything in {folder}", key="merge_export_replace")
-                if not replace:
-                    problems.append(f"the export folder {folder} is not empty: tick 'Replace' or "
-                                    f"choose another folder")
-    params, why = widgets.checked_params(method, values)
-    if why:
-        problems.append(why)
-    if not sources:
-        problems.append("choose at least one source (tick 'use' in the table)")
-    elif sum(weights) <= 0:
-        problems.append("the weights are all zero")
-    if method.meta.get("needs_base") and ws.zoo.base is None:
-        problems.append(f"'{method.name}' works on task vectors and needs the pretrained base model; this "
-                        "zoo has none (add 'base' on the Setup page)")
-    if len(sources) < method.meta.get("min_sources", 1):
-        problems.append(f"'{method.name}' needs at least {method.meta['min_sources']} sources")
+        folder = Path(export_to).expanduser() if export_to else None
+        if (folder is not None and folder.is_dir() and any(folder.iterdir())
+                and not any(p.about == "export" for p in preflight(ws, cand, folder, overwrite=True))):
+            replace = st.checkbox(f"Replace everything in {folder.resolve()}", key="merge_export_replace")
+    problems = preflight(ws, cand, export_path=export_to or None, overwrite=replace)  # the engine decides
     for p in problems:
-        st.warning(p)
+        st.warning(p.text)
     if st.button("Run merge", type="primary", icon=":material/play_arrow:", disabled=bool(problems),
                  key="merge_run_button"):
-        cand = Candidate("merge", method.name, target, sources, weights, params=params or {}, seed=seed,
-                         data_mode=data_mode, data_examples=examples)
         with state.engine_errors():
             st.session_state["merge_run"] = submit_candidate(
                 state.runner(), ws, cand, export_dir=state.export_dir() if export else None,
-                export_path=export_to or None, overwrite=replace)
+                export_path=export_to or None, overwrite=replace,
+                weighting=state.run_weighting(state.experiment(ws, derive=False)))
         st.rerun()
 
 st.divider()

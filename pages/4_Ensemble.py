@@ -1,8 +1,6 @@
 """Ensemble: combine the sources' outputs. Once their logits are cached, re-scoring is instant."""
 PAGE = {"title": "Ensemble", "icon": ":material/groups:", "order": 4,
         "summary": "Combine the sources' outputs: voting rules or learned fusion."}
-import json
-
 import streamlit as st
 
 from dashboard import runs as runs_view
@@ -11,6 +9,8 @@ from engine import tasks
 from engine.ensemble import ENSEMBLES
 from engine.experiments import Candidate, evaluate_candidate, source_scores
 from engine.candidate_runs import submit_candidate
+from engine.light_jobs import find_fit_preview, recipe_text, submit_fit_preview
+from engine.preflight import preflight
 from engine.runinfo import target_data_use
 from engine.store import ACTIVE
 
@@ -22,43 +22,33 @@ ws = state.require_workspace()
 settings, target, sources, weights = widgets.recipe_columns(ws, "ens")
 with settings:
     names = ENSEMBLES.names()
-    rules = [n for n in names if not ENSEMBLES.get(n).meta.get("needs_fit")]
-    learned = [n for n in names if ENSEMBLES.get(n).meta.get("needs_fit")]
+    rules = [n for n in names if not ENSEMBLES.get(n).traits.needs_fit]
+    learned = [n for n in names if ENSEMBLES.get(n).traits.needs_fit]
     family = st.segmented_control("Kind", ["voting", "learned fusion"], default="voting", key="ens_family") or "voting"
     options = rules if family == "voting" else learned
     default = next((d for d in ("weighted_logits", "learned_weights") if d in options), options[0])
     method = ENSEMBLES.get(widgets.method_picker(ENSEMBLES, options, "Method", f"ens_method_{family}", default=default))
     widgets.method_caption(method)
-    if method.meta.get("uses_weights") is False and not method.meta.get("needs_fit"):
+    if not method.traits.uses_weights and not method.traits.needs_fit:
         st.caption("This rule ignores the weights.")
     values = widgets.param_controls(method, sources, key="ens")
     data_mode, seed = "target", 0
-    if method.meta.get("needs_fit"):
+    if method.traits.needs_fit:
         c1, c2 = st.columns(2)
         has_val = ws.dataset.has(target, "validation")
         data_mode = c1.selectbox("Fit on validation data of", ["target", "sources"], index=0 if has_val else 1,
                                  key="ens_fit_on", help="the sources' when the target has no labelled data")
         seed = int(c2.number_input("Seed", 0, 2 ** 31 - 1, 0, key="ens_seed"))
 
-problems = []
-params, why = widgets.checked_params(method, values)
-if why:
-    problems.append(why)
-if not sources:
-    problems.append("choose at least one source (tick 'use' in the table)")
-elif sum(weights) <= 0:
-    problems.append("the weights are all zero")
-n_models = method.traits.max_sources
-if n_models and n_models == method.traits.min_sources and len(sources) != n_models:
-    problems.append(f"'{method.name}' combines exactly {n_models} models; {len(sources)} are ticked")
+cand = Candidate("ensemble", method.name, target, sources, weights, params=values, seed=seed, data_mode=data_mode)
+problems = preflight(ws, cand)  # the engine decides; the page shows
 if problems:
     for p in problems:
-        st.warning(p)
+        st.warning(p.text)
     st.stop()
 
-cand = Candidate("ensemble", method.name, target, sources, weights, params=params, seed=seed, data_mode=data_mode)
 st.divider()
-pairs = tasks.ensemble_pairs(ws, target, sources, fit_on=data_mode if method.meta.get("needs_fit") else "")
+pairs = tasks.ensemble_pairs(ws, target, sources, fit_on=data_mode if method.traits.needs_fit else "")
 missing = tasks.missing_logits(ws, pairs)
 if missing:
     active = [r for r in state.store().runs(kind="logits", status=ACTIVE, limit=5)]
@@ -74,8 +64,27 @@ if missing:
     st.stop()
 
 memo = st.session_state.setdefault("ens_memo", {})
-memo_key = json.dumps(cand.to_dict(), sort_keys=True, default=str)
-if memo_key not in memo:
+memo_key = recipe_text(cand)
+if memo_key not in memo and method.traits.needs_fit:
+    # fitting takes seconds to minutes: a light-lane job, its progress shown here, the page never blocks
+    fit = find_fit_preview(state.store(), cand)
+    if fit is None:
+        with state.engine_errors():
+            fit = state.store().get(submit_fit_preview(state.runner(), ws, cand))
+    row = runs_view.watch(fit["id"], key="ens-fit")
+    if row is None or row["status"] in ACTIVE:
+        st.stop()
+    if row["status"] != "done":
+        runs_view.status_line(row)
+        if st.button("Fit again", icon=":material/refresh:", key="ens_refit"):
+            with state.engine_errors():
+                submit_fit_preview(state.runner(), ws, cand)
+            st.rerun()
+        st.stop()
+    memo.clear()  # one entry: the current recipe
+    memo[memo_key] = {"metrics": row["metrics"], **{k: row["result"].get(k) for k in
+                                                   ("baselines", "seconds", "learned_weights", "scores")}}
+elif memo_key not in memo:  # a voting rule on cached logits: instant
     with state.engine_errors(), st.spinner("Scoring…"):
         out = evaluate_candidate(ws, cand)
         scores = source_scores(ws, target, sources)
@@ -98,7 +107,8 @@ if live.get("learned_weights"):
 saved_runs = st.session_state.setdefault("ens_saved", {})
 if st.button("Save as a run", icon=":material/save:", key="ens_save"):
     with state.engine_errors():
-        saved_runs[memo_key] = submit_candidate(state.runner(), ws, cand, export_dir=state.export_dir())
+        saved_runs[memo_key] = submit_candidate(state.runner(), ws, cand, export_dir=state.export_dir(),
+                                                weighting=state.run_weighting(state.experiment(ws, derive=False)))
         st.session_state["ens_run"] = saved_runs[memo_key]  # the latest saved run
     st.rerun()
 saved = saved_runs.get(memo_key)

@@ -65,7 +65,7 @@ with st.expander("Train sources together, merging every N steps (for a target)",
                                  key=f"pm_sources_{p_target}")
     p_weighting = c[2].segmented_control("Weights", ["uriel", "equal"], default="uriel", key="pm_weighting") or "uriel"
     c = st.columns(5)
-    names = [m.name for m in MERGES if not m.meta.get("needs_data")]
+    names = [m.name for m in MERGES if not m.traits.needs_data]
     p_method = c[0].selectbox("Merge method", names, index=names.index("linear"), key="pm_method")
     p_steps = c[1].number_input("Steps per source", 1, 1_000_000, 60, key="pm_steps")
     p_every = c[2].number_input("Merge every N steps", 1, 1_000_000, 20, key="pm_every")

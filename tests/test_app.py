@@ -144,6 +144,10 @@ def test_ensemble_rescoring_is_instant_once_logits_are_cached(app_cache):
     at.segmented_control(key="ens_family").set_value("learned fusion")
     rerun(at)
     at.selectbox(key="ens_method_learned fusion").set_value("learned_weights")
+    rerun(at)  # the fit runs as a light-lane job, its progress on the page
+    fit = store.runs(kind="fit", limit=1)[0]
+    assert fit["method"] == "learned_weights" and at.get("progress")
+    wait_for(app_cache, fit["id"])
     rerun(at)
     assert any("Learned per-model weights" in str(c.proto.spec) for c in at.get("plotly_chart"))
     button(at, "ens_save").click()

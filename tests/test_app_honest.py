@@ -89,6 +89,8 @@ def test_a_saved_runs_message_stays_with_its_recipe(app_cache):
     rerun(at)
     assert not any("Saved as run" in s.value for s in at.success), "the soft vote's message stayed"
     at.segmented_control(key="ens_family").set_value("learned fusion")
+    rerun(at)  # fitted by a light-lane job
+    wait_for(app_cache, runner(app_cache).store.runs(kind="fit", limit=1)[0]["id"])
     rerun(at)
     assert metric(at, "Target data used") == "● labelled target dev"
     at.segmented_control(key="ens_family").set_value("voting")

@@ -135,6 +135,8 @@ def test_ensemble_page_runs_entropy_min_and_marks_it_unlabelled(app_cache):
     rerun(at)
     at.selectbox(key="ens_method_learned fusion").set_value("entropy_min")
     rerun(at)
+    wait_for(app_cache, runner(app_cache).store.runs(kind="fit", limit=1)[0]["id"])  # fitted as a job
+    rerun(at)
     assert metric(at, "Target data used") == "◐ unlabelled target text"
     assert metric(at, "Test accuracy") != "–"
     assert any("Learned per-model weights" in str(c.proto.spec) for c in at.get("plotly_chart"))

@@ -116,7 +116,11 @@ def test_ensemble_cli_with_predicted_weighting(tiny_ws, capsys):
 
     assert main(["ensemble", *_ws_args(tiny_ws), "--target", "nl-NL", "--method", "soft", "--top-k", "2",
                  "--weighting", "predicted", "--json", "--quiet"]) == 0
-    cand = json.loads(capsys.readouterr().out)["candidate"]
+    out = json.loads(capsys.readouterr().out)
+    cand = out["candidate"]
+    from engine.store import Store
+
+    assert Store(tiny_ws.cache_dir / "runs.sqlite").get(out["run_id"])["params"]["weighting"] == "predicted"
     expected = predicted_weights(tiny_ws, "nl-NL", top_k=2)
     assert cand["sources"] == list(expected)
     assert cand["weights"] == pytest.approx(list(expected.values()))

@@ -94,7 +94,10 @@ def _run_candidate(args, kind):
     out: dict = {}
     job = candidate_job(ws, cand, export_path=Path(args.export) if args.export else None,
                         overwrite=args.overwrite, keep=out, origin="CLI")
-    row = run_here(open_store(ws), kind, job, echo=progress_for(args), **candidate_fields(cand, ws))
+    fields = candidate_fields(cand, ws)
+    if not args.weights:  # weights derived by a weighting: recorded with the run, as the app's are
+        fields["params"]["weighting"] = "equal" if args.equal else (getattr(args, "weighting", None) or "uriel")
+    row = run_here(open_store(ws), kind, job, echo=progress_for(args), **fields)
     result = row["result"]
     if result.get("export_error"):
         raise ExportError(result["export_error"])
