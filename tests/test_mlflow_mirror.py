@@ -1,0 +1,126 @@
+"""Runs mirrored to MLflow (mlflow-skinny): real tiny runs through the CLI, read back from a real local
+MLflow store with MLflow's own client; the engine's store keeps every run whatever MLflow does."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from engine.cli import main
+from engine.store import open_store
+
+mlflow = pytest.importorskip("mlflow", reason="mlflow-skinny is not installed")
+
+
+def client_for(uri):
+    return mlflow.MlflowClient(tracking_uri=uri)
+
+
+def mlflow_runs(uri, engine_run_id=None):
+    client = client_for(uri)
+    experiment = client.get_experiment_by_name("fusion")
+    assert experiment is not None, f"no 'fusion' experiment at {uri}"
+    flt = f"tags.`fusion.run_id` = '{engine_run_id}'" if engine_run_id else ""
+    return client.search_runs([experiment.experiment_id], filter_string=flt)
+
+
+def test_cli_merge_is_logged_with_params_metrics_and_tags(tiny_zoo_dir, tmp_path, capsys):
+    uri = (tmp_path / "mlruns").as_uri()
+    ws = ["--zoo", str(tiny_zoo_dir), "--cache-dir", str(tmp_path / "cache"), "--device", "cpu", "--quiet", "--json"]
+    assert main(["merge", "--target", "de-DE", "--method", "ties", "--param", "density=0.5",
+                 "--mlflow", uri, *ws]) == 0
+    out = json.loads(capsys.readouterr().out)
+    row = open_store(tmp_path / "cache").get(out["run_id"])
+
+    [run] = mlflow_runs(uri, row["id"])
+    data = run.data
+    assert run.info.status == "FINISHED" and run.info.run_name == row["name"]
+    assert data.params["method"] == "ties" and data.params["target"] == "de-DE"
+    assert data.params["sources"] == ",".join(row["sources"]) and "de-DE" not in row["sources"]
+    for source, weight in zip(row["sources"], row["weights"]):
+        assert float(data.params[f"weight.{source}"]) == pytest.approx(weight)
+    assert float(data.params["density"]) == 0.5
+    assert data.metrics["test.accuracy"] == pytest.approx(row["metrics"]["test"]["accuracy"])
+    assert data.tags["fusion.kind"] == "merge" and data.tags["fusion.origin"] == "CLI"
+    assert data.tags["trait.family"] == "ties-like" or "trait.family" in data.tags
+    assert data.tags["trait.data_use"] == "none" and data.tags["fusion.target_data"] == json.dumps(
+        row["result"]["target_data"], sort_keys=True) if not isinstance(row["result"]["target_data"], str) \
+        else data.tags["fusion.target_data"] == row["result"]["target_data"]
+    assert not client_for(uri).list_artifacts(run.info.run_id)   # no model (nor recipe) by default
+
+    # mlflow-export copies the older runs once: this merge is already there, a second call adds nothing
+    assert main(["mlflow-export", uri, "--cache-dir", str(tmp_path / "cache"), "--json"]) == 0
+    first = json.loads(capsys.readouterr().out)
+    assert row["id"] not in first["logged"] and first["already"] >= 1
+    assert main(["mlflow-export", uri, "--cache-dir", str(tmp_path / "cache"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["logged"] == {}
+    assert len(mlflow_runs(uri, row["id"])) == 1
+
+
+def test_evolution_curve_has_one_step_per_generation(tiny_zoo_dir, tmp_path, capsys, monkeypatch):
+    uri = (tmp_path / "mlruns").as_uri()
+    monkeypatch.setenv("FUSION_MLFLOW_URI", uri)   # the environment's setting: no flag needed
+    assert main(["evolve", "--zoo", str(tiny_zoo_dir), "--cache-dir", str(tmp_path / "cache"), "--device", "cpu",
+                 "--target", "nl-NL", "--sources", "de-DE", "en-US", "--algorithm", "cmaes", "--generations", "2",
+                 "--population", "2", "--dev-size", "8", "--layer-groups", "1", "--no-merge-cache",
+                 "--json", "--quiet"]) == 0
+    run_id = json.loads(capsys.readouterr().out)["id"]
+    store = open_store(tmp_path / "cache")
+    curves = {p["name"] for p in store.series(run_id)}
+    assert curves, "the evolution logged no curve"
+
+    [run] = mlflow_runs(uri, run_id)
+    client = client_for(uri)
+    for name in curves:
+        keys = [k for k in run.data.metrics if k == name or k.startswith(name + ".")]
+        assert keys, f"curve {name} not mirrored"
+        for key in keys:
+            steps = [m.step for m in client.get_metric_history(run.info.run_id, key)]
+            assert sorted(steps) == sorted({p["step"] for p in store.series(run_id, name)})
+    best = next(k for k in run.data.metrics if "best" in k)
+    assert len(client.get_metric_history(run.info.run_id, best)) == 2   # one point per generation
+
+
+def test_bad_uri_is_one_line_and_the_run_is_kept(tiny_zoo_dir, tmp_path, capsys):
+    ws = ["--zoo", str(tiny_zoo_dir), "--cache-dir", str(tmp_path / "cache"), "--device", "cpu", "--quiet", "--json"]
+    # a server URI is refused before any work
+    assert main(["ensemble", "--target", "de-DE", "--method", "soft", "--equal", "--mlflow",
+                 "http://mlflow.example:5000", *ws]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "http://mlflow.example:5000" in err and "not local" in err
+
+    # a folder that cannot be one (a file is in the way): the run ends, is stored, and one warning says so
+    blocker = tmp_path / "not_a_folder"
+    blocker.write_text("x")
+    assert main(["ensemble", "--target", "de-DE", "--method", "soft", "--equal", "--mlflow",
+                 str(blocker / "mlruns"), *ws]) == 0
+    captured = capsys.readouterr()
+    run_id = json.loads(captured.out)["run_id"]
+    warning = [line for line in captured.err.splitlines() if "MLflow" in line]
+    assert len(warning) == 1 and run_id in warning[0] and "mlflow-export" in warning[0]
+    assert "Traceback" not in captured.err
+    assert open_store(tmp_path / "cache").get(run_id)["status"] == "done"
+
+
+def test_store_hook_mirrors_each_run_once_with_recipe(tmp_path):
+    """The store's own hook: a run mirrors when it ends done (not while it runs); recipe.json on request."""
+    from engine.mlflow_mirror import MlflowMirror
+
+    store = open_store(tmp_path / "cache")
+    uri = str(tmp_path / "mlruns")       # a bare folder is a file: store
+    store.mirror = MlflowMirror(uri, recipe=True)
+    run_id = store.create("train", name="fine-tune da-DK", target="da-DK", params={"seed": 3, "lr": 5e-5})
+    for step, loss in enumerate([2.0, 1.5, 1.1]):
+        store.add_point(run_id, "loss", step, loss)
+    store.update(run_id, status="running")
+    assert not (tmp_path / "mlruns").exists()
+    store.update(run_id, status="done", metrics={"dev": {"accuracy": 0.75}})
+    store.update(run_id, status="done")  # a second "done" write does not log it twice
+
+    mlflow_uri = (tmp_path / "mlruns").as_uri()
+    [run] = mlflow_runs(mlflow_uri, run_id)
+    assert run.data.params["seed"] == "3" and run.data.metrics["dev.accuracy"] == 0.75
+    history = client_for(mlflow_uri).get_metric_history(run.info.run_id, "loss")
+    assert [(m.step, m.value) for m in sorted(history, key=lambda m: m.step)] == [(0, 2.0), (1, 1.5), (2, 1.1)]
+    [artifact] = client_for(mlflow_uri).list_artifacts(run.info.run_id)
+    assert artifact.path == "recipe.json"
