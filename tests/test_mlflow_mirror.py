@@ -42,10 +42,9 @@ def test_cli_merge_is_logged_with_params_metrics_and_tags(tiny_zoo_dir, tmp_path
     assert float(data.params["density"]) == 0.5
     assert data.metrics["test.accuracy"] == pytest.approx(row["metrics"]["test"]["accuracy"])
     assert data.tags["fusion.kind"] == "merge" and data.tags["fusion.origin"] == "CLI"
-    assert data.tags["trait.family"] == "ties-like" or "trait.family" in data.tags
-    assert data.tags["trait.data_use"] == "none" and data.tags["fusion.target_data"] == json.dumps(
-        row["result"]["target_data"], sort_keys=True) if not isinstance(row["result"]["target_data"], str) \
-        else data.tags["fusion.target_data"] == row["result"]["target_data"]
+    use = row["result"]["target_data"]
+    assert data.tags["fusion.target_data"] == (use if isinstance(use, str) else json.dumps(use, sort_keys=True))
+    assert data.tags["trait.data_use"] == "none" and data.tags["trait.needs_base"] == "true"   # the method's traits
     assert not client_for(uri).list_artifacts(run.info.run_id)   # no model (nor recipe) by default
 
     # mlflow-export copies the older runs once: this merge is already there, a second call adds nothing
@@ -64,7 +63,7 @@ def test_evolution_curve_has_one_step_per_generation(tiny_zoo_dir, tmp_path, cap
                  "--target", "nl-NL", "--sources", "de-DE", "en-US", "--algorithm", "cmaes", "--generations", "2",
                  "--population", "2", "--dev-size", "8", "--layer-groups", "1", "--no-merge-cache",
                  "--json", "--quiet"]) == 0
-    run_id = json.loads(capsys.readouterr().out)["id"]
+    run_id = json.loads(capsys.readouterr().out)["run_id"]
     store = open_store(tmp_path / "cache")
     curves = {p["name"] for p in store.series(run_id)}
     assert curves, "the evolution logged no curve"
@@ -77,8 +76,8 @@ def test_evolution_curve_has_one_step_per_generation(tiny_zoo_dir, tmp_path, cap
         for key in keys:
             steps = [m.step for m in client.get_metric_history(run.info.run_id, key)]
             assert sorted(steps) == sorted({p["step"] for p in store.series(run_id, name)})
-    best = next(k for k in run.data.metrics if "best" in k)
-    assert len(client.get_metric_history(run.info.run_id, best)) == 2   # one point per generation
+    best = sorted(m.step for m in client.get_metric_history(run.info.run_id, "best"))
+    assert best == [p["step"] for p in store.series(run_id, "best")] and best[-2:] == [1, 2]  # one per generation
 
 
 def test_bad_uri_is_one_line_and_the_run_is_kept(tiny_zoo_dir, tmp_path, capsys):
@@ -124,3 +123,23 @@ def test_store_hook_mirrors_each_run_once_with_recipe(tmp_path):
     assert [(m.step, m.value) for m in sorted(history, key=lambda m: m.step)] == [(0, 2.0), (1, 1.5), (2, 1.1)]
     [artifact] = client_for(mlflow_uri).list_artifacts(run.info.run_id)
     assert artifact.path == "recipe.json"
+
+
+def test_setup_page_field_sets_the_mirror_of_the_app_store(app_cache, tmp_path):
+    from app_support import goto, open_app, rerun
+
+    from dashboard import state
+
+    store = state.services(str(app_cache.resolve()))[0]
+    at = goto(open_app(), "Setup")
+    at.text_input(key="setup_mlflow").set_value("http://mlflow.example:5000")
+    rerun(at)
+    [error] = [e.value for e in at.error]
+    assert "http://mlflow.example:5000" in error and "not local" in error and store.mirror is None
+
+    at.text_input(key="setup_mlflow").set_value(str(tmp_path / "mlruns"))
+    rerun(at)
+    assert not at.error and store.mirror.uri == (tmp_path / "mlruns").as_uri()
+    at.text_input(key="setup_mlflow").set_value("")
+    rerun(at)
+    assert store.mirror is None
