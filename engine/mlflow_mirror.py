@@ -118,18 +118,15 @@ def run_tags(row: Dict[str, Any]) -> Dict[str, str]:
 
 
 def method_traits(row: Dict[str, Any]) -> Dict[str, str]:
-    """The method's registry traits (family, data use, needs_base, ...), when it is a registered
-    merge or ensemble method."""
-    if row["kind"] not in ("merge", "ensemble") or not row.get("method"):
+    """The method's registry traits (family, data use, needs_base, ...) when its registry is loaded
+    (always, in the process that ran it; ``mlflow-export`` loads them). Read through
+    ``Registry.LOADED``: importing the method packages from here would close an import cycle."""
+    from .registry import Registry
+
+    registry = Registry.LOADED.get(row["kind"])
+    if registry is None or not row.get("method") or row["method"] not in registry:
         return {}
-    try:
-        if row["kind"] == "merge":
-            from .merge import MERGES as methods
-        else:
-            from .ensemble import ENSEMBLES as methods
-        traits = methods.get(row["method"]).traits
-    except Exception:   # an unregistered (e.g. removed) method: its run is still mirrored
-        return {}
+    traits = registry.get(row["method"]).traits
     fields = getattr(traits, "__dataclass_fields__", {})
     return {f"trait.{name}": _text(getattr(traits, name)) for name in fields}
 

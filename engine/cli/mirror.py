@@ -31,6 +31,7 @@ def _export_args(p):
 
 @command("mlflow-export", "copy finished runs to an MLflow tracking store (each run once)", _export_args)
 def cmd_mlflow_export(args):
+    from .. import ensemble, merge  # noqa: F401  (their registries: each run's method traits become tags)
     from ..mlflow_mirror import export_runs, normalise_uri
     from ..store import Store
     from ..paths import store_path
