@@ -143,3 +143,24 @@ def test_setup_page_field_sets_the_mirror_of_the_app_store(app_cache, tmp_path):
     at.text_input(key="setup_mlflow").set_value("")
     rerun(at)
     assert store.mirror is None
+
+
+def test_sweep_cells_and_the_sweep_are_mirrored(tiny_zoo_dir, tmp_path, capsys):
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps({"name": "mirrored", "targets": ["de-DE"], "sources": [2],
+                                "methods": ["merge:linear", {"ensemble": "soft"}]}))
+    uri = str(tmp_path / "mlruns")
+    assert main(["sweep", str(spec), "--zoo", str(tiny_zoo_dir), "--cache-dir", str(tmp_path / "cache"),
+                 "--device", "cpu", "--quiet", "--mlflow", uri]) == 0
+    capsys.readouterr()
+    store = open_store(tmp_path / "cache")
+    done = {r["id"]: r for r in store.runs(status=["done"])}
+    [sweep] = [r for r in done.values() if r["kind"] == "sweep"]
+    cells = {i for i, r in done.items() if r["parent"] == sweep["id"]}
+    assert len(cells) >= 2
+    mirrored = {r.data.tags["fusion.run_id"]: r for r in mlflow_runs((tmp_path / "mlruns").as_uri())}
+    assert set(done) <= set(mirrored)
+    for cell in cells:
+        tags = mirrored[cell].data.tags
+        assert tags["fusion.parent"] == sweep["id"] and tags["fusion.sweep"] == sweep["id"]
+        assert mirrored[cell].data.metrics["test.accuracy"] == pytest.approx(done[cell]["metrics"]["test"]["accuracy"])
