@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import threading
 import time
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Tuple
@@ -160,6 +161,7 @@ class MlflowMirror:
         self.recipe = os.environ.get(ENV_RECIPE, "") == "1" if recipe is None else recipe
         self._client = None
         self._experiment_id: Optional[str] = None
+        self._lock = threading.Lock()    # job threads of both lanes may finish runs at once
 
     def _open(self):
         if self._client is None:
@@ -181,10 +183,22 @@ class MlflowMirror:
                                    max_results=1)
         return found[0].info.run_id if found else None
 
-    def log_run(self, store, run_id: str) -> str:
-        """Mirrors one stored run (once); returns its MLflow run id. Raises :class:`MlflowMirrorError`."""
+    def mirrored_ids(self) -> Dict[str, str]:
+        """Engine run id -> MLflow run id for every run already mirrored (one paged search)."""
+        client, found, token = self._open(), {}, None
+        while True:
+            page = client.search_runs([self._experiment_id], max_results=10_000, page_token=token)
+            found.update({r.data.tags[RUN_ID_TAG]: r.info.run_id for r in page if RUN_ID_TAG in r.data.tags})
+            token = page.token
+            if not token:
+                return found
+
+    def log_run(self, store, run_id: str, check: bool = True) -> str:
+        """Mirrors one stored run (once, unless ``check`` is False: the caller knows it is new);
+        returns its MLflow run id. Raises :class:`MlflowMirrorError`."""
         try:
-            return self._log_run(store, run_id)
+            with self._lock:
+                return self._log_run(store, run_id, check)
         except MlflowMirrorError:
             raise
         except Exception as exc:
@@ -193,12 +207,12 @@ class MlflowMirror:
                                     f"in the engine store: fix the URI and run `python -m engine mlflow-export "
                                     f"URI` to copy it") from None
 
-    def _log_run(self, store, run_id: str) -> str:
+    def _log_run(self, store, run_id: str, check: bool) -> str:
         from mlflow.entities import Metric, Param
 
         row = store.get(run_id)
         client = self._open()
-        existing = self.logged(run_id)
+        existing = self.logged(run_id) if check else None
         if existing:
             return existing
         start = int(1000 * (row.get("started") or row["created"]))
@@ -241,10 +255,15 @@ def export_runs(store, uri: str, since: Optional[float] = None, kinds: Optional[
     mirror = MlflowMirror(uri, recipe=recipe)
     rows = [r for r in store.runs(status=["done"], limit=1_000_000)
             if (since is None or r["created"] >= since) and (not kinds or r["kind"] in kinds)]
-    logged, skipped = {}, 0
+    try:
+        already = mirror.mirrored_ids()
+    except Exception as exc:
+        raise MlflowMirrorError(f"cannot read the MLflow store at {mirror.uri} "
+                                f"({' '.join(str(exc).split())[:300]}): give a writable local folder, "
+                                f"file:/path or sqlite:///path.db") from None
+    logged = {}
     for row in sorted(rows, key=lambda r: r["created"]):
-        if mirror.logged(row["id"]):
-            skipped += 1
-            continue
-        logged[row["id"]] = mirror.log_run(store, row["id"])
-    return {"uri": mirror.uri, "experiment": mirror.experiment, "logged": logged, "already": skipped}
+        if row["id"] not in already:
+            logged[row["id"]] = mirror.log_run(store, row["id"], check=False)
+    return {"uri": mirror.uri, "experiment": mirror.experiment, "logged": logged,
+            "already": sum(r["id"] in already for r in rows)}

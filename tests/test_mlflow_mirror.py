@@ -164,3 +164,30 @@ def test_sweep_cells_and_the_sweep_are_mirrored(tiny_zoo_dir, tmp_path, capsys):
         tags = mirrored[cell].data.tags
         assert tags["fusion.parent"] == sweep["id"] and tags["fusion.sweep"] == sweep["id"]
         assert mirrored[cell].data.metrics["test.accuracy"] == pytest.approx(done[cell]["metrics"]["test"]["accuracy"])
+
+
+def test_mlflow_export_copies_earlier_runs_since_a_date(tmp_path, capsys):
+    store = open_store(tmp_path / "cache")          # no mirror: runs stored before MLflow was wanted
+    old = store.create("merge", name="old", target="de-DE", method="linear")
+    store.update(old, status="done", metrics={"test": {"accuracy": 0.5}})
+    store._write("UPDATE runs SET created=created-3*86400 WHERE id=?", (old,))   # three days ago
+    new = store.create("ensemble", name="new", target="de-DE", method="soft")
+    store.update(new, status="done", metrics={"test": {"accuracy": 0.6}})
+    failed = store.create("merge", name="failed", target="de-DE", method="ties")
+    store.update(failed, status="failed", error="boom")
+    uri = tmp_path / "mlruns"
+    cache = ["--cache-dir", str(tmp_path / "cache"), "--json"]
+
+    assert main(["mlflow-export", str(uri), "--since", "2d", *cache]) == 0
+    assert list(json.loads(capsys.readouterr().out)["logged"]) == [new]
+    assert main(["mlflow-export", str(uri), *cache]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert list(out["logged"]) == [old] and out["already"] == 1
+    [run] = mlflow_runs(uri.as_uri(), new)
+    assert run.data.tags["trait.family"] and run.data.metrics["test.accuracy"] == 0.6   # traits of soft voting
+
+    for bad, words in [("http://mlflow.example:5000", "not local"), (str(uri), "--since")]:
+        args = ["mlflow-export", bad, *cache] + (["--since", "yesterday"] if bad == str(uri) else [])
+        assert main(args) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and words in err
