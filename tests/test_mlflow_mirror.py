@@ -191,3 +191,20 @@ def test_mlflow_export_copies_earlier_runs_since_a_date(tmp_path, capsys):
         assert main(args) == 2
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and words in err
+
+
+def test_cli_fine_tune_logs_its_loss_curve(tiny_zoo_dir, tmp_path, capsys):
+    import shutil
+
+    zoo = tmp_path / "zoo"
+    shutil.copytree(tiny_zoo_dir, zoo)      # training writes a model folder into the zoo
+    uri = tmp_path / "mlruns"
+    assert main(["train", "--zoo", str(zoo), "--cache-dir", str(tmp_path / "cache"), "--device", "cpu", "--quiet",
+                 "--json", "--locale", "de-DE", "--steps", "3", "--train-batch-size", "8", "--register", "no",
+                 "--mlflow", str(uri)]) == 0
+    run_id = json.loads(capsys.readouterr().out)["run_id"]
+    losses = open_store(tmp_path / "cache").series(run_id, "loss")
+    [run] = mlflow_runs(uri.as_uri(), run_id)
+    history = sorted(client_for(uri.as_uri()).get_metric_history(run.info.run_id, "loss"), key=lambda m: m.step)
+    assert [(m.step, m.value) for m in history] == [(p["step"], p["value"]) for p in losses] and len(history) == 3
+    assert run.data.tags["fusion.kind"] == "train" and run.data.params["seed"] == "0"
