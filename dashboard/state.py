@@ -84,6 +84,24 @@ def runner() -> JobRunner:
     return _services()[1]
 
 
+def mlflow_uri() -> str:
+    """The MLflow store this server's runs are mirrored to ("" = none), shared by every session."""
+    return getattr(store().mirror, "uri", "")
+
+
+def apply_mlflow_uri(uri: str) -> str:
+    """Mirrors finished runs to ``uri`` from now on ("" stops) when it differs from the current one;
+    returns the one-line problem with it, or ""."""
+    from engine.mlflow_mirror import MlflowMirrorError, normalise_uri
+
+    try:
+        if (normalise_uri(uri) if uri.strip() else "") != mlflow_uri():
+            store().mirror_to(uri)
+    except MlflowMirrorError as exc:
+        return str(exc)
+    return ""
+
+
 @st.cache_resource(show_spinner="Opening the workspace…", max_entries=4)
 def _open(settings_json: str) -> Workspace:
     return open_workspace(Settings(**json.loads(settings_json)))

@@ -198,9 +198,12 @@ class Method:
 class Registry:
     """Name -> Method. ``@registry.register("ties", params=[...])`` adds one."""
 
+    LOADED: Dict[str, "Registry"] = {}   # the first registry of each kind, for readers below its package
+
     def __init__(self, kind: str):
         self.kind = kind
         self._methods: Dict[str, Method] = {}
+        Registry.LOADED.setdefault(kind, self)
 
     def register(self, name: str, params: Sequence[Param] = (), summary: str = "", **declared):
         """Adds one method: its kernel, parameter schema, traits and hooks in one call.

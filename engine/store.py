@@ -16,7 +16,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Union
+from typing import Any, Callable, Dict, Iterable, List, Optional, Union
 
 from .paths import store_path
 
@@ -128,6 +128,7 @@ class Store:
         self.owner = f"{os.getpid()}:{uuid.uuid4().hex[:8]}"
         LIVE_OWNERS.add(self.owner)
         self._local = threading.local()
+        self.mirror: Optional[Callable[["Store", str], None]] = None  # called with each run that ends done
         try:
             _retry(lambda: self._conn().executescript(SCHEMA))
             self.mark_interrupted()
@@ -179,6 +180,15 @@ class Store:
         values = [json.dumps(v) if k in JSON_FIELDS else v for k, v in fields.items()]
         sets = ", ".join(f"{k}=?" for k in fields)
         self._write(f"UPDATE runs SET {sets} WHERE id=?", (*values, run_id))
+        if fields.get("status") == "done" and self.mirror is not None:
+            self.mirror(self, run_id)   # after the write: the store keeps the run whatever the mirror does
+
+    def mirror_to(self, uri: str = "") -> None:
+        """Mirrors every run that ends done from now on to the MLflow tracking ``uri`` (a local folder,
+        ``file:`` or ``sqlite:`` URI); "" stops mirroring. Raises MlflowMirrorError for a non-local URI."""
+        from .mlflow_mirror import MlflowMirror
+
+        self.mirror = MlflowMirror(uri) if uri.strip() else None
 
     def add_point(self, run_id: str, name: str, step: int, value: Any) -> None:
         self._write("INSERT OR REPLACE INTO series (run_id, name, step, value) VALUES (?,?,?,?)",
@@ -286,5 +296,15 @@ class Store:
 
 
 def open_store(cache_dir: Optional[Union[str, Path]] = None) -> Store:
-    """The one results store of ``cache_dir`` (empty or None: the default cache folder)."""
-    return Store(store_path(cache_dir))
+    """The one results store of ``cache_dir`` (empty or None: the default cache folder), mirroring its
+    finished runs to MLflow when ``FUSION_MLFLOW_URI`` is set (a bad URI: one warning, no mirror)."""
+    import warnings
+
+    from .mlflow_mirror import ENV_URI, MlflowMirrorError
+
+    store = Store(store_path(cache_dir))
+    try:
+        store.mirror_to(os.environ.get(ENV_URI, ""))
+    except MlflowMirrorError as exc:
+        warnings.warn(f"{ENV_URI}: {exc}; runs are not mirrored to MLflow", stacklevel=2)
+    return store

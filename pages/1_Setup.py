@@ -84,6 +84,12 @@ with st.container():
     batch = e2.number_input("Batch size", min_value=1, max_value=4096, value=int(current.batch_size))
     submitted = st.button("Open", type="primary", icon=":material/folder_open:", key="setup_open")
 
+uri = st.text_input("MLflow tracking store (optional)", value=state.mlflow_uri(), key="setup_mlflow",
+                    help="a local folder, file:/path or sqlite:///path.db: every run that finishes is also logged "
+                         "there (params, metrics, curves), to compare in the MLflow UI; default $FUSION_MLFLOW_URI")
+if problem := state.apply_mlflow_uri(uri):
+    st.error(problem)
+
 if submitted:
     new = replace(current, zoo="" if demo else zoo_path.strip(), pattern=pattern.strip() or DEFAULT_PATTERN,
                   base=None if demo else base.strip() or None, data=data, data_path=data_path.strip(),

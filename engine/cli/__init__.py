@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import warnings
+from contextlib import contextmanager
 from typing import List, Optional
 
 from ..formats import json_default
 from .core import COMMANDS, command, table_text  # noqa: F401  (the registry, for callers and tests)
-from . import methods, evolve, sweep, transfer, train  # noqa: F401,E402,I001  (each registers its commands, in --help order)
+from . import methods, evolve, sweep, transfer, train, mirror  # noqa: F401,E402,I001  (each registers its commands, in --help order)
 
 
 class UsageError(ValueError):
@@ -53,7 +55,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
     _, _, fn = COMMANDS[args.command]
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _mlflow_env(getattr(args, "mlflow", "")):
             warnings.showwarning = _one_line_warning
             data, text = fn(args)
     except KeyboardInterrupt:
@@ -69,6 +71,27 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
     print(json.dumps(data, indent=2, default=json_default, ensure_ascii=False) if args.json else text)
     return 0
+
+
+@contextmanager
+def _mlflow_env(uri: str):
+    """``--mlflow URI``: every store this command opens mirrors its finished runs there (checked
+    first, so a bad URI stops before any work)."""
+    from ..mlflow_mirror import ENV_URI, normalise_uri
+
+    if not uri:
+        yield
+        return
+    normalise_uri(uri)
+    before = os.environ.get(ENV_URI)
+    os.environ[ENV_URI] = uri
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(ENV_URI, None)
+        else:
+            os.environ[ENV_URI] = before
 
 
 def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:

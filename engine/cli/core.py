@@ -40,6 +40,9 @@ def workspace_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     g.add_argument("--cache-dir", default="", help="cache/results folder (default: ./cache)")
     g.add_argument("--batch-size", type=int, default=64)
+    g.add_argument("--mlflow", default="", metavar="URI",
+                   help="also log each finished run to this MLflow tracking store: a local folder, file:/path "
+                        "or sqlite:///path.db (default: $FUSION_MLFLOW_URI; the engine's store stays the record)")
 
 
 def open_from_args(args):
