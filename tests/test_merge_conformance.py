@@ -123,7 +123,7 @@ def test_deterministic_for_a_seed(zoo, name):
 
 # parameters under which a method must return its input when there is nothing to merge
 IDENTITY = {"linear": {}, "task_arithmetic": {}, "slerp": {}, "inverse_variance": {},
-            "model_stock": {}, "frankenmerge": {}, **DATA_PARAMS,
+            "model_stock": {}, "frankenmerge": {}, "tsv_m": {}, **DATA_PARAMS,
             **{m: {"density": 1.0} for m in ("ties", "dare_linear", "dare_ties", "breadcrumbs",
                                              "breadcrumbs_ties", "della", "della_linear")}}
 NO_SINGLE = {"model_stock"}  # needs two models
@@ -131,6 +131,7 @@ NO_SINGLE = {"model_stock"}  # needs two models
 # move towards the base; the identity for model stock is checked on large deltas in
 # test_merge_definitions instead.
 NO_IDENTICAL = {"model_stock"}
+NO_IDENTICAL |= {"tsv_m"}  # K copies of one task vector: each keeps its top r/K, so rank r/K
 NO_ONE_HOT = {"frankenmerge"}  # the other sources' layers still compete
 
 

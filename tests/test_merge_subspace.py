@@ -1,0 +1,152 @@
+"""The subspace merges (TSV-M, Iso-C, Iso-CTS, WUDI): their definitions, and parity with
+FusionBench 0.2.33 (a test-only dependency, as mergekit is) on the tiny zoo's real models.
+
+Parity runs FusionBench's own merge functions on the task vectors of one tensor of each kind
+(square, wide and tall linear weights, an embedding table, the head, a bias, a LayerNorm) and
+compares θ_base + λ·τ_merged with the engine's merge, tensor by tensor."""
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from engine.merge import MERGES, merge_state_dicts
+from engine.merge.run import match_base
+from engine.merge.subspace import is_embedding, tsv_matrix
+
+LOCALES = ["de-DE", "en-US", "es-ES"]
+KEYS = ["roberta.encoder.layer.0.attention.self.query.weight",
+        "roberta.encoder.layer.0.intermediate.dense.weight",  # tall
+        "roberta.encoder.layer.0.output.dense.weight",  # wide
+        "roberta.embeddings.position_embeddings.weight",
+        "classifier.out_proj.weight",  # 4 × 384: rank 4
+        "roberta.encoder.layer.0.output.dense.bias",
+        "roberta.embeddings.LayerNorm.weight"]
+ATOL = 1e-5
+
+
+@pytest.fixture(scope="module")
+def zoo(tiny_zoo_dir):
+    """Base and three fine-tuned sources, cut to KEYS (FusionBench's SVDs are slow on 2 cores)."""
+    base = load_file(str(tiny_zoo_dir / "base" / "model.safetensors"))
+    sources = [load_file(str(tiny_zoo_dir / f"e5small_massive_k_{loc}" / "model.safetensors"))
+               for loc in LOCALES]
+    names = match_base(base, KEYS)
+    assert set(names) == set(KEYS)
+    return {"base": {k: base[names[k]] for k in KEYS},
+            "sources": [{k: s[k] for k in KEYS} for s in sources]}
+
+
+@pytest.fixture(scope="module")
+def small(zoo):
+    """The same real tensors cut to their first 48 rows and 40 columns: the variants (weights,
+    scale, options) are checked here, at a 50th of the SVD cost."""
+    def cut(t):
+        return (t[:48, :40] if t.dim() == 2 else t[:40]).contiguous()
+    return {"base": {k: cut(v) for k, v in zoo["base"].items()},
+            "sources": [{k: cut(v) for k, v in s.items()} for s in zoo["sources"]]}
+
+
+def fb_task_vectors(zoo, scales=None, sources=None):
+    """FusionBench's input: one task-vector state dict per source, optionally scaled."""
+    sources = zoo["sources"] if sources is None else sources
+    scales = scales or [1.0] * len(sources)
+    return [{k: (s[k] - zoo["base"][k]) * c for k in KEYS} for s, c in zip(sources, scales)]
+
+
+def assert_parity(ours, zoo, merged_tv, scale=1.0):
+    for k in KEYS:
+        expected = zoo["base"][k] + scale * merged_tv[k]
+        torch.testing.assert_close(ours[k], expected, rtol=0, atol=ATOL, msg=k)
+
+
+def k_times_w(weights):
+    """The per-task factors K·w_i the engine applies (module docstring of engine.merge.subspace),
+    bit for bit: normalised, held in float32. Bits matter: TSV-M is ill-conditioned where two
+    tasks share a direction (Procrustes splits nearly parallel columns by their difference), and
+    a 1-ulp change of one factor moves the position embeddings' merge by half its size."""
+    total = sum(weights)
+    normalised = torch.tensor([w / total for w in weights], dtype=torch.float32).tolist()
+    return [len(weights) * w for w in normalised]
+
+
+def test_registered_as_data_free_subspace_merges():
+    for name in ("tsv_m",):
+        traits = MERGES.get(name).traits
+        assert (traits.family, traits.data_use, traits.needs_base, traits.needs_data,
+                traits.random) == ("subspace", "none", True, False, False)
+
+
+def test_embedding_keys():
+    assert is_embedding("roberta.embeddings.word_embeddings.weight")
+    assert is_embedding("model.embed_tokens.weight") and is_embedding("transformer.wte.weight")
+    assert not is_embedding("roberta.encoder.layer.0.attention.self.query.weight")
+
+
+# ---- TSV-M -------------------------------------------------------------------------------------
+
+def _low_rank_tasks(count=3, shape=(12, 10), rank=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(shape[0], rank, generator=g) @ torch.randn(rank, shape[1], generator=g)
+            for _ in range(count)]
+
+
+def test_tsv_spectrum_is_the_tasks_top_singular_values():
+    """Decorrelated: U⊥ and V⊥ have orthonormal columns, so the merged matrix's singular values
+    are exactly each task's top k = r/K singular values put together (a plain sum of the low-rank
+    task matrices would mix them)."""
+    tasks = _low_rank_tasks()
+    merged = tsv_matrix(tasks)
+    k = 10 // 3
+    kept = torch.cat([torch.linalg.svdvals(t)[:k] for t in tasks])
+    got = torch.linalg.svdvals(merged)
+    torch.testing.assert_close(got[: 3 * k], kept.sort(descending=True).values, rtol=1e-4, atol=1e-5)
+    assert float(got[3 * k:].abs().max()) < 1e-4
+    plain = sum(torch.linalg.svd(t)[0][:, :k] @ torch.diag(torch.linalg.svdvals(t)[:k])
+                @ torch.linalg.svd(t)[2][:k] for t in tasks)
+    assert not torch.allclose(torch.linalg.svdvals(plain)[: 3 * k], got[: 3 * k], atol=1e-3)
+
+
+def test_tsv_single_task_is_itself_and_rank_fraction_truncates():
+    (task,) = _low_rank_tasks(count=1, rank=6)
+    torch.testing.assert_close(tsv_matrix([task]), task, rtol=1e-4, atol=1e-4)
+    half = tsv_matrix([task], rank_fraction=0.5)  # k = 5 of rank 6
+    assert int(torch.linalg.matrix_rank(half, atol=1e-4)) == 5
+
+
+@pytest.fixture(scope="module")
+def fb_tsv():
+    return pytest.importorskip("fusion_bench.method.task_singular_vector.utils.TSVM_utils",
+                               reason="fusion-bench 0.2.33 not installed")
+
+
+def test_tsv_m_parity_with_fusionbench(zoo, small, fb_tsv):
+    merged_tv = fb_tsv.compute_and_sum_svd_mem_reduction(fb_task_vectors(zoo), accelerator="cpu")
+    assert_parity(merge_state_dicts("tsv_m", zoo["sources"], base=zoo["base"]), zoo, merged_tv)
+    merged_tv = fb_tsv.compute_and_sum_svd_mem_reduction(fb_task_vectors(small), accelerator="cpu")
+    scaled = merge_state_dicts("tsv_m", small["sources"], base=small["base"], params={"scale": 0.6})
+    assert_parity(scaled, small, merged_tv, scale=0.6)
+
+
+def test_tsv_m_weights_are_fusionbenchs_per_task_alpha(small, fb_tsv):
+    """Weights w scale each task vector by K·w_i before its SVD (FusionBench's alpha list); the
+    non-matrix tensors get the weighted mean; a source of weight 0 takes no part."""
+    weights = [0.5, 0.3, 0.2]
+    merged_tv = fb_tsv.compute_and_sum_svd_mem_reduction(
+        fb_task_vectors(small, k_times_w(weights)), accelerator="cpu")
+    ours = merge_state_dicts("tsv_m", small["sources"], weights, base=small["base"])
+    assert_parity(ours, small, merged_tv)
+    bias = "roberta.encoder.layer.0.output.dense.bias"
+    weighted = sum(w * (s[bias] - small["base"][bias]) for w, s in zip(weights, small["sources"]))
+    torch.testing.assert_close(ours[bias], small["base"][bias] + weighted, rtol=0, atol=ATOL)
+    two = fb_tsv.compute_and_sum_svd_mem_reduction(
+        fb_task_vectors(small, sources=small["sources"][1:]), accelerator="cpu")
+    assert_parity(merge_state_dicts("tsv_m", small["sources"], [0, 1, 1], base=small["base"]), small, two)
+
+
+def test_tsv_m_embeddings_off_averages_them(small):
+    key = "roberta.embeddings.position_embeddings.weight"
+    on = merge_state_dicts("tsv_m", small["sources"], base=small["base"])
+    off = merge_state_dicts("tsv_m", small["sources"], base=small["base"], params={"embeddings": False})
+    mean = sum(s[key] for s in small["sources"]) / 3
+    torch.testing.assert_close(off[key], mean, rtol=0, atol=ATOL)
+    assert not torch.allclose(on[key], mean, atol=1e-4)
+    torch.testing.assert_close(off[KEYS[0]], on[KEYS[0]], rtol=0, atol=0)
