@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 
 from engine.merge import MERGES, merge_state_dicts
 from engine.merge.run import match_base
-from engine.merge.subspace import is_embedding, tsv_matrix
+from engine.merge.subspace import is_embedding, iso_c_matrix, iso_cts_dims, iso_cts_matrix, tsv_matrix
 
 LOCALES = ["de-DE", "en-US", "es-ES"]
 KEYS = ["roberta.encoder.layer.0.attention.self.query.weight",
@@ -69,7 +69,7 @@ def k_times_w(weights):
 
 
 def test_registered_as_data_free_subspace_merges():
-    for name in ("tsv_m",):
+    for name in ("tsv_m", "iso_c", "iso_cts"):
         traits = MERGES.get(name).traits
         assert (traits.family, traits.data_use, traits.needs_base, traits.needs_data,
                 traits.random) == ("subspace", "none", True, False, False)
@@ -150,3 +150,79 @@ def test_tsv_m_embeddings_off_averages_them(small):
     torch.testing.assert_close(off[key], mean, rtol=0, atol=ATOL)
     assert not torch.allclose(on[key], mean, atol=1e-4)
     torch.testing.assert_close(off[KEYS[0]], on[KEYS[0]], rtol=0, atol=0)
+
+
+# ---- Iso-C, Iso-CTS ----------------------------------------------------------------------------
+
+def _full_rank_tasks(count=3, shape=(12, 10), seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(shape, generator=g) for _ in range(count)]
+
+
+@pytest.mark.parametrize("fn", [iso_c_matrix, iso_cts_matrix])
+def test_iso_spectrum_is_flat(fn):
+    """Every singular value of the merged matrix equals the mean of the kept ones."""
+    tasks = _full_rank_tasks()
+    got = torch.linalg.svdvals(fn(tasks))
+    torch.testing.assert_close(got, torch.full_like(got, float(got.mean())), rtol=1e-5, atol=1e-5)
+    if fn is iso_c_matrix:  # the flat value is the sum's mean singular value, directions kept
+        total = sum(tasks)
+        assert abs(float(got[0]) - float(torch.linalg.svdvals(total).mean())) < 1e-5
+        u, _, vh = torch.linalg.svd(total, full_matrices=False)
+        torch.testing.assert_close(fn(tasks), float(got[0]) * u @ vh, rtol=1e-5, atol=1e-5)
+
+
+def test_iso_cts_adds_each_tasks_own_directions():
+    """All common space (fraction 1): Iso-C. Otherwise each task's top direction outside the
+    common space is in the merge's span: the merge reaches what the sum's top directions miss."""
+    tasks = _full_rank_tasks(shape=(16, 12))
+    torch.testing.assert_close(iso_cts_matrix(tasks, 1.0), iso_c_matrix(tasks), rtol=1e-4, atol=1e-4)
+    common, per_task = iso_cts_dims(12, 3, 0.5)
+    assert (common, per_task) == (6, 2)
+    merged = iso_cts_matrix(tasks, 0.5)
+    u, _, _ = torch.linalg.svd(sum(tasks), full_matrices=False)
+    basis = torch.linalg.svd(merged, full_matrices=False)[0]
+    for t in tasks:
+        own = torch.linalg.svd(t - u[:, :common] @ u[:, :common].T @ t)[0][:, 0]
+        assert float(torch.linalg.vector_norm(basis.T @ own)) > 1 - 1e-4
+    assert float(torch.linalg.vector_norm(basis.T @ u[:, -1])) < 0.99  # not the sum's whole span
+
+
+def test_iso_cts_dims_never_negative():
+    """FusionBench's split of rank 5 among 6 tasks rounds 5/6 up to 6 directions (-1 common);
+    here it rounds down instead. Its usual splits are kept."""
+    assert iso_cts_dims(5, 6, 0.0) == (5, 0)
+    assert iso_cts_dims(384, 3, 0.8) == (306, 26) and iso_cts_dims(4, 3, 0.8) == (4, 0)
+
+
+@pytest.fixture(scope="module")
+def fb_iso():
+    return pytest.importorskip("fusion_bench.method.isotropic_merging.iso_utils",
+                               reason="fusion-bench 0.2.33 not installed")
+
+
+def test_iso_parity_with_fusionbench(zoo, fb_iso):
+    tvs = fb_task_vectors(zoo)
+    assert_parity(merge_state_dicts("iso_c", zoo["sources"], base=zoo["base"]), zoo,
+                  fb_iso.iso_c(tvs, accelerator="cpu"))
+    assert_parity(merge_state_dicts("iso_cts", zoo["sources"], base=zoo["base"]), zoo,
+                  fb_iso.iso_cts(tvs, 0.8, accelerator="cpu"))
+
+
+def test_iso_variants_parity_with_fusionbench(small, fb_iso):
+    """Scale, common-space fraction, weights (task vectors scaled K·w_i), a weight of 0."""
+    tvs = fb_task_vectors(small)
+    ours = merge_state_dicts("iso_c", small["sources"], base=small["base"], params={"scale": 1.7})
+    assert_parity(ours, small, fb_iso.iso_c(tvs, accelerator="cpu"), scale=1.7)
+    ours = merge_state_dicts("iso_cts", small["sources"], base=small["base"],
+                             params={"common_space_fraction": 0.4, "scale": 0.5})
+    assert_parity(ours, small, fb_iso.iso_cts(tvs, 0.4, accelerator="cpu"), scale=0.5)
+    weights = [0.2, 0.5, 0.3]
+    scaled = fb_task_vectors(small, k_times_w(weights))
+    assert_parity(merge_state_dicts("iso_c", small["sources"], weights, base=small["base"]), small,
+                  fb_iso.iso_c(scaled, accelerator="cpu"))
+    assert_parity(merge_state_dicts("iso_cts", small["sources"], weights, base=small["base"]),
+                  small, fb_iso.iso_cts(scaled, 0.8, accelerator="cpu"))
+    two = fb_task_vectors(small, sources=small["sources"][:2])
+    assert_parity(merge_state_dicts("iso_cts", small["sources"], [1, 1, 0], base=small["base"]),
+                  small, fb_iso.iso_cts(two, 0.8, accelerator="cpu"))

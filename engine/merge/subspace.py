@@ -117,3 +117,82 @@ def tsv_m(tensors: List[Tensor], weights: Tensor, base: Tensor, *, key: str = ""
     tvs = task_vectors(tensors, weights, base)
     merged = tsv_matrix(tvs, rank_fraction) if is_matrix(base, key, embeddings) else mean(tvs)
     return finish(merged, base, scale)
+
+
+# ---- Iso-C, Iso-CTS ----------------------------------------------------------------------------
+
+def iso_c_matrix(tvs: List[Tensor]) -> Tensor:
+    """The summed task matrix with its singular values all set to their mean: U·σ̄·Vᵀ
+    (FusionBench ``iso_c``): every direction the tasks use gets the same weight.
+
+    The sum is rounded as FusionBench rounds it (the mean times K): flattening lifts the sum's
+    near-null directions to the mean, and their last bits decide which directions those are."""
+    total = sum(tvs).div_(len(tvs)).mul_(len(tvs))
+    u, s, vh = torch.linalg.svd(total, full_matrices=False)
+    return torch.linalg.multi_dot((u, torch.diag(torch.ones_like(s) * s.mean()), vh))
+
+
+def iso_cts_dims(rank: int, tasks: int, common_space_fraction: float):
+    """(common, per_task) directions out of ``rank``, FusionBench's split: the task-specific part
+    rounded to a multiple of the number of tasks. Where that rounding overshoots the rank (few
+    directions, many tasks; FusionBench would slice with a negative count) it rounds down."""
+    common = int(rank * common_space_fraction)
+    per_task = round((rank - common) / tasks)
+    if per_task * tasks > rank:
+        per_task = (rank - common) // tasks
+    return rank - per_task * tasks, per_task
+
+
+def iso_cts_matrix(tvs: List[Tensor], common_space_fraction: float = 0.8) -> Tensor:
+    """Iso-CTS (FusionBench ``iso_cts``): the top ``common`` singular directions of the summed
+    task matrix, plus each task's own top ``per_task`` directions outside that common space; both
+    bases orthogonalised (Procrustes) and every singular value set to the mean of the kept ones."""
+    count = len(tvs)
+    rank = min(tvs[0].shape)
+    common, per_task = iso_cts_dims(rank, count, common_space_fraction)
+    u, s, vh = torch.linalg.svd(sum(tvs), full_matrices=False)
+    common_u, common_s, common_vh = u[:, :common], s[:common], vh[:common, :]
+    all_u, all_s, all_vh = torch.zeros_like(u), torch.zeros_like(s), torch.zeros_like(vh)
+    for i, tv in enumerate(tvs):
+        u_ts, s_ts, vh_ts = torch.linalg.svd(tv - common_u @ common_u.T @ tv, full_matrices=False)
+        block = slice(i * per_task, (i + 1) * per_task)
+        all_u[:, block], all_s[block], all_vh[block, :] = (u_ts[:, :per_task], s_ts[:per_task],
+                                                          vh_ts[:per_task, :])
+    block = slice(count * per_task, count * per_task + common)
+    all_u[:, block], all_s[block], all_vh[block, :] = common_u, common_s, common_vh
+    flat = torch.ones_like(all_s) * all_s.mean()
+    return torch.linalg.multi_dot((polar(all_u), torch.diag(flat), polar(all_vh)))
+
+
+@MERGES.register("iso_c", params=[SCALE, EMBEDDINGS], title="Iso-C", **SUBSPACE)
+def iso_c(tensors: List[Tensor], weights: Tensor, base: Tensor, *, key: str = "",
+          generator=None, scale: float = 1.0, embeddings: bool = True) -> Tensor:
+    """Isotropic merge in the common subspace (Iso-C, arXiv 2502.04959): a flat spectrum.
+
+    2-D tensors: iso_c_matrix of the task vectors; others: their mean. Weights scale each task
+    vector by K·w_i before the sum (equal weights: FusionBench exactly). Even a single source is
+    changed (its spectrum flattened): no identity on one model.
+    """
+    tvs = task_vectors(tensors, weights, base)
+    merged = iso_c_matrix(tvs) if is_matrix(base, key, embeddings) else mean(tvs)
+    return finish(merged, base, scale)
+
+
+@MERGES.register("iso_cts", params=[
+    Param("common_space_fraction", "float", 0.8, 0.0, 1.0,
+          help="share of each matrix's rank spanned by the merged sum's top directions; the rest "
+               "is split equally among the tasks' own directions (1.0: Iso-C)"),
+    SCALE, EMBEDDINGS], title="Iso-CTS", **SUBSPACE)
+def iso_cts(tensors: List[Tensor], weights: Tensor, base: Tensor, *, key: str = "",
+            generator=None, common_space_fraction: float = 0.8, scale: float = 1.0,
+            embeddings: bool = True) -> Tensor:
+    """Isotropic merge in common and task-specific subspaces (Iso-CTS, arXiv 2502.04959).
+
+    2-D tensors: iso_cts_matrix of the task vectors; others: their mean. Weights scale each task
+    vector by K·w_i before the sum and the per-task SVDs (equal weights: FusionBench exactly);
+    every task still gets the same number of own directions.
+    """
+    tvs = task_vectors(tensors, weights, base)
+    if not is_matrix(base, key, embeddings):
+        return finish(mean(tvs), base, scale)
+    return finish(iso_cts_matrix(tvs, common_space_fraction), base, scale)
