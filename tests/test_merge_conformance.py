@@ -123,7 +123,7 @@ def test_deterministic_for_a_seed(zoo, name):
 
 # parameters under which a method must return its input when there is nothing to merge
 IDENTITY = {"linear": {}, "task_arithmetic": {}, "slerp": {}, "inverse_variance": {},
-            "model_stock": {}, "frankenmerge": {}, "tsv_m": {}, "iso_c": {}, "iso_cts": {},
+            "model_stock": {}, "frankenmerge": {}, "tsv_m": {}, "iso_c": {}, "iso_cts": {}, "wudi": {},
             **DATA_PARAMS,
             **{m: {"density": 1.0} for m in ("ties", "dare_linear", "dare_ties", "breadcrumbs",
                                              "breadcrumbs_ties", "della", "della_linear")}}
@@ -133,6 +133,7 @@ NO_SINGLE = {"model_stock"}  # needs two models
 # test_merge_definitions instead.
 NO_IDENTICAL = {"model_stock"}
 NO_IDENTICAL |= {"tsv_m"}  # K copies of one task vector: each keeps its top r/K, so rank r/K
+NO_IDENTICAL |= {"wudi"}  # starts from the sum of the task vectors: K copies give about K·τ
 NO_ONE_HOT = {"frankenmerge"}  # the other sources' layers still compete
 NO_IDENTITY = {"iso_c", "iso_cts"}  # a flat spectrum changes even one task vector
 

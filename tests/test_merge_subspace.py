@@ -10,7 +10,8 @@ from safetensors.torch import load_file
 
 from engine.merge import MERGES, merge_state_dicts
 from engine.merge.run import match_base
-from engine.merge.subspace import is_embedding, iso_c_matrix, iso_cts_dims, iso_cts_matrix, tsv_matrix
+from engine.merge.subspace import (is_embedding, iso_c_matrix, iso_cts_dims, iso_cts_matrix,
+                                   tsv_matrix, wudi_loss, wudi_matrix)
 
 LOCALES = ["de-DE", "en-US", "es-ES"]
 KEYS = ["roberta.encoder.layer.0.attention.self.query.weight",
@@ -69,7 +70,7 @@ def k_times_w(weights):
 
 
 def test_registered_as_data_free_subspace_merges():
-    for name in ("tsv_m", "iso_c", "iso_cts"):
+    for name in ("tsv_m", "iso_c", "iso_cts", "wudi"):
         traits = MERGES.get(name).traits
         assert (traits.family, traits.data_use, traits.needs_base, traits.needs_data,
                 traits.random) == ("subspace", "none", True, False, False)
@@ -226,3 +227,66 @@ def test_iso_variants_parity_with_fusionbench(small, fb_iso):
     two = fb_task_vectors(small, sources=small["sources"][:2])
     assert_parity(merge_state_dicts("iso_cts", small["sources"], [1, 1, 0], base=small["base"]),
                   small, fb_iso.iso_cts(two, 0.8, accelerator="cpu"))
+
+
+# ---- WUDI --------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("shape", [(12, 10), (3, 40)])  # A = Σ τᵀτ/n, and the factored (wide) form
+def test_wudi_loss_decreases_from_the_sum(shape):
+    tasks = [t * 0.1 for t in _low_rank_tasks(shape=shape, rank=2, seed=3)]
+    losses = [float(wudi_loss(wudi_matrix(tasks, n, 1e-3), tasks)) for n in (0, 50, 100, 200)]
+    assert all(a > b for a, b in zip(losses, losses[1:])), losses
+    assert losses[-1] < 0.5 * losses[0]
+    torch.testing.assert_close(wudi_matrix(tasks, 0), sum(tasks))
+
+
+def test_wudi_closed_form_step_is_adam_on_the_loss():
+    """One engine step equals torch.optim.Adam on wudi_loss by autograd (FusionBench's way)."""
+    tasks = _low_rank_tasks(shape=(6, 20), rank=2, seed=4)
+    merged = torch.nn.Parameter(sum(tasks))
+    opt = torch.optim.Adam([merged], lr=1e-2)
+    for _ in range(3):
+        opt.zero_grad()
+        wudi_loss(merged, tasks).backward()
+        opt.step()
+    torch.testing.assert_close(wudi_matrix(tasks, 3, 1e-2), merged.detach(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def fb_wudi():
+    return pytest.importorskip("fusion_bench.method.wudi.wudi",
+                               reason="fusion-bench 0.2.33 not installed")
+
+
+def test_wudi_parity_with_fusionbench(zoo, small, fb_wudi):
+    """Full-size tensors for a few Adam steps (FusionBench's autograd is slow on 2 cores), the cut
+    ones for FusionBench's function default of 300; scale and weights on the cut ones."""
+    tvs = fb_task_vectors(zoo)
+    ours = merge_state_dicts("wudi", zoo["sources"], base=zoo["base"], params={"iterations": 10})
+    assert_parity(ours, zoo, fb_wudi.wudi_merging(tvs, accelerator="cpu", iter_num=10))
+    theirs = fb_wudi.wudi_merging(fb_task_vectors(small), accelerator="cpu", iter_num=300)
+    ours = merge_state_dicts("wudi", small["sources"], base=small["base"],
+                             params={"iterations": 300, "scale": 0.8})
+    assert_parity(ours, small, {k: v.detach() for k, v in theirs.items()}, scale=0.8)
+    weights = [0.6, 0.1, 0.3]
+    theirs = fb_wudi.wudi_merging(fb_task_vectors(small, k_times_w(weights)), accelerator="cpu",
+                                  iter_num=50)
+    ours = merge_state_dicts("wudi", small["sources"], weights, base=small["base"],
+                             params={"iterations": 50})
+    assert_parity(ours, small, {k: v.detach() for k, v in theirs.items()})
+
+
+def test_wudi_skips_a_task_vector_of_zero(small, fb_wudi):
+    """A source equal to the base: FusionBench divides by its norm 0 (NaN); here its term drops
+    out, so the matrices are FusionBench's on the other two (the biases' mean still counts it)."""
+    sources = [dict(small["base"])] + small["sources"][1:]
+    ours = merge_state_dicts("wudi", sources, base=small["base"], params={"iterations": 20})
+    theirs = fb_wudi.wudi_merging(fb_task_vectors(small, sources=sources[1:]), accelerator="cpu",
+                                  iter_num=20)
+    nan = fb_wudi.wudi_merging(fb_task_vectors(small, sources=sources), accelerator="cpu",
+                               iter_num=2)
+    assert torch.isnan(nan[KEYS[0]]).all()
+    for k in KEYS:
+        if small["base"][k].dim() == 2:
+            expected = small["base"][k] + theirs[k].detach()
+            torch.testing.assert_close(ours[k], expected, rtol=0, atol=ATOL, msg=k)
