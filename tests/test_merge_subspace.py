@@ -290,3 +290,29 @@ def test_wudi_skips_a_task_vector_of_zero(small, fb_wudi):
         if small["base"][k].dim() == 2:
             expected = small["base"][k] + theirs[k].detach()
             torch.testing.assert_close(ours[k], expected, rtol=0, atol=ATOL, msg=k)
+
+
+# ---- the Merge page ----------------------------------------------------------------------------
+
+def test_merge_page_draws_and_runs_the_subspace_merges(app_cache):
+    """Each method's controls come from its schema; an Iso-CTS merge runs as a job to its card."""
+    from app_support import button, goto, metric, open_app, rerun, wait_for
+
+    at = goto(open_app(), "Merge")
+    for name, param in (("tsv_m", "rank_fraction"), ("iso_c", "scale"),
+                        ("iso_cts", "common_space_fraction"), ("wudi", "step_size")):
+        at.selectbox(key="merge_method").set_value(name)
+        rerun(at)
+        keys = {w.key for w in at.slider} | {w.key for w in at.number_input}
+        assert f"merge.{name}.{param}" in keys, (name, sorted(keys))
+        assert at.checkbox(key=f"merge.{name}.embeddings").value is True
+        assert not at.error, [e.value for e in at.error]
+    at.selectbox(key="merge_method").set_value("iso_cts")
+    rerun(at)
+    at.slider(key="merge.iso_cts.common_space_fraction").set_value(0.5)
+    button(at, "merge_run_button").click()
+    rerun(at)
+    row = wait_for(app_cache, at.session_state["merge_run"])
+    rerun(at)
+    assert row["method"] == "iso_cts" and row["params"]["common_space_fraction"] == 0.5
+    assert metric(at, "Test accuracy") == f"{row['metrics']['test']['accuracy']:.3f}"
