@@ -13,7 +13,7 @@ linear-averaged by the engine (FusionBench keeps heads apart altogether).
 from __future__ import annotations
 
 import math
-from typing import List, Optional
+from typing import List
 
 import torch
 from torch import Tensor
