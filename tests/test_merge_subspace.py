@@ -316,3 +316,30 @@ def test_merge_page_draws_and_runs_the_subspace_merges(app_cache):
     rerun(at)
     assert row["method"] == "iso_cts" and row["params"]["common_space_fraction"] == 0.5
     assert metric(at, "Test accuracy") == f"{row['metrics']['test']['accuracy']:.3f}"
+
+
+SCALE_ZOO = "/work/scale_zoo"
+
+
+@pytest.mark.skipif(not __import__("os").path.isfile(f"{SCALE_ZOO}/zoo.json"),
+                    reason="the XLM-R-base scale zoo is not built here")
+def test_iso_cts_survives_a_float32_svd_that_does_not_converge():
+    """XLM-R-base's layer-0 output matrix (768 × 3072, 3 sources): float32 LAPACK fails on a task
+    residual (FusionBench raises there); the engine retries that SVD in float64."""
+    import json
+    from safetensors import safe_open
+
+    from engine.merge.subspace import iso_cts_matrix
+
+    manifest = json.load(open(f"{SCALE_ZOO}/zoo.json"))
+    key = "roberta.encoder.layer.0.output.dense.weight"
+    with safe_open(f"{SCALE_ZOO}/{manifest['base']}/model.safetensors", "pt") as f:
+        base = f.get_tensor(key if key in f.keys() else key.split(".", 1)[1])
+    tvs = []
+    for name in sorted(manifest["models"])[:3]:
+        with safe_open(f"{SCALE_ZOO}/{manifest['models'][name]}/model.safetensors", "pt") as f:
+            tvs.append(f.get_tensor(key) - base)
+    merged = iso_cts_matrix(tvs)
+    assert merged.dtype == torch.float32 and torch.isfinite(merged).all()
+    got = torch.linalg.svdvals(merged.double())
+    assert float(got.max() - got.min()) < 1e-4 * float(got.mean())  # still a flat spectrum

@@ -71,10 +71,19 @@ def finish(merged_tv: Tensor, base: Tensor, scale: float) -> Tensor:
     return merged_tv.add_(base)
 
 
+def svd(m: Tensor):
+    """Thin SVD; where float32 LAPACK does not converge (it fails on XLM-R-base's 768 × 3072 task
+    residuals in Iso-CTS, as FusionBench would), once more in float64, cast back."""
+    try:
+        return torch.linalg.svd(m, full_matrices=False)
+    except torch.linalg.LinAlgError:
+        return tuple(t.to(m.dtype) for t in torch.linalg.svd(m.double(), full_matrices=False))
+
+
 def polar(m: Tensor) -> Tensor:
     """The orthogonal factor of m (orthogonal Procrustes: the nearest matrix with orthonormal
     columns), U·Vᵀ of m's thin SVD."""
-    u, _, vh = torch.linalg.svd(m, full_matrices=False)
+    u, _, vh = svd(m)
     return u @ vh
 
 
@@ -89,7 +98,7 @@ def tsv_matrix(tvs: List[Tensor], rank_fraction: float = 1.0) -> Tensor:
     singular values put back between them: U⊥ · diag(σ) · V⊥ᵀ."""
     count = len(tvs)
     for i, tv in enumerate(tvs):
-        u, s, vh = torch.linalg.svd(tv, full_matrices=False)
+        u, s, vh = svd(tv)
         if i == 0:
             sum_u, sum_s, sum_vh = torch.zeros_like(u), torch.zeros_like(s), torch.zeros_like(vh)
         k = int(s.shape[0] * (rank_fraction / count))
@@ -128,7 +137,7 @@ def iso_c_matrix(tvs: List[Tensor]) -> Tensor:
     The sum is rounded as FusionBench rounds it (the mean times K): flattening lifts the sum's
     near-null directions to the mean, and their last bits decide which directions those are."""
     total = sum(tvs).div_(len(tvs)).mul_(len(tvs))
-    u, s, vh = torch.linalg.svd(total, full_matrices=False)
+    u, s, vh = svd(total)
     return torch.linalg.multi_dot((u, torch.diag(torch.ones_like(s) * s.mean()), vh))
 
 
@@ -150,11 +159,11 @@ def iso_cts_matrix(tvs: List[Tensor], common_space_fraction: float = 0.8) -> Ten
     count = len(tvs)
     rank = min(tvs[0].shape)
     common, per_task = iso_cts_dims(rank, count, common_space_fraction)
-    u, s, vh = torch.linalg.svd(sum(tvs), full_matrices=False)
+    u, s, vh = svd(sum(tvs))
     common_u, common_s, common_vh = u[:, :common], s[:common], vh[:common, :]
     all_u, all_s, all_vh = torch.zeros_like(u), torch.zeros_like(s), torch.zeros_like(vh)
     for i, tv in enumerate(tvs):
-        u_ts, s_ts, vh_ts = torch.linalg.svd(tv - common_u @ common_u.T @ tv, full_matrices=False)
+        u_ts, s_ts, vh_ts = svd(tv - common_u @ common_u.T @ tv)
         block = slice(i * per_task, (i + 1) * per_task)
         all_u[:, block], all_s[block], all_vh[block, :] = (u_ts[:, :per_task], s_ts[:per_task],
                                                           vh_ts[:per_task, :])
