@@ -118,6 +118,10 @@ class Traits:
     mergekit: Optional[str] = None  # mergekit's name for the same method
     needs_fit: bool = False  # ensembles: fitted on data before combining (labels: uses_labels)
     uses_weights: bool = True  # ensembles: applies the per-model (URIEL) weights
+    # merges: the cases in which the result is the input model itself (the conformance suite checks
+    # each declared one): "single" (one source), "copies" (K copies of one model), "one_hot"
+    # (weights 1, 0, 0, ...). A flat-spectrum merge (Iso-C) changes even one model: ().
+    identity: Tuple[str, ...] = ("single", "copies", "one_hot")
 
     def __post_init__(self):
         if self.data_use not in DATA_USES:
@@ -128,6 +132,7 @@ class Traits:
     def to_dict(self) -> Dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in fields(self)}
         out["context"] = list(self.context)
+        out["identity"] = list(self.identity)
         return out
 
 
@@ -215,8 +220,9 @@ class Registry:
             raise TypeError(f"{self.kind} method '{name}': unknown trait(s) or hook(s) {unknown}; "
                             f"traits: {sorted(TRAIT_NAMES)}; hooks: {sorted(HOOK_NAMES)}")
         trait_args = {k: v for k, v in declared.items() if k in TRAIT_NAMES}
-        if "context" in trait_args:
-            trait_args["context"] = tuple(trait_args["context"])
+        for listed in ("context", "identity"):
+            if listed in trait_args:
+                trait_args[listed] = tuple(trait_args[listed])
         traits = Traits(**trait_args)
         hooks = Hooks(**{k: v for k, v in declared.items() if k in HOOK_NAMES})
 

@@ -140,6 +140,7 @@ def check_traits_valid(method: Method, zoo=None):
     assert t.data_use in DATA_USES
     known_context = {f.name for f in fields(MergeContext)}
     assert set(t.context) <= known_context, f"context {t.context} not in {sorted(known_context)}"
+    assert set(t.identity) <= {"single", "copies", "one_hot"}, f"unknown identity case in {t.identity}"
     if t.needs_data:
         assert t.data_use != "none", "a data-aware merge declares the most data it can read"
         assert t.context, "a data-aware merge names the MergeContext callables it calls"
@@ -276,25 +277,33 @@ def check_deterministic_for_a_seed(method: Method, zoo):
 
 
 def check_identities(method: Method, zoo):
-    """Alone, with copies of itself, or weighted one-hot, a model comes back unchanged; a merge
-    needing more sources than given (min_sources) says so."""
+    """Alone, with copies of itself, or weighted one-hot, a model comes back unchanged — in each
+    case the ``identity`` trait declares; a merge needing more sources than given (min_sources)
+    says so."""
+    cases = method.traits.identity
+    if not cases:
+        return "declares no identity (identity=()): e.g. a flat spectrum changes even one model"
     src = zoo["sources"][1]
     params = identity_params(method)
     tol = 1e-4 if method.traits.needs_data else 1e-5
     if method.traits.min_sources > 1:
         with pytest.raises(MergeError, match=f"at least {method.traits.min_sources}"):
             merge(zoo, method, sources=[src], params=params)
-    else:
+    elif "single" in cases:
         _same(merge(zoo, method, sources=[src], params=params), src, tol)
-    # identical sources: task vectors scaled to unit norm, so that no method's numerical floor
-    # (model stock's |δ_a|·|δ_b| ≥ 1e-6 clamp, as mergekit's) moves them
-    base = {f"roberta.{k}": v for k, v in zoo["base"].items()}
-    big = {k: base[k] + (v - base[k]) / max(float((v - base[k]).norm()), 1e-30) if k in base else v
-           for k, v in src.items()}
     count = len(zoo_sources(method, zoo))
-    _same(merge(zoo, method, sources=[big] * count, params=params), big, tol)
-    one_hot = [zoo["sources"][1], zoo["sources"][0], zoo["sources"][2]][:count]
-    _same(merge(zoo, method, sources=one_hot, weights=(1, 0, 0), params=params), src, tol)
+    if "copies" in cases:
+        # identical sources: task vectors scaled to unit norm, so that no method's numerical floor
+        # (model stock's |δ_a|·|δ_b| ≥ 1e-6 clamp, as mergekit's) moves them
+        base = {f"roberta.{k}": v for k, v in zoo["base"].items()}
+        big = {k: base[k] + (v - base[k]) / max(float((v - base[k]).norm()), 1e-30) if k in base else v
+               for k, v in src.items()}
+        _same(merge(zoo, method, sources=[big] * count, params=params), big, tol)
+    if "one_hot" in cases:
+        one_hot = [zoo["sources"][1], zoo["sources"][0], zoo["sources"][2]][:count]
+        _same(merge(zoo, method, sources=one_hot, weights=(1, 0, 0), params=params), src, tol)
+    skipped = [c for c in ("single", "copies", "one_hot") if c not in cases]
+    return f"identity not declared for {skipped}" if skipped else None
 
 
 def check_source_count_limits(method: Method, zoo):
