@@ -4,7 +4,7 @@ import torch
 
 from engine.merge import MERGES
 from engine.merge.combine import SLICE, combine, run_slices, whole
-from engine.merge.sparse import magnitude, task_merge
+from engine.merge.sparse import bernoulli, magnitude, task_merge
 
 
 def bits(t):
@@ -78,3 +78,24 @@ def test_ties_without_a_cache_trims_slice_by_slice_to_the_same_bits():
                               sparsify=lambda d, i: magnitude(d, density),
                               consensus=True, normalize=True, scale=1.0)
             assert torch.equal(bits(got), bits(want)), density
+
+
+def test_dare_without_a_cache_drops_slice_by_slice_to_the_same_bits():
+    """Same draws, same rescale, same bits as bernoulli() on whole deltas, for every rescale."""
+    shape = (2 * SLICE // 32 + 3, 32)
+    g = torch.Generator().manual_seed(4)
+    base = torch.randn(shape, generator=g)
+    tensors = [base + 0.01 * torch.randn(shape, generator=g) for _ in range(3)]
+    tensors[1][:4] = base[:4]  # a block of zero deltas (δ = 0 kept or dropped)
+    weights = torch.tensor([0.2, 0.5, 0.3])
+    for name, consensus in (("dare_ties", True), ("dare_linear", False)):
+        for rescale in ("l1", "inverse_density", "none"):
+            for density in (0.3, 1.0):
+                got = MERGES.get(name).fn(tensors, weights, base, density=density,
+                                          rescale=rescale,
+                                          generator=torch.Generator().manual_seed(7))
+                gen = torch.Generator().manual_seed(7)
+                want = task_merge(tensors, weights, base,
+                                  sparsify=lambda d, i: bernoulli(d, density, rescale, gen),
+                                  consensus=consensus, normalize=False, scale=1.0)
+                assert torch.equal(bits(got), bits(want)), (name, rescale, density)

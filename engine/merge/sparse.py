@@ -278,6 +278,35 @@ def trimmed(x: Tensor, base: Tensor, density: float, weight: float,
     return piece
 
 
+def dropped(x: Tensor, base: Tensor, density: float, weight: float, rescale: str,
+            generator) -> Piece:
+    """w·DARE(x − base) slice by slice, same draws and bits as ``bernoulli``: this source's full
+    δ, draws and L1 norms exist only while its keep mask (1 byte an entry) and rescale factor
+    are made, so a merge never holds K fp32 sparsified deltas of a huge tensor at once."""
+    fx, fb = x.reshape(-1), base.reshape(-1)
+    if density >= 1:  # no draws, as in bernoulli
+        return lambda start, stop: torch.sub(fx[start:stop], fb[start:stop]).mul_(weight)
+    d = torch.sub(fx, fb)
+    keep = _keep(d.shape, density, d, generator)
+    factor = None
+    if rescale == "l1":
+        before = l1_norm(d)
+        after = l1_norm(keep.mul_(d).add_(0.0))
+        factor = None if before < 1e-7 or after < 1e-7 else before / after
+    mask = keep.ne(0)  # keep, or keep·δ + 0 after 'l1': where that is 0 a slice's keep·δ + 0 is too
+    del d, keep
+
+    def piece(start: int, stop: int) -> Tensor:
+        part = torch.sub(fx[start:stop], fb[start:stop])
+        out = mask[start:stop].to(part.dtype).mul_(part).add_(0.0)
+        if factor is not None:
+            out.mul_(factor)
+        elif rescale == "inverse_density":
+            out.div_(density)
+        return out.mul_(weight)
+    return piece
+
+
 def task_merge(tensors: List[Tensor], weights: Tensor, base: Tensor, *,
                sparsify: Optional[Callable[[Tensor, int], Tensor]], consensus: bool,
                normalize: bool, scale: float) -> Tensor:
@@ -338,6 +367,10 @@ def _register(name: str, *, mergekit: str, params: list, sparsifier: str, consen
         if inputs is None and sparsifier == "magnitude":  # no full sparsified delta held
             return combine([trimmed(t, base, dens[i], w[i]) for i, t in enumerate(tensors)], w,
                            base, consensus=consensus, normalize=normalize, scale=scale)
+        if inputs is None and sparsifier == "random":  # no full sparsified delta held
+            return combine([dropped(t, base, dens[i], w[i], rescale, generator)
+                            for i, t in enumerate(tensors)], w, base, consensus=consensus,
+                           normalize=normalize, scale=scale)
         if inputs is None:
             return task_merge(tensors, weights, base, sparsify=sparse, consensus=consensus,
                               normalize=normalize, scale=scale)
