@@ -293,7 +293,7 @@ def dropped(x: Tensor, base: Tensor, density: float, weight: float, rescale: str
         before = l1_norm(d)
         after = l1_norm(keep.mul_(d).add_(0.0))
         factor = None if before < 1e-7 or after < 1e-7 else before / after
-    mask = keep.ne(0)  # keep, or keep·δ + 0 after 'l1': where that is 0 a slice's keep·δ + 0 is too
+    mask = keep.ne(0)  # keep (or keep·δ + 0 after 'l1': 0 there gives 0 per slice too)
     del d, keep
 
     def piece(start: int, stop: int) -> Tensor:
