@@ -7,6 +7,7 @@ linear / task arithmetic >= 0.5). "kernel" times the per-tensor kernel alone, "l
 ``merge_state_dicts`` (key iteration, NaN/inf checks, dtype handling) on a state dict.
 
     python bench/bench_merge.py [--mb 128] [--sources 3] [--device cpu|cuda] [--repeat 7]
+        [--shape 250002x768] [--threads 1] [--methods ties,dare_ties]
 """
 from __future__ import annotations
 
@@ -61,13 +62,21 @@ def main(argv=None):
     parser.add_argument("--tensors", type=int, default=2, help="tensors per model")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeat", type=int, default=7)
+    parser.add_argument("--shape", default="", help="one tensor shape ROWSxCOLS instead of --mb "
+                        "(e.g. 250002x768, XLM-R-base's embedding)")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (default: all)")
+    parser.add_argument("--methods", default="", help="comma-separated subset of the methods")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device here")
     per_tensor = int(args.mb * 2 ** 20 / 4 / args.tensors)
     side = int(per_tensor ** 0.5)
     shape = (side, per_tensor // side)
+    if args.shape:
+        shape, args.tensors = tuple(int(x) for x in args.shape.lower().split("x")), 1
     gen = torch.Generator().manual_seed(0)
     base = {f"layer.{i}.weight": torch.randn(shape, generator=gen).to(device)
             for i in range(args.tensors)}
@@ -84,6 +93,8 @@ def main(argv=None):
     print(f"{'method':<16}{'kernel ms':>10}{'raw ms':>9}{'ratio':>7}{'GB/s':>7}"
           f"{'loop ms':>10}{'raw ms':>9}{'ratio':>7}")
     for name, params in METHODS:
+        if args.methods and name not in args.methods.split(","):
+            continue
         method = MERGES.get(name)
         resolved = method.resolve(params)
         uses_base = method.traits.needs_base

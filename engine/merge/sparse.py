@@ -237,9 +237,12 @@ def della_magprune(delta: Tensor, density: float, epsilon: float, rescale: str,
 # ---- the generalised kernel ---------------------------------------------------------------------
 
 def trimmed(x: Tensor, base: Tensor, density: float, weight: float,
-            sorted_size: Optional[Tensor], ties: Optional[Callable[[int, int], Tensor]] = None
-            ) -> Piece:
-    """w·trim(x − base) slice by slice, the cut known up front from the sorted magnitudes.
+            sorted_size: Optional[Tensor] = None,
+            ties: Optional[Callable[[int, int], Tensor]] = None) -> Piece:
+    """w·trim(x − base) slice by slice, so that no full sparsified delta is ever held: the cut
+    comes up front from the sorted magnitudes (``sorted_size``, cached) or, without them, from a
+    selection over |x − base| made here and dropped before the slices run (one source's |δ| at a
+    time instead of K sparsified deltas at once). Same entries, same bits as ``magnitude``.
 
     With surplus ties at the cut, the tied entries mergekit keeps come from ``ties(above, k)``
     (tied_kept over |δ|; a cached version may be passed) and each slice adds its share of them."""
@@ -247,16 +250,21 @@ def trimmed(x: Tensor, base: Tensor, density: float, weight: float,
     if density >= 1:
         return lambda start, stop: torch.sub(fx[start:stop], fb[start:stop]).mul_(weight)
     n = fx.numel()
-    cut, k, exact = trim_cut(density, n, sorted_size=sorted_size)
+    size = torch.sub(fx, fb).abs_() if sorted_size is None else None
+    cut, k, exact = trim_cut(density, n, size, sorted_size)
     if cut == 0 or exact:
         threshold = _below(cut) if cut != 0 else 0.0
         return lambda start, stop: F.hardshrink(torch.sub(fx[start:stop], fb[start:stop]),
                                                 threshold).mul_(weight)
-    above = n - int(torch.searchsorted(sorted_size, cut.reshape(1), right=True))
+    if sorted_size is not None:
+        above = n - int(torch.searchsorted(sorted_size, cut.reshape(1), right=True))
+    else:
+        above = int(torch.count_nonzero(size > cut))
     if ties is None:
-        kept = tied_kept(torch.sub(fx, fb).abs_(), above, k)
+        kept = tied_kept(torch.sub(fx, fb).abs_() if size is None else size, above, k)
     else:
         kept = ties(above, k)
+    del size
     value = float(cut)
 
     def piece(start: int, stop: int) -> Tensor:
@@ -266,6 +274,35 @@ def trimmed(x: Tensor, base: Tensor, density: float, weight: float,
         if hi > lo:
             here = kept[lo:hi] - start
             out[here] = d[here]
+        return out.mul_(weight)
+    return piece
+
+
+def dropped(x: Tensor, base: Tensor, density: float, weight: float, rescale: str,
+            generator) -> Piece:
+    """w·DARE(x − base) slice by slice, same draws and bits as ``bernoulli``: this source's full
+    δ, draws and L1 norms exist only while its keep mask (1 byte an entry) and rescale factor
+    are made, so a merge never holds K fp32 sparsified deltas of a huge tensor at once."""
+    fx, fb = x.reshape(-1), base.reshape(-1)
+    if density >= 1:  # no draws, as in bernoulli
+        return lambda start, stop: torch.sub(fx[start:stop], fb[start:stop]).mul_(weight)
+    d = torch.sub(fx, fb)
+    keep = _keep(d.shape, density, d, generator)
+    factor = None
+    if rescale == "l1":
+        before = l1_norm(d)
+        after = l1_norm(keep.mul_(d).add_(0.0))
+        factor = None if before < 1e-7 or after < 1e-7 else before / after
+    mask = keep.ne(0)  # keep (or keep·δ + 0 after 'l1': 0 there gives 0 per slice too)
+    del d, keep
+
+    def piece(start: int, stop: int) -> Tensor:
+        part = torch.sub(fx[start:stop], fb[start:stop])
+        out = mask[start:stop].to(part.dtype).mul_(part).add_(0.0)
+        if factor is not None:
+            out.mul_(factor)
+        elif rescale == "inverse_density":
+            out.div_(density)
         return out.mul_(weight)
     return piece
 
@@ -327,6 +364,13 @@ def _register(name: str, *, mergekit: str, params: list, sparsifier: str, consen
                 rank = inputs.derived("della_rank", i, lambda: della_rank(d))
             return della_magprune(d, dens[i], epss[i], rescale, generator, uniform, l1, rank)
 
+        if inputs is None and sparsifier == "magnitude":  # no full sparsified delta held
+            return combine([trimmed(t, base, dens[i], w[i]) for i, t in enumerate(tensors)], w,
+                           base, consensus=consensus, normalize=normalize, scale=scale)
+        if inputs is None and sparsifier == "random":  # no full sparsified delta held
+            return combine([dropped(t, base, dens[i], w[i], rescale, generator)
+                            for i, t in enumerate(tensors)], w, base, consensus=consensus,
+                           normalize=normalize, scale=scale)
         if inputs is None:
             return task_merge(tensors, weights, base, sparsify=sparse, consensus=consensus,
                               normalize=normalize, scale=scale)
