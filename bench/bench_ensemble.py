@@ -70,7 +70,7 @@ def main() -> None:
     print(f"{'voting rule':<20}{'median ms':>10}{'min ms':>8}{'accuracy':>10}{'NLL':>8}"
           f"  goal < 50 ms")
     for m in ENSEMBLES:
-        if m.meta.get("needs_fit"):
+        if m.traits.needs_fit:
             continue
         x = test_x[-2:] if m.name == "fixed_pair" else test_x  # the two strongest models
         w = None if m.name == "fixed_pair" else weights

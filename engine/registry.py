@@ -168,11 +168,6 @@ class Method:
     hooks: Hooks = field(default_factory=Hooks)
 
     @property
-    def meta(self) -> Dict[str, Any]:
-        """The traits as a plain dict (read-only view kept for callers that index by name)."""
-        return self.traits.to_dict()
-
-    @property
     def title(self) -> str:
         """The name people read ('breadcrumbs_ties' -> 'Breadcrumbs-TIES'): the ``title`` trait
         when registered with one, else derived from the id word by word."""

@@ -92,12 +92,12 @@ def param_rows(run: dict) -> pd.DataFrame:
                              "what it does": ""})
     rows = [{"setting": p.name.replace("_", " "), "value": _value(params.get(p.name, p.default)),
              "what it does": p.help} for p in method.params]
-    meta = method.meta
-    reads_data = "batches" in (meta.get("context") or []) or meta.get("needs_fit")
+    traits = method.traits
+    reads_data = "batches" in traits.context or traits.needs_fit
     if reads_data and "data_mode" in params:
-        rows.append({"setting": "fit on" if meta.get("needs_fit") else "statistics from",
+        rows.append({"setting": "fit on" if traits.needs_fit else "statistics from",
                      "value": str(params["data_mode"]), "what it does": "whose data the method reads"})
-    if meta.get("random") or meta.get("needs_fit"):
+    if traits.random or traits.needs_fit:
         rows.append({"setting": "seed", "value": str(params.get("seed", 0)), "what it does": "random draws"})
     return pd.DataFrame(rows, columns=["setting", "value", "what it does"])
 
