@@ -62,3 +62,23 @@ def app_cache(tiny_zoo_dir, tmp_path_factory):
         print("\npage load times (AppTest, tiny zoo; seconds):")
         for name, times in LOAD_TIMES.items():
             print(f"  {name:<11} " + "   ".join(f"{k} {v:5.2f}" for k, v in times.items()))
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models and fits: one torch thread is faster and leaves the shared cores alone. A module
+    opts in with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+class Unreadable:
+    """Stands in for labels a method must never read: any use of it fails the test."""
+
+    def _read(self, *args, **kwargs):
+        raise AssertionError("labels were read")
+
+    __array__ = __len__ = __getitem__ = __iter__ = _read
+

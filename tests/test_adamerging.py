@@ -6,6 +6,7 @@ import dataclasses
 import types
 
 import pytest
+from conftest import Unreadable
 import torch
 
 from engine.experiments import Candidate, build_merge, merge_context
@@ -17,21 +18,8 @@ TARGET, SOURCES, WEIGHTS = "de-DE", ["en-US", "es-ES", "nl-NL"], [0.5, 0.3, 0.2]
 QUICK = {"steps": 12, "examples": 48, "batch_size": 16}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-
-class Unreadable:
-    """Stands in for the labels: any use of it fails the test."""
-
-    def _read(self, *args, **kwargs):
-        raise AssertionError("labels were read")
-
-    __array__ = __len__ = __getitem__ = __iter__ = _read
 
 
 @pytest.fixture(scope="module")

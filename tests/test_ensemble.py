@@ -4,18 +4,11 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from engine.ensemble import ENSEMBLES, EnsembleError, Fitted, combine, fit, load_fitted
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Fits here are tiny; one torch thread is faster and leaves the shared cores alone."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # 3 models x 4 examples x 3 classes, given as probabilities; the logits are their logs, so

@@ -2,19 +2,13 @@
 exemptions come from traits and hooks, so a newly registered method is checked with no edit here."""
 import numpy as np
 import pytest
-import torch
 
 from engine.ensemble import ENSEMBLES, EnsembleError, combine
 from engine.ensemble import checks
 from engine.registry import Param
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.mark.parametrize("check", checks.CHECKS, ids=lambda c: c.__name__)

@@ -5,7 +5,7 @@ import dataclasses
 
 import numpy as np
 import pytest
-import torch
+from conftest import Unreadable
 
 from engine.ensemble import ENSEMBLES, EnsembleError, combine, fit
 from engine.ensemble.entropy import fit_entropy_min
@@ -13,21 +13,8 @@ from engine.experiments import Candidate, evaluate_candidate, fit_data
 from engine.runinfo import recipe_key_fields, target_data_use
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-
-class Unreadable:
-    """Stands in for the labels: any use of it fails the test."""
-
-    def _read(self, *args, **kwargs):
-        raise AssertionError("labels were read")
-
-    __array__ = __len__ = __getitem__ = __iter__ = _read
 
 
 def entropy(probs):
