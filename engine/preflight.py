@@ -163,9 +163,15 @@ def _settings(cand, problem) -> None:
 def _data(ws, cand, method, problem) -> None:
     """The target's test split, and the splits the method reads before the test (its traits)."""
     def need(locale: str, split: str, why: str, error: Type[ValueError] = DataError) -> None:
-        if not ws.dataset.has(locale, split):
-            problem(f"dataset '{ws.dataset.name}' has no '{split}' split for {locale}, which {why}; "
-                    f"choose another target or data setting, or add that data", "data", error)
+        if ws.dataset.has(locale, split):
+            return
+        try:  # the dataset's own reason names the cause (no such locale, an empty file, ...)
+            ws.dataset.get(locale, split)
+            reason = f"dataset '{ws.dataset.name}' has no '{split}' split for {locale}"
+        except DataError as exc:
+            reason = str(exc).split("; choose")[0]
+        problem(f"{reason} (the '{split}' split {why}); choose another target or data setting, "
+                f"or add that data", "data", error)
 
     need(cand.target, "test", "is what the candidate is scored on")
     if method is None or (cand.kind == "merge" and not method.traits.needs_data):
