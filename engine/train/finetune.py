@@ -157,6 +157,32 @@ def checkpoint_dir(ws, key: str) -> Path:
     return Path(ws.cache_dir) / "training" / key
 
 
+def launch(job, run_fields: dict, runner=None, store=None, echo=None):
+    """A training job as a stored run: queued on ``runner`` (the pages; returns the run id) or run
+    in this thread on ``store`` (the CLI; returns the finished row)."""
+    if runner is not None:
+        return runner.submit("train", job, lane="compute", **run_fields)
+    from ..jobs import run_here
+
+    return run_here(store, "train", job, echo=echo, **run_fields)
+
+
+def resume_fields(store, run_id: str, can_resume, config_type, fields_of, what: str):
+    """(config, checkpoint, run fields) continuing a stopped training run as a new run whose
+    ``parent`` is the old one; TrainError when it is still running or has no checkpoint."""
+    row = store.get(run_id)
+    if row["status"] in ACTIVE:
+        raise TrainError(f"run {run_id} is still {row['status']}; cancel it first")
+    if not can_resume(row):
+        raise TrainError(f"run {run_id} has no checkpoint to resume from (no {what} checkpoint: it finished, "
+                         f"or is not a {what}); start a new one")
+    config = config_type.from_dict(row["params"])
+    ckpt = Path(row["params"]["checkpoint"])
+    run_fields = fields_of(config, ckpt)
+    run_fields["name"] += " (resumed)"
+    return config, ckpt, {**run_fields, "parent": run_id}
+
+
 def finetune_job(ws, config: FinetuneConfig, ckpt: Path):
     """The job function: trains (resuming from ``ckpt`` when it holds a checkpoint), writes the
     model folder, registers it, scores it."""
@@ -256,16 +282,14 @@ def submit_finetune(runner, ws, config: FinetuneConfig) -> str:
     the fine-tune as a background job; returns the run id."""
     config = check_config(ws, config)
     ckpt = checkpoint_dir(ws, f"{config.name}-{uuid.uuid4().hex[:6]}")
-    return runner.submit("train", finetune_job(ws, config, ckpt), lane="compute", **_fields(config, ckpt))
+    return launch(finetune_job(ws, config, ckpt), _fields(config, ckpt), runner=runner)
 
 
 def run_finetune(store, ws, config: FinetuneConfig, echo=None) -> dict:
     """The same job in this thread, stored as a run (the CLI); returns the run row."""
-    from ..jobs import run_here
-
     config = check_config(ws, config)
     ckpt = checkpoint_dir(ws, f"{config.name}-{uuid.uuid4().hex[:6]}")
-    return run_here(store, "train", finetune_job(ws, config, ckpt), echo=echo, **_fields(config, ckpt))
+    return launch(finetune_job(ws, config, ckpt), _fields(config, ckpt), store=store, echo=echo)
 
 
 def resumable(row: dict) -> bool:
@@ -275,29 +299,17 @@ def resumable(row: dict) -> bool:
 
 
 def _resume_fields(store, run_id: str):
-    row = store.get(run_id)
-    if row["status"] in ACTIVE:
-        raise TrainError(f"run {run_id} is still {row['status']}; cancel it first")
-    if not resumable(row):
-        raise TrainError(f"run {run_id} has no checkpoint to resume from (it finished, or is not a "
-                         f"fine-tune); start a new one")
-    config = FinetuneConfig.from_dict(row["params"])
-    ckpt = Path(row["params"]["checkpoint"])
-    run_fields = _fields(config, ckpt)
-    run_fields["name"] += " (resumed)"
-    return config, ckpt, {**run_fields, "parent": run_id}
+    return resume_fields(store, run_id, resumable, FinetuneConfig, _fields, "fine-tune")
 
 
 def resume_finetune(runner, ws, run_id: str) -> str:
     """Continues a stopped fine-tune from its last checkpoint as a new run (``parent`` = the old
     one); returns the new run id."""
     config, ckpt, run_fields = _resume_fields(runner.store, run_id)
-    return runner.submit("train", finetune_job(ws, config, ckpt), lane="compute", **run_fields)
+    return launch(finetune_job(ws, config, ckpt), run_fields, runner=runner)
 
 
 def resume_finetune_here(store, ws, run_id: str, echo=None) -> dict:
     """:func:`resume_finetune` in this thread (the CLI); returns the finished run row."""
-    from ..jobs import run_here
-
     config, ckpt, run_fields = _resume_fields(store, run_id)
-    return run_here(store, "train", finetune_job(ws, config, ckpt), echo=echo, **run_fields)
+    return launch(finetune_job(ws, config, ckpt), run_fields, store=store, echo=echo)

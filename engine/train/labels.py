@@ -17,7 +17,7 @@ import torch
 
 from ..data import Split
 from ..progress import Tracker
-from .finetune import TrainError, load_base
+from .finetune import TrainError, launch, load_base
 from .loop import Trainer, load_weights
 
 TARGET_DATA = "labelled target train (n examples per point)"
@@ -135,11 +135,9 @@ def _fields(config: LabelCurveConfig) -> dict:
 
 def submit_label_curve(runner, ws, config: LabelCurveConfig) -> str:
     config = check_curve(ws, config)
-    return runner.submit("train", label_curve_job(ws, runner.store, config), lane="compute", **_fields(config))
+    return launch(label_curve_job(ws, runner.store, config), _fields(config), runner=runner)
 
 
 def run_label_curve(store, ws, config: LabelCurveConfig, echo=None) -> dict:
-    from ..jobs import run_here
-
     config = check_curve(ws, config)
-    return run_here(store, "train", label_curve_job(ws, store, config), echo=echo, **_fields(config))
+    return launch(label_curve_job(ws, store, config), _fields(config), store=store, echo=echo)

@@ -29,8 +29,8 @@ from typing import Any, Dict, List, Optional
 from safetensors.torch import save_file
 
 from ..progress import Cancelled, Tracker
-from ..store import ACTIVE, STOPPED
-from .finetune import TrainError, checkpoint_dir, load_base
+from ..store import STOPPED
+from .finetune import TrainError, checkpoint_dir, launch, load_base, resume_fields
 from .loop import Trainer
 
 
@@ -257,15 +257,13 @@ def _fields(config: PeriodicConfig, ckpt: Path) -> dict:
 def submit_periodic(runner, ws, config: PeriodicConfig) -> str:
     config = check_periodic(ws, config)
     ckpt = checkpoint_dir(ws, f"periodic-{config.target}-{uuid.uuid4().hex[:8]}")
-    return runner.submit("train", periodic_job(ws, config, ckpt), lane="compute", **_fields(config, ckpt))
+    return launch(periodic_job(ws, config, ckpt), _fields(config, ckpt), runner=runner)
 
 
 def run_periodic(store, ws, config: PeriodicConfig, echo=None) -> dict:
-    from ..jobs import run_here
-
     config = check_periodic(ws, config)
     ckpt = checkpoint_dir(ws, f"periodic-{config.target}-{uuid.uuid4().hex[:8]}")
-    return run_here(store, "train", periodic_job(ws, config, ckpt), echo=echo, **_fields(config, ckpt))
+    return launch(periodic_job(ws, config, ckpt), _fields(config, ckpt), store=store, echo=echo)
 
 
 def periodic_resumable(row: dict) -> bool:
@@ -275,25 +273,14 @@ def periodic_resumable(row: dict) -> bool:
 
 
 def _resume_fields(store, run_id: str):
-    row = store.get(run_id)
-    if row["status"] in ACTIVE:
-        raise TrainError(f"run {run_id} is still {row['status']}; cancel it first")
-    if not periodic_resumable(row):
-        raise TrainError(f"run {run_id} has no periodic-merge checkpoint to resume from; start a new one")
-    config = PeriodicConfig.from_dict(row["params"])
-    ckpt = Path(row["params"]["checkpoint"])
-    run_fields = _fields(config, ckpt)
-    run_fields["name"] += " (resumed)"
-    return config, ckpt, {**run_fields, "parent": run_id}
+    return resume_fields(store, run_id, periodic_resumable, PeriodicConfig, _fields, "periodic-merge")
 
 
 def resume_periodic(runner, ws, run_id: str) -> str:
     config, ckpt, run_fields = _resume_fields(runner.store, run_id)
-    return runner.submit("train", periodic_job(ws, config, ckpt), lane="compute", **run_fields)
+    return launch(periodic_job(ws, config, ckpt), run_fields, runner=runner)
 
 
 def resume_periodic_here(store, ws, run_id: str, echo=None) -> dict:
-    from ..jobs import run_here
-
     config, ckpt, run_fields = _resume_fields(store, run_id)
-    return run_here(store, "train", periodic_job(ws, config, ckpt), echo=echo, **run_fields)
+    return launch(periodic_job(ws, config, ckpt), run_fields, store=store, echo=echo)
