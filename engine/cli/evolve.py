@@ -39,6 +39,8 @@ def _setting_flags(p) -> None:
         if param.kind == "choice":
             g.add_argument(flag, choices=param.choices, default=None,
                            help=f"{who}: {param.help}{default}")
+        elif param.kind == "text":
+            g.add_argument(flag, default=None, metavar="TEXT", help=f"{who}: {param.help}")
         elif param.kind == "bool":
             g.add_argument(flag, type=_boolean, default=None, metavar="true|false",
                            help=f"{who}: {param.help}{default}")

@@ -109,6 +109,11 @@ class Search:
         """Facts the run's result adds (e.g. CMA-ES's σ)."""
         return {}
 
+    def measure(self, state, sources, fitness, metrics: Dict[str, float]) -> Dict[str, float]:
+        """Metrics of a built candidate beyond its dev metrics that selection reads (a merged
+        model's sparsity, its fitness on other targets); added to the candidate's metrics."""
+        return {}
+
     # ---- checkpoint --------------------------------------------------------------------------
     def state(self) -> Dict[str, Any]:
         return {"population": [m.to_dict() for m in self.population]}
@@ -151,7 +156,8 @@ def build_and_score(search, sources, fitness, cand: Dict[str, Any], seed: int):
         outcome = {}
     outcome["merge_s"] = (time.perf_counter() - started) - (fitness.seconds - eval_before)
     if state is not None:
-        outcome["metrics"] = fitness.metrics(state)
+        metrics = fitness.metrics(state)
+        outcome["metrics"] = {**metrics, **search.measure(state, sources, fitness, metrics)}
     return state, outcome
 
 
