@@ -6,13 +6,14 @@ PAGE = {"title": "Evolve", "icon": ":material/genetics:", "order": 5,
 import streamlit as st
 
 from dashboard import runs as runs_view
-from dashboard import figures, state, widgets
+from dashboard import figures, state, study_figures, widgets
 from dashboard.experiment import language
 from engine import tasks
 from engine.evolve import (DEFAULT_FITNESS, EVOLUTIONS, FITNESS_TERMS, SEED_FITNESS, EvolveConfig,
                            resume_evolution, submit_evolution)
 from engine.evolve.estimate import candidates_per_generation
 from engine.evolve.genome import combo_name
+from engine.evolve.optuna_storage import study_record
 from engine.limits import bounds
 from engine.merge import MERGES
 from engine.jobs import EXECUTORS
@@ -25,6 +26,8 @@ def setting_control(p, key: str, where):
     if p.kind == "choice" and all(c in MERGES for c in p.choices):
         return widgets.method_picker(MERGES, p.choices, label, key, default=p.default, where=where,
                                      help=p.help or None)
+    if p.kind == "text":  # a path or a name; empty: the Param's meaning of empty (its help)
+        return where.text_input(label, p.default, key=key, help=p.help or None)
     if p.default is None:
         value = where.number_input(label, *bounds(p), value=None, key=key, help=p.help or None,
                                    placeholder="auto")
@@ -124,6 +127,45 @@ run_id = st.selectbox("Run", ids, index=ids.index(chosen), format_func=labels.ge
 was_active = state.store().get(run_id)["status"] in ACTIVE
 
 
+@st.cache_resource(show_spinner=False, max_entries=8)
+def study_views(record_json: str):
+    """Optuna's views of the stored trials, drawn once per new trial or result (never pickled)."""
+    import json
+
+    return study_figures.study_views(json.loads(record_json))
+
+
+def study_panel(result: dict) -> None:
+    """An Optuna run's study as Optuna Dashboard shows it: history, importances, slice, contour, and
+    the Pareto front (with its table) of a multi-objective run; live while the run goes on."""
+    import json
+
+    record = study_record(result)
+    if not record or not record["trials"]:
+        return
+    storage = result.get("storage")
+    where = (f"study '{storage['study']}' in the journal {storage['journal']} ({storage['trials']} "
+             f"trials of every worker)" if storage else "this run's in-memory study")
+    st.markdown(f"**Optuna study**: {where}; objectives {', '.join(result.get('objectives') or ['fitness'])}")
+    figures_, missing = study_views(json.dumps(record, sort_keys=True))
+    tabs = st.tabs(list(figures_) + list(missing))
+    for tab, (title, fig) in zip(tabs, figures_.items()):
+        widgets.chart(fig, f"evo_study_{title}", tab)
+    for tab, (title, why) in zip(tabs[len(figures_):], missing.items()):
+        tab.caption(f"{title}: {why}.")
+    front = result.get("pareto_front")
+    if front:  # multi-objective searches (NSGA-II): the non-dominated trials, champion first
+        names = [label.rsplit(" (", 1)[0] for label in result.get("objectives") or []]
+        st.markdown(f"**Pareto front**: {len(front)} non-dominated of {result.get('trials')} trials; "
+                    f"the champion is its best on {names[0]}")
+        st.dataframe([{k: p.get(k) for k in ("trial", "generation", *names)} for p in front],
+                     hide_index=True)
+        balanced = result.get("balanced")
+        if balanced:
+            st.caption(f"Best mean over the targets: trial {balanced['trial']} ("
+                       + ", ".join(f"{n} {balanced[n]:.4f}" for n in names) + ")")
+
+
 @st.fragment(run_every=runs_view.POLL_S if was_active else None)
 def live_panel() -> None:
     """Everything about the run, redrawn from the store every second while it runs."""
@@ -187,17 +229,7 @@ def live_panel() -> None:
         elif result.get("dimensions"):
             st.caption(f"{result.get('trials', '?')} trials over {result['dimensions']} dimensions, groups: "
                        f"{', '.join(result.get('groups') or [])}")
-    front = result.get("pareto_front")
-    if front:  # multi-objective searches (NSGA-II): the non-dominated trials, champion first
-        st.markdown(f"**Pareto front** over {', '.join(result.get('objectives') or [])}: {len(front)} "
-                    f"non-dominated of {result.get('trials')} trials; the champion has its best accuracy")
-        st.dataframe([{k: p[k] for k in ("trial", "generation", "accuracy", "nll")} for p in front],
-                     hide_index=True)
-    importances = result.get("importances")
-    if importances:  # Optuna's own, over the scored trials
-        st.markdown("**Parameter importances** (Optuna's PED-ANOVA over the scored trials; top 12)")
-        top = dict(sorted(importances.items(), key=lambda kv: -kv[1])[:12])
-        st.bar_chart({"importance": top}, horizontal=True)
+    study_panel(result)
     with st.expander("Champion recipe (JSON)"):
         st.json({"origin": champion.get("origin"), "generation": champion.get("generation"),
                  "export_method": champion.get("export_method"), **recipe}, expanded=2)

@@ -114,13 +114,18 @@ def test_a_dev_subset_run_measures_its_fitness_error_on_the_whole_split(tiny_ws)
     assert whole["dev_subset"] is None  # the whole split: nothing to measure
 
 
-def test_the_evolve_page_runs_nsga2_and_shows_its_front_and_importances(app_cache):
+def test_the_evolve_page_draws_optunas_study_views_for_a_journal_nsga2_run(app_cache):
+    """A real NSGA-II run (accuracy vs sparsity) started from the page with its study in a
+    journal: the page shows Optuna Dashboard's views of it, drawn from the stored trials."""
     from app_support import button, goto, open_app, rerun, wait_for
 
+    journal = app_cache / "study.journal"
     at = goto(open_app(), "Evolve")
     at.segmented_control(key="evo_algorithm").set_value("optuna_nsga2")
     rerun(at)
-    at.selectbox(key="evo_method").set_value("linear")
+    at.selectbox(key="evo_method").set_value("ties")
+    at.selectbox(key="evo_objectives").set_value("accuracy+sparsity")
+    at.text_input(key="evo_storage").set_value(str(journal))
     at.number_input(key="evo_generations").set_value(2)
     at.number_input(key="evo_population").set_value(4)
     at.number_input(key="evo_layer_groups").set_value(0)
@@ -129,9 +134,17 @@ def test_the_evolve_page_runs_nsga2_and_shows_its_front_and_importances(app_cach
     rerun(at)
     row = wait_for(app_cache, at.session_state["evo_run"], timeout=180)
     rerun(at)
-    assert not at.error and row["status"] == "done" and row["method"] == "optuna_nsga2:linear"
-    front = row["result"]["pareto_front"]
-    shown = [d.value for d in at.dataframe if "nll" in d.value.columns]
+    assert not at.error and row["status"] == "done" and row["method"] == "optuna_nsga2:ties"
+    result = row["result"]
+    assert result["storage"]["journal"] == str(journal) and journal.stat().st_size > 0
+    front = result["pareto_front"]
+    shown = [d.value for d in at.dataframe if "sparsity" in d.value.columns]
     assert len(shown) == 1 and list(shown[0]["trial"]) == [p["trial"] for p in front]
-    assert any("Parameter importances" in m.value for m in at.markdown)
-    assert at.get("arrow_vega_lite_chart") or at.get("vega_lite_chart")  # the importances' bars
+    assert any(f"study '{result['storage']['study']}' in the journal" in m.value for m in at.markdown)
+    specs = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
+    titles = {(s["layout"].get("title") or {}).get("text") for s in specs}
+    assert {"Optimisation history", "Parameter importances", "Slice", "Contour",
+            "Pareto front"} <= titles
+    pareto = next(s for s in specs if (s["layout"].get("title") or {}).get("text") == "Pareto front")
+    drawn = sum(len(trace.get("x") or []) for trace in pareto["data"])
+    assert drawn == result["trials"] == 1 + 4 * 2  # every trial, front and dominated

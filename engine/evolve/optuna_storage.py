@@ -20,7 +20,7 @@ import hashlib
 import json
 import uuid
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 from .config import EvolveConfig, EvolveError
 
@@ -116,3 +116,38 @@ def fail_stale(optuna, study, worker: str) -> int:
     for t in stale:
         study.tell(t.number, state=optuna.trial.TrialState.FAIL)
     return len(stale)
+
+
+def _specs(result: Dict[str, Any]) -> List[List[str]]:
+    labels = result.get("objectives") or ["fitness (maximize)"]
+    return [[label.rsplit(" (", 1)[0], label.rsplit(" (", 1)[1].rstrip(")")] for label in labels]
+
+
+def study_record(result: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+    """What an Optuna run's study views draw, as plain data — objectives [(name, direction)],
+    coordinate names, trials [{number, generation, x, values, state}] — read from the journal
+    (every worker's trials) when the run keeps one, else from its checkpoint (its own trials).
+    None for a run of another algorithm or before its first checkpoint."""
+    coordinates = result.get("coordinates")
+    if not coordinates:
+        return None
+    record = {"objectives": _specs(result), "coordinates": list(coordinates), "trials": []}
+    history = []
+    if result.get("checkpoint") and Path(result["checkpoint"]).is_file():
+        data = json.loads(Path(result["checkpoint"]).read_text(encoding="utf-8"))
+        history = (data.get("search") or {}).get("history") or []
+    born = {s.get("trial", n): g for n, (g, s) in
+            enumerate((g, s) for g, step in enumerate(history) for s in step)}
+    storage = result.get("storage") or {}
+    if storage.get("journal") and Path(storage["journal"]).is_file():
+        import optuna
+
+        study = optuna.load_study(study_name=storage["study"], storage=journal(storage["journal"]))
+        record["trials"] = [{"number": t.number, "generation": born.get(t.number), "state": t.state.name,
+                             "x": [t.params.get(f"x{i}") for i in range(len(coordinates))],
+                             "values": t.values} for t in study.get_trials(deepcopy=False)]
+        return record
+    record["trials"] = [{"number": s.get("trial", n), "generation": g, "x": s["x"], "values": s["values"],
+                         "state": "COMPLETE" if s["values"] else "FAIL"}
+                        for n, (g, s) in enumerate((g, s) for g, step in enumerate(history) for s in step)]
+    return record
