@@ -148,6 +148,17 @@ def _summary(row: dict) -> str:
         lines.append(f"dev subset: {subset['examples']} of {subset['of']} examples; champion fitness "
                      f"{subset['fitness']:.4f} on it, {subset['fitness_full']:.4f} on the whole split "
                      f"(error {subset['error']:+.4f})")
+    storage = result.get("storage")
+    if storage:
+        lines.append(f"study '{storage['study']}' in the journal {storage['journal']}: "
+                     f"{storage['trials']} trials of every worker")
+    front = result.get("pareto_front")
+    if front:
+        names = [label.rsplit(" (", 1)[0] for label in result.get("objectives") or []]
+        lines.append(f"Pareto front ({', '.join(result['objectives'])}): {len(front)} of "
+                     f"{result.get('trials')} trials")
+        lines.append(table_text([{"trial": p["trial"], **{n: p[n] for n in names}} for p in front],
+                                "{:.4f}"))
     if result.get("combo_counts"):
         lines.append("combinations used: " + ", ".join(f"{k}×{v}" for k, v in
                                                        result["combo_counts"].items()))

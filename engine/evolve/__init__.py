@@ -52,8 +52,11 @@ config, checkpoint (path), dev_subset (with dev_size > 0, once the run ends: {ex
 fitness, fitness_full, error, accuracy, accuracy_full} — the champion re-scored on the whole dev
 split, the subset fitness's measured error); EvoMerge adds combo_counts {"000": n, …} (bit 0 first:
 linear|SLERP, DARE|TIES, frankenmerge|inverse variance) and reseeded; CMA-ES adds sigma,
-dimensions, groups; the Optuna algorithms add dimensions, groups, trials, and NSGA-II objectives
-and pareto_front [{trial, generation, accuracy, nll, x}] (best accuracy first). At the end ``row["metrics"]`` =
+dimensions, groups; the Optuna algorithms add dimensions, groups, trials, importances,
+coordinates (what each genome coordinate sets), storage {journal, study, worker, trials} (a journal
+study), and NSGA-II objectives ["<metric> (<direction>)", ...] and pareto_front [{trial,
+generation, <metric> per objective, x}] (best on the first objective first), plus balanced (the
+front point with the best mean) for objectives "targets". At the end ``row["metrics"]`` =
 {dev_split: champion dev metrics, "test": champion test metrics}.
 """
 from .algorithms import EVOLUTIONS
