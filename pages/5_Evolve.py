@@ -13,7 +13,7 @@ from engine.evolve import (DEFAULT_FITNESS, EVOLUTIONS, FITNESS_TERMS, SEED_FITN
                            resume_evolution, submit_evolution)
 from engine.evolve.estimate import candidates_per_generation
 from engine.evolve.genome import combo_name
-from engine.evolve.optuna_storage import study_record
+from engine.evolve.optuna_storage import record_stamp, study_record
 from engine.limits import bounds
 from engine.merge import MERGES
 from engine.jobs import EXECUTORS
@@ -128,26 +128,25 @@ was_active = state.store().get(run_id)["status"] in ACTIVE
 
 
 @st.cache_resource(show_spinner=False, max_entries=8)
-def study_views(record_json: str):
-    """Optuna's views of the stored trials, drawn once per new trial or result (never pickled)."""
-    import json
-
-    return study_figures.study_views(json.loads(record_json))
+def study_views(stamp: tuple, _result: dict):
+    """The run's stored trials and Optuna's views of them, read and drawn again only when the
+    checkpoint or the journal changed (``stamp``); kept as objects, never pickled."""
+    record = study_record(_result)
+    return (record, *study_figures.study_views(record)) if record and record["trials"] else (None, {}, {})
 
 
 def study_panel(result: dict) -> None:
     """An Optuna run's study as Optuna Dashboard shows it: history, importances, slice, contour, and
     the Pareto front (with its table) of a multi-objective run; live while the run goes on."""
-    import json
-
-    record = study_record(result)
-    if not record or not record["trials"]:
+    if not result.get("coordinates"):
+        return
+    record, figures_, missing = study_views(record_stamp(result), result)
+    if record is None:
         return
     storage = result.get("storage")
-    where = (f"study '{storage['study']}' in the journal {storage['journal']} ({storage['trials']} "
+    where = (f"study '{storage['study']}' in the journal {storage['journal']} ({len(record['trials'])} "
              f"trials of every worker)" if storage else "this run's in-memory study")
     st.markdown(f"**Optuna study**: {where}; objectives {', '.join(result.get('objectives') or ['fitness'])}")
-    figures_, missing = study_views(json.dumps(record, sort_keys=True))
     tabs = st.tabs(list(figures_) + list(missing))
     for tab, (title, fig) in zip(tabs, figures_.items()):
         widgets.chart(fig, f"evo_study_{title}", tab)

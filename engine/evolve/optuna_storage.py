@@ -151,3 +151,18 @@ def study_record(result: Dict[str, Any]) -> Optional[Dict[str, Any]]:
                          "state": "COMPLETE" if s["values"] else "FAIL"}
                         for n, (g, s) in enumerate((g, s) for g, step in enumerate(history) for s in step)]
     return record
+
+
+def record_stamp(result: Dict[str, Any]) -> tuple:
+    """What ``study_record`` reads, as (path, size, mtime) per file: a page redraws the views only
+    when it changes (a journal grows with every worker's trial, a checkpoint with every generation)."""
+    paths = [result.get("checkpoint"), (result.get("storage") or {}).get("journal")]
+    out = []
+    for path in filter(None, paths):
+        try:
+            info = Path(path).stat()
+        except OSError:
+            out.append((path, None, None))
+        else:
+            out.append((path, info.st_size, info.st_mtime_ns))
+    return tuple(out)
