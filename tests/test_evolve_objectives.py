@@ -7,6 +7,7 @@ import torch
 from engine.evolve import EvolveError
 from engine.evolve.fitness import Fitness
 from test_evolve_optuna import SOURCES, TARGET, optuna_config, run
+from test_evolve_optuna_journal import journal_lines
 
 torch.set_num_threads(1)
 OTHER = "es-ES"
@@ -18,9 +19,11 @@ def non_dominated(front, names):
     return not any(dominates(p, q) for p in front for q in front)
 
 
-def test_accuracy_vs_sparsity_measures_zero_deltas_from_the_base(tiny_ws):
+def test_accuracy_vs_sparsity_measures_zero_deltas_from_the_base(tiny_ws, tmp_path):
+    journal = tmp_path / "nsga2.journal"  # NSGA-II's study in a journal: JSON only, no pickles
     evo = run(tiny_ws, optuna_config("optuna_nsga2", objectives="accuracy+sparsity", population=3,
-                                     generations=2))
+                                     generations=2, storage=str(journal)))
+    journal_lines(journal)
     result = evo.result()
     assert result["objectives"] == ["accuracy (maximize)", "sparsity (maximize)"]
     front = result["pareto_front"]

@@ -4,6 +4,7 @@ their trials to one study; a stopped run resumes from the journal (its half-aske
 failed); a worker with other settings, or a file that is no journal, is refused with one line."""
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -26,7 +27,22 @@ def journal_lines(path):
     text = Path(path).read_bytes().decode("utf-8")
     records = [json.loads(line) for line in text.splitlines() if line]
     assert records and all(isinstance(r, dict) and "op_code" in r for r in records)
+    assert not [s for s in strings(records) if PICKLE_HEX.match(s)]  # no pickle hidden as hex
     return records
+
+
+PICKLE_HEX = re.compile(r"^80(0[2-5])[0-9a-f]{16,}$")  # pickle.dumps(...).hex(), as Optuna's CMA-ES writes
+
+
+def strings(value):
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from strings(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from strings(v)
 
 
 def load(path, name=None):
@@ -112,6 +128,8 @@ def test_a_worker_with_other_settings_or_a_file_that_is_no_journal_is_refused(ti
     with pytest.raises(EvolveError, match="study 'mine' .* holds trials of other settings "
                                           r"\(fitness_weights differ\)"):
         run(tiny_ws, other)  # refused as it joins, before its first trial
+    with pytest.raises(EvolveError, match="optuna_cmaes has no setting.*storage"):
+        optuna_config("optuna_cmaes", storage=str(path)).check()  # its sampler pickles its state
     (tmp_path / "notes.txt").write_text("hello\n")
     for bad, message in ((tmp_path / "notes.txt", "is not an Optuna journal file"),
                          (tmp_path, "is a folder"),

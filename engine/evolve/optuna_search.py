@@ -70,6 +70,8 @@ class OptunaSearch(GroupedSearch):
     @classmethod
     def check(cls, config: EvolveConfig) -> None:
         super().check(config)
+        if not any(p.name == "storage" for p in EVOLUTIONS.get(config.algorithm).params):
+            return  # in memory only (Optuna's CMA-ES sampler pickles its state into the study)
         path = check_storage_path(str(config.setting("storage") or ""), config.algorithm)
         if path:  # absolute, so a resume from another folder finds the same journal
             config.set("storage", path)
@@ -268,8 +270,9 @@ class OptunaTPESearch(OptunaSearch):
 
 
 @EVOLUTIONS.register("optuna_cmaes", title="Optuna CMA-ES", random=True,
-                     summary=SUMMARY.format("CMA-ES sampler"),
-                     params=[*GROUPED_PARAMS, *STORAGE_PARAMS, SIGMA0])
+                     summary=SUMMARY.format("CMA-ES sampler") + " (in memory only: its sampler "
+                             "keeps its state pickled in the study, never written to a journal here)",
+                     params=[*GROUPED_PARAMS, SIGMA0])
 class OptunaCmaSearch(OptunaSearch):
     def sampler(self, optuna, seed: int):
         return optuna.samplers.CmaEsSampler(
