@@ -60,19 +60,25 @@ class OptunaSearch(GroupedSearch):
         self.history: List[List[Dict[str, Any]]] = []  # per generation: [{trial, x, values|None}]
         self.specs = objective_specs(config) if self.multi_objective else [("fitness", "maximize")]
         self.meter = ObjectiveMeter(config) if self.multi_objective else None
-        self.storage = str(config.setting("storage") or "")
+        self.storage = self._storage(config)
         self.worker: Optional[str] = None  # a journal study: this run's id among its workers
         self.study_name: Optional[str] = None
         self.study = None
         self._pending: list = []
         self._importances: Tuple[int, Dict[str, float]] = (0, {})
 
+    @staticmethod
+    def _storage(config: EvolveConfig) -> str:
+        """The journal path, '' for in memory (always so for an algorithm without the setting:
+        Optuna's CMA-ES sampler pickles its state into the study)."""
+        if not any(p.name == "storage" for p in EVOLUTIONS.get(config.algorithm).params):
+            return ""
+        return str(config.setting("storage") or "")
+
     @classmethod
     def check(cls, config: EvolveConfig) -> None:
         super().check(config)
-        if not any(p.name == "storage" for p in EVOLUTIONS.get(config.algorithm).params):
-            return  # in memory only (Optuna's CMA-ES sampler pickles its state into the study)
-        path = check_storage_path(str(config.setting("storage") or ""), config.algorithm)
+        path = check_storage_path(cls._storage(config), config.algorithm)
         if path:  # absolute, so a resume from another folder finds the same journal
             config.set("storage", path)
         if cls.multi_objective:
