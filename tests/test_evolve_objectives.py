@@ -78,3 +78,15 @@ def test_an_unknown_other_target_is_named(tiny_ws):
     with pytest.raises(EvolveError, match="targets \\['xx-XX'\\] are not locales of the dataset"):
         run(tiny_ws, optuna_config("optuna_nsga2", objectives="targets", targets="xx-XX",
                                    generations=0, population=2))
+
+
+def test_the_time_estimate_counts_one_dev_pass_per_target(tiny_ws):
+    from engine.evolve import resolve_config
+    from engine.evolve.budget import EVAL_S_PER_PARAM_EXAMPLE, estimate
+
+    one = estimate(tiny_ws, resolve_config(tiny_ws, optuna_config("optuna_nsga2")))
+    two = estimate(tiny_ws, resolve_config(tiny_ws, optuna_config(
+        "optuna_nsga2", objectives="targets", targets=OTHER)))
+    dev = len(tiny_ws.dataset.get(TARGET, "validation"))
+    eval_s = min(12, dev) * tiny_ws.zoo.parameter_count() * EVAL_S_PER_PARAM_EXAMPLE  # one pass
+    assert two.seconds_per_candidate - one.seconds_per_candidate == pytest.approx(eval_s)

@@ -20,6 +20,7 @@ from typing import Dict, List
 
 from .config import EvolveConfig, EvolveError
 from .estimate import candidates_per_generation
+from .objectives import dev_passes
 
 MERGE_S_PER_PARAM_SOURCE = 0.09 / (5 * 12.3e6)
 EVAL_S_PER_PARAM_EXAMPLE = 0.13 / (72 * 12.3e6)
@@ -86,7 +87,7 @@ def estimate(ws, config: EvolveConfig, store=None) -> Budget:
     n = len(config.sources)
     speedup = GPU_SPEEDUP if on_gpu else 1.0
     per = (FIXED_S_PER_CANDIDATE / speedup + n * params * MERGE_S_PER_PARAM_SOURCE
-           + dev * params * EVAL_S_PER_PARAM_EXAMPLE / speedup)
+           + dev_passes(config) * dev * params * EVAL_S_PER_PARAM_EXAMPLE / speedup)
     if store is not None:
         from ..candidate_runs import workspace_record  # the zoo as job.recorded_settings writes it
 

@@ -52,6 +52,17 @@ def check_objectives(config: EvolveConfig) -> None:
                           f"be a baseline (leave-one-out): choose sources without them")
 
 
+def dev_passes(config: EvolveConfig) -> int:
+    """Dev passes per candidate: one, plus one per other target with objectives 'targets' (what
+    the time estimate counts)."""
+    from .algorithms import algorithm
+
+    if any(p.name == "objectives" for p in algorithm(config.algorithm).params) \
+            and config.setting("objectives") == "targets":
+        return 1 + len(extra_targets(config))
+    return 1
+
+
 def objective_specs(config: EvolveConfig) -> List[Tuple[str, str]]:
     """(metric name, direction) per objective, in the study's order."""
     kind = config.setting("objectives")
