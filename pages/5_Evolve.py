@@ -13,6 +13,7 @@ from engine.evolve import (DEFAULT_FITNESS, EVOLUTIONS, FITNESS_TERMS, SEED_FITN
                            resume_evolution, submit_evolution)
 from engine.evolve.estimate import candidates_per_generation
 from engine.evolve.genome import combo_name
+from engine.evolve.objectives import dev_passes, extra_targets
 from engine.evolve.optuna_storage import record_stamp, study_record
 from engine.limits import bounds
 from engine.merge import MERGES
@@ -96,9 +97,11 @@ with st.expander("New evolutionary run", expanded=not history, icon=":material/a
         planned = EvolveConfig.with_settings(target=target, algorithm=algorithm,
                                              generations=int(generations), population=int(population),
                                              **extra)
+        others = extra_targets(planned) if dev_passes(planned) > 1 else []
         st.caption(f"{candidates_per_generation(planned).text()} Each is one merge and one pass over "
-                   f"{target}'s dev data" + (" (frankenmerge candidates: one more pass per layer choice)."
-                                             if algorithm == "evomerge" else "."))
+                   f"{', '.join([target, *others])}'s dev data"
+                   + (" (frankenmerge candidates: one more pass per layer choice)."
+                      if algorithm == "evomerge" else "."))
         if st.button("Start evolution", type="primary", icon=":material/play_arrow:", key="evo_start",
                      disabled=not sources):
             config = EvolveConfig.with_settings(

@@ -90,3 +90,19 @@ def test_the_time_estimate_counts_one_dev_pass_per_target(tiny_ws):
     dev = len(tiny_ws.dataset.get(TARGET, "validation"))
     eval_s = min(12, dev) * tiny_ws.zoo.parameter_count() * EVAL_S_PER_PARAM_EXAMPLE  # one pass
     assert two.seconds_per_candidate - one.seconds_per_candidate == pytest.approx(eval_s)
+
+
+def test_the_evolve_page_offers_the_objectives_and_counts_each_targets_pass(app_cache):
+    from app_support import goto, open_app, rerun
+
+    at = goto(open_app(), "Evolve")
+    at.segmented_control(key="evo_algorithm").set_value("optuna_nsga2")
+    rerun(at)
+    assert list(at.selectbox(key="evo_objectives").options) == \
+        ["accuracy+nll", "accuracy+sparsity", "targets"]
+    at.selectbox(key="evo_objectives").set_value("targets")
+    at.text_input(key="evo_targets").set_value("es-ES, nl-NL")
+    rerun(at)
+    target = at.session_state["evo_target"]
+    captions = " ".join(c.value for c in at.caption)
+    assert f"one pass over {target}, es-ES, nl-NL's dev data" in captions, captions
