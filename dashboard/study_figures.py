@@ -10,7 +10,7 @@ of the run's live study is needed, and a finished run draws the same views as a 
 from __future__ import annotations
 
 import warnings
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Tuple
 
 import plotly.graph_objects as go
 
@@ -96,7 +96,3 @@ def study_views(record: Mapping[str, Any]) -> Tuple[Dict[str, go.Figure], Dict[s
         fig.update_layout(title=dict(text=title, x=0, xanchor="left"),
                           height=HEIGHT + (80 if title in ("Contour", "Slice") else 0))
     return figures, missing
-
-
-def trial_count(record: Optional[Mapping[str, Any]]) -> int:
-    return len(record["trials"]) if record else 0

@@ -7,7 +7,6 @@ import numpy as np
 import torch
 
 from dashboard.study_figures import study_views
-from engine.evolve import Evolution
 from engine.evolve.optuna_storage import study_record
 from test_evolve_optuna import optuna_config, run
 
