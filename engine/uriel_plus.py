@@ -47,7 +47,7 @@ PREFIX = "urielplus_"
 URIEL_PLUS_SETS: Tuple[str, ...] = tuple(PREFIX + d for d in DISTANCES)
 CACHE_FILE = "urielplus_distances.npz"
 VERSION = "1.3.2"  # the release whose file layout this module reads (requirements.txt pins it)
-_FORMAT = 1
+_FORMAT = 2
 
 
 class UrielPlusUnavailableError(ImportError):
@@ -173,9 +173,21 @@ def _locales_and_codes() -> Tuple[Tuple[str, ...], List[str]]:
     return LOCALES, [ISO[loc] for loc in LOCALES]
 
 
+def _with_fallbacks(db: Dict[str, np.ndarray], codes: Sequence[str], distance: str) -> List[str]:
+    """The code whose vector each locale uses: its own, or lang2vec's fallback (nob -> nor: URIEL's
+    family tree has no entry for Bokmål) where its own is empty, as ``engine.languages`` does."""
+    from .languages import FALLBACK_ISO
+
+    vectors = language_vectors(db, codes, distance)
+    empty = ~np.nan_to_num(vectors).any(axis=1)
+    return [FALLBACK_ISO[c] if e and c in FALLBACK_ISO else c for c, e in zip(codes, empty)]
+
+
 def _cache_key() -> str:
     locales, codes = _locales_and_codes()
-    spec = [_FORMAT, _installed_version(), list(zip(locales, codes)), DISTANCES]
+    from .languages import FALLBACK_ISO
+
+    spec = [_FORMAT, _installed_version(), list(zip(locales, codes)), sorted(FALLBACK_ISO.items()), DISTANCES]
     return hashlib.sha256(json.dumps(spec).encode()).hexdigest()[:16]
 
 
@@ -188,8 +200,10 @@ def _compute() -> Dict[str, np.ndarray]:
     databases = {name: load_database(name, root) for name in {f for f, _ in _LAYOUT.values()}}
     tables = {}
     for distance, (name, _) in _LAYOUT.items():
-        tables[f"{distance}.distance"] = angular_distances(language_vectors(databases[name], codes, distance))
-        tables[f"{distance}.confidence"] = language_confidence(databases[name], codes, distance)
+        used = _with_fallbacks(databases[name], codes, distance)
+        tables[f"{distance}.distance"] = angular_distances(language_vectors(databases[name], used, distance))
+        tables[f"{distance}.confidence"] = language_confidence(databases[name], used, distance)
+        tables[f"{distance}.code"] = np.array(used)
     return tables
 
 
@@ -281,9 +295,16 @@ def unshared(target: str, sources: Sequence[str], distance: str, cache_dir=None)
 
 
 def notes(target: str, pool: Sequence[str], sets: Sequence[str], cache_dir=None) -> List[str]:
-    """For each URIEL+ set among ``sets``: the sources it cannot compare with the target."""
+    """For each URIEL+ set among ``sets``: fallback codes used, and the sources it cannot compare
+    with the target."""
+    from .languages import ISO
+
+    locales, _ = _locales_and_codes()
     out = []
     for fs in (fs for fs in sets if fs in URIEL_PLUS_SETS):
+        used = dict(zip(locales, _tables_for(cache_dir)[f"{distance_of(fs)}.code"]))
+        out += [f"{loc}: URIEL+ has no {distance_of(fs)} vector for {ISO[loc]}; {used[loc]}'s is used"
+                for loc in [target, *pool] if str(used[loc]) != ISO[loc]]
         missing = unshared(target, pool, distance_of(fs), cache_dir)
         if missing:
             shown = ", ".join(missing[:6]) + (f" and {len(missing) - 6} more" if len(missing) > 6 else "")

@@ -142,3 +142,24 @@ def test_transfer_predictor_on_urielplus_typology(tiny_ws, uplus_cache):
     assert "syntactic" in rankers and "urielplus_syntactic" in rankers and rankers[-1] == "predictor"
     with pytest.raises(TransferError, match="unknown typology 'wals'"):
         fit_leave_target_out(matrix, "nl-NL", sizes, cache, typology="wals")
+
+
+def test_similarity_page_offers_urielplus_with_confidence_and_says_how_ties_break(app_cache, uplus_cache):
+    from app_support import goto, open_app, rerun
+
+    from engine.languages import CACHE_FILE
+
+    for name in (CACHE_FILE, U.CACHE_FILE):  # both caches ready: the page needs no job first
+        shutil.copy(uplus_cache[0] / name, app_cache / name)
+    at = goto(open_app(), "Similarity")
+    captions = " ".join(c.value for c in at.caption)
+    assert "broken by locale name, alphabetically" in captions and "named in a note" in captions
+    chooser = at.multiselect(key="sim_features")
+    assert set(U.URIEL_PLUS_SETS) <= set(chooser.options)
+    chooser.set_value(["urielplus_syntactic"])
+    rerun(at)
+    assert not at.exception
+    table = at.dataframe[0].value
+    assert {"URIEL+ agreement", "URIEL+ coverage"} <= set(table.columns)
+    assert ((table["URIEL+ coverage"] > 0) & (table["URIEL+ coverage"] <= 1)).all()
+    assert at.session_state["experiment"].features == "urielplus_syntactic"
