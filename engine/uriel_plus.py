@@ -36,6 +36,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import pandas as pd
 
+from .locales import FALLBACK_ISO, ISO, LOCALES
+
 # distance -> (database file, feature-name prefix or "" for all of that file's features)
 _LAYOUT: Dict[str, Tuple[str, str]] = {
     "syntactic": ("features.npz", "S_"), "phonological": ("features.npz", "P_"),
@@ -168,16 +170,12 @@ def _installed_version() -> str:
 
 
 def _locales_and_codes() -> Tuple[Tuple[str, ...], List[str]]:
-    from .languages import ISO, LOCALES
-
     return LOCALES, [ISO[loc] for loc in LOCALES]
 
 
 def _with_fallbacks(db: Dict[str, np.ndarray], codes: Sequence[str], distance: str) -> List[str]:
     """The code whose vector each locale uses: its own, or lang2vec's fallback (nob -> nor: URIEL's
     family tree has no entry for Bokmål) where its own is empty, as ``engine.languages`` does."""
-    from .languages import FALLBACK_ISO
-
     vectors = language_vectors(db, codes, distance)
     empty = ~np.nan_to_num(vectors).any(axis=1)
     return [FALLBACK_ISO[c] if e and c in FALLBACK_ISO else c for c, e in zip(codes, empty)]
@@ -185,8 +183,6 @@ def _with_fallbacks(db: Dict[str, np.ndarray], codes: Sequence[str], distance: s
 
 def _cache_key() -> str:
     locales, codes = _locales_and_codes()
-    from .languages import FALLBACK_ISO
-
     spec = [_FORMAT, _installed_version(), list(zip(locales, codes)), sorted(FALLBACK_ISO.items()), DISTANCES]
     return hashlib.sha256(json.dumps(spec).encode()).hexdigest()[:16]
 
@@ -297,8 +293,6 @@ def unshared(target: str, sources: Sequence[str], distance: str, cache_dir=None)
 def notes(target: str, pool: Sequence[str], sets: Sequence[str], cache_dir=None) -> List[str]:
     """For each URIEL+ set among ``sets``: fallback codes used, and the sources it cannot compare
     with the target."""
-    from .languages import ISO
-
     locales, _ = _locales_and_codes()
     out = []
     for fs in (fs for fs in sets if fs in URIEL_PLUS_SETS):
