@@ -41,7 +41,7 @@ import pandas as pd
 from .paths import CACHE_ENV, default_cache_dir  # noqa: F401  (their home is engine.paths)
 from .similarity import (_check_int, _square, _top_indices, cosine_similarity, sinkhorn,  # noqa: F401
                          tie_notes, top_k_filter)
-from .locales import _LOCALES, FALLBACK_ISO, ISO, LOCALES, NAMES  # noqa: F401  (their home: engine.locales)
+from .locales import FALLBACK_ISO, ISO, LOCALES, NAMES  # noqa: F401  (their home: engine.locales)
 from .uriel_plus import URIEL_PLUS_SETS, distance_of, notes as uriel_plus_notes
 
 FEATURE_SETS: Tuple[str, ...] = ("syntax_knn", "phonology_knn", "inventory_knn", "fam", "geo")
