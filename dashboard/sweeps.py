@@ -16,7 +16,7 @@ import streamlit as st
 from engine.report import figures as report_figures
 from engine.ensemble import ENSEMBLES
 from engine.experiments import WEIGHTINGS
-from engine.languages import FEATURE_SETS
+from engine.languages import ALL_FEATURE_SETS
 from engine.merge import MERGES
 from engine.registry import method_title
 from engine.store import ACTIVE
@@ -53,7 +53,7 @@ def spec_form(ws, key: str = "sweep") -> Dict[str, Any]:
                                   "spec for grids)")
     c = st.columns(3)
     sources = c[0].multiselect("Sources (top-K)", list(range(1, 11)), default=[5], key=f"{key}_k")
-    features = c[1].multiselect("URIEL features", list(FEATURE_SETS), default=["syntax_knn"],
+    features = c[1].multiselect("URIEL features", list(ALL_FEATURE_SETS), default=["syntax_knn"],
                                 key=f"{key}_features")
     weighting = c[2].multiselect("Weighting", list(WEIGHTINGS), default=["uriel"], key=f"{key}_weighting",
                                  format_func=lambda w: WEIGHTING_TEXT.get(w, w))

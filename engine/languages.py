@@ -41,38 +41,12 @@ import pandas as pd
 from .paths import CACHE_ENV, default_cache_dir  # noqa: F401  (their home is engine.paths)
 from .similarity import (_check_int, _square, _top_indices, cosine_similarity, sinkhorn,  # noqa: F401
                          tie_notes, top_k_filter)
-
-# MASSIVE 1.1's 52 locales (1.0's 51 + ca-ES) -> (ISO 639-3 code as lang2vec has it, English name).
-# Individual-language codes where URIEL has them (arb, azj, pes, khk, zsm, nob, als, swh, cmn);
-# Latvian only as the macrolanguage lav (URIEL has no lvs).
-_LOCALES = {
-    "af-ZA": ("afr", "Afrikaans"), "am-ET": ("amh", "Amharic"), "ar-SA": ("arb", "Arabic"),
-    "az-AZ": ("azj", "Azerbaijani"), "bn-BD": ("ben", "Bengali"), "ca-ES": ("cat", "Catalan"),
-    "cy-GB": ("cym", "Welsh"), "da-DK": ("dan", "Danish"), "de-DE": ("deu", "German"),
-    "el-GR": ("ell", "Greek"), "en-US": ("eng", "English"), "es-ES": ("spa", "Spanish"),
-    "fa-IR": ("pes", "Persian"), "fi-FI": ("fin", "Finnish"), "fr-FR": ("fra", "French"),
-    "he-IL": ("heb", "Hebrew"), "hi-IN": ("hin", "Hindi"), "hu-HU": ("hun", "Hungarian"),
-    "hy-AM": ("hye", "Armenian"), "id-ID": ("ind", "Indonesian"), "is-IS": ("isl", "Icelandic"),
-    "it-IT": ("ita", "Italian"), "ja-JP": ("jpn", "Japanese"), "jv-ID": ("jav", "Javanese"),
-    "ka-GE": ("kat", "Georgian"), "km-KH": ("khm", "Khmer"), "kn-IN": ("kan", "Kannada"),
-    "ko-KR": ("kor", "Korean"), "lv-LV": ("lav", "Latvian"), "ml-IN": ("mal", "Malayalam"),
-    "mn-MN": ("khk", "Mongolian"), "ms-MY": ("zsm", "Malay"), "my-MM": ("mya", "Burmese"),
-    "nb-NO": ("nob", "Norwegian Bokmål"), "nl-NL": ("nld", "Dutch"), "pl-PL": ("pol", "Polish"),
-    "pt-PT": ("por", "Portuguese"), "ro-RO": ("ron", "Romanian"), "ru-RU": ("rus", "Russian"),
-    "sl-SL": ("slv", "Slovenian"), "sq-AL": ("als", "Albanian"), "sv-SE": ("swe", "Swedish"),
-    "sw-KE": ("swh", "Swahili"), "ta-IN": ("tam", "Tamil"), "te-IN": ("tel", "Telugu"),
-    "th-TH": ("tha", "Thai"), "tl-PH": ("tgl", "Tagalog"), "tr-TR": ("tur", "Turkish"),
-    "ur-PK": ("urd", "Urdu"), "vi-VN": ("vie", "Vietnamese"),
-    "zh-CN": ("cmn", "Chinese (Simplified)"), "zh-TW": ("cmn", "Chinese (Traditional)"),
-}
-LOCALES: Tuple[str, ...] = tuple(sorted(_LOCALES))
-ISO: Dict[str, str] = {loc: iso for loc, (iso, _) in _LOCALES.items()}
-NAMES: Dict[str, str] = {loc: name for loc, (_, name) in _LOCALES.items()}
-# Used for one feature set when the code's own vector there is empty: URIEL's family tree has no
-# entry for nob (all zeros) but has one for the macrolanguage nor (North Germanic).
-FALLBACK_ISO: Dict[str, str] = {"nob": "nor"}
+from .locales import FALLBACK_ISO, ISO, LOCALES, NAMES  # noqa: F401  (their home: engine.locales)
+from .uriel_plus import URIEL_PLUS_SETS, distance_of, notes as uriel_plus_notes
 
 FEATURE_SETS: Tuple[str, ...] = ("syntax_knn", "phonology_knn", "inventory_knn", "fam", "geo")
+# URIEL+'s distances (engine.uriel_plus) as a second typology source; similarity = 1 − distance
+ALL_FEATURE_SETS: Tuple[str, ...] = FEATURE_SETS + URIEL_PLUS_SETS
 DEFAULT_FEATURES = "syntax_knn"
 CACHE_FILE = "uriel_vectors.npz"
 _FORMAT = 1
@@ -127,14 +101,14 @@ def parse_features(features: Union[str, Sequence[str]] = DEFAULT_FEATURES) -> Tu
     """Feature-set names from 'a+b' (or a list); lang2vec concatenates them in that order."""
     parts = features.split("+") if isinstance(features, str) else list(features)
     parts = [p.strip() if isinstance(p, str) else p for p in parts]
-    valid = f"valid: {', '.join(FEATURE_SETS)}, or several joined with '+'"
+    valid = f"valid: {', '.join(ALL_FEATURE_SETS)}, or several joined with '+'"
     if not parts or any(not p for p in parts):
         raise UnknownFeatureSetError(f"empty feature set in {features!r}; {valid}")
     for part in parts:
         if part == "learned":
             raise UnknownFeatureSetError("lang2vec's 'learned' set needs unpickling and is not "
                                          f"offered; {valid}")
-        if part not in FEATURE_SETS:
+        if part not in ALL_FEATURE_SETS:
             raise UnknownFeatureSetError(f"unknown feature set {part!r}; {valid}")
     if len(set(parts)) != len(parts):
         raise UnknownFeatureSetError(f"feature set repeated in {features!r}; {valid}")
@@ -268,6 +242,9 @@ def feature_vectors(features: Union[str, Sequence[str]] = DEFAULT_FEATURES,
                     locales: Optional[Iterable[str]] = None, cache_dir=None) -> pd.DataFrame:
     """URIEL vectors (locale rows, feature columns; NaN = missing), sets concatenated in order."""
     sets = parse_features(features)
+    if set(sets) & set(URIEL_PLUS_SETS):
+        raise UnknownFeatureSetError(f"{features!r}: URIEL+ sets are distances, not vectors; use "
+                                     "similarity_matrix")
     tables = _tables_for(cache_dir)
     values = np.hstack([tables[fs][0] for fs in sets]).astype(np.float64)
     names = [str(n) for fs in sets for n in tables[fs][1]]
@@ -277,8 +254,9 @@ def feature_vectors(features: Union[str, Sequence[str]] = DEFAULT_FEATURES,
 def vector_sources(features: Union[str, Sequence[str]] = DEFAULT_FEATURES,
                    cache_dir=None) -> Dict[Tuple[str, str], str]:
     """(locale, set) -> the fallback ISO code whose vector stands in for the locale's own."""
-    tables = _tables_for(cache_dir)
-    return {(loc, fs): str(code) for fs in parse_features(features)
+    sets = [fs for fs in parse_features(features) if fs in FEATURE_SETS]
+    tables = _tables_for(cache_dir) if sets else {}
+    return {(loc, fs): str(code) for fs in sets
             for loc, code in zip(LOCALES, tables[fs][2]) if code != ISO[loc]}
 
 
@@ -287,12 +265,22 @@ def vector_sources(features: Union[str, Sequence[str]] = DEFAULT_FEATURES,
 def similarity_matrix(locales: Optional[Iterable[str]] = None,
                       features: Union[str, Sequence[str]] = DEFAULT_FEATURES,
                       cache_dir=None) -> pd.DataFrame:
-    """Cosine similarity of URIEL vectors (locale index and columns), all 52 locales by default."""
+    """Cosine similarity of URIEL vectors (locale index and columns), all 52 locales by default.
+
+    lang2vec sets joined with '+' are concatenated first (as lang2vec does); a URIEL+ set adds its
+    1 − distance; several parts are averaged (a pair one part cannot compare counts 0 there)."""
     sets = parse_features(features)
     chosen = _locales_arg(locales)
     key = (str(_cache_path(cache_dir).resolve()), "+".join(sets))
     if key not in _similarities:
-        _similarities[key] = cosine_similarity(feature_vectors(sets, cache_dir=cache_dir).to_numpy())
+        from . import uriel_plus
+
+        vector_sets = [fs for fs in sets if fs in FEATURE_SETS]
+        parts = [cosine_similarity(feature_vectors(vector_sets, cache_dir=cache_dir).to_numpy())] \
+            if vector_sets else []
+        parts += [uriel_plus.similarity_matrix(distance_of(fs), cache_dir).to_numpy()
+                  for fs in sets if fs in URIEL_PLUS_SETS]
+        _similarities[key] = np.mean(parts, axis=0)
     full = pd.DataFrame(_similarities[key], index=list(LOCALES), columns=list(LOCALES))
     return full.loc[chosen, chosen].copy()
 
@@ -402,6 +390,7 @@ def target_similarity(target: str, sources: Optional[Iterable[str]] = None,
     for (loc, fs), code in vector_sources(sets, cache_dir).items():
         if loc in chosen:
             notes.append(f"{loc}: URIEL has no '{fs}' vector for {ISO[loc]}; {code}'s is used")
+    notes.extend(uriel_plus_notes(target, pool, sets, cache_dir))
     twins = [loc for loc, _ in result.neighbours if ISO[loc] == ISO[target]]
     if twins:
         notes.append(f"{', '.join(twins)}: same ISO code as {target} ({ISO[target]}), identical "

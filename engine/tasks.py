@@ -112,6 +112,24 @@ def submit_uriel(runner: JobRunner) -> str:
     return runner.submit("uriel", job, lane="light", name="URIEL vector cache")
 
 
+def uriel_plus_ready() -> bool:
+    from .uriel_plus import cache_ready
+
+    return cache_ready()
+
+
+def submit_uriel_plus(runner: JobRunner) -> str:
+    def job(ctx):
+        from .uriel_plus import build_cache
+
+        tracker = Tracker(ctx.progress, 1, "computing URIEL+ distances for the 52 locales (about 15 s)")
+        path = build_cache()
+        tracker.advance(1, "URIEL+ distances cached")
+        return {"result": {"path": str(path)}, "message": "URIEL+ distances cached"}
+
+    return runner.submit("urielplus", job, lane="light", name="URIEL+ distance cache")
+
+
 def submit_champion_export(runner: JobRunner, ws: Workspace, run_id: str, out_root: Path) -> str:
     """Rebuilds an evolution's champion and writes it as an HF folder (a merge: a job)."""
     def job(ctx):

@@ -11,12 +11,17 @@ from dashboard import figures, state, widgets
 from dashboard.navigation import page_path
 from engine import tasks
 from engine.store import ACTIVE
-from engine.languages import FEATURE_SETS, NAMES, locale_table, parse_features, similarity_matrix, target_similarity
+from engine.languages import (ALL_FEATURE_SETS, NAMES, locale_table, parse_features, similarity_matrix,
+                              target_similarity)
+from engine.uriel_plus import URIEL_PLUS_SETS, distance_of, pair_confidence
 
 st.title("Similarity")
-st.caption("Which source languages are typologically close to the target (URIEL, via lang2vec), and the "
-           "weights that closeness gives: cosine similarity → keep the top-K per language → Sinkhorn "
-           "balancing → the target's row, normalised. The target's own model is never a source.")
+st.caption("Which source languages are typologically close to the target (URIEL, via lang2vec; or URIEL+'s "
+           "distances, the urielplus_* sets, similarity = 1 − distance), and the weights that closeness gives: "
+           "cosine similarity → keep the top-K per language → Sinkhorn balancing → the target's row, normalised. "
+           "The target's own model is never a source. Ties at the top-K cut (similarities equal to 12 decimals, "
+           "e.g. fr-FR, pl-PL and ru-RU at 0.8648 for pt-PT) are broken by locale name, alphabetically, and "
+           "named in a note.")
 ws = state.require_workspace()
 
 if not tasks.uriel_ready():
@@ -43,8 +48,9 @@ def settings_changed() -> None:
 
 
 widgets.seed("sim_features", list(parse_features(exp.features)))
-features = c[1].multiselect("URIEL feature sets", list(FEATURE_SETS), key="sim_features", on_change=settings_changed,
-                            help="several are concatenated, e.g. syntax_knn + fam")
+features = c[1].multiselect("URIEL feature sets", list(ALL_FEATURE_SETS), key="sim_features", on_change=settings_changed,
+                            help="lang2vec sets are concatenated, e.g. syntax_knn + fam; URIEL+ sets "
+                                 "(urielplus_*) add their 1 − distance, and the parts are averaged")
 pool_all = [l for l in ws.zoo.locales if l != target]
 k_max = max(1, len(pool_all))
 if k_max > 1:
@@ -69,6 +75,13 @@ if not features:
     st.warning("choose at least one feature set")
     st.stop()
 feature_spec = "+".join(features)
+uplus = [distance_of(f) for f in features if f in URIEL_PLUS_SETS]
+if uplus and not tasks.uriel_plus_ready():
+    active = state.store().runs(kind="urielplus", status=ACTIVE, limit=1)
+    run_id = active[0]["id"] if active else tasks.submit_uriel_plus(state.runner())
+    st.info("Computing URIEL+'s distances once (from the urielplus package's files); later visits read a cache.")
+    runs_view.watch(run_id, key="urielplus")
+    st.stop()
 with state.engine_errors():
     result = target_similarity(target, sources=pool, features=feature_spec, top_k=top_k, sinkhorn_iters=iters)
 
@@ -81,9 +94,15 @@ widgets.chart(figures.weights_bars(result.unbalanced_weights, result.weights, it
 widgets.chart(figures.neighbours_bar(result.neighbours, result.weights, NAMES,
                                      title=f"{target}'s top-{result.top_k} neighbours"), "sim_neighbours", right)
 table = result.table()
+if uplus:  # URIEL+'s confidence in each (target, source) distance, averaged over the chosen URIEL+ sets
+    conf = pair_confidence(target, list(table["locale"]), uplus)
+    table["URIEL+ agreement"] = conf["agreement"].to_numpy()
+    table["URIEL+ coverage"] = conf["coverage"].to_numpy()
 number = lambda label: st.column_config.NumberColumn(label, format="%.4f")  # noqa: E731
 st.dataframe(table, hide_index=True, width="stretch",
              column_config={"similarity": number("similarity"),
+                            "URIEL+ agreement": number("URIEL+ agreement (sources agree)"),
+                            "URIEL+ coverage": number("URIEL+ coverage (features known)"),
                             "weight before Sinkhorn": number("weight before Sinkhorn (top-K similarities)"),
                             "weight": number(f"weight (Sinkhorn {iters})")})
 moved = max((abs(result.weights.get(l, 0) - result.unbalanced_weights.get(l, 0)) for l in table["locale"]),
