@@ -303,9 +303,9 @@ def log_runs(store, run_ids: Iterable[str], uri: str, model: bool = False) -> Di
                            "skipped": {}}
     already = _read(mirror, mirror.mirrored_ids)
     for run_id in dict.fromkeys(run_ids):
-        status = store.get(run_id)["status"]
-        if status in ("queued", "running"):
-            out["skipped"][run_id] = f"still {status}"
+        row = store.get(run_id)
+        if not row.get("finished"):          # queued or running: every ended run has its end time
+            out["skipped"][run_id] = f"still {row['status']}"
         elif run_id in already:
             out["already"][run_id] = already[run_id]
         else:

@@ -18,7 +18,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Optional, Union
 
-from .paths import store_path
+from .paths import pid_alive as _pid_alive, store_path
 
 STATUSES = ("queued", "running", "done", "failed", "cancelled", "interrupted")
 ACTIVE = ("queued", "running")
@@ -88,16 +88,6 @@ def store_problem(path: Path, exc: sqlite3.Error) -> str:
                 f"or move {path} aside (or use another --cache-dir / FUSION_CACHE_DIR) to start an empty store")
     return (f"cannot open the results store {path} ({exc}): check that the file and its folder are readable "
             f"and writable, or use another --cache-dir / FUSION_CACHE_DIR")
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _locked(exc: sqlite3.OperationalError) -> bool:

@@ -304,3 +304,20 @@ def test_compare_button_logs_the_selected_runs(app_cache, tmp_path, tiny_zoo_dir
     rerun(at)
     assert any("not local" in e.value for e in at.error)
     store.pin(run_id, False)
+
+
+def test_log_runs_skips_running_runs_and_keeps_a_failed_runs_status(tmp_path):
+    from engine.mlflow_mirror import log_runs
+
+    store = open_store(tmp_path / "cache")
+    done = store.create("ensemble", name="done", target="de-DE", method="soft")
+    store.update(done, status="done", finished=1.0, metrics={"test": {"accuracy": 0.6}})
+    failed = store.create("merge", name="failed", target="de-DE", method="ties")
+    store.update(failed, status="failed", finished=2.0, error="boom")
+    running = store.create("merge", name="running", target="de-DE", method="ties", status="running")
+    out = log_runs(store, [done, failed, running, done], str(tmp_path / "mlruns"))
+    assert set(out["logged"]) == {done, failed} and out["skipped"] == {running: "still running"}
+    status = {r.data.tags["fusion.run_id"]: r.info.status for r in mlflow_runs((tmp_path / "mlruns").as_uri())}
+    assert status == {done: "FINISHED", failed: "FAILED"}
+    again = log_runs(store, [done], str(tmp_path / "mlruns"))
+    assert again["already"] == {done: out["logged"][done]} and not again["logged"]
