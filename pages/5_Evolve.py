@@ -161,7 +161,8 @@ def live_panel() -> None:
                    f"({subset.get('subset', 'random')}): the champion's fitness "
                    f"{subset['fitness']:.4f} there vs {subset['fitness_full']:.4f} on the whole dev split "
                    f"(error {subset['error']:+.4f}; accuracy {subset['accuracy']:.3f} vs "
-                   f"{subset['accuracy_full']:.3f}).")
+                   f"{subset['accuracy_full']:.3f})" + (f"; anchored on the sources' own shift, error "
+                   f"{subset['error_anchored']:+.4f}" if "error_anchored" in subset else "") + ".")
     runs_view.champion_facts(row, test.get("accuracy"), base)
     frame = figures.series_frame(state.store().series(run_id))
     left, right = st.columns(2)

@@ -75,6 +75,24 @@ def test_an_informative_run_records_its_subset_and_error(tiny_ws):
     assert subset["fitness_full"] == pytest.approx(expected)
     assert subset["error"] == pytest.approx(evo.champion.fitness - expected)
     assert result["config"]["dev_subset"] == "informative"
+    shift = evo.fitness.source_shift()
+    assert subset["fitness_anchored"] == pytest.approx(evo.champion.fitness - shift["fitness"])
+    assert subset["error_anchored"] == pytest.approx(subset["fitness_anchored"] - expected)
+
+
+def test_the_source_anchored_estimate_is_exact_for_a_source_itself(tiny_ws):
+    """The anchor is each source's own subset − whole shift: a candidate that *is* the source gets
+    its whole-split fitness back from its subset fitness."""
+    weights = {"accuracy": 0.5, "loss": 0.5}
+    for kind in ("random", "informative"):
+        fit = Fitness(tiny_ws, TARGET, weights, "validation", 8, 2, kind, ["de-DE"])
+        whole = Fitness(tiny_ws, TARGET, weights, "validation", 0, 2, kind, ["de-DE"])
+        state = tiny_ws.zoo.state_dict("de-DE")
+        on_subset, on_whole = fit(state)[0], whole(state)[0]
+        shift = fit.source_shift()
+        assert on_subset - shift["fitness"] == pytest.approx(on_whole, abs=1e-4)
+        assert abs(on_subset - on_whole) > 1e-3 or kind == "random"    # the informative subset is biased
+        assert whole.source_shift() is None
 
 
 def test_cli_and_evolve_page_show_the_subset_kind(app_cache, tiny_zoo_dir, capsys):
@@ -87,7 +105,7 @@ def test_cli_and_evolve_page_show_the_subset_kind(app_cache, tiny_zoo_dir, capsy
                  "--generations", "1", "--population", "2", "--layer-groups", "0", "--dev-size", "8",
                  "--dev-subset", "informative", "--no-merge-cache", "--quiet"]) == 0
     out = capsys.readouterr().out
-    assert "dev subset (informative): 8 of 24 examples" in out
+    assert "dev subset (informative): 8 of 24 examples" in out and "anchored on the sources' shift" in out
     assert main(["evolve", "--target", TARGET, "--dev-subset", "clever", "--zoo", str(tiny_zoo_dir)]) == 2
     assert "clever" in capsys.readouterr().err
 
@@ -99,3 +117,4 @@ def test_cli_and_evolve_page_show_the_subset_kind(app_cache, tiny_zoo_dir, capsy
     rerun(at)
     captions = [c.value for c in at.caption if c.value.startswith("Searched on")]
     assert captions and "8 of 24 dev examples (informative)" in captions[0], [c.value for c in at.caption]
+    assert "anchored on the sources' own shift, error" in captions[0]

@@ -147,9 +147,11 @@ def _summary(row: dict) -> str:
         lines.append(f"baseline {name}: {base['model']} test accuracy {base['accuracy']:.3f}")
     subset = result.get("dev_subset")
     if subset:
-        lines.append(f"dev subset ({subset.get('subset', 'random')}): {subset['examples']} of {subset['of']} examples; champion fitness "
-                     f"{subset['fitness']:.4f} on it, {subset['fitness_full']:.4f} on the whole split "
-                     f"(error {subset['error']:+.4f})")
+        lines.append(f"dev subset ({subset.get('subset', 'random')}): {subset['examples']} of {subset['of']} "
+                     f"examples; champion fitness {subset['fitness']:.4f} on it, {subset['fitness_full']:.4f} on "
+                     f"the whole split (error {subset['error']:+.4f}"
+                     + (f"; anchored on the sources' shift {subset['error_anchored']:+.4f}"
+                        if "error_anchored" in subset else "") + ")")
     if result.get("combo_counts"):
         lines.append("combinations used: " + ", ".join(f"{k}×{v}" for k, v in
                                                        result["combo_counts"].items()))

@@ -38,11 +38,16 @@ def _take(enc: Encoded, keep: np.ndarray, tag: str) -> Encoded:
                    np.asarray(enc.labels)[keep], f"{enc.fingerprint}|{tag}")
 
 
+def sample_rows(n: int, of: int, seed: int) -> np.ndarray:
+    """A seeded sample of ``n`` of ``of`` example indices (the random dev subset)."""
+    return np.sort(np.random.default_rng([seed, 404]).choice(of, n, replace=False))
+
+
 def subsample(enc: Encoded, n: int, seed: int) -> Encoded:
     """A seeded sample of ``n`` examples of a tokenised split (0 or ≥ its size: the whole split)."""
     if n <= 0 or n >= len(enc):
         return enc
-    return _take(enc, np.random.default_rng([seed, 404]).choice(len(enc), n, replace=False), f"sample{n}:{seed}")
+    return _take(enc, sample_rows(n, len(enc), seed), f"sample{n}:{seed}")
 
 
 def informativeness(source_logits, labels: np.ndarray) -> np.ndarray:
@@ -75,14 +80,11 @@ def stratified_top(score: np.ndarray, labels: np.ndarray, n: int, seed: int) -> 
     return np.sort(np.asarray(keep, dtype=int))
 
 
-def informative_subset(enc: Encoded, n: int, seed: int, source_logits) -> Encoded:
+def informative_rows(source_logits, labels: np.ndarray, n: int, seed: int) -> np.ndarray:
     """The ``n`` examples that best tell merges of the sources apart (MERGE³'s reduced, informative
     dev set; scored by :func:`informativeness` from the sources' own dev logits, no test data),
-    stratified by label (0 or ≥ the split's size: the whole split)."""
-    if n <= 0 or n >= len(enc):
-        return enc
-    score = informativeness(source_logits, enc.labels)
-    return _take(enc, stratified_top(score, enc.labels, n, seed), f"informative{n}:{seed}")
+    stratified by label."""
+    return stratified_top(informativeness(source_logits, labels), labels, n, seed)
 
 
 class PrefixReuse:
@@ -192,15 +194,16 @@ class Fitness:
         if dev_subset not in DEV_SUBSETS:
             raise EvolveError(f"dev_subset must be one of {', '.join(DEV_SUBSETS)}, got {dev_subset!r}")
         enc = ws.evaluator.encoded(target, dev_split)
-        if dev_subset == "informative" and 0 < dev_size < len(enc):
-            if not sources:
+        self.dev_subset, self.sources = dev_subset, list(sources)
+        self.rows: Optional[np.ndarray] = None           # the subset's examples (None: the whole split)
+        if 0 < dev_size < len(enc):
+            if dev_subset == "informative" and not sources:
                 raise EvolveError("an informative dev subset is chosen from the source models' dev logits: "
                                   "name the run's sources")
-            logits = [ws.evaluator.source_logits(s, target, dev_split).logits for s in sources]
-            self.dev = informative_subset(enc, dev_size, seed, logits)
-        else:
-            self.dev = subsample(enc, dev_size, seed)
-        self.dev_subset = dev_subset
+            self.rows = (informative_rows(self._source_logits(), enc.labels, dev_size, seed)
+                         if dev_subset == "informative" else sample_rows(dev_size, len(enc), seed))
+        tag = f"{'sample' if dev_subset == 'random' else dev_subset}{dev_size}:{seed}"
+        self.dev = enc if self.rows is None else _take(enc, self.rows, tag)
         self.reference: Optional[Dict[str, float]] = None
         self.prefix = PrefixReuse()
         self.evaluations = 0        # dev forward passes, the ones inside frankenmerge included
@@ -211,6 +214,26 @@ class Fitness:
         """The fitness a run's config asks for (``whole``: on the whole dev split)."""
         return cls(ws, config.target, config.fitness_weights, config.dev_split, 0 if whole else config.dev_size,
                    config.seed, getattr(config, "dev_subset", "random"), config.sources or ())
+
+    def _source_logits(self) -> List[np.ndarray]:
+        """The sources' logits on the whole dev split (cached once computed: the N×N's, a baseline's)."""
+        return [self.ws.evaluator.source_logits(s, self.target, self.dev_split).logits for s in self.sources]
+
+    def source_shift(self) -> Optional[Dict[str, float]]:
+        """How far the subset's fitness and accuracy sit from the whole split's for the sources
+        themselves (mean over sources, subset − whole): known without scoring any merge, and
+        subtracted it gives a source-anchored estimate of a candidate's whole-split value.
+        docs/results/dev_subset.md measures it; None without a subset or sources."""
+        if self.rows is None or not self.sources:
+            return None
+        labels = np.asarray(self.ws.evaluator.encoded(self.target, self.dev_split).labels)
+        shifts = []
+        for logits in self._source_logits():
+            sub = classification_metrics(softmax(logits[self.rows]), labels[self.rows])
+            whole = classification_metrics(softmax(logits), labels)
+            shifts.append((self.combine(sub) - self.combine(whole), sub["accuracy"] - whole["accuracy"]))
+        fitness, accuracy = np.mean(shifts, axis=0)
+        return {"fitness": float(fitness), "accuracy": float(accuracy)}
 
     def _timed(self, fn):
         start = time.perf_counter()

@@ -145,10 +145,16 @@ class Evolution:
         full.reference = self.fitness.reference
         metrics = full.metrics(self.champion_model())
         fitness = full.combine(metrics)
-        return {"examples": len(self.fitness.dev), "of": len(full.dev), "subset": c.dev_subset,
-                "fitness": self.champion.fitness, "fitness_full": fitness,
-                "error": self.champion.fitness - fitness,
-                "accuracy": self.champion.metrics["accuracy"], "accuracy_full": metrics["accuracy"]}
+        out = {"examples": len(self.fitness.dev), "of": len(full.dev), "subset": c.dev_subset,
+               "fitness": self.champion.fitness, "fitness_full": fitness,
+               "error": self.champion.fitness - fitness,
+               "accuracy": self.champion.metrics["accuracy"], "accuracy_full": metrics["accuracy"]}
+        shift = self.fitness.source_shift()   # the subset's bias on the sources: an estimate without a pass
+        if shift:
+            out.update(fitness_anchored=out["fitness"] - shift["fitness"],
+                       error_anchored=out["fitness"] - shift["fitness"] - fitness,
+                       accuracy_anchored=out["accuracy"] - shift["accuracy"])
+        return out
 
     def step(self) -> bool:
         """Runs the next generation; returns whether another one follows."""
