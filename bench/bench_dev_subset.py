@@ -7,8 +7,9 @@ kind, size and seed, and compared with the whole split's: Spearman ρ of the can
 mean |Δ accuracy|, mean |Δ fitness| and the regret of picking the subset's best (whole-split fitness
 of the true best minus that of the subset's pick). Fitness is the evolution's default
 (0.5 accuracy + 0.5 exp(−NLL)). Subset kinds: random (what ``dev_size`` did), random stratified by
-label, informative (``engine.evolve.fitness.informative_subset``) and disagreement only (the spread
-of the sources' right-label probability, without their shared uncertainty).
+label, informative (``engine.evolve.fitness.informative_rows``) and disagreement only (the spread
+of the sources' right-label probability, without their shared uncertainty). The anchored columns
+subtract the sources' own subset − whole shift (``Fitness.source_shift``) from each estimate.
 
     FUSION_CACHE_DIR=/work/main/cache nice -n 5 python bench/bench_dev_subset.py --json out.json
 """
@@ -24,7 +25,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: F401,E402  (offline hub settings)
-from engine.evolve.fitness import informativeness, stratified_top  # noqa: E402
+from engine.evolve.fitness import informative_rows, sample_rows, stratified_top  # noqa: E402
 from engine.metrics import classification_metrics, softmax  # noqa: E402
 
 
@@ -64,11 +65,11 @@ def fitness(logits, labels):
 
 def subset_rows(kind, source_logits, labels, n, seed):
     if kind == "random":
-        return np.sort(np.random.default_rng([seed, 404]).choice(len(labels), n, replace=False))
+        return sample_rows(n, len(labels), seed)
     if kind == "stratified":
         return stratified_top(np.zeros(len(labels)), labels, n, seed)
     if kind == "informative":
-        return stratified_top(informativeness(source_logits, labels), labels, n, seed)
+        return informative_rows(source_logits, labels, n, seed)
     if kind == "disagreement":
         right = np.stack([softmax(lg)[np.arange(len(labels)), labels] for lg in source_logits])
         return stratified_top(right.std(axis=0), labels, n, seed)
