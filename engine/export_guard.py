@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Dict, Iterator, Mapping, Optional, Union
 
-from .store import _pid_alive
+from .paths import pid_alive
 
 PathLike = Union[str, Path]
 ROOT_PREFIX = "the folder of"  # such a folder may hold a new export in a subfolder, no more
@@ -113,7 +113,7 @@ def _remove_stale_partials(target: Path) -> None:
     """Temporary folders of this export left by a killed process (its pid is gone)."""
     for stale in target.parent.glob(f".{target.name}.partial-*"):
         pid = stale.name.rsplit(".partial-", 1)[1].split("-")[0]
-        if pid.isdigit() and not _pid_alive(int(pid)):
+        if pid.isdigit() and not pid_alive(int(pid)):
             shutil.rmtree(stale, ignore_errors=True)
 
 

@@ -6,7 +6,9 @@ Local stores only (a folder, ``file:`` or ``sqlite:`` URI): a run never waits on
 What is logged: params (method, target, sources, weights, seed, every method parameter), metrics
 (every numeric leaf, e.g. ``test.accuracy``) and per-step curves from the store's ``series`` table
 (an evolution's fitness per generation, a training loss curve) as step metrics, and tags (kind,
-target data use, method traits, parent run). No model artifacts; ``recipe.json`` only when asked.
+target data use, method traits, parent run). Artifacts: ``recipe.json`` and, for a merge mergekit
+can express, ``mergekit.yaml`` (both on by default, a few KB); the exported model folder (``model/``)
+only when asked (``model=True``, ``FUSION_MLFLOW_MODEL=1``, ``--mlflow-model``): it is the model's size.
 A failed mirror never loses the run: it is already stored, and ``python -m engine mlflow-export``
 copies it later. Each run carries the tag ``fusion.run_id``, so copying twice logs it once.
 """
@@ -22,7 +24,8 @@ from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 ENV_URI = "FUSION_MLFLOW_URI"
 ENV_EXPERIMENT = "FUSION_MLFLOW_EXPERIMENT"
-ENV_RECIPE = "FUSION_MLFLOW_RECIPE"      # "1": also log the run's recipe.json as an artifact
+ENV_RECIPE = "FUSION_MLFLOW_RECIPE"      # "0": no recipe.json / mergekit.yaml artifacts (default: logged)
+ENV_MODEL = "FUSION_MLFLOW_MODEL"        # "1": also log the exported model folder as artifacts
 DEFAULT_EXPERIMENT = "fusion"
 LOCAL_SCHEMES = ("file", "sqlite")
 RUN_ID_TAG = "fusion.run_id"
@@ -152,13 +155,50 @@ def _recipe(row: Dict[str, Any]) -> Dict[str, Any]:
     return {k: row.get(k) for k in ("kind", "method", "target", "sources", "weights", "params")}
 
 
+def mergekit_text(row: Dict[str, Any]) -> Optional[str]:
+    """The run's mergekit.yaml: its export folder's, else (a merge run) written from the recipe it
+    recorded with the zoo's real model folders, as an export would. None when mergekit cannot
+    express the merge, the run is no merge, or its zoo is gone."""
+    result = row.get("result") or {}
+    folder = result.get("export")
+    if isinstance(folder, str) and (Path(folder) / "mergekit.yaml").is_file():
+        return (Path(folder) / "mergekit.yaml").read_text(encoding="utf-8")
+    cand, ws = result.get("candidate"), result.get("workspace") or {}
+    if row["kind"] != "merge" or not cand or not ws.get("zoo"):
+        return None
+    from .merge.export import mergekit_yaml
+    from .zoo import DEFAULT_PATTERN, Zoo, ZooError
+
+    try:
+        zoo = Zoo.open(ws["zoo"], ws.get("pattern") or DEFAULT_PATTERN, ws.get("base") or None)
+        sources = [str(zoo.path(s).resolve()) for s in cand["sources"]]
+    except (ZooError, OSError, KeyError, TypeError):
+        return None
+    recipe = {**cand, "sources": sources, "base": str(zoo.base.resolve()) if zoo.base else None}
+    return mergekit_yaml(recipe)[0]
+
+
+def model_folder(row: Dict[str, Any]) -> Optional[Path]:
+    """The run's exported model folder (a merge's HF folder, a fitted fusion's folder), if it exists."""
+    result = row.get("result") or {}
+    for key in ("export", "fusion"):
+        if isinstance(result.get(key), str) and Path(result[key]).is_dir():
+            return Path(result[key])
+    return None
+
+
+MLFLOW_STATUS = {"done": "FINISHED", "failed": "FAILED"}   # cancelled / interrupted: KILLED
+
+
 class MlflowMirror:
     """Copies finished engine runs into one MLflow experiment at ``uri``."""
 
-    def __init__(self, uri: str, experiment: Optional[str] = None, recipe: Optional[bool] = None):
+    def __init__(self, uri: str, experiment: Optional[str] = None, recipe: Optional[bool] = None,
+                 model: Optional[bool] = None):
         self.uri = normalise_uri(uri)
         self.experiment = experiment or os.environ.get(ENV_EXPERIMENT) or DEFAULT_EXPERIMENT
-        self.recipe = os.environ.get(ENV_RECIPE, "") == "1" if recipe is None else recipe
+        self.recipe = os.environ.get(ENV_RECIPE, "1") != "0" if recipe is None else recipe
+        self.model = os.environ.get(ENV_MODEL, "") == "1" if model is None else model
         self._client = None
         self._experiment_id: Optional[str] = None
         self._lock = threading.Lock()    # job threads of both lanes may finish runs at once
@@ -229,7 +269,13 @@ class MlflowMirror:
             client.log_batch(mlflow_id, metrics=metrics[lo:lo + 1000])
         if self.recipe:
             client.log_dict(mlflow_id, _recipe(row), "recipe.json")
-        client.set_terminated(mlflow_id, status="FINISHED", end_time=end)
+            yaml_text = mergekit_text(row)
+            if yaml_text:
+                client.log_text(mlflow_id, yaml_text, "mergekit.yaml")
+        folder = model_folder(row) if self.model else None
+        if folder is not None:
+            client.log_artifacts(mlflow_id, str(folder), "model")
+        client.set_terminated(mlflow_id, status=MLFLOW_STATUS.get(row["status"], "KILLED"), end_time=end)
         return mlflow_id
 
     def __call__(self, store, run_id: str) -> None:
@@ -248,19 +294,50 @@ def mirror_from_env() -> Optional[MlflowMirror]:
     return MlflowMirror(uri) if uri else None
 
 
-def export_runs(store, uri: str, since: Optional[float] = None, kinds: Optional[List[str]] = None,
-                recipe: bool = False) -> Dict[str, Any]:
-    """Mirrors every finished run (created at or after ``since``, a UNIX time) not yet in the MLflow
-    store; returns counts and the MLflow ids."""
-    mirror = MlflowMirror(uri, recipe=recipe)
-    rows = [r for r in store.runs(status=["done"], limit=1_000_000)
-            if (since is None or r["created"] >= since) and (not kinds or r["kind"] in kinds)]
+def log_runs(store, run_ids: Iterable[str], uri: str, model: bool = False) -> Dict[str, Any]:
+    """Logs the chosen runs (the Compare page's selection) to ``uri``, each once; a run still queued
+    or running is skipped (it is logged when it ends, by the store's mirror, or later). Returns the
+    MLflow ids of the runs logged now and of those already there, and the skipped ones."""
+    mirror = MlflowMirror(uri, model=model)
+    out: Dict[str, Any] = {"uri": mirror.uri, "experiment": mirror.experiment, "logged": {}, "already": {},
+                           "skipped": {}}
+    already = _read(mirror, mirror.mirrored_ids)
+    for run_id in dict.fromkeys(run_ids):
+        row = store.get(run_id)
+        if not row.get("finished"):          # queued or running: every ended run has its end time
+            out["skipped"][run_id] = f"still {row['status']}"
+        elif run_id in already:
+            out["already"][run_id] = already[run_id]
+        else:
+            out["logged"][run_id] = mirror.log_run(store, run_id, check=False)
+    return out
+
+
+def mlflow_rows(out: Dict[str, Any]) -> List[Dict[str, str]]:
+    """:func:`log_runs`'s answer as table rows: engine run, MLflow run id, what happened."""
+    return ([{"run": r, "mlflow_run": m, "logged": "now"} for r, m in out["logged"].items()]
+            + [{"run": r, "mlflow_run": m, "logged": "already"} for r, m in out["already"].items()]
+            + [{"run": r, "mlflow_run": "", "logged": why} for r, why in out["skipped"].items()])
+
+
+def _read(mirror: MlflowMirror, fn):
+    """``fn()`` on the MLflow store, any failure one line naming the URI."""
     try:
-        already = mirror.mirrored_ids()
+        return fn()
     except Exception as exc:
         raise MlflowMirrorError(f"cannot read the MLflow store at {mirror.uri} "
                                 f"({' '.join(str(exc).split())[:300]}): give a writable local folder, "
                                 f"file:/path or sqlite:///path.db") from None
+
+
+def export_runs(store, uri: str, since: Optional[float] = None, kinds: Optional[List[str]] = None,
+                recipe: bool = True, model: bool = False) -> Dict[str, Any]:
+    """Mirrors every finished run (created at or after ``since``, a UNIX time) not yet in the MLflow
+    store; returns counts and the MLflow ids."""
+    mirror = MlflowMirror(uri, recipe=recipe, model=model)
+    rows = [r for r in store.runs(status=["done"], limit=1_000_000)
+            if (since is None or r["created"] >= since) and (not kinds or r["kind"] in kinds)]
+    already = _read(mirror, mirror.mirrored_ids)
     logged = {}
     for row in sorted(rows, key=lambda r: r["created"]):
         if row["id"] not in already:

@@ -22,3 +22,14 @@ def default_cache_dir() -> Path:
 def store_path(cache_dir: Optional[Union[str, Path]] = None) -> Path:
     """The run store of ``cache_dir`` (empty or None: the default cache folder)."""
     return Path(cache_dir or default_cache_dir()) / STORE_FILE
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` still runs: a store's run owner, the writer of a temp export folder."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

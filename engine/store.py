@@ -18,7 +18,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Optional, Union
 
-from .paths import store_path
+from .paths import pid_alive as _pid_alive, store_path
 
 STATUSES = ("queued", "running", "done", "failed", "cancelled", "interrupted")
 ACTIVE = ("queued", "running")
@@ -90,16 +90,6 @@ def store_problem(path: Path, exc: sqlite3.Error) -> str:
             f"and writable, or use another --cache-dir / FUSION_CACHE_DIR")
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _locked(exc: sqlite3.OperationalError) -> bool:
     text = str(exc).lower()
     return "locked" in text or "busy" in text
@@ -129,6 +119,7 @@ class Store:
         LIVE_OWNERS.add(self.owner)
         self._local = threading.local()
         self.mirror: Optional[Callable[["Store", str], None]] = None  # called with each run that ends done
+        self.run_mirrors: Dict[str, Callable[["Store", str], None]] = {}  # one run's own mirror (a sweep's spec)
         try:
             _retry(lambda: self._conn().executescript(SCHEMA))
             self.mark_interrupted()
@@ -180,8 +171,16 @@ class Store:
         values = [json.dumps(v) if k in JSON_FIELDS else v for k, v in fields.items()]
         sets = ", ".join(f"{k}=?" for k in fields)
         self._write(f"UPDATE runs SET {sets} WHERE id=?", (*values, run_id))
-        if fields.get("status") == "done" and self.mirror is not None:
-            self.mirror(self, run_id)   # after the write: the store keeps the run whatever the mirror does
+        own = self.run_mirrors.pop(run_id, None) if fields.get("status", "queued") not in ACTIVE else None
+        if fields.get("status") == "done":   # after the write: the store keeps the run whatever a mirror does
+            for mirror in (self.mirror, own):
+                if mirror is not None:
+                    mirror(self, run_id)
+
+    def mirror_run(self, run_id: str, mirror: Callable[["Store", str], None]) -> None:
+        """Mirrors this one run when it ends done (a sweep whose spec names an MLflow store), beside
+        the store-wide ``mirror``; a mirror that already holds the run logs it once."""
+        self.run_mirrors[run_id] = mirror
 
     def mirror_to(self, uri: str = "") -> None:
         """Mirrors every run that ends done from now on to the MLflow tracking ``uri`` (a local folder,

@@ -11,6 +11,7 @@ from dashboard.experiment import language
 from engine import tasks
 from engine.evolve import (DEFAULT_FITNESS, EVOLUTIONS, FITNESS_TERMS, SEED_FITNESS, EvolveConfig,
                            resume_evolution, submit_evolution)
+from engine.evolve.config import DEV_SUBSETS
 from engine.evolve.estimate import candidates_per_generation
 from engine.evolve.genome import combo_name
 from engine.evolve.objectives import dev_passes, extra_targets
@@ -57,10 +58,13 @@ with st.expander("New evolutionary run", expanded=not history, icon=":material/a
         patience = c[2].number_input("Patience", *bounds("patience"), 5, key="evo_patience",
                                      help="stop after this many generations without a champion gain; 0 = off")
         seed = c[3].number_input("Seed", *bounds("seed"), 0, key="evo_seed")
-        c = st.columns([3, 2], vertical_alignment="bottom")
+        c = st.columns([3, 2, 2], vertical_alignment="bottom")
         dev_size = c[0].number_input("Dev examples (0 = the whole validation split)", *bounds("dev_size"), 0,
                                     key="evo_dev_size")
-        merge_cache = c[1].toggle("Merge cache", True, key="evo_merge_cache",
+        dev_subset = c[1].selectbox("Dev subset", DEV_SUBSETS, key="evo_dev_subset", disabled=not dev_size,
+                                    help="random sample, or the examples the sources disagree on (MERGE³-style, "
+                                         "stratified by label; docs/results/dev_subset.md measures both)")
+        merge_cache = c[2].toggle("Merge cache", True, key="evo_merge_cache",
                                   help="keep task vectors, sorted magnitudes and random draws between merges: "
                                        "several times faster, identical results, up to ~3× the sources' memory")
         st.markdown("**Fitness weights**")
@@ -107,7 +111,7 @@ with st.expander("New evolutionary run", expanded=not history, icon=":material/a
             config = EvolveConfig.with_settings(
                 target=target, algorithm=algorithm, sources=sources, weights=weights,
                 generations=int(generations), population=int(population), seed=int(seed),
-                patience=int(patience), dev_size=int(dev_size), fitness_weights=fitness,
+                patience=int(patience), dev_size=int(dev_size), dev_subset=dev_subset, fitness_weights=fitness,
                 merge_cache=bool(merge_cache), **extra)
             with state.engine_errors():
                 st.session_state["evo_run"] = submit_evolution(state.runner(), ws, config)
@@ -197,10 +201,12 @@ def live_panel() -> None:
         st.caption(f"Stopped early: {result['stopped']}")
     subset = result.get("dev_subset")
     if subset:  # the cheaper fitness's error, measured once on the champion
-        st.caption(f"Searched on {subset['examples']} of {subset['of']} dev examples: the champion's fitness "
+        st.caption(f"Searched on {subset['examples']} of {subset['of']} dev examples "
+                   f"({subset.get('subset', 'random')}): the champion's fitness "
                    f"{subset['fitness']:.4f} there vs {subset['fitness_full']:.4f} on the whole dev split "
                    f"(error {subset['error']:+.4f}; accuracy {subset['accuracy']:.3f} vs "
-                   f"{subset['accuracy_full']:.3f}).")
+                   f"{subset['accuracy_full']:.3f})" + (f"; anchored on the sources' own shift, error "
+                   f"{subset['error_anchored']:+.4f}" if "error_anchored" in subset else "") + ".")
     runs_view.champion_facts(row, test.get("accuracy"), base)
     frame = figures.series_frame(state.store().series(run_id))
     left, right = st.columns(2)

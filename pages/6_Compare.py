@@ -8,6 +8,7 @@ from dashboard import runs as runs_view
 from dashboard import figures, state, sweeps, widgets
 from engine import tasks
 from engine.report import tables
+from engine.mlflow_mirror import MlflowMirrorError, log_runs, mlflow_rows
 from engine.store import ACTIVE
 
 TARGET_DATA_HELP = ("Target data: ○ none (zero-shot), ◐ unlabelled target text, ● labelled target dev "
@@ -79,6 +80,24 @@ with tab_runs:
             st.rerun()
         if len(selected_ids) == 1:
             runs_view.send_to_label_curve(state.store().get(selected_ids[0]), "cmp_label_curve", c[3])
+        with st.expander("Log selected runs to MLflow", icon=":material/upload:"):
+            m = st.columns([3, 1, 2], vertical_alignment="bottom")
+            uri = m[0].text_input("MLflow tracking store", "./mlruns", key="cmp_mlflow_uri",
+                                  help="a local folder, file:/path or sqlite:///path.db; each run is logged once "
+                                       "(params, metrics, curves, recipe.json, mergekit.yaml)")
+            with_model = m[1].checkbox("model folder", key="cmp_mlflow_model",
+                                       help="also the exported model folder, where the run has one (its full size)")
+            if m[2].button("Log selected runs to MLflow", key="cmp_mlflow", disabled=not selected_ids,
+                           icon=":material/upload:"):
+                try:
+                    st.session_state["cmp_mlflow_out"] = log_runs(state.store(), selected_ids, uri, with_model)
+                except MlflowMirrorError as exc:
+                    st.error(str(exc))
+            if logged := st.session_state.get("cmp_mlflow_out"):
+                st.caption(f"{len(logged['logged'])} run(s) logged to {logged['uri']} (experiment "
+                           f"{logged['experiment']}), {len(logged['already'])} already there, "
+                           f"{len(logged['skipped'])} skipped (still running).")
+                st.dataframe(pd.DataFrame(mlflow_rows(logged)), hide_index=True, key="cmp_mlflow_table")
         plotted = chosen[chosen["test_accuracy"].notna()]  # any run with a test score, cancelled champions too
         base = tables.baselines_by_target(all_runs)
         figs = figures.compare_bars(plotted, base, title="test accuracy · ")

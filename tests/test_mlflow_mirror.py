@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
+import yaml
 
 from engine.cli import main
+from engine.zoo import Zoo
 from engine.store import open_store
 
 mlflow = pytest.importorskip("mlflow", reason="mlflow-skinny is not installed")
@@ -45,7 +47,16 @@ def test_cli_merge_is_logged_with_params_metrics_and_tags(tiny_zoo_dir, tmp_path
     use = row["result"]["target_data"]
     assert data.tags["fusion.target_data"] == (use if isinstance(use, str) else json.dumps(use, sort_keys=True))
     assert data.tags["trait.data_use"] == "none" and data.tags["trait.needs_base"] == "true"   # the method's traits
-    assert not client_for(uri).list_artifacts(run.info.run_id)   # no model (nor recipe) by default
+    # recipe.json and mergekit.yaml (naming the zoo's real folders, so it reruns); no model by default
+    client = client_for(uri)
+    assert sorted(a.path for a in client.list_artifacts(run.info.run_id)) == ["mergekit.yaml", "recipe.json"]
+    recipe = json.loads(open(client.download_artifacts(run.info.run_id, "recipe.json", str(tmp_path))).read())
+    assert recipe["method"] == "ties" and recipe["sources"] == row["sources"]
+    kit = yaml.safe_load(open(client.download_artifacts(run.info.run_id, "mergekit.yaml", str(tmp_path))).read())
+    zoo = Zoo.open(tiny_zoo_dir)
+    assert kit["merge_method"] == "ties" and kit["base_model"] == str(zoo.base.resolve())
+    assert [m["model"] for m in kit["models"]] == [str(zoo.path(s).resolve()) for s in row["sources"]]
+    assert {m["parameters"]["density"] for m in kit["models"]} == {0.5}
 
     # mlflow-export copies the older runs once: this merge is already there, a second call adds nothing
     assert main(["mlflow-export", uri, "--cache-dir", str(tmp_path / "cache"), "--json"]) == 0
@@ -208,3 +219,105 @@ def test_cli_fine_tune_logs_its_loss_curve(tiny_zoo_dir, tmp_path, capsys):
     history = sorted(client_for(uri.as_uri()).get_metric_history(run.info.run_id, "loss"), key=lambda m: m.step)
     assert [(m.step, m.value) for m in history] == [(p["step"], p["value"]) for p in losses] and len(history) == 3
     assert run.data.tags["fusion.kind"] == "train" and run.data.params["seed"] == "0"
+
+
+def test_export_and_model_folder_are_artifacts_when_asked(tiny_zoo_dir, tmp_path, capsys):
+    """--mlflow-model logs the exported folder under model/; its mergekit.yaml is the export's own."""
+    uri = tmp_path / "mlruns"
+    out_dir = tmp_path / "merged"
+    ws = ["--zoo", str(tiny_zoo_dir), "--cache-dir", str(tmp_path / "cache"), "--device", "cpu", "--quiet", "--json"]
+    assert main(["merge", "--target", "nl-NL", "--method", "linear", "--export", str(out_dir),
+                 "--mlflow", str(uri), "--mlflow-model", *ws]) == 0
+    run_id = json.loads(capsys.readouterr().out)["run_id"]
+    [run] = mlflow_runs(uri.as_uri(), run_id)
+    client = client_for(uri.as_uri())
+    top = sorted(a.path for a in client.list_artifacts(run.info.run_id))
+    assert top == ["mergekit.yaml", "model", "recipe.json"]
+    model = {a.path.split("/", 1)[1]: a.file_size for a in client.list_artifacts(run.info.run_id, "model")}
+    assert model == {f.name: f.stat().st_size for f in out_dir.iterdir()}
+    assert "model.safetensors" in model and "config.json" in model
+    logged = client.download_artifacts(run.info.run_id, "mergekit.yaml", str(tmp_path / "dl"))
+    assert open(logged).read() == (out_dir / "mergekit.yaml").read_text()
+    capsys.readouterr()        # MLflow's download progress bar
+
+    # --mlflow-model without a store to log to is one line, before any work
+    assert main(["merge", "--target", "nl-NL", "--method", "linear", "--mlflow-model", *ws]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--mlflow" in err
+
+
+def test_sweep_spec_names_its_mlflow_store(tiny_zoo_dir, tmp_path, capsys):
+    """A spec's ``mlflow:`` key mirrors the sweep and every cell, cells reused from an earlier sweep too."""
+    from engine.sweep import SweepSpecError, load_spec
+
+    cache = ["--zoo", str(tiny_zoo_dir), "--cache-dir", str(tmp_path / "cache"), "--device", "cpu", "--quiet"]
+    spec = {"name": "spec-mirrored", "targets": ["nl-NL"], "sources": [2], "methods": ["merge:linear"]}
+    first = tmp_path / "first.json"
+    first.write_text(json.dumps(spec))                          # no MLflow: cells computed and stored
+    assert main(["sweep", str(first), *cache]) == 0
+    second = tmp_path / "second.yaml"
+    second.write_text(yaml.safe_dump({**spec, "methods": ["merge:linear", {"ensemble": "soft"}],
+                                      "mlflow": str(tmp_path / "mlruns")}))
+    assert main(["sweep", str(second), *cache]) == 0
+    capsys.readouterr()
+    store = open_store(tmp_path / "cache")
+    [sweep] = [r for r in store.runs(kind="sweep") if r["name"] == "sweep spec-mirrored" and r["params"]["spec"]["mlflow"]]
+    cells = set(sweep["result"]["cells"].values())
+    assert sweep["result"]["reused"] >= 1 and sweep["result"]["computed"] >= 1
+    mirrored = {r.data.tags["fusion.run_id"]: r for r in mlflow_runs((tmp_path / "mlruns").as_uri())}
+    assert set(mirrored) == cells | {sweep["id"]}
+    assert mirrored[sweep["id"]].data.metrics["cells"] == len(cells)
+    assert sweep["params"]["spec"]["mlflow"] == (tmp_path / "mlruns").as_uri()   # absolute: resumes agree
+
+    with pytest.raises(SweepSpecError, match="mlflow.*not local"):
+        load_spec({**spec, "mlflow": "http://mlflow.example:5000"})
+
+
+def test_compare_button_logs_the_selected_runs(app_cache, tmp_path, tiny_zoo_dir, capsys):
+    from app_support import goto, open_app, rerun
+
+    from dashboard import state
+
+    assert main(["merge", "--target", "de-DE", "--method", "linear", "--zoo", str(tiny_zoo_dir), "--cache-dir",
+                 str(app_cache), "--device", "cpu", "--quiet", "--json"]) == 0
+    run_id = json.loads(capsys.readouterr().out)["run_id"]
+    store = state.services(str(app_cache.resolve()))[0]
+    store.pin(run_id)                                        # Compare opens with pinned runs selected
+    at = goto(open_app(), "Compare")
+    uri = tmp_path / "page_mlruns"
+    at.text_input(key="cmp_mlflow_uri").set_value(str(uri))
+    at.button(key="cmp_mlflow").click()
+    rerun(at)
+    assert not at.error, [e.value for e in at.error]
+    [run] = mlflow_runs(uri.as_uri(), run_id)
+    [table] = [d.value for d in at.dataframe if "mlflow_run" in d.value.columns]
+    assert table.to_dict("records") == [{"run": run_id, "mlflow_run": run.info.run_id, "logged": "now"}]
+    assert sorted(a.path for a in client_for(uri.as_uri()).list_artifacts(run.info.run_id)) == \
+        ["mergekit.yaml", "recipe.json"]
+    at.button(key="cmp_mlflow").click()                      # a second click logs nothing twice
+    rerun(at)
+    [table] = [d.value for d in at.dataframe if "mlflow_run" in d.value.columns]
+    assert table["logged"].tolist() == ["already"] and len(mlflow_runs(uri.as_uri(), run_id)) == 1
+
+    at.text_input(key="cmp_mlflow_uri").set_value("http://mlflow.example:5000")
+    at.button(key="cmp_mlflow").click()
+    rerun(at)
+    assert any("not local" in e.value for e in at.error)
+    store.pin(run_id, False)
+
+
+def test_log_runs_skips_running_runs_and_keeps_a_failed_runs_status(tmp_path):
+    from engine.mlflow_mirror import log_runs
+
+    store = open_store(tmp_path / "cache")
+    done = store.create("ensemble", name="done", target="de-DE", method="soft")
+    store.update(done, status="done", finished=1.0, metrics={"test": {"accuracy": 0.6}})
+    failed = store.create("merge", name="failed", target="de-DE", method="ties")
+    store.update(failed, status="failed", finished=2.0, error="boom")
+    running = store.create("merge", name="running", target="de-DE", method="ties", status="running")
+    out = log_runs(store, [done, failed, running, done], str(tmp_path / "mlruns"))
+    assert set(out["logged"]) == {done, failed} and out["skipped"] == {running: "still running"}
+    status = {r.data.tags["fusion.run_id"]: r.info.status for r in mlflow_runs((tmp_path / "mlruns").as_uri())}
+    assert status == {done: "FINISHED", failed: "FAILED"}
+    again = log_runs(store, [done], str(tmp_path / "mlruns"))
+    assert again["already"] == {done: out["logged"][done]} and not again["logged"]

@@ -55,7 +55,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
     _, _, fn = COMMANDS[args.command]
     try:
-        with warnings.catch_warnings(), _mlflow_env(getattr(args, "mlflow", "")):
+        with warnings.catch_warnings(), _mlflow_env(getattr(args, "mlflow", ""), getattr(args, "mlflow_model", False)):
             warnings.showwarning = _one_line_warning
             data, text = fn(args)
     except KeyboardInterrupt:
@@ -74,24 +74,29 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 @contextmanager
-def _mlflow_env(uri: str):
-    """``--mlflow URI``: every store this command opens mirrors its finished runs there (checked
-    first, so a bad URI stops before any work)."""
-    from ..mlflow_mirror import ENV_URI, normalise_uri
+def _mlflow_env(uri: str, model: bool = False):
+    """``--mlflow URI`` (and ``--mlflow-model``): every store this command opens mirrors its finished
+    runs there (checked first, so a bad URI stops before any work)."""
+    from ..mlflow_mirror import ENV_MODEL, ENV_URI, normalise_uri
 
+    if model and not (uri or os.environ.get(ENV_URI, "").strip()):
+        raise ValueError("--mlflow-model logs the exported model to MLflow: give --mlflow URI too")
+    uri = uri or (os.environ.get(ENV_URI, "") if model else "")
     if not uri:
         yield
         return
     normalise_uri(uri)
-    before = os.environ.get(ENV_URI)
-    os.environ[ENV_URI] = uri
+    wanted = {ENV_URI: uri, **({ENV_MODEL: "1"} if model else {})}
+    before = {name: os.environ.get(name) for name in wanted}
+    os.environ.update(wanted)
     try:
         yield
     finally:
-        if before is None:
-            os.environ.pop(ENV_URI, None)
-        else:
-            os.environ[ENV_URI] = before
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:

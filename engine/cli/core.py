@@ -43,6 +43,9 @@ def workspace_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--mlflow", default="", metavar="URI",
                    help="also log each finished run to this MLflow tracking store: a local folder, file:/path "
                         "or sqlite:///path.db (default: $FUSION_MLFLOW_URI; the engine's store stays the record)")
+    g.add_argument("--mlflow-model", action="store_true",
+                   help="with --mlflow: also log the exported model folder as artifacts (its full size; "
+                        "recipe.json and mergekit.yaml are always logged)")
 
 
 def open_from_args(args):

@@ -14,6 +14,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from .core import command, open_from_args, progress_for, table_text, workspace_args
+from ..evolve.config import DEV_SUBSETS
 from ..progress import Progress
 from ..store import ACTIVE, STOPPED
 
@@ -93,6 +94,9 @@ def _evolve_args(p) -> None:
                         "seed 004's 0.3/0.4/0.2/0.1")
     p.add_argument("--dev-size", type=int, default=_default("dev_size"),
                    help="dev examples of the target's validation split (0: all)")
+    p.add_argument("--dev-subset", choices=DEV_SUBSETS, default="random",
+                   help="with --dev-size: a random sample, or the informative examples the sources disagree "
+                        "on (MERGE³-style, stratified by label; from the sources' cached dev logits)")
     p.add_argument("--patience", type=int, default=_default("patience"),
                    help="stop after this many generations without gain (0: never)")
     p.add_argument("--no-merge-cache", action="store_true",
@@ -145,9 +149,11 @@ def _summary(row: dict) -> str:
         lines.append(f"baseline {name}: {base['model']} test accuracy {base['accuracy']:.3f}")
     subset = result.get("dev_subset")
     if subset:
-        lines.append(f"dev subset: {subset['examples']} of {subset['of']} examples; champion fitness "
-                     f"{subset['fitness']:.4f} on it, {subset['fitness_full']:.4f} on the whole split "
-                     f"(error {subset['error']:+.4f})")
+        lines.append(f"dev subset ({subset.get('subset', 'random')}): {subset['examples']} of {subset['of']} "
+                     f"examples; champion fitness {subset['fitness']:.4f} on it, {subset['fitness_full']:.4f} on "
+                     f"the whole split (error {subset['error']:+.4f}"
+                     + (f"; anchored on the sources' shift {subset['error_anchored']:+.4f}"
+                        if "error_anchored" in subset else "") + ")")
     storage = result.get("storage")
     if storage:
         lines.append(f"study '{storage['study']}' in the journal {storage['journal']}: "
@@ -242,7 +248,7 @@ def cmd_evolve(args):
             config = EvolveConfig(
                 target=args.target, algorithm=args.algorithm, sources=args.sources or None,
                 weights=args.weights or None, top_k=args.top_k, generations=args.generations,
-                population=args.population, seed=args.seed, dev_size=args.dev_size,
+                population=args.population, seed=args.seed, dev_size=args.dev_size, dev_subset=args.dev_subset,
                 patience=args.patience, merge_cache=not args.no_merge_cache,
                 executor="ray" if args.ray else "local", address=args.address, ray_cpus=args.ray_cpus)
             for name, value in settings.items():

@@ -25,7 +25,10 @@ def _export_args(p):
     p.add_argument("uri", help="MLflow tracking URI: a local folder, file:/path or sqlite:///path.db")
     p.add_argument("--since", default="", help="only runs created since: ISO date/time or an age (45m, 3h, 2d)")
     p.add_argument("--kind", nargs="*", default=None, help="only these run kinds (merge, ensemble, evolve, ...)")
-    p.add_argument("--recipe", action="store_true", help="also log each run's recipe.json as an artifact")
+    p.add_argument("--no-recipe", action="store_true",
+                   help="do not log each run's recipe.json and mergekit.yaml (logged by default)")
+    p.add_argument("--model", action="store_true",
+                   help="also log each run's exported model folder, where it still exists (its full size)")
     p.add_argument("--cache-dir", default="", help="cache/results folder (default: ./cache)")
 
 
@@ -38,7 +41,8 @@ def cmd_mlflow_export(args):
 
     normalise_uri(args.uri)    # a bad URI is refused before the store is read
     since = since_time(args.since) if args.since else None
-    out = export_runs(Store(store_path(args.cache_dir)), args.uri, since=since, kinds=args.kind, recipe=args.recipe)
+    out = export_runs(Store(store_path(args.cache_dir)), args.uri, since=since, kinds=args.kind,
+                      recipe=not args.no_recipe, model=args.model)
     rows = [{"run": run, "mlflow_run": mid} for run, mid in out["logged"].items()]
     text = (table_text(rows) + f"\n{len(rows)} run(s) logged to {out['uri']} (experiment {out['experiment']}); "
             f"{out['already']} already there")

@@ -19,6 +19,7 @@ from .algorithms import EVOLUTIONS
 
 FITNESS_TERMS = ("accuracy", "loss", "latency", "memory")
 DEFAULT_FITNESS = {"accuracy": 0.5, "loss": 0.5, "latency": 0.0, "memory": 0.0}
+DEV_SUBSETS = ("random", "informative")   # how a dev_size subset is chosen (engine/evolve/fitness.py)
 SEED_FITNESS = {"accuracy": 0.3, "loss": 0.4, "latency": 0.2, "memory": 0.1}  # seed 004's weights
 
 
@@ -53,6 +54,8 @@ class EvolveConfig:
     fitness_weights: Dict[str, float] = field(default_factory=lambda: dict(DEFAULT_FITNESS))
     dev_split: str = "validation"          # the target's split the search optimises on
     dev_size: int = 0                      # 0: the whole split; n: a seeded sample of n examples
+    dev_subset: str = "random"             # with dev_size: "random" sample, or the "informative" examples
+                                           # the sources disagree on (MERGE³-style, engine/evolve/fitness.py)
     merge_cache: bool = True               # keep task vectors / sorted magnitudes / draws between
                                            # merges (faster; up to ~3x the sources' memory)
     patience: int = 5                      # generations without a champion gain > min_delta; 0: off
@@ -101,6 +104,8 @@ class EvolveConfig:
         need(self.dev_split in ("train", "validation"),
              f"dev_split must be 'validation' or 'train' (the test split stays untouched), "
              f"got '{self.dev_split}'")
+        need(self.dev_subset in DEV_SUBSETS,
+             f"dev_subset must be {' or '.join(DEV_SUBSETS)}, got '{self.dev_subset}'")
         algorithm = EVOLUTIONS.get(self.algorithm)
         known = {p.name for p in algorithm.params}
         need(not set(self.options) - known,

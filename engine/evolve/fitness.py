@@ -15,29 +15,76 @@ from __future__ import annotations
 import math
 import time
 from collections import OrderedDict
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
 from ..evaluate import Encoded
 from ..metrics import classification_metrics, softmax
-from .config import EvolveError
+from .config import DEV_SUBSETS, EvolveError
 
 StateDict = Dict[str, torch.Tensor]
 
 
-def subsample(enc: Encoded, n: int, seed: int) -> Encoded:
-    """A seeded sample of ``n`` examples of a tokenised split (0 or ≥ its size: the whole split),
-    still in length order, reusing the split's token tensors."""
-    if n <= 0 or n >= len(enc):
-        return enc
-    keep = np.sort(np.random.default_rng([seed, 404]).choice(len(enc), n, replace=False))
+def _take(enc: Encoded, keep: np.ndarray, tag: str) -> Encoded:
+    """The examples ``keep`` (original indices) of a tokenised split, still in length order,
+    reusing the split's token tensors."""
+    keep = np.sort(np.asarray(keep, dtype=int))
     rank = np.full(len(enc), -1)
-    rank[keep] = np.arange(n)
+    rank[keep] = np.arange(len(keep))
     positions = [j for j in range(len(enc)) if rank[enc.order[j]] >= 0]
     return Encoded([enc.input_ids[j] for j in positions], rank[enc.order[positions]],
-                   np.asarray(enc.labels)[keep], f"{enc.fingerprint}|sample{n}:{seed}")
+                   np.asarray(enc.labels)[keep], f"{enc.fingerprint}|{tag}")
+
+
+def sample_rows(n: int, of: int, seed: int) -> np.ndarray:
+    """A seeded sample of ``n`` of ``of`` example indices (the random dev subset)."""
+    return np.sort(np.random.default_rng([seed, 404]).choice(of, n, replace=False))
+
+
+def subsample(enc: Encoded, n: int, seed: int) -> Encoded:
+    """A seeded sample of ``n`` examples of a tokenised split (0 or ≥ its size: the whole split)."""
+    if n <= 0 or n >= len(enc):
+        return enc
+    return _take(enc, sample_rows(n, len(enc), seed), f"sample{n}:{seed}")
+
+
+def informativeness(source_logits, labels: np.ndarray) -> np.ndarray:
+    """Per example, how much it can tell merges of these sources apart: the variance p̄(1 − p̄) of
+    the sources' mean probability of the right label, which is their disagreement (the variance of
+    that probability across sources) plus their mean uncertainty p(1 − p) — IRT's item information
+    at the sources' average ability. Examples every source gets confidently right or wrong score ~0."""
+    labels = np.asarray(labels, dtype=int)
+    right = np.stack([softmax(np.asarray(lg, dtype=np.float64))[np.arange(len(labels)), labels]
+                      for lg in source_logits])
+    mean = right.mean(axis=0)
+    return mean * (1.0 - mean)
+
+
+def stratified_top(score: np.ndarray, labels: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """``n`` indices: each label gets its share of ``n`` (largest remainder, so the subset keeps the
+    split's label mix) filled by that label's highest scores; equal scores are ordered by a seeded
+    shuffle, so the choice is deterministic for a seed."""
+    labels = np.asarray(labels)
+    classes, counts = np.unique(labels, return_counts=True)
+    exact = n * counts / len(labels)
+    quota = np.floor(exact).astype(int)
+    for i in np.lexsort((classes, -(exact - quota)))[: n - quota.sum()]:
+        quota[i] += 1
+    tiebreak = np.random.default_rng([seed, 405]).permutation(len(labels))
+    keep = []
+    for label, q in zip(classes, quota):
+        rows = np.flatnonzero(labels == label)
+        keep += list(rows[np.lexsort((tiebreak[rows], -score[rows]))][:q])
+    return np.sort(np.asarray(keep, dtype=int))
+
+
+def informative_rows(source_logits, labels: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """The ``n`` examples that best tell merges of the sources apart (MERGE³'s reduced, informative
+    dev set; scored by :func:`informativeness` from the sources' own dev logits, no test data),
+    stratified by label."""
+    return stratified_top(informativeness(source_logits, labels), labels, n, seed)
 
 
 class PrefixReuse:
@@ -136,7 +183,7 @@ class Fitness:
     """Scores candidates on the target's dev data; counts evaluations and the time they take."""
 
     def __init__(self, ws, target: str, weights: Dict[str, float], dev_split: str = "validation",
-                 dev_size: int = 0, seed: int = 0):
+                 dev_size: int = 0, seed: int = 0, dev_subset: str = "random", sources: Sequence[str] = ()):
         if not ws.dataset.has(target, dev_split):
             raise EvolveError(f"the target {target} has no '{dev_split}' split to search on; "
                               f"choose another dev split or target")
@@ -144,11 +191,49 @@ class Fitness:
             raise EvolveError(f"the target {target} has no test split to report the champion on")
         self.ws, self.target, self.weights = ws, target, dict(weights)
         self.dev_split = dev_split
-        self.dev = subsample(ws.evaluator.encoded(target, dev_split), dev_size, seed)
+        if dev_subset not in DEV_SUBSETS:
+            raise EvolveError(f"dev_subset must be one of {', '.join(DEV_SUBSETS)}, got {dev_subset!r}")
+        enc = ws.evaluator.encoded(target, dev_split)
+        self.dev_subset, self.sources = dev_subset, list(sources)
+        self.rows: Optional[np.ndarray] = None           # the subset's examples (None: the whole split)
+        if 0 < dev_size < len(enc):
+            if dev_subset == "informative" and not sources:
+                raise EvolveError("an informative dev subset is chosen from the source models' dev logits: "
+                                  "name the run's sources")
+            self.rows = (informative_rows(self._source_logits(), enc.labels, dev_size, seed)
+                         if dev_subset == "informative" else sample_rows(dev_size, len(enc), seed))
+        tag = f"{'sample' if dev_subset == 'random' else dev_subset}{dev_size}:{seed}"
+        self.dev = enc if self.rows is None else _take(enc, self.rows, tag)
         self.reference: Optional[Dict[str, float]] = None
         self.prefix = PrefixReuse()
         self.evaluations = 0        # dev forward passes, the ones inside frankenmerge included
         self.seconds = 0.0          # time in model evaluation (load into the working model + forward)
+
+    @classmethod
+    def for_config(cls, ws, config, whole: bool = False) -> "Fitness":
+        """The fitness a run's config asks for (``whole``: on the whole dev split)."""
+        return cls(ws, config.target, config.fitness_weights, config.dev_split, 0 if whole else config.dev_size,
+                   config.seed, getattr(config, "dev_subset", "random"), config.sources or ())
+
+    def _source_logits(self) -> List[np.ndarray]:
+        """The sources' logits on the whole dev split (cached once computed: the N×N's, a baseline's)."""
+        return [self.ws.evaluator.source_logits(s, self.target, self.dev_split).logits for s in self.sources]
+
+    def source_shift(self) -> Optional[Dict[str, float]]:
+        """How far the subset's fitness and accuracy sit from the whole split's for the sources
+        themselves (mean over sources, subset − whole): known without scoring any merge, and
+        subtracted it gives a source-anchored estimate of a candidate's whole-split value.
+        docs/results/dev_subset.md measures it; None without a subset or sources."""
+        if self.rows is None or not self.sources:
+            return None
+        labels = np.asarray(self.ws.evaluator.encoded(self.target, self.dev_split).labels)
+        shifts = []
+        for logits in self._source_logits():
+            sub = classification_metrics(softmax(logits[self.rows]), labels[self.rows])
+            whole = classification_metrics(softmax(logits), labels)
+            shifts.append((self.combine(sub) - self.combine(whole), sub["accuracy"] - whole["accuracy"]))
+        fitness, accuracy = np.mean(shifts, axis=0)
+        return {"fitness": float(fitness), "accuracy": float(accuracy)}
 
     def _timed(self, fn):
         start = time.perf_counter()

@@ -29,8 +29,7 @@ def _context(settings: Dict[str, Any], config_data: Dict[str, Any]):
         ws = worker_workspace(settings)
         config = EvolveConfig.from_dict(config_data)
         sources = Sources(ws, config.sources, needs_base(config), config.merge_cache)
-        fitness = Fitness(ws, config.target, config.fitness_weights, config.dev_split,
-                          config.dev_size, config.seed)
+        fitness = Fitness.for_config(ws, config)
         _CONTEXTS.clear()  # one run per worker at a time: free the previous run's sources
         _CONTEXTS[key] = (config, sources, make_search(config, sources.keys), fitness)
     return _CONTEXTS[key]

@@ -90,8 +90,7 @@ class Evolution:
         self._log, self._progress, self._update = log, progress, update
         self.sources = Sources(ws, config.sources, needs_base(config), config.merge_cache)
         self.search = make_search(config, self.sources.keys)
-        self.fitness = Fitness(ws, config.target, config.fitness_weights, config.dev_split,
-                               config.dev_size, config.seed)
+        self.fitness = Fitness.for_config(ws, config)
         # The evaluator's first working model adopts the tensors it is built from (assign=True):
         # build it from a private copy so that no candidate's state dict is ever overwritten.
         ws.evaluator.working_model({k: v.clone() for k, v in self.sources.states[0].items()})
@@ -140,16 +139,22 @@ class Evolution:
         in accuracy of the estimate: the champion re-scored once on the whole dev split. None when
         the subset is the whole split."""
         c = self.config
-        full = Fitness(self.ws, c.target, c.fitness_weights, c.dev_split, 0, c.seed)
+        full = Fitness.for_config(self.ws, c, whole=True)
         if len(self.fitness.dev) >= len(full.dev):
             return None
         full.reference = self.fitness.reference
         metrics = full.metrics(self.champion_model())
         fitness = full.combine(metrics)
-        return {"examples": len(self.fitness.dev), "of": len(full.dev),
-                "fitness": self.champion.fitness, "fitness_full": fitness,
-                "error": self.champion.fitness - fitness,
-                "accuracy": self.champion.metrics["accuracy"], "accuracy_full": metrics["accuracy"]}
+        out = {"examples": len(self.fitness.dev), "of": len(full.dev), "subset": c.dev_subset,
+               "fitness": self.champion.fitness, "fitness_full": fitness,
+               "error": self.champion.fitness - fitness,
+               "accuracy": self.champion.metrics["accuracy"], "accuracy_full": metrics["accuracy"]}
+        shift = self.fitness.source_shift()   # the subset's bias on the sources: an estimate without a pass
+        if shift:
+            out.update(fitness_anchored=out["fitness"] - shift["fitness"],
+                       error_anchored=out["fitness"] - shift["fitness"] - fitness,
+                       accuracy_anchored=out["accuracy"] - shift["accuracy"])
+        return out
 
     def step(self) -> bool:
         """Runs the next generation; returns whether another one follows."""

@@ -99,6 +99,21 @@ def _yaml(config: Dict[str, Any], header: List[str]) -> str:
     return "".join(f"# {line}\n" for line in header) + body
 
 
+def mergekit_yaml(recipe: Mapping[str, Any], out_dtype: str = "float32") -> Tuple[Optional[str], str]:
+    """The mergekit.yaml text reproducing ``recipe`` (with its header comments), or None and the
+    reason why not: what an export folder holds and what the MLflow mirror logs for a merge run."""
+    config, reason = mergekit_config(recipe, out_dtype)
+    if config is None:
+        return None, reason
+    header = [f"mergekit 0.1.5 config reproducing this '{recipe['method']}' merge (engine {ENGINE_VERSION})."]
+    if MERGES.get(recipe["method"]).traits.random:
+        header += RANDOM_NOTE
+    if config.get("base_model"):
+        header.append("Tensors missing from base_model (a classification head) were "
+                      "linear-averaged by the engine.")
+    return _yaml(config, header), ""
+
+
 def export_merge(state_dict: Mapping[str, Tensor], template_dir: Union[str, Path],
                  out_dir: Union[str, Path], recipe: Mapping[str, Any], overwrite: bool = False,
                  protected: Optional[Mapping[Path, str]] = None,
@@ -152,19 +167,12 @@ def _write_folder(out: Path, state_dict: Mapping[str, Tensor], files: List[Path]
     float_dtypes = {t.dtype for t in tensors.values() if t.is_floating_point()}
     out_dtype = str(float_dtypes.pop()).replace("torch.", "") if len(float_dtypes) == 1 \
         else "float32"
-    config, reason = (None, mergekit_note) if mergekit_note else mergekit_config(record, out_dtype)
-    if config is None:
+    text, reason = (None, mergekit_note) if mergekit_note else mergekit_yaml(record, out_dtype)
+    if text is None:
         record["mergekit_yaml"] = None
         record["mergekit_note"] = reason
     else:
-        header = [f"mergekit 0.1.5 config reproducing this '{record['method']}' merge "
-                  f"(engine {ENGINE_VERSION})."]
-        if MERGES.get(record["method"]).traits.random:
-            header += RANDOM_NOTE
-        if config.get("base_model"):
-            header.append("Tensors missing from base_model (a classification head) were "
-                          "linear-averaged by the engine.")
-        (out / "mergekit.yaml").write_text(_yaml(config, header), encoding="utf-8")
+        (out / "mergekit.yaml").write_text(text, encoding="utf-8")
         record["mergekit_yaml"] = "mergekit.yaml"
     (out / "recipe.json").write_text(json.dumps(record, indent=2, default=strict_json_default,
                                                 ensure_ascii=False), encoding="utf-8")

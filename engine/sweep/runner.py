@@ -131,8 +131,16 @@ def sweep_job(ws: Workspace, spec, executor: str = "local", address: Optional[st
 
         require_ray()
 
+    mirror = None
+    if spec.mlflow:      # the spec's MLflow store: the sweep and every cell, reused ones included
+        from ..mlflow_mirror import MlflowMirror
+
+        mirror = MlflowMirror(spec.mlflow)
+
     def job(ctx):
         t0 = time.perf_counter()
+        if mirror is not None:
+            ctx.store.mirror_run(ctx.run_id, mirror)
         ctx.progress(Progress(0, 1, "expanding the sweep", 0.0))
         cells = expand_cells(ws, spec)
         targets = list(dict.fromkeys(c.candidate.target for c in cells))
@@ -142,6 +150,8 @@ def sweep_job(ws: Workspace, spec, executor: str = "local", address: Optional[st
         for cell in cells:
             if cell.key in found:
                 links[cell.key] = found[cell.key]["id"]
+                if mirror is not None:
+                    mirror(ctx.store, links[cell.key])
                 ctx.log("cells", len(links) - 1, {"key": cell.key, "run_id": links[cell.key], "reused": True,
                                                   "axes": cell.axes, "role": cell.role,
                                                   "method_params": cell.candidate.params})
@@ -175,6 +185,8 @@ def sweep_job(ws: Workspace, spec, executor: str = "local", address: Optional[st
                                  references[cell.candidate.target]["scores"], origin)
             if ok:
                 links[cell.key] = run_id
+                if mirror is not None:
+                    mirror(ctx.store, run_id)
                 summary["computed"] += 1
                 ctx.log("cells", len(links) - 1, {"key": cell.key, "run_id": run_id, "reused": False})
             else:

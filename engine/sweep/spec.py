@@ -16,6 +16,7 @@ A spec file is YAML or JSON::
       - ensemble: soft
     seed: 0
     equal_merge_baseline: true     # add the equal-weight linear merge of the same sources as a cell
+    mlflow: ./mlruns               # optional: log the sweep and every cell to this local MLflow store
 
 The cell key hashes the workspace's content (source, base and tokenizer fingerprints, the data's
 fingerprints, max length) with the recipe, so a cell computed once — by any sweep, on any executor —
@@ -73,6 +74,7 @@ class SweepSpec:
     data_examples: int = 64
     sinkhorn_iters: int = 20
     equal_merge_baseline: bool = True
+    mlflow: str = ""                            # a local MLflow tracking URI ("" = none), made absolute
 
     def to_dict(self) -> Dict[str, Any]:
         return asdict(self)
@@ -166,6 +168,13 @@ def parse_spec(data: Dict[str, Any]) -> SweepSpec:
                      weighting=weighting, **{k: data[k] for k in ("name", "seed", "data_mode", "data_examples",
                                                                   "sinkhorn_iters", "equal_merge_baseline")
                                              if k in data})
+    if data.get("mlflow"):
+        from ..mlflow_mirror import MlflowMirrorError, normalise_uri
+
+        try:
+            spec.mlflow = normalise_uri(str(data["mlflow"]))
+        except MlflowMirrorError as exc:
+            raise SweepSpecError(f"sweep spec: mlflow: {exc}") from None
     if spec.data_mode not in DATA_MODES:
         raise SweepSpecError(f"sweep spec: data_mode must be one of {DATA_MODES}, got {spec.data_mode!r}")
     for name in ("seed", "data_examples", "sinkhorn_iters"):
