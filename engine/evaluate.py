@@ -102,6 +102,8 @@ class Evaluator:
         self._tokenizer = None
         self._encoded: Dict[tuple, Encoded] = {}
         self._model = None
+        self._held = None           # the state dict load_changed made the working model hold
+        self._model_targets = None
         self._source: tuple = (None, None)  # (locale, model): the last zoo model loaded, reused
         self.cache = None
         if use_cache:
@@ -161,11 +163,39 @@ class Evaluator:
 
     def working_model(self, state: Dict[str, torch.Tensor]) -> torch.nn.Module:
         """One model instance reused for every in-memory candidate (no re-instantiation)."""
+        if self.holds(state):  # put there by load_changed: nothing to copy
+            return self._model
+        self._held = None
         if self._model is None:  # built from a copy: later loads must not write into ``state``
             self._model = self.zoo.build_model({k: v.clone() for k, v in state.items()}).to(self.device)
         else:
             self._model.load_state_dict(state, strict=False)
         return self._model
+
+    def holds(self, state: Dict[str, torch.Tensor]) -> bool:
+        """Whether the working model holds exactly ``state``, as ``load_changed`` left it."""
+        return self._model is not None and state is self._held
+
+    def load_changed(self, state: Dict[str, torch.Tensor], changed: Dict[str, torch.Tensor]) -> None:
+        """Makes the working model hold ``state`` by copying only ``changed`` (the caller
+        guarantees the model holds the rest, e.g. engine/evolve/resident.py); later
+        ``working_model(state)`` calls then skip the load. ``state`` must not be modified after."""
+        self._held = None
+        targets = self._targets() if self._model is not None else {}
+        if not targets or any(k in targets and targets[k].shape != v.shape for k, v in changed.items()):
+            self.working_model(state)  # a first model, or load_state_dict's own size-mismatch error
+        else:
+            with torch.no_grad():  # as load_state_dict(strict=False): keys the model lacks are skipped
+                for k, v in changed.items():
+                    if k in targets:
+                        targets[k].copy_(v)
+        self._held = state
+
+    def _targets(self) -> Dict[str, torch.Tensor]:
+        """The working model's state-dict tensors (sharing its parameters' storage), kept."""
+        if self._model_targets is None or self._model_targets[0] is not self._model:
+            self._model_targets = (self._model, dict(self._model.state_dict()))
+        return self._model_targets[1]
 
     def _cached(self, key: str, compute, what: str) -> Scored:
         """The cached logits under ``key``, else ``compute()``'s, stored only when all finite

@@ -40,12 +40,17 @@ class Sources:
     ``cache`` (on by default) is the MergeCache every merge over these sources shares: their task
     vectors, sorted magnitudes (TIES) and random draws (DARE) are computed once per run instead of
     once per candidate; it costs up to ~3× the sources' memory (engine/merge/cache.py). Off:
-    ``cache=False`` (same results, slower)."""
+    ``cache=False`` (same results, slower). ``resident`` (on by default): grouped searches merge
+    only the layer groups a candidate changes, into the evaluator's working model (resident.py)."""
 
-    def __init__(self, ws, names: Sequence[str], need_base: bool, cache: bool = True):
+    def __init__(self, ws, names: Sequence[str], need_base: bool, cache: bool = True,
+                 resident: bool = True):
+        from .resident import ResidentMerge
+
         self.names = list(names)
         self.device = ws.evaluator.device
         self.cache: Optional[MergeCache] = MergeCache() if cache else None
+        self.resident: Optional[ResidentMerge] = ResidentMerge(ws.evaluator) if resident else None
         self.states = [self._on_device(ws.zoo.state_dict(n)) for n in self.names]
         self.base: Optional[StateDict] = None
         if need_base:
@@ -102,17 +107,26 @@ def layer_partition(keys: Sequence[str], layers_per_group: int) -> List[Tuple[st
     return groups
 
 
+def merge_group(method: str, keys: Sequence[str], weights: List[float], params: dict,
+                sources: Sources, seed: int = 0) -> StateDict:
+    """One layer group's keys merged with that group's weights and parameters."""
+    subs = [{k: s[k] for k in keys} for s in sources.states]
+    base = {k: sources.base[k] for k in keys if k in sources.base} \
+        if sources.base is not None else None
+    return dict(merge_state_dicts(method, subs, weights, base=base, params=params,
+                                  names=sources.names, device=sources.device, seed=seed,
+                                  cache=sources.cache))
+
+
 def build_grouped(method: str, groups: Sequence[Tuple[str, List[str]]],
                   settings: Sequence[Tuple[List[float], dict]], sources: Sources,
                   seed: int = 0) -> StateDict:
-    """Each group's keys merged with that group's (weights, params)."""
+    """Each group's keys merged with that group's (weights, params); with ``sources.resident``
+    (engine/evolve/resident.py) only the groups whose settings changed are merged, straight into
+    the evaluator's working model; the result is the same."""
+    if sources.resident is not None:
+        return sources.resident.build(method, groups, settings, sources, seed)
     out: StateDict = {}
     for (name, keys), (weights, params) in zip(groups, settings):
-        subs = [{k: s[k] for k in keys} for s in sources.states]
-        base = {k: sources.base[k] for k in keys if k in sources.base} \
-            if sources.base is not None else None
-        merged = merge_state_dicts(method, subs, weights, base=base, params=params,
-                                   names=sources.names, device=sources.device, seed=seed,
-                                   cache=sources.cache)
-        out.update(merged)
+        out.update(merge_group(method, keys, weights, params, sources, seed))
     return out

@@ -1,0 +1,81 @@
+"""Incremental merging in per-layer-group searches: only the groups a candidate changes are merged
+and copied into the working model, and the model then holds exactly what a full merge and load
+gives (bit for bit), whatever else was loaded in between."""
+import torch
+
+from engine.evolve import Evolution, EvolveConfig
+from engine.evolve.build import Sources, build_grouped, layer_partition
+from engine.evolve.fitness import Fitness
+from engine.evolve.resident import ResidentMerge
+
+torch.set_num_threads(1)
+SOURCES = ["de-DE", "en-US"]
+
+
+def model_tensors(ev):
+    return {k: v.clone() for k, v in ev._model.state_dict().items()}
+
+
+def test_changed_groups_only_and_bit_identical_to_a_full_merge(tiny_ws):
+    ev = tiny_ws.evaluator
+    full = Sources(tiny_ws, SOURCES, need_base=True, resident=False)
+    inc = Sources(tiny_ws, SOURCES, need_base=True)
+    groups = layer_partition(full.keys, 1)
+    assert len(groups) == 3
+    fitness = Fitness(tiny_ws, "nl-NL", {"accuracy": 1.0, "loss": 1.0}, dev_size=16)
+    a = ([0.6, 0.4], {"density": [0.3, 0.5]})
+    b = ([0.2, 0.8], {"density": [0.7, 0.4]})
+    steps = [(a, a, a), (a, b, a), (a, b, b), (b, b, b), (b, a, a)]
+    merged_counts = []
+    for settings in steps:
+        expected = build_grouped("ties", groups, settings, full, seed=3)
+        ev.working_model(expected)
+        want_model, want = model_tensors(ev), fitness.metrics(expected)
+        ev.working_model({k: v + 1 for k, v in expected.items()})  # someone else's load between
+        if len(merged_counts) % 2:  # ... on every other step only
+            ev.working_model(inc.resident.state or expected)
+        before = inc.resident.merged_groups
+        state = build_grouped("ties", groups, settings, inc, seed=3)
+        merged_counts.append(inc.resident.merged_groups - before)
+        assert ev.holds(state)
+        for k, v in model_tensors(ev).items():
+            assert torch.equal(v, want_model[k]), k
+        for k in expected:
+            assert torch.equal(state[k], expected[k]), k
+        got = fitness.metrics(state)
+        assert got["accuracy"] == want["accuracy"] and got["nll"] == want["nll"]
+    assert merged_counts == [3, 1, 1, 1, 2]
+
+
+def test_unchanged_groups_keep_their_tensors_and_are_not_copied(tiny_ws):
+    inc = Sources(tiny_ws, SOURCES, need_base=False)
+    groups = layer_partition(inc.keys, 1)
+    first = build_grouped("linear", groups, [([0.5, 0.5], {})] * 3, inc)
+    copied = inc.resident.copied_tensors
+    second = build_grouped("linear", groups, [([0.5, 0.5], {}), ([0.9, 0.1], {}), ([0.5, 0.5], {})],
+                           inc)
+    head, layer = groups[2][1], groups[1][1]
+    assert all(second[k] is first[k] for k in head)
+    assert not any(second[k] is first[k] for k in layer)
+    assert inc.resident.copied_tensors - copied == len(layer)
+    assert tiny_ws.evaluator.working_model(second) is tiny_ws.evaluator._model
+
+
+def test_a_search_with_and_without_resident_merging_gives_the_same_run(tiny_ws):
+    config = dict(target="nl-NL", sources=SOURCES, algorithm="cmaes", method="ties",
+                  generations=2, population=3, layer_groups=1, dev_size=12, patience=0, seed=5)
+    runs = []
+    for resident in (False, True):
+        evo = Evolution(tiny_ws, EvolveConfig(**config))
+        if not resident:
+            evo.sources.resident = None
+        while evo.step():
+            pass
+        runs.append(evo)
+    plain, inc = runs
+    assert [h["best"] for h in plain.history] == [h["best"] for h in inc.history]
+    assert plain.champion.candidate == inc.champion.candidate
+    timing = ("latency_ms", "peak_mem_mb")
+    assert ({k: v for k, v in plain.champion_test.items() if k not in timing}
+            == {k: v for k, v in inc.champion_test.items() if k not in timing})
+    assert isinstance(inc.sources.resident, ResidentMerge) and inc.sources.resident.merged_groups
