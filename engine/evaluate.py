@@ -15,6 +15,7 @@ import io
 import json
 import time
 import warnings
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -102,8 +103,9 @@ class Evaluator:
         self._tokenizer = None
         self._encoded: Dict[tuple, Encoded] = {}
         self._model = None
-        self._held = None           # the state dict load_changed made the working model hold
+        self._loaded: Dict[str, tuple] = {}  # key -> (weak ref, version) of what the model holds
         self._model_targets = None
+        self.copied_tensors = 0     # tensors copied into the working model (the bench counts them)
         self._source: tuple = (None, None)  # (locale, model): the last zoo model loaded, reused
         self.cache = None
         if use_cache:
@@ -162,34 +164,35 @@ class Evaluator:
         return sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers())) / 2 ** 20
 
     def working_model(self, state: Dict[str, torch.Tensor]) -> torch.nn.Module:
-        """One model instance reused for every in-memory candidate (no re-instantiation)."""
-        if self.holds(state):  # put there by load_changed: nothing to copy
-            return self._model
-        self._held = None
+        """One model instance reused for every in-memory candidate (no re-instantiation).
+
+        Only tensors that changed since the last load are copied in: a tensor that is the very
+        object loaded last time, not modified in place since (torch's version counter), is
+        already there. Searches build candidates that share most tensors with the previous one
+        (frankenmerge's one-layer tries, a grouped search's unchanged layer groups), so a load
+        costs what changed. Weak references: the evaluator keeps no candidate alive."""
         if self._model is None:  # built from a copy: later loads must not write into ``state``
             self._model = self.zoo.build_model({k: v.clone() for k, v in state.items()}).to(self.device)
+            self._loaded = {}
+            changed = state
         else:
-            self._model.load_state_dict(state, strict=False)
-        return self._model
-
-    def holds(self, state: Dict[str, torch.Tensor]) -> bool:
-        """Whether the working model holds exactly ``state``, as ``load_changed`` left it."""
-        return self._model is not None and state is self._held
-
-    def load_changed(self, state: Dict[str, torch.Tensor], changed: Dict[str, torch.Tensor]) -> None:
-        """Makes the working model hold ``state`` by copying only ``changed`` (the caller
-        guarantees the model holds the rest, e.g. engine/evolve/resident.py); later
-        ``working_model(state)`` calls then skip the load. ``state`` must not be modified after."""
-        self._held = None
-        targets = self._targets() if self._model is not None else {}
-        if not targets or any(k in targets and targets[k].shape != v.shape for k, v in changed.items()):
-            self.working_model(state)  # a first model, or load_state_dict's own size-mismatch error
-        else:
+            changed = {k: v for k, v in state.items() if not self._same_as_loaded(k, v)}
+            targets = self._targets()
+            if any(k in targets and targets[k].shape != v.shape for k, v in changed.items()):
+                self._loaded = {}
+                self._model.load_state_dict(changed, strict=False)  # its size-mismatch error
             with torch.no_grad():  # as load_state_dict(strict=False): keys the model lacks are skipped
                 for k, v in changed.items():
                     if k in targets:
                         targets[k].copy_(v)
-        self._held = state
+        self.copied_tensors += len(changed)
+        for k, v in changed.items():
+            self._loaded[k] = (weakref.ref(v), v._version)
+        return self._model
+
+    def _same_as_loaded(self, key: str, tensor: torch.Tensor) -> bool:
+        ref = self._loaded.get(key)
+        return ref is not None and ref[0]() is tensor and tensor._version == ref[1]
 
     def _targets(self) -> Dict[str, torch.Tensor]:
         """The working model's state-dict tensors (sharing its parameters' storage), kept."""

@@ -41,7 +41,7 @@ class Sources:
     vectors, sorted magnitudes (TIES) and random draws (DARE) are computed once per run instead of
     once per candidate; it costs up to ~3× the sources' memory (engine/merge/cache.py). Off:
     ``cache=False`` (same results, slower). ``resident`` (on by default): grouped searches merge
-    only the layer groups a candidate changes, into the evaluator's working model (resident.py)."""
+    only the layer groups a candidate changes (resident.py)."""
 
     def __init__(self, ws, names: Sequence[str], need_base: bool, cache: bool = True,
                  resident: bool = True):
@@ -50,7 +50,7 @@ class Sources:
         self.names = list(names)
         self.device = ws.evaluator.device
         self.cache: Optional[MergeCache] = MergeCache() if cache else None
-        self.resident: Optional[ResidentMerge] = ResidentMerge(ws.evaluator) if resident else None
+        self.resident: Optional[ResidentMerge] = ResidentMerge() if resident else None
         self.states = [self._on_device(ws.zoo.state_dict(n)) for n in self.names]
         self.base: Optional[StateDict] = None
         if need_base:
@@ -122,8 +122,8 @@ def build_grouped(method: str, groups: Sequence[Tuple[str, List[str]]],
                   settings: Sequence[Tuple[List[float], dict]], sources: Sources,
                   seed: int = 0) -> StateDict:
     """Each group's keys merged with that group's (weights, params); with ``sources.resident``
-    (engine/evolve/resident.py) only the groups whose settings changed are merged, straight into
-    the evaluator's working model; the result is the same."""
+    (engine/evolve/resident.py) only the groups whose settings changed are merged (the others are
+    the previous candidate's tensors); the result is the same."""
     if sources.resident is not None:
         return sources.resident.build(method, groups, settings, sources, seed)
     out: StateDict = {}
