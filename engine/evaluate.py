@@ -106,6 +106,7 @@ class Evaluator:
         self._loaded: Dict[str, tuple] = {}  # key -> (weak ref, version) of what the model holds
         self._model_targets = None
         self.copied_tensors = 0     # tensors copied into the working model (the bench counts them)
+        self.incremental_load = True  # False: every load copies every tensor (the bench's "before")
         self._source: tuple = (None, None)  # (locale, model): the last zoo model loaded, reused
         self.cache = None
         if use_cache:
@@ -191,6 +192,8 @@ class Evaluator:
         return self._model
 
     def _same_as_loaded(self, key: str, tensor: torch.Tensor) -> bool:
+        if not self.incremental_load:
+            return False
         ref = self._loaded.get(key)
         return ref is not None and ref[0]() is tensor and tensor._version == ref[1]
 
