@@ -1,10 +1,10 @@
 """Batched inference with a content-addressed logits cache, metrics, and the N×N zero-shot matrix.
 
 Tokenisation happens once per (locale, split) and is sorted by length so batches carry little
-padding (length bucketing; ``bucket=False`` keeps the split's order, for comparison). Forward passes
-run under ``torch.inference_mode``; on CUDA ``precision`` may ask for bf16/fp16 autocast (on the CPU
-evaluation always stays float32: see ``autocast_dtype``). Logits are cached on disk (diskcache) under the model's content fingerprint and the data's
-fingerprint, so re-scoring an ensemble or re-opening the app never repeats a forward pass. Cache
+padding (length bucketing; ``bucket=False`` keeps the split's order, for comparison). Forward
+passes run under ``torch.inference_mode``; on CUDA ``precision`` may ask for bf16/fp16 autocast
+(the CPU always stays float32: see ``autocast_dtype``). Logits are cached on disk (diskcache)
+under the model's content fingerprint and the data's fingerprint, so re-scoring an ensemble or re-opening the app never repeats a forward pass. Cache
 values are raw ``.npy`` bytes + JSON, in a cache that refuses anything else (nothing is unpickled;
 engine/logits_cache.py); non-finite logits are never stored.
 """
@@ -171,7 +171,9 @@ class Evaluator:
         object loaded last time, not modified in place since (torch's version counter), is
         already there. Searches build candidates that share most tensors with the previous one
         (frankenmerge's one-layer tries, a grouped search's unchanged layer groups), so a load
-        costs what changed. Weak references: the evaluator keeps no candidate alive."""
+        costs what changed. Weak references: the evaluator keeps no candidate alive. (A write
+        that bypasses the version counter, through ``.data`` or a numpy view, goes unseen: give
+        such a tensor as a new object.)"""
         if self._model is None:  # built from a copy: later loads must not write into ``state``
             self._model = self.zoo.build_model({k: v.clone() for k, v in state.items()}).to(self.device)
             self._loaded = {}
