@@ -104,7 +104,8 @@ def main():
     print_table(rows, f"evaluation throughput — {ws.zoo.name}, {n} examples, batch {ev.batch_size}, "
                       f"device {ev.device}, {ws.zoo.parameter_count() / 1e6:.1f} M params")
     print(f"\nours / raw = {t_raw / t_ours:.2f} (goal ≥ 0.9); ours vs one-at-a-time = "
-          f"{t_naive / t_ours:.1f}× (goal ≥ 20×); bucketing {t_unb / t_ours:.2f}× faster; load average {os.getloadavg()[0]:.1f} on "
+          f"{t_naive / t_ours:.1f}× (goal ≥ 20×); bucketing {t_unb / t_ours:.2f}× faster; "
+          f"load average {os.getloadavg()[0]:.1f} on "
           f"{os.cpu_count()} CPUs")
     locales, per_locale = 51, 2974
     forward_h = locales * locales * per_locale / (n / t_ours) / 3600

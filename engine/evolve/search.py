@@ -175,5 +175,6 @@ def build_and_score(search, sources, fitness, cand: Dict[str, Any], seed: int):
     return score_candidate(fitness, *build_candidate(search, sources, fitness, cand, seed))
 
 
-__all__ = ["EVOLUTIONS", "Search", "build_and_score", "build_candidate", "score_candidate", "make_search", "needs_base", "run_label",
+__all__ = ["EVOLUTIONS", "Search", "build_and_score", "build_candidate", "score_candidate",
+           "make_search", "needs_base", "run_label",
            "search_class"]
