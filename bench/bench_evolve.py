@@ -179,6 +179,7 @@ def main(argv=None) -> None:
                             population=args.population, **({} if algorithm == "evomerge" else
                                                            {"layer_groups": args.layer_groups}))
                         rows.append(measure(ws, config, incremental))
+                        print(table_text(rows[-1:], "{:.2f}"), flush=True)  # as they come
                     sources = sources or resolved_sources(ws, config)
         print(table_text(rows, "{:.2f}"))
         judged = [r for r in rows if r["cache"] == "on" and r["incremental"] == "on"
