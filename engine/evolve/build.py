@@ -30,6 +30,7 @@ from ..merge import MERGES, MergeCache, MergeContext, merge_state_dicts
 from ..merge.selection import layer_groups
 from .config import EvolveError
 from .genome import Genome
+from .resident import ResidentMerge, merge_group
 
 StateDict = Dict[str, torch.Tensor]
 
@@ -45,8 +46,6 @@ class Sources:
 
     def __init__(self, ws, names: Sequence[str], need_base: bool, cache: bool = True,
                  resident: bool = True):
-        from .resident import ResidentMerge
-
         self.names = list(names)
         self.device = ws.evaluator.device
         self.cache: Optional[MergeCache] = MergeCache() if cache else None
@@ -105,17 +104,6 @@ def layer_partition(keys: Sequence[str], layers_per_group: int) -> List[Tuple[st
     if head:
         groups.append(("head", head))
     return groups
-
-
-def merge_group(method: str, keys: Sequence[str], weights: List[float], params: dict,
-                sources: Sources, seed: int = 0) -> StateDict:
-    """One layer group's keys merged with that group's weights and parameters."""
-    subs = [{k: s[k] for k in keys} for s in sources.states]
-    base = {k: sources.base[k] for k in keys if k in sources.base} \
-        if sources.base is not None else None
-    return dict(merge_state_dicts(method, subs, weights, base=base, params=params,
-                                  names=sources.names, device=sources.device, seed=seed,
-                                  cache=sources.cache))
 
 
 def build_grouped(method: str, groups: Sequence[Tuple[str, List[str]]],

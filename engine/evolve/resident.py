@@ -20,7 +20,21 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
+from ..merge import merge_state_dicts
+
 StateDict = Dict[str, torch.Tensor]
+
+
+def merge_group(method: str, keys: Sequence[str], weights: List[float], params: dict,
+                sources, seed: int = 0) -> StateDict:
+    """One layer group's keys of ``sources`` (build.Sources) merged with that group's weights and
+    parameters."""
+    subs = [{k: s[k] for k in keys} for s in sources.states]
+    base = {k: sources.base[k] for k in keys if k in sources.base} \
+        if sources.base is not None else None
+    return dict(merge_state_dicts(method, subs, weights, base=base, params=params,
+                                  names=sources.names, device=sources.device, seed=seed,
+                                  cache=sources.cache))
 
 
 def settings_key(method: str, weights: Sequence[float], params: dict, seed: int) -> str:
@@ -42,8 +56,6 @@ class ResidentMerge:
               settings: Sequence[Tuple[List[float], dict]], sources, seed: int = 0) -> StateDict:
         """The candidate's merged state dict: the held tensors of unchanged groups (the same
         objects, so the evaluator copies only the rest into its model), fresh ones elsewhere."""
-        from .build import merge_group
-
         if len(self.held) != len(groups):
             self.held, self.outputs = [None] * len(groups), [{} for _ in groups]
         state: StateDict = {}
