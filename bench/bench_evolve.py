@@ -15,7 +15,7 @@ sources: uncached, cached at first use (building the cache) and cached in steady
 same search and numbers): before = every candidate fully merged, fully loaded into the working
 model, merged and evaluated in turn; after = only changed layer groups merged (resident.py), only
 changed tensors copied (Evaluator.working_model), the next candidate merged on a second thread
-while one is evaluated (runner.prefetch).
+while one is evaluated where a core is free (runner.prefetch; --threads 1 leaves one).
 
     python bench/bench_evolve.py [--zoo DIR] [--target nl-NL] [--generations 3] [--dev-size 0]
                                  [--device auto] [--algorithms evomerge cmaes] [--threads 1]
@@ -59,7 +59,7 @@ def measure(ws, config: EvolveConfig, incremental: bool = True) -> dict:
     started = time.perf_counter()
     ws.evaluator.incremental_load = incremental
     evo = Evolution(ws, config)
-    evo.prefetch = incremental
+    evo.prefetch = None if incremental else False  # None: when a core is free (the default)
     if not incremental:
         evo.sources.resident = None
     setup = time.perf_counter() - started

@@ -1,12 +1,15 @@
 """Incremental merging in per-layer-group searches: only the groups a candidate changes are merged
 and copied into the working model, and the model then holds exactly what a full merge and load
 gives (bit for bit), whatever else was loaded in between."""
+import os
+
 import torch
 
 from engine.evolve import Evolution, EvolveConfig
 from engine.evolve.build import Sources, build_grouped, layer_partition
 from engine.evolve.fitness import Fitness
 from engine.evolve.resident import ResidentMerge
+from engine.evolve.runner import spare_core
 
 torch.set_num_threads(1)
 SOURCES = ["de-DE", "en-US"]
@@ -99,3 +102,16 @@ def test_a_search_gives_the_same_run_with_incremental_merging_and_prefetch(tiny_
                 == {k: v for k, v in other.champion_test.items() if k not in timing})
     assert isinstance(runs[2].sources.resident, ResidentMerge)
     assert runs[2].sources.resident.merged_groups
+
+
+def test_prefetch_by_default_only_when_torch_leaves_a_core_free():
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(os.cpu_count())
+        assert not spare_core()
+        if os.cpu_count() > 1:
+            torch.set_num_threads(1)
+            assert spare_core()
+    finally:
+        torch.set_num_threads(threads)
+    assert Evolution.prefetch is None
