@@ -1,17 +1,21 @@
 """Batched inference with a content-addressed logits cache, metrics, and the N×N zero-shot matrix.
 
 Tokenisation happens once per (locale, split) and is sorted by length so batches carry little
-padding. Logits are cached on disk (diskcache) under the model's content fingerprint and the data's
-fingerprint, so re-scoring an ensemble or re-opening the app never repeats a forward pass. Cache
+padding (length bucketing; ``bucket=False`` keeps the split's order, for comparison). Forward
+passes run under ``torch.inference_mode``; on CUDA ``precision`` may ask for bf16/fp16 autocast
+(the CPU always stays float32: see ``autocast_dtype``). Logits are cached on disk (diskcache)
+under the model's content fingerprint and the data's fingerprint, so re-scoring an ensemble or re-opening the app never repeats a forward pass. Cache
 values are raw ``.npy`` bytes + JSON, in a cache that refuses anything else (nothing is unpickled;
 engine/logits_cache.py); non-finite logits are never stored.
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import time
 import warnings
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -27,6 +31,24 @@ from .progress import ProgressFn, Tracker, sub_progress
 from .zoo import Zoo, fingerprint_state
 
 from .paths import default_cache_dir  # noqa: F401  (its home is engine.paths)
+
+
+PRECISIONS = ("float32", "auto", "bfloat16", "float16")
+
+
+def autocast_dtype(device: torch.device, precision: str = "float32") -> Optional[torch.dtype]:
+    """The half dtype evaluation autocasts to, or None for plain float32.
+
+    Only CUDA gets half precision: there it roughly doubles throughput for a small change in the
+    logits; CPUs without fast half kernels would run slower and drift, so a CPU evaluation stays
+    float32 whatever is asked. 'auto': bf16 where the GPU supports it, else fp16."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown evaluation precision '{precision}'; use one of {', '.join(PRECISIONS)}")
+    if precision == "float32" or device.type != "cuda":
+        return None
+    if precision == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if precision == "bfloat16" else torch.float16
 
 
 @dataclass
@@ -68,7 +90,7 @@ class Evaluator:
 
     def __init__(self, zoo: Zoo, dataset: Dataset, cache_dir: Optional[Path] = None,
                  device: str = "auto", batch_size: int = 64, max_length: int = 64,
-                 use_cache: bool = True):
+                 use_cache: bool = True, precision: str = "float32", bucket: bool = True):
         if set(zoo.labels) and zoo.labels != dataset.labels:
             diff = sorted(set(zoo.labels) ^ set(dataset.labels))
             raise ValueError("the zoo's label set does not match the dataset's"
@@ -76,9 +98,15 @@ class Evaluator:
         self.zoo, self.dataset = zoo, dataset
         self.device = resolve_device(device)
         self.batch_size, self.max_length = batch_size, max_length
+        self.half = autocast_dtype(self.device, precision)  # None: float32
+        self.bucket = bucket
         self._tokenizer = None
         self._encoded: Dict[tuple, Encoded] = {}
         self._model = None
+        self._loaded: Dict[str, tuple] = {}  # key -> (weak ref, version) of what the model holds
+        self._model_targets = None
+        self.copied_tensors = 0     # tensors copied into the working model (the bench counts them)
+        self.incremental_load = True  # False: every load copies every tensor (the bench's "before")
         self._source: tuple = (None, None)  # (locale, model): the last zoo model loaded, reused
         self.cache = None
         if use_cache:
@@ -98,7 +126,8 @@ class Evaluator:
         if key not in self._encoded:
             data = self.dataset.get(locale, split)
             ids = self.tokenizer(list(data.texts), truncation=True, max_length=self.max_length)["input_ids"]
-            order = np.argsort([len(x) for x in ids], kind="stable")
+            order = (np.argsort([len(x) for x in ids], kind="stable") if self.bucket
+                     else np.arange(len(ids)))
             self._encoded[key] = Encoded([torch.tensor(ids[i]) for i in order], order,
                                          np.asarray(data.labels), self.dataset.fingerprint(locale, split))
         return self._encoded[key]
@@ -113,7 +142,9 @@ class Evaluator:
         tracker = Tracker(progress, len(enc), "forward")
         chunks = []
         start = time.perf_counter()
-        with torch.inference_mode():
+        half = (torch.autocast("cuda", dtype=self.half) if self.half is not None
+                else contextlib.nullcontext())
+        with torch.inference_mode(), half:
             for lo in range(0, len(enc), self.batch_size):
                 batch = enc.input_ids[lo:lo + self.batch_size]
                 ids = torch.nn.utils.rnn.pad_sequence(batch, batch_first=True, padding_value=pad)
@@ -134,12 +165,45 @@ class Evaluator:
         return sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers())) / 2 ** 20
 
     def working_model(self, state: Dict[str, torch.Tensor]) -> torch.nn.Module:
-        """One model instance reused for every in-memory candidate (no re-instantiation)."""
+        """One model instance reused for every in-memory candidate (no re-instantiation).
+
+        Only tensors that changed since the last load are copied in: a tensor that is the very
+        object loaded last time, not modified in place since (torch's version counter), is
+        already there. Searches build candidates that share most tensors with the previous one
+        (frankenmerge's one-layer tries, a grouped search's unchanged layer groups), so a load
+        costs what changed. Weak references: the evaluator keeps no candidate alive. (A write
+        that bypasses the version counter, through ``.data`` or a numpy view, goes unseen: give
+        such a tensor as a new object.)"""
         if self._model is None:  # built from a copy: later loads must not write into ``state``
             self._model = self.zoo.build_model({k: v.clone() for k, v in state.items()}).to(self.device)
+            self._loaded = {}
+            changed = state
         else:
-            self._model.load_state_dict(state, strict=False)
+            changed = {k: v for k, v in state.items() if not self._same_as_loaded(k, v)}
+            targets = self._targets()
+            if any(k in targets and targets[k].shape != v.shape for k, v in changed.items()):
+                self._loaded = {}
+                self._model.load_state_dict(changed, strict=False)  # its size-mismatch error
+            with torch.no_grad():  # as load_state_dict(strict=False): keys the model lacks are skipped
+                for k, v in changed.items():
+                    if k in targets:
+                        targets[k].copy_(v)
+        self.copied_tensors += len(changed)
+        for k, v in changed.items():
+            self._loaded[k] = (weakref.ref(v), v._version)
         return self._model
+
+    def _same_as_loaded(self, key: str, tensor: torch.Tensor) -> bool:
+        if not self.incremental_load:
+            return False
+        ref = self._loaded.get(key)
+        return ref is not None and ref[0]() is tensor and tensor._version == ref[1]
+
+    def _targets(self) -> Dict[str, torch.Tensor]:
+        """The working model's state-dict tensors (sharing its parameters' storage), kept."""
+        if self._model_targets is None or self._model_targets[0] is not self._model:
+            self._model_targets = (self._model, dict(self._model.state_dict()))
+        return self._model_targets[1]
 
     def _cached(self, key: str, compute, what: str) -> Scored:
         """The cached logits under ``key``, else ``compute()``'s, stored only when all finite
@@ -166,7 +230,9 @@ class Evaluator:
         return scored
 
     def _key(self, model_fp: str, locale: str, split: str) -> str:
-        return f"logits|{model_fp}|{self.encoded(locale, split).fingerprint}|{self.max_length}|{self.zoo.tokenizer_fingerprint()}"
+        precision = "" if self.half is None else f"|{self.half}"  # half logits differ: own entries
+        return (f"logits|{model_fp}|{self.encoded(locale, split).fingerprint}|{self.max_length}|"
+                f"{self.zoo.tokenizer_fingerprint()}{precision}")
 
     def source_logits(self, model_locale: str, locale: str, split: str = "test",
                       progress: Optional[ProgressFn] = None) -> Scored:

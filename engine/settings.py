@@ -26,6 +26,7 @@ class Settings:
     device: str = "auto"
     cache_dir: str = ""
     batch_size: int = 64
+    precision: str = "float32"       # evaluation on CUDA: float32, auto, bfloat16, float16 (CPU: float32)
 
     def to_dict(self) -> Dict[str, object]:
         return asdict(self)

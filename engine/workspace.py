@@ -57,5 +57,5 @@ def open_workspace(settings: Optional[Settings] = None) -> Workspace:
     notes += [f"locale {loc} has no data" + dataset.empty_reason(loc) for loc in dataset.empty_locales()]
     cache = Path(settings.cache_dir) if settings.cache_dir else None
     evaluator = Evaluator(zoo, dataset, cache_dir=cache, device=settings.device,
-                          batch_size=settings.batch_size)
+                          batch_size=settings.batch_size, precision=settings.precision)
     return Workspace(settings, zoo, dataset, evaluator, notes)

@@ -30,6 +30,7 @@ from ..merge import MERGES, MergeCache, MergeContext, merge_state_dicts
 from ..merge.selection import layer_groups
 from .config import EvolveError
 from .genome import Genome
+from .resident import ResidentMerge, merge_group
 
 StateDict = Dict[str, torch.Tensor]
 
@@ -40,12 +41,15 @@ class Sources:
     ``cache`` (on by default) is the MergeCache every merge over these sources shares: their task
     vectors, sorted magnitudes (TIES) and random draws (DARE) are computed once per run instead of
     once per candidate; it costs up to ~3× the sources' memory (engine/merge/cache.py). Off:
-    ``cache=False`` (same results, slower)."""
+    ``cache=False`` (same results, slower). ``resident`` (on by default): grouped searches merge
+    only the layer groups a candidate changes (resident.py)."""
 
-    def __init__(self, ws, names: Sequence[str], need_base: bool, cache: bool = True):
+    def __init__(self, ws, names: Sequence[str], need_base: bool, cache: bool = True,
+                 resident: bool = True):
         self.names = list(names)
         self.device = ws.evaluator.device
         self.cache: Optional[MergeCache] = MergeCache() if cache else None
+        self.resident: Optional[ResidentMerge] = ResidentMerge() if resident else None
         self.states = [self._on_device(ws.zoo.state_dict(n)) for n in self.names]
         self.base: Optional[StateDict] = None
         if need_base:
@@ -105,14 +109,12 @@ def layer_partition(keys: Sequence[str], layers_per_group: int) -> List[Tuple[st
 def build_grouped(method: str, groups: Sequence[Tuple[str, List[str]]],
                   settings: Sequence[Tuple[List[float], dict]], sources: Sources,
                   seed: int = 0) -> StateDict:
-    """Each group's keys merged with that group's (weights, params)."""
+    """Each group's keys merged with that group's (weights, params); with ``sources.resident``
+    (engine/evolve/resident.py) only the groups whose settings changed are merged (the others are
+    the previous candidate's tensors); the result is the same."""
+    if sources.resident is not None:
+        return sources.resident.build(method, groups, settings, sources, seed)
     out: StateDict = {}
     for (name, keys), (weights, params) in zip(groups, settings):
-        subs = [{k: s[k] for k in keys} for s in sources.states]
-        base = {k: sources.base[k] for k in keys if k in sources.base} \
-            if sources.base is not None else None
-        merged = merge_state_dicts(method, subs, weights, base=base, params=params,
-                                   names=sources.names, device=sources.device, seed=seed,
-                                   cache=sources.cache)
-        out.update(merged)
+        out.update(merge_group(method, keys, weights, params, sources, seed))
     return out

@@ -35,6 +35,8 @@ GROUPED_PARAMS = (
 class GroupedSearch(Search):
     """Decoding, building and describing per-layer-group recipes; subclasses only search x."""
 
+    builds_without_scoring = True  # check(): only methods without a data pass
+
     def __init__(self, config: EvolveConfig, names: Sequence[str], weights: Sequence[float],
                  keys: Sequence[str]):
         super().__init__(config, keys)

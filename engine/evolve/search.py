@@ -36,6 +36,10 @@ class Search:
     their own, and checkpoint the population.
     """
 
+    # True where ``build`` never evaluates (no frankenmerge-like data pass): the runner may then
+    # merge the next candidate on a second thread while this one is evaluated.
+    builds_without_scoring = False
+
     def __init__(self, config: EvolveConfig, keys: Sequence[str] = ()):
         self.config = config
         self.names = list(config.sources or [])
@@ -143,10 +147,12 @@ def run_label(config: EvolveConfig) -> str:
     return search_class(config).label(config)
 
 
-def build_and_score(search, sources, fitness, cand: Dict[str, Any], seed: int):
-    """Merges one candidate in memory and measures it on the dev sample: (state or None, outcome),
-    the outcome plain data — {"metrics", "merge_s"} or {"error", "merge_s"}, merging time without
-    frankenmerge's own dev evaluations. The local loop and the Ray workers both score this way."""
+def build_candidate(search, sources, fitness, cand: Dict[str, Any], seed: int,
+                    scores_inside: bool = True):
+    """Merges one candidate in memory: (state or None, outcome) with outcome {"merge_s"} or
+    {"error", "merge_s"}; merging time excludes frankenmerge's own dev evaluations
+    (``scores_inside=False``: the build evaluates nothing, e.g. on a prefetch thread while the
+    main thread evaluates, so nothing is subtracted)."""
     started, eval_before = time.perf_counter(), fitness.seconds
     try:
         state = search.build(cand, sources, fitness.score, seed)
@@ -154,12 +160,27 @@ def build_and_score(search, sources, fitness, cand: Dict[str, Any], seed: int):
         state, outcome = None, {"error": f"merge failed: {exc}"}
     else:
         outcome = {}
-    outcome["merge_s"] = (time.perf_counter() - started) - (fitness.seconds - eval_before)
+    outcome["merge_s"] = time.perf_counter() - started
+    if scores_inside:
+        outcome["merge_s"] -= fitness.seconds - eval_before
+    return state, outcome
+
+
+def score_candidate(fitness, state, outcome: Dict[str, Any]):
+    """Adds the dev metrics of a built candidate to its outcome (a failed merge has none)."""
     if state is not None:
         metrics = fitness.metrics(state)
         outcome["metrics"] = {**metrics, **search.measure(state, sources, fitness, metrics)}
     return state, outcome
 
 
-__all__ = ["EVOLUTIONS", "Search", "build_and_score", "make_search", "needs_base", "run_label",
+def build_and_score(search, sources, fitness, cand: Dict[str, Any], seed: int):
+    """Merges one candidate in memory and measures it on the dev sample: (state or None, outcome),
+    the outcome plain data — {"metrics", "merge_s"} or {"error", "merge_s"}, merging time without
+    frankenmerge's own dev evaluations. The local loop and the Ray workers both score this way."""
+    return score_candidate(fitness, *build_candidate(search, sources, fitness, cand, seed))
+
+
+__all__ = ["EVOLUTIONS", "Search", "build_and_score", "build_candidate", "score_candidate",
+           "make_search", "needs_base", "run_label",
            "search_class"]
