@@ -228,7 +228,7 @@ class Evolution:
                 built = pending.result()
                 if i + 1 < len(cands):
                     pending = pool.submit(build, cands[i + 1])
-                state, outcome = score_candidate(self.fitness, *built)
+                state, outcome = score_candidate(self.search, self.sources, self.fitness, *built)
                 del built
                 yield self._member(self.search.plain(cand), cand, g, outcome), state
 

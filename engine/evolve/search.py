@@ -166,8 +166,9 @@ def build_candidate(search, sources, fitness, cand: Dict[str, Any], seed: int,
     return state, outcome
 
 
-def score_candidate(fitness, state, outcome: Dict[str, Any]):
-    """Adds the dev metrics of a built candidate to its outcome (a failed merge has none)."""
+def score_candidate(search, sources, fitness, state, outcome: Dict[str, Any]):
+    """Adds the dev metrics of a built candidate, and the search's own measures (``Search.measure``),
+    to its outcome (a failed merge has none)."""
     if state is not None:
         metrics = fitness.metrics(state)
         outcome["metrics"] = {**metrics, **search.measure(state, sources, fitness, metrics)}
@@ -178,7 +179,7 @@ def build_and_score(search, sources, fitness, cand: Dict[str, Any], seed: int):
     """Merges one candidate in memory and measures it on the dev sample: (state or None, outcome),
     the outcome plain data — {"metrics", "merge_s"} or {"error", "merge_s"}, merging time without
     frankenmerge's own dev evaluations. The local loop and the Ray workers both score this way."""
-    return score_candidate(fitness, *build_candidate(search, sources, fitness, cand, seed))
+    return score_candidate(search, sources, fitness, *build_candidate(search, sources, fitness, cand, seed))
 
 
 __all__ = ["EVOLUTIONS", "Search", "build_and_score", "build_candidate", "score_candidate",
