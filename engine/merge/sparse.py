@@ -20,19 +20,43 @@ from typing import List
 
 from torch import Tensor
 
+from ..registry import Param
 from . import MERGES
 from .combine import combine, whole
 from .common import MergeError, each
 from .linear import SCALE, task_vector_to_mergekit
-from .sparse_drop import bernoulli, della_magprune, della_rank, dropped
+from .sparse_drop import RNGS, bernoulli, della_magprune, della_rank, dropped, dropped_fast
 from .sparse_shared import (EPSILON, GAMMA, RESCALES, as_rows, density_param, l1_norm,
                             normalize_param, rescale_param, task_merge)
-from .sparse_trim import (cached_ties, magnitude, magnitude_order, magnitude_outliers, tied_kept,
-                          trim_cut, trimmed)
+from .sparse_trim import (SELECTIONS, cached_ties, magnitude, magnitude_order, magnitude_outliers,
+                          tied_kept, trim_cut, trimmed, trimmed_fast)
 
-__all__ = ["RESCALES", "bernoulli", "cached_ties", "della_magprune", "della_rank", "dropped",
-           "l1_norm", "magnitude", "magnitude_order", "magnitude_outliers", "task_merge",
-           "tied_kept", "trim_cut", "trimmed"]
+__all__ = ["RESCALES", "RNGS", "SELECTIONS", "SPEED_PARAMS", "bernoulli", "cached_ties", "della_magprune", "della_rank", "dropped",
+           "dropped_fast", "l1_norm", "magnitude", "magnitude_order", "magnitude_outliers", "task_merge",
+           "tied_kept", "trim_cut", "trimmed", "trimmed_fast"]
+
+SELECTION = Param(
+    "selection", "choice", "exact", choices=SELECTIONS,
+    help="TIES trim: 'exact' keeps mergekit's very entries (where more entries tie at the cut than "
+         "fit, its sort order picks them, at the cost of a full sort); 'fast' finds the same cut "
+         "without sorting and keeps every entry tied at it (a few more entries, never fewer)")
+RNG = Param(
+    "rng", "choice", "mergekit", choices=RNGS,
+    help="DARE drops: 'mergekit' draws mergekit's very masks (a float32 per entry from torch's "
+         "Mersenne Twister); 'fast' draws the same Bernoulli(density) masks from numpy's PCG64, "
+         "a byte per entry, deterministic per seed but not mergekit's draws")
+
+SPEED_PARAMS = ("rng", "selection")  # speed knobs: a search does not tune them
+
+
+def sparse_to_mergekit(sources, weights, params, base):
+    """task_vector_to_mergekit, refusing the fast modes (mergekit has no equivalent of them)."""
+    if params.get("rng", "mergekit") != "mergekit":
+        return None, "mergekit draws its own masks (rng='fast')"
+    if params.get("selection", "exact") != "exact":
+        return None, "mergekit keeps exactly k entries at a tied cut (selection='fast')"
+    clean = {k: v for k, v in params.items() if k not in ("rng", "selection")}
+    return task_vector_to_mergekit(sources, weights, clean, base)
 
 
 def _register(name: str, *, mergekit: str, params: list, sparsifier: str, consensus: bool,
@@ -48,7 +72,8 @@ def _register(name: str, *, mergekit: str, params: list, sparsifier: str, consen
                scale: float = default.get("scale", 1.0),
                normalize=default.get("normalize", normalize_default),
                rescale: str = default.get("rescale", "l1"), gamma=default.get("gamma", 0.01),
-               epsilon=default.get("epsilon", 0.15), inputs=None) -> Tensor:
+               epsilon=default.get("epsilon", 0.15), rng: str = "mergekit",
+               selection: str = "exact", inputs=None) -> Tensor:
         k = len(tensors)
         dens, gams, epss = each(density, k, "density"), each(gamma, k, "gamma"), each(epsilon, k,
                                                                                      "epsilon")
@@ -80,6 +105,20 @@ def _register(name: str, *, mergekit: str, params: list, sparsifier: str, consen
                 rank = inputs.derived("della_rank", i, lambda: della_rank(d))
             return della_magprune(d, dens[i], epss[i], rescale, generator, uniform, l1, rank)
 
+        if rng not in RNGS:
+            raise MergeError(f"{name}: rng must be one of {list(RNGS)}, got {rng!r}")
+        if selection not in SELECTIONS:
+            raise MergeError(f"{name}: selection must be one of {list(SELECTIONS)}, got "
+                             f"{selection!r}")
+        if sparsifier == "magnitude" and selection == "fast":  # a cache only saves the cut
+            return combine([trimmed_fast(t, base, dens[i], w[i], None if inputs is None or
+                                         dens[i] >= 1 else inputs.sorted_size(i))
+                            for i, t in enumerate(tensors)], w, base, consensus=consensus,
+                           normalize=normalize, scale=scale)
+        if sparsifier == "random" and rng == "fast":  # its draws are cheaper than a cache's
+            return combine([dropped_fast(t, base, dens[i], w[i], rescale, generator)
+                            for i, t in enumerate(tensors)], w, base, consensus=consensus,
+                           normalize=normalize, scale=scale)
         if inputs is None and sparsifier == "magnitude":  # no full sparsified delta held
             return combine([trimmed(t, base, dens[i], w[i]) for i, t in enumerate(tensors)], w,
                            base, consensus=consensus, normalize=normalize, scale=scale)
@@ -106,22 +145,22 @@ def _register(name: str, *, mergekit: str, params: list, sparsifier: str, consen
     kernel.__doc__ = doc
     MERGES.register(name, params=params, family="sparse", needs_base=True, needs_data=False,
                     mergekit=mergekit, min_sources=1, random=sparsifier in ("random", "della"),
-                    cache_aware=True, to_mergekit=task_vector_to_mergekit)(kernel)
+                    cache_aware=True, to_mergekit=sparse_to_mergekit)(kernel)
 
 
 _register("ties", mergekit="ties", sparsifier="magnitude", consensus=True, normalize_default=True,
-          params=[density_param(0.2), SCALE, normalize_param(True)],
+          params=[density_param(0.2), SCALE, normalize_param(True), SELECTION],
           doc="TIES: trim each δ_i to its top-density magnitudes, elect a sign per entry by the "
               "weighted sum, average the agreeing entries (normalised by their weights), add λ× "
               "to the base. Head missing from the base: linear average.")
 _register("dare_linear", mergekit="dare_linear", sparsifier="random", consensus=False,
-          normalize_default=False, params=[density_param(0.5), SCALE, rescale_param("l1")],
+          normalize_default=False, params=[density_param(0.5), SCALE, rescale_param("l1"), RNG],
           doc="DARE + linear: drop each δ entry with probability 1 − density, rescale the "
               "survivors, then task arithmetic. Seeded per key. Head missing from the base: "
               "linear average.")
 _register("dare_ties", mergekit="dare_ties", sparsifier="random", consensus=True,
           normalize_default=False, params=[density_param(0.5), SCALE, normalize_param(False),
-                                           rescale_param("l1")],
+                                           rescale_param("l1"), RNG],
           doc="DARE + TIES: DARE dropping, then TIES sign consensus (mergekit default: no "
               "normalisation). Seeded per key. Head missing from the base: linear average.")
 _register("breadcrumbs", mergekit="breadcrumbs", sparsifier="outliers", consensus=False,
