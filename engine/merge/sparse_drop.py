@@ -162,8 +162,9 @@ def dropped_fast(x: Tensor, base: Tensor, density: float, weight: float, rescale
                  generator) -> Piece:
     """w·DARE(x − base) with ``fast_drop_mask``'s masks (rng='fast'): the same Bernoulli(density)
     drops and the same rescaling rules, not mergekit's draws. 'l1' sums ‖δ‖₁ and ‖kept δ‖₁ in one
-    pass slice by slice (float64 partial sums, added in slice order: deterministic), so δ is never
-    held whole; each slice then costs a subtraction, a fill and one multiply (w·factor folded)."""
+    pass slice by slice (float32 sums per slice, added in float64 in slice order: deterministic),
+    so δ is never held whole; each slice then costs a subtraction, a fill and one multiply
+    (w·factor folded into one scalar)."""
     fx, fb = x.reshape(-1), base.reshape(-1)
     if density >= 1:
         return lambda start, stop: torch.sub(fx[start:stop], fb[start:stop]).mul_(weight)
@@ -179,9 +180,8 @@ def dropped_fast(x: Tensor, base: Tensor, density: float, weight: float, rescale
 
         def norms(start: int, stop: int) -> None:
             size = torch.sub(fx[start:stop], fb[start:stop]).abs_()
-            before = float(size.sum(dtype=torch.float64))
-            sums[start] = (before, float(size.masked_fill_(drop[start:stop], 0.0)
-                                         .sum(dtype=torch.float64)))
+            before = float(size.sum())
+            sums[start] = (before, float(size.masked_fill_(drop[start:stop], 0.0).sum()))
         if fx.device.type == "cpu":
             run_slices(n, norms, chunk=SLICE)
         else:
