@@ -74,6 +74,9 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: all)")
     parser.add_argument("--methods", default="", help="comma-separated subset of the methods")
     parser.add_argument("--no-loop", action="store_true", help="time the kernels only")
+    parser.add_argument("--modes", default="exact,fast", help="TIES/DARE modes to run: exact "
+                        "(mergekit-identical), fast, or both (exact TIES sorts: minutes at "
+                        "250002x768 on 2 loaded cores)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -104,6 +107,11 @@ def main(argv=None):
     for name, params in METHODS:
         if args.methods and name not in args.methods.split(","):
             continue
+        fast = any(params.get(k) == v for k, v in FAST.items())
+        label = name + ("/fast" if fast else "")
+        if name in ("ties", "dare_linear", "dare_ties") and \
+                ("fast" if fast else "exact") not in args.modes.split(","):
+            continue
         method = MERGES.get(name)
         resolved = method.resolve(params)
         uses_base = method.traits.needs_base
@@ -113,7 +121,6 @@ def main(argv=None):
             lambda: method.fn(one, weights, base[key] if uses_base else None, key=key,
                               generator=gen_k, **resolved),
             lambda: raw_sum(inputs), device, args.repeat)
-        label = name + ("/fast" if any(params.get(k) == v for k, v in FAST.items()) else "")
         if args.no_loop:
             moved = (len(inputs) + 1) * one[0].numel() * 4 / 1e9
             print(f"{label:<16}{kernel * 1e3:>10.1f}{raw * 1e3:>9.1f}{ratio:>7.2f}"
