@@ -13,6 +13,14 @@ whole model mergekit (``--random-seed s``) draws from one generator, tensor afte
 sorted-name order; the engine seeds one per tensor by (seed, name) instead (order-free, cacheable),
 so a whole DARE/DELLA model differs from mergekit's by the draws (tests/test_merge_parity_models).
 A classification head missing from the pretrained base is linear-averaged by the engine.
+
+Fast modes (Params, mergekit-identical by default): ``selection='fast'`` (TIES) finds the same
+cut without sorting and keeps every entry tied at it (sparse_trim.fast_cut); ``rng='fast'``
+(DARE) draws Bernoulli(density) masks from numpy's PCG64, a byte per entry instead of a float32,
+deterministic per seed but not mergekit's draws (sparse_drop.fast_drop_mask). Neither exports to
+mergekit, and searches do not tune them (SPEED_PARAMS).
+Files: sparse_shared.py (Params, L1, whole-delta kernel), sparse_trim.py (TIES, breadcrumbs),
+sparse_drop.py (DARE, DELLA); this module registers the flavours.
 """
 from __future__ import annotations
 
