@@ -113,3 +113,24 @@ def test_sliced_streaming_merge_names_the_source_with_nan_and_writes_nothing(tmp
     with pytest.raises(MergeError, match="model 'm1' tensor 'roberta.big.weight' contains NaN"):
         merge_files("task_arithmetic", sources, out, base_dir=base)
     assert not out.exists() and not list(tmp_path.glob("*.partial"))
+
+
+def test_streaming_writer_takes_slices_in_any_order_and_refuses_a_missing_one(tmp_path):
+    from engine.tensorfile import StreamingWriter, TensorFileError
+
+    big, small = torch.randn(1000), torch.randn(3)
+    path = tmp_path / "m.safetensors"
+    w = StreamingWriter(path, [("a", torch.float32, (3,)), ("big", torch.float32, (1000,)),
+                               ("c", torch.float32, (3,))])
+    for start in reversed(range(0, 1000, 300)):  # slices first, last one first
+        w.write_slice("big", start, big[start:start + 300])
+    w.write("a", small)
+    w.write("c", small * 2)  # the sliced tensor is skipped in the order
+    w.close()
+    got = load_file(str(path))
+    assert torch.equal(got["big"], big) and torch.equal(got["c"], small * 2)
+    w = StreamingWriter(tmp_path / "n.safetensors", [("big", torch.float32, (1000,))])
+    w.write_slice("big", 0, big[:900])
+    with pytest.raises(TensorFileError, match="only 0 of 1"):
+        w.close()
+    assert not (tmp_path / "n.safetensors").exists()
