@@ -334,14 +334,11 @@ def merge_state_dicts(method: Union[str, Method], sources: Sequence[StateDict],
         if (write_slice is not None and method.name in ELEMENTWISE and cache is None
                 and compute.type == "cpu" and shape.numel() >= SLICED_FROM
                 and (not needs_base or raw is not None) and not prepared.extras.get(key)):
-            if not propagates:
-                for t, name in zip(originals, names):
+            for t, name, weight in zip(originals, names, w):  # as below: the output check
+                if not propagates or weight == 0:              # covers weighted sources
                     _finite(t, name, key)
             if raw is not None:
                 _finite(raw, "base", key)
-            for t, name, weight in zip(originals, names, w):
-                if weight == 0:
-                    _finite(t, name, key)
             out_dtype = dtype or originals[0].dtype
             if not merge_in_slices(method.fn, originals, raw, weight_tensor, kernel_params, key,
                                    out_dtype, write_slice):
