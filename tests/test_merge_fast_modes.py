@@ -7,7 +7,7 @@ import torch
 from engine.evolve.genome import default_genome, genes
 from engine.merge import MERGES
 from engine.merge.export import mergekit_config
-from engine.merge.sparse_drop import dropped_fast, fast_drop_mask
+from engine.merge.sparse_drop import dropped_fast, fast_keep_mask
 from engine.merge.sparse_trim import SAMPLE, fast_cut, trim_cut
 
 from test_merge_kernels import bits, textbook
@@ -61,22 +61,22 @@ def test_ties_fast_equals_exact_where_no_entries_tie_at_the_cut():
                        ties(sources, w, base, density=0.3))
 
 
-def test_fast_drop_mask_is_bernoulli_and_deterministic_per_seed():
+def test_fast_keep_mask_is_bernoulli_and_deterministic_per_seed():
     n = 1 << 21
     for keep in (0.5, 0.3, 0.9, 0.001):
-        drop = fast_drop_mask(n, keep, seed=11)
-        rate = 1 - drop.double().mean().item()
+        mask = fast_keep_mask(n, keep, seed=11)
+        rate = mask.double().mean().item()
         sigma = (keep * (1 - keep) / n) ** 0.5
         assert abs(rate - keep) < 5 * sigma, (keep, rate)
-        assert torch.equal(drop, fast_drop_mask(n, keep, seed=11))
-    assert not torch.equal(fast_drop_mask(n, 0.3, 1), fast_drop_mask(n, 0.3, 2))
+        assert torch.equal(mask, fast_keep_mask(n, keep, seed=11))
+    assert not torch.equal(fast_keep_mask(n, 0.3, 1), fast_keep_mask(n, 0.3, 2))
     threads = torch.get_num_threads()
     try:  # the mask does not depend on how many threads draw it
         torch.set_num_threads(1)
-        single = fast_drop_mask(3 * n + 5, 0.3, 4)
+        single = fast_keep_mask(3 * n + 5, 0.3, 4)
     finally:
         torch.set_num_threads(threads)
-    assert torch.equal(single, fast_drop_mask(3 * n + 5, 0.3, 4))
+    assert torch.equal(single, fast_keep_mask(3 * n + 5, 0.3, 4))
 
 
 def piece_of(x, base, density, rescale, seed, weight=1.0):

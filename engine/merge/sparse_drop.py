@@ -124,13 +124,14 @@ def fast_seed(generator) -> int:
     return int(torch.randint(0, 2 ** 62, (1,), generator=generator))
 
 
-def fast_drop_mask(n: int, keep_prob: float, seed: int) -> Tensor:
-    """A bool DROP mask over n entries, each dropped independently with probability 1 − keep_prob
-    (exact to 2⁻⁴⁰), from numpy's PCG64: entry i's first 8 bits are byte i of the stream seeded by
-    ``seed``, so it draws 1 byte an entry where the mergekit mode draws a float32 (4 bytes, from
-    torch's Mersenne Twister). Entry kept iff byte < ⌊256p⌋, or byte = ⌊256p⌋ (1 in 256) and a
-    further 32-bit draw < frac(256p)·2³² (from a second stream, at a fixed offset per block).
-    Blocks run on torch's thread count (numpy releases the GIL)."""
+def fast_keep_mask(n: int, keep_prob: float, seed: int) -> Tensor:
+    """A uint8 keep mask (1 = keep) over n entries, each kept independently with probability
+    keep_prob (exact to 2⁻⁴⁰), from numpy's PCG64: entry i's first 8 bits are byte i of the stream
+    seeded by ``seed``, so it draws 1 byte an entry where the mergekit mode draws a float32 (4
+    bytes, from torch's Mersenne Twister). Entry kept iff byte < ⌊256p⌋, or byte = ⌊256p⌋ (1 in
+    256) and a further 32-bit draw < frac(256p)·2³² (from a second stream, at a fixed offset per
+    block). Blocks run on torch's thread count (numpy releases the GIL). uint8, not bool: a float
+    times a uint8 mask is ~6x faster in torch than masked_fill with a bool one."""
     import numpy as np
 
     from .combine import run_slices
@@ -139,31 +140,31 @@ def fast_drop_mask(n: int, keep_prob: float, seed: int) -> Tensor:
     whole, frac = int(scaled), scaled - int(scaled)
     refine = int(round(frac * 2 ** 32))
     main, extra = np.random.SeedSequence(seed).spawn(2)
-    drop = np.empty(n, dtype=np.bool_)
+    keep = np.empty(n, dtype=np.bool_)
 
     def block(start: int, stop: int) -> None:
         bits = np.random.PCG64(main)
         bits.advance(start // 8)
         raw = bits.random_raw((stop - start + 7) // 8).view(np.uint8)[:stop - start]
-        out = drop[start:stop]
-        np.greater_equal(raw, whole, out=out)
+        out = keep[start:stop]
+        np.less(raw, whole, out=out)
         if refine and whole < 256:
             tied = np.flatnonzero(raw == whole)
             if tied.size:
                 more = np.random.PCG64(extra)
                 more.advance(start)
                 draws = more.random_raw(tied.size) >> np.uint64(32)
-                out[tied] = draws >= refine
+                out[tied] = draws < refine
     run_slices(n, block, chunk=BLOCK)
-    return torch.from_numpy(drop)
+    return torch.from_numpy(keep.view(np.uint8))
 
 
 def dropped_fast(x: Tensor, base: Tensor, density: float, weight: float, rescale: str,
                  generator) -> Piece:
-    """w·DARE(x − base) with ``fast_drop_mask``'s masks (rng='fast'): the same Bernoulli(density)
+    """w·DARE(x − base) with ``fast_keep_mask``'s masks (rng='fast'): the same Bernoulli(density)
     drops and the same rescaling rules, not mergekit's draws. 'l1' sums ‖δ‖₁ and ‖kept δ‖₁ in one
     pass slice by slice (float32 sums per slice, added in float64 in slice order: deterministic),
-    so δ is never held whole; each slice then costs a subtraction, a fill and one multiply
+    so δ is never held whole; each slice then costs a subtraction, the mask and one multiply
     (w·factor folded into one scalar)."""
     fx, fb = x.reshape(-1), base.reshape(-1)
     if density >= 1:
@@ -171,7 +172,7 @@ def dropped_fast(x: Tensor, base: Tensor, density: float, weight: float, rescale
     from .combine import SLICE, run_slices
 
     n = fx.numel()
-    drop = fast_drop_mask(n, density, fast_seed(generator)).to(fx.device)
+    keep = fast_keep_mask(n, density, fast_seed(generator)).to(fx.device)
     factor = 1.0
     if rescale == "inverse_density":
         factor = 1.0 / density
@@ -181,7 +182,7 @@ def dropped_fast(x: Tensor, base: Tensor, density: float, weight: float, rescale
         def norms(start: int, stop: int) -> None:
             size = torch.sub(fx[start:stop], fb[start:stop]).abs_()
             before = float(size.sum())
-            sums[start] = (before, float(size.masked_fill_(drop[start:stop], 0.0).sum()))
+            sums[start] = (before, float(size.mul_(keep[start:stop]).sum()))
         if fx.device.type == "cpu":
             run_slices(n, norms, chunk=SLICE)
         else:
@@ -193,5 +194,5 @@ def dropped_fast(x: Tensor, base: Tensor, density: float, weight: float, rescale
 
     def piece(start: int, stop: int) -> Tensor:
         part = torch.sub(fx[start:stop], fb[start:stop])
-        return part.masked_fill_(drop[start:stop], 0.0).mul_(scale)
+        return part.mul_(keep[start:stop]).add_(0.0).mul_(scale)  # + 0: a dropped entry is +0
     return piece

@@ -160,6 +160,8 @@ def fast_cut(fx: Tensor, fb: Tensor, density: float) -> Tensor:
     deviations of a sample quantile); one pass over slices counts the entries above the bracket
     and keeps those inside it (about 2 % of n), and the cut is selected among those. Should the
     bracket miss (rarely), the full selection decides. Deterministic; the value is exact."""
+    import numpy as np
+
     from .combine import SLICE, run_slices
 
     n = fx.numel()
@@ -174,16 +176,16 @@ def fast_cut(fx: Tensor, fb: Tensor, density: float) -> Tensor:
     lo = sample[lo_at] if lo_at > 0 else torch.zeros(())
     hi = sample[hi_at] if hi_at < SAMPLE else torch.tensor(float("inf"))
     above, inside = {}, {}
+    xs, bs, low, high = fx.numpy(), fb.numpy(), float(lo), float(hi)
 
-    def scan(start: int, stop: int) -> None:
-        size = torch.sub(fx[start:stop], fb[start:stop]).abs_()
-        reach = size[size >= lo]
-        high = reach > hi
-        above[start] = int(torch.count_nonzero(high))
-        inside[start] = reach[~high]
+    def scan(start: int, stop: int) -> None:  # numpy: its boolean ops are ~4x torch's here
+        size = np.subtract(xs[start:stop], bs[start:stop])
+        np.abs(size, out=size)
+        above[start] = int(np.count_nonzero(size > high))
+        inside[start] = size[(size >= low) & (size <= high)]
     run_slices(n, scan, chunk=SLICE)
     rank = k - sum(above.values())  # the cut is the rank-th largest inside the bracket
-    values = torch.cat([inside[s] for s in sorted(inside)]) if inside else torch.empty(0)
+    values = torch.from_numpy(np.concatenate([inside[s] for s in sorted(inside)]))
     if not 1 <= rank <= values.numel():
         return trim_cut(density, n, torch.sub(fx, fb).abs_())[0]
     return select_kth(values, values.numel() - rank + 1)
