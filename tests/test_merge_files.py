@@ -70,7 +70,8 @@ def write_models(root, dtype, nan_in=None):
     """Base + 3 sources with a tensor large enough to be merged slice by slice (ragged last
     slice), a small one and a head the base lacks."""
     g = torch.Generator().manual_seed(4)
-    base = {"roberta.big.weight": torch.randn(700, 301, generator=g), "roberta.small.bias": torch.randn(10, generator=g)}
+    base = {"roberta.big.weight": torch.randn(700, 301, generator=g),
+            "roberta.small.bias": torch.randn(10, generator=g)}
     dirs = []
     for i in range(4):
         state = {k: v + 0.1 * torch.randn(v.shape, generator=g) for k, v in base.items()}
@@ -82,7 +83,8 @@ def write_models(root, dtype, nan_in=None):
         save_file({k: v.to(dtype) for k, v in state.items()}, str(folder / "model.safetensors"))
         dirs.append(folder)
     (root / "base").mkdir()
-    save_file({k[len("roberta."):]: v.to(dtype) for k, v in base.items()}, str(root / "base" / "model.safetensors"))
+    save_file({k[len("roberta."):]: v.to(dtype) for k, v in base.items()},
+              str(root / "base" / "model.safetensors"))
     return dirs[:3], root / "base"
 
 

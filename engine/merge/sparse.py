@@ -39,9 +39,10 @@ from .sparse_shared import (EPSILON, GAMMA, RESCALES, as_rows, density_param, l1
 from .sparse_trim import (SELECTIONS, cached_ties, magnitude, magnitude_order, magnitude_outliers,
                           tied_kept, trim_cut, trimmed, trimmed_fast)
 
-__all__ = ["RESCALES", "RNGS", "SELECTIONS", "SPEED_PARAMS", "bernoulli", "cached_ties", "della_magprune", "della_rank", "dropped",
-           "dropped_fast", "l1_norm", "magnitude", "magnitude_order", "magnitude_outliers", "task_merge",
-           "tied_kept", "trim_cut", "trimmed", "trimmed_fast"]
+__all__ = ["RESCALES", "RNGS", "SELECTIONS", "SPEED_PARAMS", "bernoulli", "cached_ties",
+           "della_magprune", "della_rank", "dropped", "dropped_fast", "l1_norm", "magnitude",
+           "magnitude_order", "magnitude_outliers", "task_merge", "tied_kept", "trim_cut",
+           "trimmed", "trimmed_fast"]
 
 SELECTION = Param(
     "selection", "choice", "exact", choices=SELECTIONS,
