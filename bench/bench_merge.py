@@ -7,7 +7,11 @@ linear / task arithmetic >= 0.5). "kernel" times the per-tensor kernel alone, "l
 ``merge_state_dicts`` (key iteration, NaN/inf checks, dtype handling) on a state dict.
 
     python bench/bench_merge.py [--mb 128] [--sources 3] [--device cpu|cuda] [--repeat 7]
-        [--shape 250002x768] [--threads 1] [--methods ties,dare_ties]
+        [--shape 250002x768] [--threads 1] [--methods ties,dare_ties] [--no-loop]
+
+TIES and DARE run twice: mergekit-identical (the default) and in their fast modes
+(``selection='fast'`` / ``rng='fast'``, rows marked "/fast"). --no-loop skips the whole-loop
+columns (at 250002x768 they double the run time and say the same as the kernel).
 """
 from __future__ import annotations
 
@@ -23,7 +27,10 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from engine.merge import MERGES, merge_state_dicts  # noqa: E402
 
 METHODS = [("linear", {}), ("task_arithmetic", {}), ("ties", {"density": 0.2}),
-           ("dare_linear", {"density": 0.5}), ("dare_ties", {"density": 0.5})]
+           ("ties", {"density": 0.2, "selection": "fast"}),
+           ("dare_linear", {"density": 0.5}), ("dare_linear", {"density": 0.5, "rng": "fast"}),
+           ("dare_ties", {"density": 0.5}), ("dare_ties", {"density": 0.5, "rng": "fast"})]
+FAST = {"selection": "fast", "rng": "fast"}  # the fast modes' settings (label suffix "/fast")
 
 
 def sync(device):
@@ -66,6 +73,10 @@ def main(argv=None):
                         "(e.g. 250002x768, XLM-R-base's embedding)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: all)")
     parser.add_argument("--methods", default="", help="comma-separated subset of the methods")
+    parser.add_argument("--no-loop", action="store_true", help="time the kernels only")
+    parser.add_argument("--modes", default="exact,fast", help="TIES/DARE modes to run: exact "
+                        "(mergekit-identical), fast, or both (exact TIES sorts: minutes at "
+                        "250002x768 on 2 loaded cores)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -90,10 +101,16 @@ def main(argv=None):
              else f"{torch.get_num_threads()} threads")
     print(f"device {device} ({where}), {args.sources} sources + base, {args.tensors} tensors "
           f"of {shape} per model ({model_mb:.0f} MB/model, {model_mb * (args.sources + 1):.0f} MB in total)")
+    print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     print(f"{'method':<16}{'kernel ms':>10}{'raw ms':>9}{'ratio':>7}{'GB/s':>7}"
           f"{'loop ms':>10}{'raw ms':>9}{'ratio':>7}")
     for name, params in METHODS:
         if args.methods and name not in args.methods.split(","):
+            continue
+        fast = any(params.get(k) == v for k, v in FAST.items())
+        label = name + ("/fast" if fast else "")
+        if name in ("ties", "dare_linear", "dare_ties") and \
+                ("fast" if fast else "exact") not in args.modes.split(","):
             continue
         method = MERGES.get(name)
         resolved = method.resolve(params)
@@ -104,6 +121,11 @@ def main(argv=None):
             lambda: method.fn(one, weights, base[key] if uses_base else None, key=key,
                               generator=gen_k, **resolved),
             lambda: raw_sum(inputs), device, args.repeat)
+        if args.no_loop:
+            moved = (len(inputs) + 1) * one[0].numel() * 4 / 1e9
+            print(f"{label:<16}{kernel * 1e3:>10.1f}{raw * 1e3:>9.1f}{ratio:>7.2f}"
+                  f"{moved / kernel:>7.1f}", flush=True)
+            continue
         loop, raw_loop, loop_ratio = paired(
             lambda: merge_state_dicts(name, sources, weights.tolist(),
                                       base=base if uses_base else None, params=params,
@@ -111,9 +133,9 @@ def main(argv=None):
             lambda: [raw_sum([s[k] for s in sources] + ([base[k]] if uses_base else []))
                      for k in base], device, args.repeat)
         moved = (len(inputs) + 1) * one[0].numel() * 4 / 1e9
-        print(f"{name:<16}{kernel * 1e3:>10.1f}{raw * 1e3:>9.1f}{ratio:>7.2f}"
+        print(f"{label:<16}{kernel * 1e3:>10.1f}{raw * 1e3:>9.1f}{ratio:>7.2f}"
               f"{moved / kernel:>7.1f}{loop * 1e3:>10.1f}{raw_loop * 1e3:>9.1f}"
-              f"{loop_ratio:>7.2f}")
+              f"{loop_ratio:>7.2f}", flush=True)
 
 
 if __name__ == "__main__":

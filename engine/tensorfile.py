@@ -4,14 +4,16 @@ Whole-file loading (``safetensors.torch.load_file``) copies every tensor into an
 ``save_file`` serialises the whole dict into one more buffer before writing. At XLM-R-base size
 (1.1 GB per model) that is most of a merge's time and memory. Here a model file is memory-mapped
 (tensors are views of the page cache: nothing is copied until a kernel reads it) and an output file
-is written tensor by tensor after a header computed up front — the bytes are the same format that
-``safetensors`` reads and writes.
+is written tensor by tensor (or slice by slice, at fixed offsets) after a header computed up front —
+the bytes are the same format that ``safetensors`` reads and writes.
 """
 from __future__ import annotations
 
 import json
 import mmap
+import os
 import struct
+import threading
 from pathlib import Path
 from typing import BinaryIO, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
@@ -132,19 +134,56 @@ class StreamingWriter:
         self._tmp = self.path.with_name(self.path.name + ".partial")
         header: Dict[str, dict] = {"__metadata__": dict(metadata or {"format": "pt"})}
         self._order: List[Tuple[str, torch.dtype, Tuple[int, ...], int]] = []
+        self._where: Dict[str, Tuple[int, int]] = {}  # name -> (index in the layout, data offset)
         offset = 0
         for name, dtype, shape in layout:
             size = torch.Size(shape).numel() * torch.empty((), dtype=dtype).element_size()
             header[name] = {"dtype": NAMES[dtype], "shape": list(shape), "data_offsets": [offset, offset + size]}
+            self._where[name] = (len(self._order), offset)
             self._order.append((name, dtype, tuple(shape), size))
             offset += size
         raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
         raw += b" " * (-len(raw) % 8)
         self._file: Optional[BinaryIO] = open(self._tmp, "wb")
         self._file.write(struct.pack("<Q", len(raw)) + raw)
+        self._file.flush()
+        self._data = 8 + len(raw)  # where the data section starts
+        self._sliced: Dict[str, int] = {}  # tensors written slice by slice: bytes so far
+        self._lock = threading.Lock()
         self._next = 0
 
+    def _put(self, data, offset: int) -> None:
+        """Writes ``data`` (a bytes-like view) at ``offset`` of the data section: positioned
+        writes, so slices and whole tensors may arrive from several threads in any order."""
+        view, fd, at = memoryview(data).cast("B"), self._file.fileno(), self._data + offset
+        while len(view):
+            done = os.pwrite(fd, view, at)
+            view, at = view[done:], at + done
+
+    def write_slice(self, name: str, start: int, tensor: torch.Tensor) -> None:
+        """Writes entries [start, start + numel) of tensor ``name`` (flat): an output computed
+        slice by slice goes to the file from the cache, never held whole. Thread-safe; the tensor
+        is then skipped by ``write``'s order, and ``close`` checks every byte of it arrived."""
+        if name not in self._where:
+            raise TensorFileError(f"{self.path}: tensor '{name}' is not in the layout")
+        index, offset = self._where[name]
+        _, dtype, _, size = self._order[index]
+        if tensor.dtype != dtype:
+            raise TensorFileError(f"{self.path}: tensor '{name}' is {NAMES[dtype]}, got a "
+                                  f"{NAMES.get(tensor.dtype)} slice")
+        data = tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy()
+        at = start * tensor.element_size()
+        if at + data.size > size:
+            raise TensorFileError(f"{self.path}: slice past the end of tensor '{name}'")
+        with self._lock:
+            self._sliced[name] = self._sliced.get(name, 0) + data.size
+        self._put(data, offset + at)
+
     def write(self, name: str, tensor: torch.Tensor) -> None:
+        """Writes the next whole tensor of the layout (tensors sent by ``write_slice`` are
+        skipped over)."""
+        while self._next < len(self._order) and self._order[self._next][0] in self._sliced:
+            self._next += 1
         if self._next >= len(self._order):
             raise TensorFileError(f"{self.path}: tensor '{name}' is not in the layout")
         want, dtype, shape, size = self._order[self._next]
@@ -153,7 +192,7 @@ class StreamingWriter:
                                   f"got '{name}' {NAMES.get(tensor.dtype)} {list(tensor.shape)}")
         if size:
             data = tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy()
-            self._file.write(memoryview(data))
+            self._put(data, self._where[name][1])
         self._next += 1
 
     def close(self) -> Path:
@@ -161,9 +200,12 @@ class StreamingWriter:
             return self.path
         self._file.close()
         self._file = None
-        if self._next != len(self._order):
+        sizes = {name: size for name, _, _, size in self._order}
+        whole = sum(1 for name, _, _, _ in self._order[:self._next] if name not in self._sliced)
+        written = whole + sum(1 for name, got in self._sliced.items() if got == sizes[name])
+        if written != len(self._order):
             self._tmp.unlink(missing_ok=True)
-            raise TensorFileError(f"{self.path}: only {self._next} of {len(self._order)} tensors were "
+            raise TensorFileError(f"{self.path}: only {written} of {len(self._order)} tensors were "
                                   "written; nothing was saved")
         self._tmp.replace(self.path)
         return self.path
@@ -214,6 +256,13 @@ class WriteBehind:
         if self._error is not None:
             raise self._error
         self._queue.put((name, tensor))
+
+    def write_slice(self, name: str, start: int, tensor: torch.Tensor) -> None:
+        """Straight to the file (a positioned write, thread-safe): a slice is small and is
+        written while it is in the cache."""
+        if self._error is not None:
+            raise self._error
+        self.writer.write_slice(name, start, tensor)
 
     def _finish(self) -> None:
         self._queue.put(None)

@@ -64,3 +64,75 @@ def test_weighted_sums_check_only_the_output_yet_still_name_the_bad_source(zoo, 
     states[bad][key][0, 1] = float("inf")
     with pytest.raises(MergeError, match=f"model '{'ab'[bad]}' tensor '{key}' contains NaN or inf"):
         merge_state_dicts(method, states, weights, base=zoo.base_state_dict(), names=["a", "b"])
+
+
+def write_models(root, dtype, nan_in=None):
+    """Base + 3 sources with a tensor large enough to be merged slice by slice (ragged last
+    slice), a small one and a head the base lacks."""
+    g = torch.Generator().manual_seed(4)
+    base = {"roberta.big.weight": torch.randn(700, 301, generator=g),
+            "roberta.small.bias": torch.randn(10, generator=g)}
+    dirs = []
+    for i in range(4):
+        state = {k: v + 0.1 * torch.randn(v.shape, generator=g) for k, v in base.items()}
+        state["classifier.weight"] = torch.randn(3, 8, generator=g)
+        if i == nan_in:
+            state["roberta.big.weight"][650, 7] = float("nan")  # in one of the last slices
+        folder = root / f"m{i}"
+        folder.mkdir()
+        save_file({k: v.to(dtype) for k, v in state.items()}, str(folder / "model.safetensors"))
+        dirs.append(folder)
+    (root / "base").mkdir()
+    save_file({k[len("roberta."):]: v.to(dtype) for k, v in base.items()},
+              str(root / "base" / "model.safetensors"))
+    return dirs[:3], root / "base"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("method,params", [("linear", {}), ("task_arithmetic", {"scale": 0.8})])
+def test_sliced_streaming_merge_is_bit_identical_to_the_whole_tensor_merge(tmp_path, method, params, dtype):
+    from engine.merge.run import SLICED_FROM
+
+    sources, base = write_models(tmp_path, dtype)
+    weights = [0.5, 0.3, 0.2]
+    out = tmp_path / "merged.safetensors"
+    report = merge_files(method, sources, out, weights, base_dir=base, params=params).report
+    states = [load_state_dict(s) for s in sources]
+    assert states[0]["roberta.big.weight"].numel() > 3 * SLICED_FROM
+    expected = merge_state_dicts(method, states, weights, base={"roberta." + k: v for k, v in
+                                                                load_state_dict(base).items()},
+                                 params=params)
+    got = load_file(str(out))
+    assert list(got) == list(expected)
+    for key in expected:
+        assert got[key].dtype == dtype and torch.equal(got[key], expected[key]), key
+    assert report.treatment == expected.report.treatment
+
+
+def test_sliced_streaming_merge_names_the_source_with_nan_and_writes_nothing(tmp_path):
+    sources, base = write_models(tmp_path, torch.float32, nan_in=1)
+    out = tmp_path / "merged.safetensors"
+    with pytest.raises(MergeError, match="model 'm1' tensor 'roberta.big.weight' contains NaN"):
+        merge_files("task_arithmetic", sources, out, base_dir=base)
+    assert not out.exists() and not list(tmp_path.glob("*.partial"))
+
+
+def test_streaming_writer_takes_slices_in_any_order_and_refuses_a_missing_one(tmp_path):
+    from engine.tensorfile import StreamingWriter, TensorFileError
+
+    big, small = torch.randn(1000), torch.randn(3)
+    path = tmp_path / "m.safetensors"
+    w = StreamingWriter(path, [("a", torch.float32, (3,)), ("big", torch.float32, (1000,)),
+                               ("c", torch.float32, (3,))])
+    for start in reversed(range(0, 1000, 300)):  # slices first, last one first
+        w.write_slice("big", start, big[start:start + 300])
+    w.write("a", small)
+    w.write("c", small * 2)  # the sliced tensor is skipped in the order
+    w.close()
+    got = load_file(str(path))
+    assert torch.equal(got["big"], big) and torch.equal(got["c"], small * 2)
+    w = StreamingWriter(tmp_path / "n.safetensors", [("big", torch.float32, (1000,))])
+    w.write_slice("big", 0, big[:900])
+    with pytest.raises(TensorFileError, match="only 0 of 1"):
+        w.close()
+    assert not (tmp_path / "n.safetensors").exists()

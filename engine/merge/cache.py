@@ -86,7 +86,7 @@ class KeyInputs:
 
     def l1(self, i: int) -> Tensor:
         """‖δ_i‖₁, computed as the uncached kernel does (same reduction, same value)."""
-        from .sparse import l1_norm
+        from .sparse_shared import l1_norm
 
         return self.derived("l1", i, lambda: l1_norm(self.delta(i)))
 

@@ -63,7 +63,8 @@ def merge_files(method: str, source_dirs: Sequence[str | Path], out_file: str | 
     writer = WriteBehind(StreamingWriter(out_file, layout))
     try:
         result = merge_state_dicts(resolved, sources, weights, base=base, params=params, names=names,
-                                   seed=seed, dtype=dtype, progress=progress, sink=writer.write)
+                                   seed=seed, dtype=dtype, progress=progress, sink=writer.write,
+                                   write_slice=writer.write_slice)
     except BaseException:
         writer.abort()
         raise

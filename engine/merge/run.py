@@ -199,6 +199,36 @@ def _emit(out: Dict[str, Tensor], sink: Optional[Callable[[str, Tensor], None]],
         sink(key, tensor)
 
 
+ELEMENTWISE = ("linear", "task_arithmetic")  # kernels whose output slice is the kernel on slices
+SLICED_FROM = 1 << 16  # entries: smaller tensors are merged whole
+
+
+def merge_in_slices(fn: Callable, originals: Sequence[Tensor], base: Optional[Tensor],
+                    weights: Tensor, params: Dict[str, Any], key: str, dtype: torch.dtype,
+                    write_slice: Callable[[str, int, Tensor], None]) -> bool:
+    """An elementwise kernel over cache-sized flat slices, each checked and written at once: the
+    sources are read once (from their memory maps), no output tensor is allocated, and the NaN/inf
+    check is made while the slice is in the cache. Slices are under ATen's parallel grain and
+    shared out to worker threads (combine.run_slices); the kernel's ops are elementwise, so every
+    entry gets the bits the whole-tensor call gives. Returns False when a slice was not finite."""
+    from .combine import SLICE, run_slices
+
+    flats = [t.reshape(-1) for t in originals]
+    flat_base = base.reshape(-1) if base is not None else None
+    finite = [True]
+
+    def work(start: int, stop: int) -> None:
+        parts = [f[start:stop].to(torch.float32) for f in flats]
+        part_base = flat_base[start:stop].to(torch.float32) if flat_base is not None else None
+        merged = fn(parts, weights, part_base, key=key, generator=None, **params)
+        if not all_finite(merged):
+            finite[0] = False
+            return
+        write_slice(key, start, merged.to(dtype))
+    run_slices(flats[0].numel(), work, chunk=SLICE)
+    return finite[0]
+
+
 def merge_state_dicts(method: Union[str, Method], sources: Sequence[StateDict],
                       weights: Optional[Sequence[float]] = None, base: Optional[StateDict] = None,
                       params: Optional[Mapping[str, Any]] = None,
@@ -208,7 +238,9 @@ def merge_state_dicts(method: Union[str, Method], sources: Sequence[StateDict],
                       dtype: Optional[torch.dtype] = None, seed: int = 0,
                       progress: Optional[ProgressFn] = None,
                       cache: Optional[MergeCache] = None,
-                      sink: Optional[Callable[[str, Tensor], None]] = None) -> MergedStateDict:
+                      sink: Optional[Callable[[str, Tensor], None]] = None,
+                      write_slice: Optional[Callable[[str, int, Tensor], None]] = None
+                      ) -> MergedStateDict:
     """Merges K state dicts with a registered method; returns the merged dict with ``.report``.
 
     weights: one non-negative number per source (None: equal), normalised to sum to one.
@@ -223,6 +255,9 @@ def merge_state_dicts(method: Union[str, Method], sources: Sequence[StateDict],
         Same results as without it.
     sink: called with each output tensor as soon as it is merged, which is then not kept (the
         returned dict stays empty): a disk→disk merge writes it out (engine/merge/files.py).
+    write_slice: with a sink, called as (key, start, flat slice) for large tensors of elementwise
+        methods (linear, task arithmetic), which are then merged slice by slice in the CPU cache
+        and never held whole (merge_in_slices); the same bits, the same checks.
     """
     started = time.perf_counter()
     method = resolve_method(method)
@@ -296,6 +331,23 @@ def merge_state_dicts(method: Union[str, Method], sources: Sequence[StateDict],
         if raw is not None and shape_of(base, base_keys[key]) != shape:
             raise MergeError(f"tensor '{key}' has shape {tuple(shape)} in the sources but "
                              f"{tuple(raw.shape)} in the base model")
+        if (write_slice is not None and method.name in ELEMENTWISE and cache is None
+                and compute.type == "cpu" and shape.numel() >= SLICED_FROM
+                and (not needs_base or raw is not None) and not prepared.extras.get(key)):
+            for t, name, weight in zip(originals, names, w):  # as below: the output check
+                if not propagates or weight == 0:              # covers weighted sources
+                    _finite(t, name, key)
+            if raw is not None:
+                _finite(raw, "base", key)
+            out_dtype = dtype or originals[0].dtype
+            if not merge_in_slices(method.fn, originals, raw, weight_tensor, kernel_params, key,
+                                   out_dtype, write_slice):
+                for t, name in zip(originals, names):
+                    _finite(t, name, key)
+                raise MergeError(f"merge method '{method.name}' produced NaN/inf in tensor '{key}'")
+            report.treatment[key] = prepared.labels.get(key, prepared.default_label or method.name)
+            tracker.advance(1)
+            continue
         inputs = None
         if cache is not None:  # checked and converted once per run
             inputs = cache.inputs(key, originals, raw, names, compute)

@@ -1,0 +1,210 @@
+"""TIES' trim (and breadcrumbs' outlier trim): which entries of a task vector survive by
+magnitude. Mergekit-identical: the very entries mergekit 0.1.5 keeps, ties at the cut included."""
+from __future__ import annotations
+
+from typing import Callable, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .combine import Piece
+from .common import select_kth
+
+def trim_cut(density: float, n: int, size: Optional[Tensor] = None,
+             sorted_size: Optional[Tensor] = None) -> Tuple[Tensor, int, bool]:
+    """(cut, k, exact) of TIES trimming over n entries: cut is the k-th largest |δ|, k =
+    max(1, ⌊density·n⌋), from ``size`` = |δ| by selection (select_kth) or from ``sorted_size`` = |δ|
+    sorted ascending by an index lookup — the same value. exact: |δ| ≥ cut holds for exactly k
+    entries (no surplus ties at the cut)."""
+    k = max(1, int(density * n))
+    if sorted_size is not None:
+        cut = sorted_size[n - k]
+        reaching = n - int(torch.searchsorted(sorted_size, cut.reshape(1)))
+    else:
+        cut = select_kth(size, n - k + 1)
+        reaching = int(torch.count_nonzero(size >= cut))
+    return cut, k, reaching == k
+
+
+def below(cut: Tensor) -> float:
+    """The largest float under ``cut`` (> 0): hardshrink keeps |x| > it, i.e. |x| ≥ cut."""
+    return float(torch.nextafter(cut, torch.zeros_like(cut)))
+
+
+def tied_kept(size: Tensor, above: int, k: int) -> Tensor:
+    """Indices (ascending) of the entries tied at the cut that TIES keeps: mergekit 0.1.5 keeps
+    ``torch.argsort(|δ|, descending=True)[:k]``, an unstable sort whose order among equal
+    magnitudes is no simple rule (std::sort's introsort on CPU), so the same call on the same
+    float32 |δ| (flat, ``size``) decides; its first ``above`` entries are those above the cut.
+    Only run when more entries tie at the cut than fit (trim_cut's ``exact`` is False): common
+    in real task vectors (differences of float32 weights sit on a grid), and then the trim costs
+    a full sort, mergekit's own cost (8.4 M entries: ~9x the selection), to settle a handful of
+    equally large entries. A MergeCache keeps the order, so a search sorts each tensor once."""
+    order = torch.argsort(size, descending=True)
+    return torch.sort(order[above:k]).values
+
+
+def cached_ties(inputs, i: int) -> Callable[[int, int], Tensor]:
+    """tied_kept for source i from a MergeCache entry: the descending argsort of |δ_i| is made
+    the first time a cut lands on surplus ties and then kept (int32, 4 bytes an entry, only for
+    tensors where that happened), so later merges at other densities only slice it."""
+    def make() -> Tensor:
+        size = (inputs.tensors[i] - inputs.base).reshape(-1).abs_()
+        return torch.argsort(size, descending=True).to(torch.int32)
+
+    def ties(above: int, k: int) -> Tensor:
+        return torch.sort(inputs.derived("tie_order", i, make)[above:k].long()).values
+    return ties
+
+
+def magnitude(delta: Tensor, density: float, sorted_size: Optional[Tensor] = None) -> Tensor:
+    """Keeps the top max(1, ⌊density·n⌋) entries by |δ| (TIES trim; no rescaling): exactly the
+    entries mergekit 0.1.5 keeps, ties at the cut included.
+
+    The cut comes from a selection (introselect, O(n)) rather than a full sort, or from
+    ``sorted_size`` (|δ| sorted, cached between merges). Only when more entries tie at the cut
+    than fit does the kernel sort, with mergekit's own call (``tied_kept``). Zeroing is
+    hardshrink (|x| ≤ λ → +0), a vectorised pass, where a boolean mask and ``where`` would take
+    three.
+    """
+    if density >= 1:
+        return delta
+    flat = delta.reshape(-1)
+    size = flat.abs() if sorted_size is None else None
+    cut, k, exact = trim_cut(density, flat.numel(), size, sorted_size)
+    if cut == 0:  # fewer than k non-zeros: keeping them all is the same output
+        return F.hardshrink(flat, 0.0).view(delta.shape)
+    if exact:
+        return F.hardshrink(flat, below(cut)).view(delta.shape)
+    out = F.hardshrink(flat, float(cut))  # |δ| > cut, then mergekit's choice among the ties
+    size = flat.abs() if size is None else size
+    ties = tied_kept(size, int(torch.count_nonzero(out)), k)
+    out[ties] = flat[ties]
+    return out.view(delta.shape)
+
+
+def trimmed(x: Tensor, base: Tensor, density: float, weight: float,
+            sorted_size: Optional[Tensor] = None,
+            ties: Optional[Callable[[int, int], Tensor]] = None) -> Piece:
+    """w·trim(x − base) slice by slice, so that no full sparsified delta is ever held: the cut
+    comes up front from the sorted magnitudes (``sorted_size``, cached) or, without them, from a
+    selection over |x − base| made here and dropped before the slices run (one source's |δ| at a
+    time instead of K sparsified deltas at once). Same entries, same bits as ``magnitude``.
+
+    With surplus ties at the cut, the tied entries mergekit keeps come from ``ties(above, k)``
+    (tied_kept over |δ|; a cached version may be passed) and each slice adds its share of them."""
+    fx, fb = x.reshape(-1), base.reshape(-1)
+    if density >= 1:
+        return lambda start, stop: torch.sub(fx[start:stop], fb[start:stop]).mul_(weight)
+    n = fx.numel()
+    size = torch.sub(fx, fb).abs_() if sorted_size is None else None
+    cut, k, exact = trim_cut(density, n, size, sorted_size)
+    if cut == 0 or exact:
+        threshold = below(cut) if cut != 0 else 0.0
+        return lambda start, stop: F.hardshrink(torch.sub(fx[start:stop], fb[start:stop]),
+                                                threshold).mul_(weight)
+    if sorted_size is not None:
+        above = n - int(torch.searchsorted(sorted_size, cut.reshape(1), right=True))
+    else:
+        above = int(torch.count_nonzero(size > cut))
+    if ties is None:
+        kept = tied_kept(torch.sub(fx, fb).abs_() if size is None else size, above, k)
+    else:
+        kept = ties(above, k)
+    del size
+    value = float(cut)
+
+    def piece(start: int, stop: int) -> Tensor:
+        d = torch.sub(fx[start:stop], fb[start:stop])
+        out = F.hardshrink(d, value)
+        lo, hi = torch.searchsorted(kept, torch.tensor([start, stop], dtype=kept.dtype)).tolist()
+        if hi > lo:
+            here = kept[lo:hi] - start
+            out[here] = d[here]
+        return out.mul_(weight)
+    return piece
+
+
+def magnitude_outliers(delta: Tensor, density: float, gamma: float,
+                       order: Optional[Tensor] = None) -> Tensor:
+    """Breadcrumbs: drops the ⌊γn⌋ largest |δ| and then the smallest, so ⌊density·n⌋ remain.
+    ``order``: the argsort of |δ| (cached between merges)."""
+    if density >= 1:
+        return delta
+    n = delta.numel()
+    target, top = int(density * n), int(gamma * n)
+    bottom = max(0, n - target - top)
+    flat = delta.reshape(-1)
+    if order is None:
+        order = magnitude_order(flat)
+    keep = order[bottom:bottom + target]
+    out = torch.zeros_like(flat)
+    out[keep] = flat[keep]
+    return out.reshape(delta.shape)
+
+
+def magnitude_order(delta: Tensor) -> Tensor:
+    return torch.sort(delta.reshape(-1).abs(), descending=False).indices
+
+
+# ---- fast mode: the same cut by a sampled bracket, every entry tied at it kept ------------------
+
+SELECTIONS = ("exact", "fast")
+SAMPLE = 1 << 16  # |δ| entries sampled to bracket the cut
+
+
+def fast_cut(fx: Tensor, fb: Tensor, density: float) -> Tensor:
+    """The k-th largest |x − b| (k = max(1, ⌊density·n⌋)): the value trim_cut finds, without a
+    sort or a selection over all n entries. A seeded sample of |δ| brackets the cut (±5 standard
+    deviations of a sample quantile); one pass over slices counts the entries above the bracket
+    and keeps those inside it (about 2 % of n), and the cut is selected among those. Should the
+    bracket miss (rarely), the full selection decides. Deterministic; the value is exact."""
+    import numpy as np
+
+    from .combine import SLICE, run_slices
+
+    n = fx.numel()
+    k = max(1, int(density * n))
+    if n <= 4 * SAMPLE or fx.device.type != "cpu":
+        return trim_cut(density, n, torch.sub(fx, fb).abs_())[0]
+    where = torch.randint(0, n, (SAMPLE,), generator=torch.Generator().manual_seed(n))
+    sample = torch.sort(torch.sub(fx[where], fb[where]).abs_()).values
+    q = (n - k) / n * SAMPLE  # the cut's expected position in the sorted sample
+    margin = 5 * (SAMPLE * (k / n) * (1 - k / n)) ** 0.5 + 2
+    lo_at, hi_at = int(q - margin), int(q + margin) + 1
+    lo = sample[lo_at] if lo_at > 0 else torch.zeros(())
+    hi = sample[hi_at] if hi_at < SAMPLE else torch.tensor(float("inf"))
+    above, inside = {}, {}
+    xs, bs, low, high = fx.numpy(), fb.numpy(), float(lo), float(hi)
+
+    def scan(start: int, stop: int) -> None:  # numpy: its boolean ops are ~4x torch's here
+        size = np.subtract(xs[start:stop], bs[start:stop])
+        np.abs(size, out=size)
+        above[start] = int(np.count_nonzero(size > high))
+        inside[start] = size[(size >= low) & (size <= high)]
+    run_slices(n, scan, chunk=SLICE)
+    rank = k - sum(above.values())  # the cut is the rank-th largest inside the bracket
+    values = torch.from_numpy(np.concatenate([inside[s] for s in sorted(inside)]))
+    if not 1 <= rank <= values.numel():
+        return trim_cut(density, n, torch.sub(fx, fb).abs_())[0]
+    return select_kth(values, values.numel() - rank + 1)
+
+
+def trimmed_fast(x: Tensor, base: Tensor, density: float, weight: float,
+                 sorted_size: Optional[Tensor] = None) -> Piece:
+    """w·trim(x − base) with selection='fast': keeps every entry with |δ| ≥ the k-th largest |δ|
+    (k = ⌊density·n⌋), so where several entries tie at the cut all of them stay (k + the surplus
+    ties), where mergekit keeps exactly k, choosing among the ties by its sort order. The cut is
+    fast_cut's (or, with ``sorted_size`` cached by a MergeCache, an index lookup); no sort is
+    made."""
+    fx, fb = x.reshape(-1), base.reshape(-1)
+    if density >= 1:
+        return lambda start, stop: torch.sub(fx[start:stop], fb[start:stop]).mul_(weight)
+    if sorted_size is not None:
+        cut = trim_cut(density, fx.numel(), sorted_size=sorted_size)[0]
+    else:
+        cut = fast_cut(fx, fb, density)
+    threshold = below(cut) if cut != 0 else 0.0
+    return lambda start, stop: F.hardshrink(torch.sub(fx[start:stop], fb[start:stop]),
+                                            threshold).mul_(weight)
