@@ -23,6 +23,9 @@ class Param:
     per_model: bool = False
     low_open: bool = False  # True: the low bound itself is not allowed, e.g. density in (0, 1]
     help: str = ""
+    # A speed knob (exact vs fast draws): searches never tune it, and at its default it stays out
+    # of a run's content key, so runs stored before the knob existed are still found.
+    speed: bool = False
 
     def check(self, value: Any, where: str = "") -> Any:
         """Returns the value coerced to the declared type, or raises ValueError saying why."""

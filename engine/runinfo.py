@@ -63,6 +63,12 @@ def target_data_use(cand: "Candidate") -> Dict[str, object]:
     return {"target": target, "source_data": source}
 
 
+def _keyed_params(method, params: Dict[str, object]) -> Dict[str, object]:
+    """The parameters that enter the key: a speed knob at its default is left out (``Param.speed``)."""
+    speed_defaults = {p.name: p.default for p in method.params if p.speed}
+    return {k: v for k, v in params.items() if k not in speed_defaults or v != speed_defaults[k]}
+
+
 def recipe_key_fields(cand: "Candidate") -> Dict[str, object]:
     """The recipe as it determines the numbers: parameters with their defaults filled in, weights
     normalised (4 decimals, as the pages edit them), and seed / data settings only where the method
@@ -73,7 +79,7 @@ def recipe_key_fields(cand: "Candidate") -> Dict[str, object]:
     fields: Dict[str, object] = {
         "kind": cand.kind, "method": cand.method, "target": cand.target, "sources": list(cand.sources),
         "weights": [round(float(w) / total, 4) for w in cand.weights],
-        "params": json.loads(json.dumps(method.resolve(cand.params), default=str))}
+        "params": json.loads(json.dumps(_keyed_params(method, method.resolve(cand.params)), default=str))}
     uses_data = (cand.kind == "merge" and "batches" in traits.context) or \
         (cand.kind == "ensemble" and traits.needs_fit and traits.data_use == "target_dev")
     if uses_data:

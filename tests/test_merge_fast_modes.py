@@ -126,3 +126,18 @@ def test_fast_modes_are_not_exported_to_mergekit_nor_tuned_by_a_search():
         assert config is not None and "rng" not in str(config) and "selection" not in str(config)
     names = {g.name for g in genes(default_genome(0, [0.5, 0.5]), active_only=False)}
     assert "density" in names and not names & {"rng", "selection"}
+
+
+def test_a_speed_knob_at_its_default_keeps_the_content_key_runs_had_before_it():
+    """Stored TIES/DARE runs predate the speed knobs: at the default the key must not mention them
+    (so those runs are reused); a fast run is a different experiment with its own key."""
+    from engine.experiments import Candidate
+    from engine.runinfo import recipe_key_fields
+
+    for method, knob in (("ties", "selection"), ("dare_ties", "rng")):
+        plain = recipe_key_fields(Candidate("merge", method, "xx", ["a", "b"], [1.0, 1.0]))
+        assert knob not in plain["params"]
+        assert set(plain["params"]) == {p.name for p in MERGES.get(method).params if not p.speed}
+        fast = recipe_key_fields(Candidate("merge", method, "xx", ["a", "b"], [1.0, 1.0],
+                                           params={knob: "fast"}))
+        assert fast["params"][knob] == "fast" and fast != plain

@@ -15,7 +15,6 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from ..merge import MERGES
-from ..merge.sparse import SPEED_PARAMS
 from ..registry import Param
 
 INTERPOLATION = ("linear", "slerp")
@@ -133,7 +132,7 @@ def genes(genome: Genome, active_only: bool = True) -> List[Gene]:
     out.append(Gene("", "mix", None, MIX))
     for name in (genome.methods if active_only else STAGE_METHODS):
         for p in MERGES.get(name).params:
-            if p.name in SPEED_PARAMS:  # how fast, not what: no gene (the default stays)
+            if p.speed:  # how fast, not what: no gene (the default stays)
                 continue
             value = genome.params[name][p.name]
             if isinstance(value, list):

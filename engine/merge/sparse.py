@@ -18,7 +18,7 @@ Fast modes (Params, mergekit-identical by default): ``selection='fast'`` (TIES) 
 cut without sorting and keeps every entry tied at it (sparse_trim.fast_cut); ``rng='fast'``
 (DARE) draws Bernoulli(density) masks from numpy's PCG64, a byte per entry instead of a float32,
 deterministic per seed but not mergekit's draws (sparse_drop.fast_drop_mask). Neither exports to
-mergekit, and searches do not tune them (SPEED_PARAMS).
+mergekit, and searches do not tune them (``Param.speed``).
 Files: sparse_shared.py (Params, L1, whole-delta kernel), sparse_trim.py (TIES, breadcrumbs),
 sparse_drop.py (DARE, DELLA); this module registers the flavours.
 """
@@ -39,7 +39,7 @@ from .sparse_shared import (EPSILON, GAMMA, RESCALES, as_rows, density_param, l1
 from .sparse_trim import (SELECTIONS, cached_ties, magnitude, magnitude_order, magnitude_outliers,
                           tied_kept, trim_cut, trimmed, trimmed_fast)
 
-__all__ = ["RESCALES", "RNGS", "SELECTIONS", "SPEED_PARAMS", "bernoulli", "cached_ties",
+__all__ = ["RESCALES", "RNGS", "SELECTIONS", "bernoulli", "cached_ties",
            "della_magprune", "della_rank", "dropped", "dropped_fast", "l1_norm", "magnitude",
            "magnitude_order", "magnitude_outliers", "task_merge", "tied_kept", "trim_cut",
            "trimmed", "trimmed_fast"]
@@ -48,14 +48,14 @@ SELECTION = Param(
     "selection", "choice", "exact", choices=SELECTIONS,
     help="TIES trim: 'exact' keeps mergekit's very entries (where more entries tie at the cut than "
          "fit, its sort order picks them, at the cost of a full sort); 'fast' finds the same cut "
-         "without sorting and keeps every entry tied at it (a few more entries, never fewer)")
+         "without sorting and keeps every entry tied at it (a few more entries, never fewer)",
+    speed=True)
 RNG = Param(
     "rng", "choice", "mergekit", choices=RNGS,
     help="DARE drops: 'mergekit' draws mergekit's very masks (a float32 per entry from torch's "
          "Mersenne Twister); 'fast' draws the same Bernoulli(density) masks from numpy's PCG64, "
-         "a byte per entry, deterministic per seed but not mergekit's draws")
-
-SPEED_PARAMS = ("rng", "selection")  # speed knobs: a search does not tune them
+         "a byte per entry, deterministic per seed but not mergekit's draws",
+    speed=True)
 
 
 def sparse_to_mergekit(sources, weights, params, base):
