@@ -339,7 +339,7 @@ def evaluate_candidate(ws: Workspace, cand: Candidate, progress: Optional[Progre
 
 def inputs_fingerprint(ws: Workspace, cand: Candidate) -> str:
     """Content of everything a candidate's numbers depend on (models, base, tokenizer, data, max
-    length): two runs with the same recipe and fingerprint are the same experiment."""
+    length, half precision on CUDA): two runs with the same recipe and fingerprint are the same experiment."""
     from .zoo import fingerprint_dir
 
     ds = ws.dataset
@@ -350,6 +350,9 @@ def inputs_fingerprint(ws: Workspace, cand: Candidate) -> str:
              "base": (fingerprint_dir(Path(base)) if Path(base).is_dir() else str(base)) if base else None,
              "tokenizer": ws.zoo.tokenizer_fingerprint(), "data": data,
              "max_length": ws.evaluator.max_length}
+    half = getattr(ws.evaluator, "half", None)
+    if half is not None:  # CUDA half precision gives other numbers; float32 keeps the keys runs had
+        parts["precision"] = str(half)
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
 
 

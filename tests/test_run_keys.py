@@ -64,6 +64,22 @@ def test_the_key_ignores_what_the_method_does_not_read(tiny_ws):
         tiny_ws, Candidate("ensemble", "soft", TARGET, sources, exact, {}, data_mode="target"))
 
 
+def test_half_precision_is_another_experiment(tiny_ws):
+    """bf16/fp16 evaluation on CUDA gives other numbers, so it must not reuse float32 runs; float32
+    (every CPU run) keeps the key it always had."""
+    import torch
+
+    cand = Candidate("merge", "ties", TARGET, list(suggest_sources(tiny_ws, TARGET, top_k=2)), [0.5, 0.5])
+    plain = candidate_key(tiny_ws, cand)
+    was = tiny_ws.evaluator.half
+    try:
+        tiny_ws.evaluator.half = torch.bfloat16
+        assert candidate_key(tiny_ws, cand) != plain
+    finally:
+        tiny_ws.evaluator.half = was
+    assert candidate_key(tiny_ws, cand) == plain
+
+
 def test_the_store_finds_runs_by_key_through_an_index(tmp_path):
     store = Store(tmp_path / "runs.sqlite")
     for i in range(3):
