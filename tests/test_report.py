@@ -40,7 +40,7 @@ def synthetic(tmp_path):
         latency = 1.0 if kind == "merge" else 2.0
         store.update(cell, metrics={"test": {"accuracy": acc, "latency_ms": latency, "nll": 1.0},
                                     "validation": {"accuracy": acc - 0.1}},
-                     result={"predictions": {"test": predictions(correct)},
+                     result={"predictions": {"test": predictions(correct)}, "build_seconds": 10.0 * (i + 1),
                              "forward_passes": 1 if kind == "merge" else 2})
     store.update(sweep, result={"targets": refs, "computed": 6, "reused": 0, "failed": {}, "executor": "local"})
     yield store, sweep
@@ -68,6 +68,8 @@ def test_tables_match_hand_computed_numbers(synthetic):
     assert eq.mean_gap_closed == pytest.approx(0.0)
     assert (lin.forward_passes, soft.forward_passes) == (1.0, 2.0)
     assert (lin.latency_ms, soft.latency_ms) == (1.0, 2.0)
+    # build seconds: cells 0 and 3 (linear, 10 and 40 s) and 1 and 4 (soft, 20 and 50 s): the median
+    assert (lin.build_s, soft.build_s) == (25.0, 35.0)
     assert soft.mean_delta_vs_best_source == pytest.approx(0.1)
     base = report.baseline_table(res).set_index("baseline").mean_accuracy
     assert base["best_source"] == pytest.approx(0.5) and base["best_zero_shot"] == pytest.approx(0.6)
@@ -144,3 +146,16 @@ def test_write_report_from_a_real_sweep_via_the_cli(tiny_ws, tiny_zoo_dir, tmp_p
     assert main(["report", sweep_id, "--out", str(again), "--cache-dir", cache, "--quiet"]) == 0
     assert (again / "report.md").read_text() == md
     store.close()
+
+
+def test_the_headline_says_which_variants_read_source_data(synthetic):
+    """A merge fitted on the sources' own-language data (RegMean's Gram matrices) saw no target data
+    but is not a zero-data recipe either: the headline says so beside its target data."""
+    store, sweep = synthetic
+    for row in store.runs(parent=sweep, limit=100):
+        if row["method"] == "linear" and row["params"]["weighting"] == "uriel":
+            store.update(row["id"], result={**row["result"], "target_data": {"target": "none", "source_data": True}})
+    head = report.headline_table(report.load_results(store, sweep)).set_index("variant")
+    assert head.loc["merge:linear", "target_data"] == "none" and head.loc["merge:linear", "source_data"]
+    assert not head.loc["ensemble:soft", "source_data"]
+    assert not head.loc["merge:linear (equal weights)", "source_data"]
