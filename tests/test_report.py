@@ -159,3 +159,19 @@ def test_the_headline_says_which_variants_read_source_data(synthetic):
     assert head.loc["merge:linear", "target_data"] == "none" and head.loc["merge:linear", "source_data"]
     assert not head.loc["ensemble:soft", "source_data"]
     assert not head.loc["merge:linear (equal weights)", "source_data"]
+
+
+def test_the_answers_leave_out_variants_run_on_fewer_targets(synthetic):
+    """A variant with one target left (a failed cell, a sweep still running) has a mean over other
+    targets than the rest: it stays in the tables but is not named best."""
+    store, sweep = synthetic
+    lost = next(r for r in store.runs(parent=sweep, limit=100) if r["target"] == "T2"
+                and r["method"] == "linear" and r["params"]["weighting"] == "uriel")
+    store.update(lost["id"], status="failed")
+    res = report.load_results(store, sweep)
+    head = report.headline_table(res).set_index("variant")
+    assert head.loc["merge:linear", "targets"] == 1 and head.loc["merge:linear", "mean_accuracy"] == pytest.approx(0.7)
+    found = report.findings(res)
+    assert found["best"]["variant"] == "ensemble:soft" and found["fewer_targets"] == ["merge:linear"]
+    assert found["merge_vs_ensemble"]["best_merge"] == "merge:linear (equal weights)"
+    assert "fewer than 2 targets: merge:linear (1)" in found["best_text"]

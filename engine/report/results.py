@@ -219,10 +219,15 @@ def paired_tests(res: SweepResults, variant_a: str, variant_b: str, alpha: float
 def findings(res: SweepResults, alpha: float = 0.05) -> Dict[str, Any]:
     """The seed's questions answered from the numbers: does merging beat ensembling, which strategy is
     best, at what inference cost, and what to use. Every sentence is built from the tables."""
-    head = headline_table(res)
+    everything = headline_table(res)
+    # a mean over fewer targets (a cell failed, or the sweep is still running) is not comparable:
+    # the answers rank only the variants run on the most targets
+    head = everything[everything["targets"] == everything["targets"].max()].reset_index(drop=True)
+    fewer = everything[everything["targets"] < everything["targets"].max()]
     base = baseline_table(res).set_index("baseline")["mean_accuracy"]
     best = head.iloc[0]
-    out: Dict[str, Any] = {"best": best.to_dict(), "baselines": base.to_dict(), "alpha": alpha}
+    out: Dict[str, Any] = {"best": best.to_dict(), "baselines": base.to_dict(), "alpha": alpha,
+                           "fewer_targets": list(fewer["variant"])}
     merges, ensembles = head[head.family == "merge"], head[head.family == "ensemble"]
     pct = lambda x: f"{100 * x:.1f}%"  # noqa: E731
     pts = lambda x: f"{100 * x:+.1f} points"  # noqa: E731
@@ -265,7 +270,10 @@ def findings(res: SweepResults, alpha: float = 0.05) -> Dict[str, Any]:
         + (f", the equal-weight merge on {pct(best['win_rate_vs_equal_merge'])}" if equal_run else "")
         + gap
         + ("" if best["target_data"] == "none" else
-           f" It used {best['target_data']} before the test, unlike a zero-shot recipe."))
+           f" It used {best['target_data']} before the test, unlike a zero-shot recipe.")
+        + ("" if fewer.empty else
+           f" Left out of these answers, run on fewer than {best['targets']} targets: "
+           + ", ".join(f"{v} ({n})" for v, n in zip(fewer["variant"], fewer["targets"])) + "."))
     cost = head.groupby("family")[["forward_passes", "latency_ms"]].mean()
     out["cost"] = cost.to_dict(orient="index")
     out["cost_text"] = " ".join(
