@@ -175,3 +175,13 @@ def test_the_answers_leave_out_variants_run_on_fewer_targets(synthetic):
     assert found["best"]["variant"] == "ensemble:soft" and found["fewer_targets"] == ["merge:linear"]
     assert found["merge_vs_ensemble"]["best_merge"] == "merge:linear (equal weights)"
     assert "fewer than 2 targets: merge:linear (1)" in found["best_text"]
+
+
+def test_the_parameter_chart_takes_a_text_parameter_some_cells_lack(synthetic):
+    """AdaMerging's granularity ("task"/"layer") is missing for the equal-weight merge's cells: the
+    chart names it n/a (it raised comparing str with float, and the sweep's report was not written)."""
+    store, sweep = synthetic
+    res = report.load_results(store, sweep)
+    frame = res.frame.assign(**{"p.granularity": ["task", np.nan, np.nan, "layer", np.nan, np.nan]})
+    axis = next(d for d in parameter_coordinates(frame).data[0].dimensions if d.label == "p.granularity")
+    assert list(axis.ticktext) == ["layer", "n/a", "task"]
