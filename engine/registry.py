@@ -125,12 +125,17 @@ class Traits:
     # each declared one): "single" (one source), "copies" (K copies of one model), "one_hot"
     # (weights 1, 0, 0, ...). A flat-spectrum merge (Iso-C) changes even one model: ().
     identity: Tuple[str, ...] = ("single", "copies", "one_hot")
+    # bumped when the method's results change (a fix, new semantics): it enters the content key
+    # above 1 only, so stored runs of the old version are not reused and no other method's key moves
+    version: int = 1
 
     def __post_init__(self):
         if self.data_use not in DATA_USES:
             raise ValueError(f"data_use must be one of {DATA_USES}, got {self.data_use!r}")
         if self.min_sources < 1 or (self.max_sources is not None and self.max_sources < self.min_sources):
             raise ValueError(f"bad source range [{self.min_sources}, {self.max_sources}]")
+        if not isinstance(self.version, int) or isinstance(self.version, bool) or self.version < 1:
+            raise ValueError(f"version must be a whole number >= 1, got {self.version!r}")
 
     def to_dict(self) -> Dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in fields(self)}

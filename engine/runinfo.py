@@ -80,6 +80,8 @@ def recipe_key_fields(cand: "Candidate") -> Dict[str, object]:
         "kind": cand.kind, "method": cand.method, "target": cand.target, "sources": list(cand.sources),
         "weights": [round(float(w) / total, 4) for w in cand.weights],
         "params": json.loads(json.dumps(_keyed_params(method, method.resolve(cand.params)), default=str))}
+    if traits.version != 1:  # absent at 1: keys stored before versions existed stay valid
+        fields["version"] = traits.version
     uses_data = (cand.kind == "merge" and "batches" in traits.context) or \
         (cand.kind == "ensemble" and traits.needs_fit and traits.data_use == "target_dev")
     if uses_data:

@@ -40,7 +40,7 @@ def synthetic(tmp_path):
         latency = 1.0 if kind == "merge" else 2.0
         store.update(cell, metrics={"test": {"accuracy": acc, "latency_ms": latency, "nll": 1.0},
                                     "validation": {"accuracy": acc - 0.1}},
-                     result={"predictions": {"test": predictions(correct)},
+                     result={"predictions": {"test": predictions(correct)}, "build_seconds": 10.0 * (i + 1),
                              "forward_passes": 1 if kind == "merge" else 2})
     store.update(sweep, result={"targets": refs, "computed": 6, "reused": 0, "failed": {}, "executor": "local"})
     yield store, sweep
@@ -68,6 +68,8 @@ def test_tables_match_hand_computed_numbers(synthetic):
     assert eq.mean_gap_closed == pytest.approx(0.0)
     assert (lin.forward_passes, soft.forward_passes) == (1.0, 2.0)
     assert (lin.latency_ms, soft.latency_ms) == (1.0, 2.0)
+    # build seconds: cells 0 and 3 (linear, 10 and 40 s) and 1 and 4 (soft, 20 and 50 s): the median
+    assert (lin.build_s, soft.build_s) == (25.0, 35.0)
     assert soft.mean_delta_vs_best_source == pytest.approx(0.1)
     base = report.baseline_table(res).set_index("baseline").mean_accuracy
     assert base["best_source"] == pytest.approx(0.5) and base["best_zero_shot"] == pytest.approx(0.6)
@@ -144,3 +146,42 @@ def test_write_report_from_a_real_sweep_via_the_cli(tiny_ws, tiny_zoo_dir, tmp_p
     assert main(["report", sweep_id, "--out", str(again), "--cache-dir", cache, "--quiet"]) == 0
     assert (again / "report.md").read_text() == md
     store.close()
+
+
+def test_the_headline_says_which_variants_read_source_data(synthetic):
+    """A merge fitted on the sources' own-language data (RegMean's Gram matrices) saw no target data
+    but is not a zero-data recipe either: the headline says so beside its target data."""
+    store, sweep = synthetic
+    for row in store.runs(parent=sweep, limit=100):
+        if row["method"] == "linear" and row["params"]["weighting"] == "uriel":
+            store.update(row["id"], result={**row["result"], "target_data": {"target": "none", "source_data": True}})
+    head = report.headline_table(report.load_results(store, sweep)).set_index("variant")
+    assert head.loc["merge:linear", "target_data"] == "none" and head.loc["merge:linear", "source_data"]
+    assert not head.loc["ensemble:soft", "source_data"]
+    assert not head.loc["merge:linear (equal weights)", "source_data"]
+
+
+def test_the_answers_leave_out_variants_run_on_fewer_targets(synthetic):
+    """A variant with one target left (a failed cell, a sweep still running) has a mean over other
+    targets than the rest: it stays in the tables but is not named best."""
+    store, sweep = synthetic
+    lost = next(r for r in store.runs(parent=sweep, limit=100) if r["target"] == "T2"
+                and r["method"] == "linear" and r["params"]["weighting"] == "uriel")
+    store.update(lost["id"], status="failed")
+    res = report.load_results(store, sweep)
+    head = report.headline_table(res).set_index("variant")
+    assert head.loc["merge:linear", "targets"] == 1 and head.loc["merge:linear", "mean_accuracy"] == pytest.approx(0.7)
+    found = report.findings(res)
+    assert found["best"]["variant"] == "ensemble:soft" and found["fewer_targets"] == ["merge:linear"]
+    assert found["merge_vs_ensemble"]["best_merge"] == "merge:linear (equal weights)"
+    assert "fewer than 2 targets: merge:linear (1)" in found["best_text"]
+
+
+def test_the_parameter_chart_takes_a_text_parameter_some_cells_lack(synthetic):
+    """AdaMerging's granularity ("task"/"layer") is missing for the equal-weight merge's cells: the
+    chart names it n/a (it raised comparing str with float, and the sweep's report was not written)."""
+    store, sweep = synthetic
+    res = report.load_results(store, sweep)
+    frame = res.frame.assign(**{"p.granularity": ["task", np.nan, np.nan, "layer", np.nan, np.nan]})
+    axis = next(d for d in parameter_coordinates(frame).data[0].dimensions if d.label == "p.granularity")
+    assert list(axis.ticktext) == ["layer", "n/a", "task"]

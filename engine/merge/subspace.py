@@ -22,7 +22,7 @@ from ..registry import Param
 from . import MERGES
 
 SUBSPACE = dict(family="subspace", needs_base=True, needs_data=False, data_use="none",
-                min_sources=1, random=False)
+                min_sources=1, random=False, version=2)  # 2: the classification head is averaged
 
 SCALE = Param("scale", "float", 1.0, 0.0, 10.0,
               help="λ: multiplies the merged task vector before it is added to the base "

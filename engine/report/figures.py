@@ -67,8 +67,11 @@ def parameter_coordinates(frame: pd.DataFrame, method: Optional[str] = None,
             label = col.removeprefix("p.") + (" (−1: n/a)" if values.isna().any() else "")
             dims.append({"label": label, "values": values.fillna(-1).astype(float)})
         else:
-            names = sorted(values.astype(str).unique())
-            codes = values.astype(str).map({n: i for i, n in enumerate(names)})
+            # a text parameter is missing (NaN) for cells of other methods: "n/a", as a name (pandas'
+            # string dtype keeps NaN through astype(str), and sorting str with float fails)
+            text = values.map(lambda v: "n/a" if v is None or (isinstance(v, float) and v != v) else str(v))
+            names = sorted(text.unique())
+            codes = text.map({n: i for i, n in enumerate(names)})
             dims.append({"label": col, "values": codes, "tickvals": list(range(len(names))), "ticktext": names})
     dims.append({"label": "accuracy", "values": f["accuracy"], "range": [0, 1]})
     fig = go.Figure(go.Parcoords(line={"color": f["accuracy"], "colorscale": "Viridis", "showscale": True,

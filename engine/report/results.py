@@ -88,7 +88,8 @@ def load_results(store: Store, sweep_run_id: str, n_boot: int = 1000, seed: int 
                "val_accuracy": run["metrics"].get("validation", {}).get("accuracy", np.nan),
                "macro_f1": test.get("macro_f1", np.nan), "nll": test.get("nll", np.nan),
                "ece": test.get("ece", np.nan), "latency_ms": test.get("latency_ms", np.nan),
-               "forward_passes": res.get("forward_passes", 1 if run["kind"] == "merge" else len(run["sources"]))}
+               "forward_passes": res.get("forward_passes", 1 if run["kind"] == "merge" else len(run["sources"])),
+               "build_s": res.get("build_seconds", np.nan)}
         ref = refs.get(run["target"])
         preds = res.get("predictions", {}).get("test")
         row["accuracy_lo"] = row["accuracy_hi"] = np.nan
@@ -152,12 +153,14 @@ def win_rate_table(res: SweepResults) -> pd.DataFrame:
 
 
 def headline_table(res: SweepResults) -> pd.DataFrame:
-    """One row per variant: mean accuracy, win rates vs each baseline, mean gap closed, inference cost."""
+    """One row per variant: mean accuracy, win rates vs each baseline, mean gap closed, inference cost
+    and the cost of building it (``build_s``)."""
     wins = win_rate_table(res)
     rows = []
     for variant in _order(res):
         part = res.frame[res.frame["variant"] == variant]
         row = {"variant": variant, "family": part["family"].iloc[0], "target_data": part["target_data"].iloc[0],
+               "source_data": bool(part["source_data"].any()),  # RegMean on the sources' text is not zero-data
                "targets": int(part["target"].nunique()),
                "mean_accuracy": float(part["accuracy"].mean()),
                "mean_val_accuracy": float(part["val_accuracy"].mean())}
@@ -167,6 +170,9 @@ def headline_table(res: SweepResults) -> pd.DataFrame:
         row["mean_delta_vs_best_source"] = float(part["delta_best_source"].mean())
         row["forward_passes"] = float(part["forward_passes"].mean())
         row["latency_ms"] = float(part["latency_ms"].mean())
+        # the one-off cost: seconds to merge (with any data pass) or fit, median over targets since
+        # cells share a busy machine with other work
+        row["build_s"] = float(part["build_s"].median())
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -213,10 +219,15 @@ def paired_tests(res: SweepResults, variant_a: str, variant_b: str, alpha: float
 def findings(res: SweepResults, alpha: float = 0.05) -> Dict[str, Any]:
     """The seed's questions answered from the numbers: does merging beat ensembling, which strategy is
     best, at what inference cost, and what to use. Every sentence is built from the tables."""
-    head = headline_table(res)
+    everything = headline_table(res)
+    # a mean over fewer targets (a cell failed, or the sweep is still running) is not comparable:
+    # the answers rank only the variants run on the most targets
+    head = everything[everything["targets"] == everything["targets"].max()].reset_index(drop=True)
+    fewer = everything[everything["targets"] < everything["targets"].max()]
     base = baseline_table(res).set_index("baseline")["mean_accuracy"]
     best = head.iloc[0]
-    out: Dict[str, Any] = {"best": best.to_dict(), "baselines": base.to_dict(), "alpha": alpha}
+    out: Dict[str, Any] = {"best": best.to_dict(), "baselines": base.to_dict(), "alpha": alpha,
+                           "fewer_targets": list(fewer["variant"])}
     merges, ensembles = head[head.family == "merge"], head[head.family == "ensemble"]
     pct = lambda x: f"{100 * x:.1f}%"  # noqa: E731
     pts = lambda x: f"{100 * x:+.1f} points"  # noqa: E731
@@ -259,7 +270,10 @@ def findings(res: SweepResults, alpha: float = 0.05) -> Dict[str, Any]:
         + (f", the equal-weight merge on {pct(best['win_rate_vs_equal_merge'])}" if equal_run else "")
         + gap
         + ("" if best["target_data"] == "none" else
-           f" It used {best['target_data']} before the test, unlike a zero-shot recipe."))
+           f" It used {best['target_data']} before the test, unlike a zero-shot recipe.")
+        + ("" if fewer.empty else
+           f" Left out of these answers, run on fewer than {best['targets']} targets: "
+           + ", ".join(f"{v} ({n})" for v, n in zip(fewer["variant"], fewer["targets"])) + "."))
     cost = head.groupby("family")[["forward_passes", "latency_ms"]].mean()
     out["cost"] = cost.to_dict(orient="index")
     out["cost_text"] = " ".join(
@@ -338,7 +352,8 @@ def report_markdown(res: SweepResults, alpha: float = 0.05) -> str:
               "weights (computed as a cell).",
               "- *Target data*: what the variant saw of the target language before the test: none (zero-shot), "
               "◐ unlabelled target text or ● labelled target dev (the mark leads the variant's name); a variant "
-              "fit on labelled target data is not a zero-shot recipe.",
+              "fit on labelled target data is not a zero-shot recipe. *Source data*: it also read the sources' "
+              "own-language data (RegMean's Gram matrices, Fisher information, a fusion fitted on the sources).",
               "- *Win rate*: share of targets where the variant is strictly more accurate than the baseline "
               "(ties are not wins).",
               "- *Gap closed* = (variant − equal-weight merge) / (target model − equal-weight merge) per target, "
@@ -350,7 +365,10 @@ def report_markdown(res: SweepResults, alpha: float = 0.05) -> str:
               "- *CI*: 95% percentile bootstrap interval of each cell's accuracy over test examples "
               "(`accuracy_lo`, `accuracy_hi` in results.csv).",
               "- *Inference cost*: forward passes per input (1 for a merge, K for an ensemble) and the measured "
-              "latency per example on the machine that ran the cell.", ""]
+              "latency per example on the machine that ran the cell.",
+              "- *build_s*: seconds to build the variant once (a merge with any data pass, e.g. Gram matrices or "
+              "AdaMerging's steps; an ensemble's fit), median over its targets; a reused cell keeps the time of "
+              "the run that computed it.", ""]
     return "\n".join(lines)
 
 
