@@ -73,7 +73,7 @@ def main():
     from engine.merge.run import match_base
     from engine.merge.subspace import is_matrix
 
-    torch.set_num_threads(min(2, torch.get_num_threads()))
+    torch.set_num_threads(1)  # 2 threads on shared, overloaded cores: OpenMP waits cost 40x
     ws = open_bench_workspace("cpu", args.zoo)
     targets = ws.zoo.locales if args.targets == ["all"] else args.targets
     base = {k: v.float() for k, v in ws.zoo.base_state_dict().items()}
@@ -103,15 +103,18 @@ def main():
         rec = {"sources": sources, "weights": [round(w, 4) for w in weights]}
         zs = source_scores(ws, target, [target, *sources])
         rec["own"], rec["best_source"] = zs[target], max(zs[s] for s in sources)
+        print(target, "sources loaded", round(time.perf_counter() - t0, 1), flush=True)
         linear = merge_state_dicts("linear", states, weights)
         rec["linear"] = score(linear, target)
         iso = merge_state_dicts("iso_c", states, weights, base=base)
+        print(target, "linear scored, iso merged", round(time.perf_counter() - t0, 1), flush=True)
         if n < args.spectra:
             stats = {}
             for k in mats:
                 b = base[bmap[k]]
                 stats[k] = spectrum_stats(torch, [s[k] - b for s in states], weights, b)
             rec["spectra"] = stats
+        print(target, "spectra done", round(time.perf_counter() - t0, 1), flush=True)
         rec["scales"] = {}
         for scale in args.scales:
             st = iso if scale == 1.0 else merge_state_dicts("iso_c", states, weights, base=base,

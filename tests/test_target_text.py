@@ -169,3 +169,40 @@ def test_sweep_spec_gives_each_target_its_file_for_the_methods_that_read_text(ti
 def test_parse_text_keeps_unicode_lines():
     text = parse_text("  Schalte das Licht an \n\n开灯\n".encode(), "x.txt")
     assert text.lines == ["Schalte das Licht an", "开灯"]
+
+
+def test_merge_page_takes_a_text_file_and_the_card_names_it(app_cache, tmp_path):
+    """AdaMerging on the Merge page: the train split by default; choosing a file without giving
+    one, or giving a bad one, keeps Run disabled with the reason; a good file runs and the result
+    card says which file the merge learned on."""
+    from app_support import button, goto, metric, open_app, rerun, wait_for
+    from dashboard.target_text import FILE
+
+    at = goto(open_app(), "Merge")
+    at.selectbox(key="merge_method").set_value("adamerging")
+    rerun(at)
+    assert any("labels withheld" in c.value for c in at.caption)
+    at.number_input(key="merge.adamerging.steps").set_value(2)
+    at.number_input(key="merge.adamerging.examples").set_value(16)
+    at.radio(key="merge_text_source").set_value(FILE)
+    rerun(at)
+    assert button(at, "merge_run_button").disabled
+    assert any("choose the target text file" in w.value for w in at.warning)
+    bad = tmp_path / "kaputt.txt"
+    bad.write_bytes(b"\xff\xfe\x00a")
+    at.text_input(key="merge_text_path").set_value(str(bad))
+    rerun(at)
+    assert button(at, "merge_run_button").disabled
+    assert any("kaputt.txt looks binary" in w.value for w in at.warning)
+    good = tmp_path / "saetze.txt"
+    good.write_text("Schalte das Licht im Bad an\nMach die Musik leiser\nWie warm ist es?\n", encoding="utf-8")
+    at.text_input(key="merge_text_path").set_value(str(good))
+    rerun(at)
+    assert any("file: saetze.txt, 3 lines, sha256" in c.value for c in at.caption)
+    assert not button(at, "merge_run_button").disabled
+    button(at, "merge_run_button").click()
+    rerun(at)
+    row = wait_for(app_cache, at.session_state["merge_run"])
+    rerun(at)
+    assert row["params"]["target_text"] == read_target_text(good).describe()
+    assert metric(at, "Target data used").startswith("◐ unlabelled target text (file: saetze.txt, 3 lines")
