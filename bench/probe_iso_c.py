@@ -65,6 +65,7 @@ def main():
                     default=[0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0, 1.5])
     ap.add_argument("--spectra", type=int, default=3, help="targets whose spectra are printed")
     ap.add_argument("--json", default="")
+    ap.add_argument("--scales-only", action="store_true", help="no norm-matched, no layer groups")
     args = ap.parse_args()
     import torch
 
@@ -106,7 +107,8 @@ def main():
         print(target, "sources loaded", round(time.perf_counter() - t0, 1), flush=True)
         linear = merge_state_dicts("linear", states, weights)
         rec["linear"] = score(linear, target)
-        iso = merge_state_dicts("iso_c", states, weights, base=base)
+        iso = (merge_state_dicts("iso_c", states, weights, base=base) if 1.0 in args.scales
+               or not args.scales_only else None)
         print(target, "linear scored, iso merged", round(time.perf_counter() - t0, 1), flush=True)
         if n < args.spectra:
             stats = {}
@@ -120,6 +122,14 @@ def main():
             st = iso if scale == 1.0 else merge_state_dicts("iso_c", states, weights, base=base,
                                                             params={"scale": scale})
             rec["scales"][str(scale)] = score(st, target)
+        if args.scales_only:
+            rec["seconds"] = round(time.perf_counter() - t0, 1)
+            out["targets"][target] = rec
+            print(json.dumps({target: rec}), flush=True)
+            if args.json:
+                with open(args.json, "w") as fh:
+                    json.dump(out, fh, indent=1)
+            continue
         matched = dict(iso)  # each matrix's Iso-C update rescaled to the linear merge's norm
         for k in mats:
             b = base[bmap[k]]

@@ -9,15 +9,18 @@ import streamlit as st
 
 from engine.data.target_text import TargetTextError, read_target_text, store_target_text
 
-SPLIT, FILE = "the target's train split (labels withheld)", "a text file (one sentence per line)"
+FILE = "a text file (one sentence per line)"
 
 
-def target_text_picker(ws, key: str) -> Optional[str]:
-    """'' for the train split; the file's path for a file (a bad one is returned as typed, so the
-    engine's preflight names its problem); None while a file is chosen but none given yet."""
-    choice = st.radio("Unlabelled target text", (SPLIT, FILE), key=f"{key}_text_source", horizontal=True)
-    if choice == SPLIT:
-        st.caption("Learns on the target's training texts with their labels withheld (unlabelled target text).")
+def target_text_picker(ws, key: str, split: str = "train") -> Optional[str]:
+    """'' for the target's ``split`` (what the method reads by default); the file's path for a
+    file (a bad one is returned as typed, so the engine's preflight names its problem); None while
+    a file is chosen but none given yet."""
+    default = f"the target's {split} split (labels withheld)"
+    choice = st.radio("Unlabelled target text", (default, FILE), key=f"{key}_text_source", horizontal=True)
+    if choice == default:
+        st.caption(f"Learns on the target's {'training' if split == 'train' else split} texts with their "
+                   f"labels withheld (unlabelled target text).")
         return ""
     upload = st.file_uploader("Upload a UTF-8 text file", type=["txt"], key=f"{key}_text_upload")
     typed = st.text_input("… or the path of one on this machine", key=f"{key}_text_path").strip()

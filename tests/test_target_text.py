@@ -206,3 +206,39 @@ def test_merge_page_takes_a_text_file_and_the_card_names_it(app_cache, tmp_path)
     rerun(at)
     assert row["params"]["target_text"] == read_target_text(good).describe()
     assert metric(at, "Target data used").startswith("◐ unlabelled target text (file: saetze.txt, 3 lines")
+
+
+def test_ensemble_page_fits_entropy_weights_on_a_text_file(app_cache, tmp_path):
+    """entropy_min on the Ensemble page: a text file replaces the 'fit on' choice, the fit runs on
+    its lines, and the saved run records the file."""
+    from app_support import button, goto, open_app, rerun, runner, wait_for
+    from dashboard.target_text import FILE
+
+    at = goto(open_app(), "Ensemble")
+    at.segmented_control(key="ens_family").set_value("learned fusion")
+    rerun(at)
+    at.selectbox(key="ens_method_learned fusion").set_value("entropy_min")
+    rerun(at)
+    assert "ens_fit_on" not in [s.key for s in at.selectbox]
+    at.radio(key="ens_text_source").set_value(FILE)
+    rerun(at)
+    assert any("choose the target text file" in w.value for w in at.warning)
+    good = tmp_path / "zeilen.txt"
+    good.write_text("Licht an\nMusik aus\nTimer stoppen\nWie warm ist es\n", encoding="utf-8")
+    at.text_input(key="ens_text_path").set_value(str(good))
+    rerun(at)
+    store = runner(app_cache).store
+    if "ens_logits" in [b.key for b in at.button]:  # the sources' cached outputs first
+        button(at, "ens_logits").click()
+        rerun(at)
+        wait_for(app_cache, store.runs(kind="logits", limit=1)[0]["id"])
+        rerun(at)
+    fit = store.runs(kind="fit", limit=1)[0]
+    assert fit["method"] == "entropy_min"
+    wait_for(app_cache, fit["id"])
+    rerun(at)
+    button(at, "ens_save").click()
+    rerun(at)
+    row = wait_for(app_cache, at.session_state["ens_run"])
+    assert row["params"]["target_text"] == read_target_text(good).describe()
+    assert row["result"]["target_data"]["text"].startswith("file: zeilen.txt, 4 lines")
