@@ -66,6 +66,7 @@ def main():
     ap.add_argument("--spectra", type=int, default=3, help="targets whose spectra are printed")
     ap.add_argument("--json", default="")
     ap.add_argument("--scales-only", action="store_true", help="no norm-matched, no layer groups")
+    ap.add_argument("--method", default="iso_c", help="the scaled merge (task_arithmetic: the control)")
     args = ap.parse_args()
     import torch
 
@@ -107,8 +108,8 @@ def main():
         print(target, "sources loaded", round(time.perf_counter() - t0, 1), flush=True)
         linear = merge_state_dicts("linear", states, weights)
         rec["linear"] = score(linear, target)
-        iso = (merge_state_dicts("iso_c", states, weights, base=base) if 1.0 in args.scales
-               or not args.scales_only else None)
+        iso = (merge_state_dicts("iso_c", states, weights, base=base)
+               if args.method == "iso_c" and (1.0 in args.scales or not args.scales_only) else None)
         print(target, "linear scored, iso merged", round(time.perf_counter() - t0, 1), flush=True)
         if n < args.spectra:
             stats = {}
@@ -119,8 +120,8 @@ def main():
         print(target, "spectra done", round(time.perf_counter() - t0, 1), flush=True)
         rec["scales"] = {}
         for scale in args.scales:
-            st = iso if scale == 1.0 else merge_state_dicts("iso_c", states, weights, base=base,
-                                                            params={"scale": scale})
+            st = iso if scale == 1.0 and args.method == "iso_c" else merge_state_dicts(
+                args.method, states, weights, base=base, params={"scale": scale})
             rec["scales"][str(scale)] = score(st, target)
         if args.scales_only:
             rec["seconds"] = round(time.perf_counter() - t0, 1)

@@ -63,8 +63,8 @@ def refine(ws, sources, base, prior: Dict[str, List[float]], names: Sequence[str
     """AdaMerging from ``prior``: returns (refined state dict, λ [K, G], group names, entropy
     before, entropy after, entropy curve, examples). ``sources``: the K state dicts."""
     from ..experiments import Candidate, merge_context
-    from ..merge.adamerging import (MergedView, _text_batches, coefficient_groups, frozen_model,
-                                    full_entropy, learn_coefficients, split_keys)
+    from ..merge.adamerging import (MergedView, coefficient_groups, frozen_model, full_entropy,
+                                    learn_coefficients, split_keys, unlabelled_batches)
 
     p = {**STAGE_DEFAULTS, **(params or {})}
     device = ws.evaluator.device
@@ -75,7 +75,7 @@ def refine(ws, sources, base, prior: Dict[str, List[float]], names: Sequence[str
     group_names, groups = coefficient_groups(learned, p["granularity"])
     steps = int(p["steps"])
     tracker = Tracker(progress, steps + 2, "AdaMerging stage: reading the target's texts")
-    batches = _text_batches(context, int(p["batch_size"]), int(p["examples"]), device)
+    batches = unlabelled_batches(context, int(p["batch_size"]), int(p["examples"]), device)
     head_weights = prior[heads[0]] if heads else prior[learned[0]]
     view = MergedView(sources, head_weights, base, base_keys, groups, device, list(sources[0]))
     init = torch.zeros(len(names), len(group_names))
@@ -166,3 +166,9 @@ def stage_job(ws, row: Dict[str, Any], params: Dict[str, Any], target_text: str 
         return {"metrics": {evo.config.dev_split: kept["dev"], "test": kept["test"]}, "result": out,
                 "message": message}
     return job
+
+
+def submit_stage(runner, ws, row: Dict[str, Any], params: Dict[str, Any], target_text: str = "") -> str:
+    """Queues the stage on the compute lane as its own run (what a page would call)."""
+    return runner.submit("merge", stage_job(ws, row, params, target_text), lane="compute",
+                         **stage_fields(row, params, target_text))

@@ -62,7 +62,7 @@ def mean_entropy(logits: Tensor) -> Tensor:
     return -(log_p.exp() * log_p).sum(-1).mean()
 
 
-def _text_batches(context, batch_size: int, limit: int, device) -> List[Dict[str, Tensor]]:
+def unlabelled_batches(context, batch_size: int, limit: int, device) -> List[Dict[str, Tensor]]:
     """Up to ``limit`` unlabelled examples in batches, on the device. A batch carrying labels is
     refused: the merge must be able to run where none exist."""
     out, seen = [], 0
@@ -200,7 +200,7 @@ def prepare_adamerging(sources, weights, base, context, params, *, names, device
     group_names, groups = (groups_of or (lambda ks: coefficient_groups(ks, params["granularity"])))(learned_keys)
     steps = int(params["steps"])
     tracker = Tracker(progress, steps + 2, "AdaMerging: reading the target's texts")
-    batches = _text_batches(context, int(params["batch_size"]), int(params["examples"]), compute)
+    batches = unlabelled_batches(context, int(params["batch_size"]), int(params["examples"]), compute)
     view = MergedView(sources, list(weights), base, base_keys, groups, compute, keys)
     tracker.advance(1, "AdaMerging: task vectors ready")
     w = torch.tensor(weights, dtype=torch.float32, device=compute)
