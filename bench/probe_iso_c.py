@@ -108,8 +108,7 @@ def main():
         print(target, "sources loaded", round(time.perf_counter() - t0, 1), flush=True)
         linear = merge_state_dicts("linear", states, weights)
         rec["linear"] = score(linear, target)
-        iso = (merge_state_dicts("iso_c", states, weights, base=base)
-               if args.method == "iso_c" and (1.0 in args.scales or not args.scales_only) else None)
+        iso = merge_state_dicts("iso_c", states, weights, base=base) if args.method == "iso_c" else None
         print(target, "linear scored, iso merged", round(time.perf_counter() - t0, 1), flush=True)
         if n < args.spectra:
             stats = {}
@@ -119,9 +118,13 @@ def main():
             rec["spectra"] = stats
         print(target, "spectra done", round(time.perf_counter() - t0, 1), flush=True)
         rec["scales"] = {}
-        for scale in args.scales:
-            st = iso if scale == 1.0 and args.method == "iso_c" else merge_state_dicts(
-                args.method, states, weights, base=base, params={"scale": scale})
+        unit = iso if args.method == "iso_c" else merge_state_dicts(args.method, states, weights, base=base)
+        for scale in args.scales:  # both merges are θ_base + scale·τ_merged in every tensor the base has
+            st = {k: base[bmap[k]] + scale * (v - base[bmap[k]]) if k in bmap and v.is_floating_point()
+                  else v for k, v in unit.items()}
+            if n == 0 and scale == args.scales[0]:  # checked once against the method's own scale
+                direct = merge_state_dicts(args.method, states, weights, base=base, params={"scale": scale})
+                assert all(torch.allclose(st[k], direct[k], atol=1e-5) for k in direct), "scale is not linear"
             rec["scales"][str(scale)] = score(st, target)
         if args.scales_only:
             rec["seconds"] = round(time.perf_counter() - t0, 1)

@@ -242,3 +242,24 @@ def test_ensemble_page_fits_entropy_weights_on_a_text_file(app_cache, tmp_path):
     row = wait_for(app_cache, at.session_state["ens_run"])
     assert row["params"]["target_text"] == read_target_text(good).describe()
     assert row["result"]["target_data"]["text"].startswith("file: zeilen.txt, 4 lines")
+
+
+def test_export_of_a_stored_run_refuses_a_changed_text_file(tiny_zoo_dir, tmp_path, capsys):
+    """A stored AdaMerging run is rebuilt from its text file only while the file holds the content
+    it learned on; changed, the export is refused and names the file (nothing written)."""
+    from engine.cli import main
+
+    text = tmp_path / "saetze.txt"
+    text.write_text("Licht an\nMusik aus\nTimer stoppen\n", encoding="utf-8")
+    ws = ["--zoo", str(tiny_zoo_dir), "--cache-dir", str(tmp_path / "cache"), "--device", "cpu", "--quiet"]
+    assert main(["merge", "--target", TARGET, "--method", "adamerging", "--sources", *SOURCES, "--param",
+                 "steps=1", "examples=3", "--target-text", str(text), "--json", *ws]) == 0
+    run_id = json.loads(capsys.readouterr().out)["run_id"]
+    assert main(["export", run_id, str(tmp_path / "same"), *ws]) == 0
+    assert (tmp_path / "same" / "model.safetensors").exists()
+    capsys.readouterr()
+    text.write_text("ganz andere Sätze\n", encoding="utf-8")
+    assert main(["export", run_id, str(tmp_path / "changed"), *ws]) == 2
+    err = capsys.readouterr().err
+    assert "saetze.txt, 3 lines" in err and "saetze.txt, 1 line," in err and "nothing was exported" in err
+    assert not (tmp_path / "changed").exists()

@@ -35,7 +35,8 @@ class TargetText:
     def describe(self) -> str:
         """'file: NAME, N lines, sha256 HEX…' (the run records this as its target text; the first
         16 hex digits of the sha256, the full one is in the run's content key)."""
-        return f"file: {self.name}, {len(self.lines)} lines, sha256 {self.sha256[:16]}…"
+        n = len(self.lines)
+        return f"file: {self.name}, {n} line{'' if n == 1 else 's'}, sha256 {self.sha256[:16]}…"
 
 
 def parse_text(data: bytes, name: str, path: str = "") -> TargetText:
