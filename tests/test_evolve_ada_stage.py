@@ -92,6 +92,24 @@ def test_cli_stage_on_a_stored_evolution(tiny_zoo_dir, tmp_path, capsys):
     assert (out_dir / "model.safetensors").exists()
     assert json.loads((out_dir / "recipe.json").read_text())["stage_of"] == evo_id
 
+    from engine.evolve.ada_stage import submit_stage
+    from engine.jobs import JobRunner
+    from engine.workspace import Settings, open_workspace
+
+    text = tmp_path / "nl.txt"
+    text.write_text("zet het licht aan\nzet de muziek uit\n", encoding="utf-8")
+    runner = JobRunner(store)  # the app's path: a queued run on the compute lane
+    try:
+        queued = submit_stage(runner, open_workspace(Settings(zoo=str(tiny_zoo_dir), cache_dir=str(tmp_path),
+                                                              device="cpu")),
+                              store.get(evo_id), {"steps": 1, "examples": 2}, str(text))
+        done = runner.wait(queued, timeout=300)
+    finally:
+        runner.shutdown()
+    assert done["status"] == "done", done.get("error")
+    assert done["params"]["target_text"].startswith("file: nl.txt, 2 lines")
+    assert target_data_text(run_target_data(done)).startswith("● labelled target dev (file: nl.txt, 2 lines")
+
     binary = tmp_path / "x.bin"
     binary.write_bytes(b"\x00\x01\x02")
     assert main(["evolve-ada", evo_id, "--target-text", str(binary), *ws]) == 2
