@@ -116,3 +116,22 @@ def test_cli_stage_on_a_stored_evolution(tiny_zoo_dir, tmp_path, capsys):
     assert "looks binary" in capsys.readouterr().err
     assert main(["evolve-ada", row["id"], *ws]) == 2
     assert "not an evolution" in capsys.readouterr().err
+
+
+def test_evolve_with_the_ada_stage_flag(tiny_zoo_dir, tmp_path, capsys):
+    """`evolve --ada-stage`: the evolution, then the stage as its own run on the champion."""
+    from engine.cli import main
+    from engine.store import open_store
+
+    text = tmp_path / "nl.txt"
+    text.write_text("zet het licht aan\nhoe warm is het\nstop de timer\n", encoding="utf-8")
+    ws = ["--zoo", str(tiny_zoo_dir), "--cache-dir", str(tmp_path), "--device", "cpu", "--quiet"]
+    assert main(["evolve", "--target", TARGET, "--sources", *SOURCES, "--generations", "1", "--population", "2",
+                 "--dev-size", "8", "--ada-stage", "--target-text", str(text), "--json", *ws]) == 0
+    data = json.loads(capsys.readouterr().out)
+    stage = open_store(str(tmp_path)).get(data["ada_stage"]["run_id"])
+    assert stage["params"]["stage_of"] == data["run_id"] and stage["status"] == "done"
+    assert stage["params"]["target_text"].startswith("file: nl.txt, 3 lines")
+    assert main(["evolve", "--target", TARGET, "--ada-stage", "--target-text", str(tmp_path / "none.txt"),
+                 *ws]) == 2
+    assert "none.txt does not exist" in capsys.readouterr().err
