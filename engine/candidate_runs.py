@@ -43,6 +43,8 @@ def candidate_fields(cand: Candidate, ws: Optional[Workspace] = None) -> Dict[st
     use = target_data_use(cand)
     params = {**cand.params, "seed": cand.seed, "data_mode": cand.data_mode, "data_examples": cand.data_examples,
               "target_data": use["target"], "source_data": use["source_data"]}
+    if use.get("text"):  # the user's text file: name, lines, sha256
+        params["target_text"] = use["text"]
     if ws is not None:
         params["cell_key"] = candidate_key(ws, cand)
     return dict(name=cand.label(), target=cand.target, method=cand.method, params=params,

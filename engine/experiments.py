@@ -43,6 +43,8 @@ class Candidate:
     seed: int = 0
     data_mode: str = "sources"      # which language's data data-aware methods (Fisher, RegMean, fit) use
     data_examples: int = 64
+    target_text: str = ""           # a UTF-8 file of target sentences, one per line, for the methods
+                                    # that learn on unlabelled target text (else the train split)
 
     def label(self) -> str:
         return f"{self.kind}:{self.method} → {self.target} ({len(self.sources)} sources)"
@@ -176,9 +178,14 @@ def data_batches(ws: Workspace, locales: List[str], split: str, n: int, batch_si
     return batches
 
 
-def unlabelled_texts(ws: Workspace, locale: str) -> List[str]:
-    """A language's text with its labels withheld (only ``.texts`` is read): its train split, or
-    its validation split when it has no train split. Never the test split."""
+def unlabelled_texts(ws: Workspace, locale: str, text_file: str = "") -> List[str]:
+    """A language's text with its labels withheld (only ``.texts`` is read): the user's text file
+    when one is given, else its train split, or its validation split when it has no train split.
+    Never the test split."""
+    if text_file:
+        from .data.target_text import read_target_text
+
+        return list(read_target_text(text_file).lines)
     split = "train" if ws.dataset.has(locale, "train") else "validation"
     return list(ws.dataset.get(locale, split).texts)
 
@@ -208,7 +215,7 @@ def merge_context(ws: Workspace, cand: Candidate):
         return ws.evaluator.score(scored, cand.target, "validation")["accuracy"]
 
     def texts(batch_size: int):
-        return text_batches(ws, unlabelled_texts(ws, cand.target), batch_size)
+        return text_batches(ws, unlabelled_texts(ws, cand.target, cand.target_text), batch_size)
 
     return MergeContext(build_model=ws.zoo.build_model, batches=batches, score=score, texts=texts)
 
@@ -251,6 +258,8 @@ def fit_data(ws: Workspace, cand: Candidate, traits) -> Tuple[np.ndarray, Option
     validation texts with the labels withheld, never read). A labelled fusion fits on the target's
     labelled dev (data_mode 'target') or on the sources' own validation splits."""
     unlabelled = not traits.uses_labels
+    if unlabelled and cand.target_text:
+        return text_file_logits(ws, cand), None
     fit_locs = [cand.target] if unlabelled or cand.data_mode == "target" else list(cand.sources)
     fit_logits, fit_labels = [], []
     for loc in fit_locs:
@@ -259,6 +268,18 @@ def fit_data(ws: Workspace, cand: Candidate, traits) -> Tuple[np.ndarray, Option
         if not unlabelled:
             fit_labels.append(ws.evaluator.encoded(loc, "validation").labels)
     return np.concatenate(fit_logits, axis=1), (None if unlabelled else np.concatenate(fit_labels))
+
+
+def text_file_logits(ws: Workspace, cand: Candidate) -> np.ndarray:
+    """Each source's logits [K, N, C] on the lines of the candidate's target text file (one
+    forward pass per source; not cached: the file is the user's, read fresh each time)."""
+    from .evaluate import Encoded
+
+    lines = unlabelled_texts(ws, cand.target, cand.target_text)
+    ids = ws.evaluator.tokenizer(lines, truncation=True, max_length=ws.evaluator.max_length)["input_ids"]
+    order = np.argsort([len(x) for x in ids], kind="stable")
+    enc = Encoded([torch.tensor(ids[i]) for i in order], order, np.zeros(len(lines), dtype=np.int64), "")
+    return np.stack([ws.evaluator.forward(ws.evaluator.source_model(s), enc).logits for s in cand.sources])
 
 
 def evaluate_candidate(ws: Workspace, cand: Candidate, progress: Optional[ProgressFn] = None,

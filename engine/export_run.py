@@ -58,6 +58,7 @@ def export_stored_run(store, run_id: str, out_dir: Path, overwrite: bool = False
         raise ExportError(f"the models, base or data of run {run_id} changed since it ran (zoo "
                           f"{ws.zoo.root}); the rebuilt {kind} would not be the one that was "
                           f"scored, so nothing was exported")
+    _check_same_text(run_id, cand, result)
     check_export_dir(out_dir, workspace_folders(ws), overwrite)  # before minutes of rebuilding
     if kind == "merge":
         return export_candidate(ws, cand, build_merge(ws, cand, progress), Path(out_dir),
@@ -67,3 +68,21 @@ def export_stored_run(store, run_id: str, out_dir: Path, overwrite: bool = False
         raise ExportError(f"run {run_id} is a '{cand.method}' ensemble: it learns nothing, so "
                           f"there is no folder to export (its recipe is the run itself)")
     return save_fitted(ws, fitted, Path(out_dir), overwrite)
+
+
+def _check_same_text(run_id: str, cand, result: dict) -> None:
+    """A run that learned on a user's text file is rebuilt only from the same file content."""
+    recorded = (result.get("target_data") or {}).get("text")
+    if not getattr(cand, "target_text", "") or not recorded:
+        return
+    from .data.target_text import TargetTextError, read_target_text
+
+    try:
+        now = read_target_text(cand.target_text).describe()
+    except TargetTextError as exc:
+        raise ExportError(f"run {run_id} learned on {recorded}, which cannot be read now ({exc}); "
+                          f"nothing was exported") from None
+    if now != recorded:
+        raise ExportError(f"run {run_id} learned on {recorded}, but {cand.target_text} is now {now}; "
+                          f"the rebuilt merge would not be the one that was scored, so nothing was "
+                          f"exported")

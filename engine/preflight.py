@@ -174,6 +174,7 @@ def _data(ws, cand, method, problem) -> None:
                 f"or add that data", "data", error)
 
     need(cand.target, "test", "is what the candidate is scored on")
+    _text_file(cand, method, problem)
     if method is None or (cand.kind == "merge" and not method.traits.needs_data):
         return
     traits = method.traits
@@ -188,6 +189,8 @@ def _data(ws, cand, method, problem) -> None:
                     if s in ws.zoo.models:
                         need(s, "train", f"'{method.name}' reads (statistics from each source)")
     elif traits.needs_fit:
+        if not traits.uses_labels and getattr(cand, "target_text", ""):
+            return  # fitted on the user's text file (checked above)
         if not traits.uses_labels:  # fitted on the target's validation texts, labels withheld
             need(cand.target, "validation", f"'{method.name}' is fitted on (its unlabelled texts)")
         elif cand.data_mode == "target":
@@ -196,6 +199,25 @@ def _data(ws, cand, method, problem) -> None:
             for s in dict.fromkeys(cand.sources):
                 if s in ws.zoo.models:
                     need(s, "validation", f"'{method.name}' is fitted on (fit on the sources)")
+
+
+def _text_file(cand, method, problem) -> None:
+    """A user's target text file: only for a method that learns on unlabelled target text, and
+    readable as UTF-8 sentences (the file's own error otherwise)."""
+    from .data.target_text import TargetTextError, read_target_text, reads_target_text
+
+    path = getattr(cand, "target_text", "")
+    if not path or method is None:
+        return
+    if not reads_target_text(cand.kind, method.traits):
+        problem(f"'{method.name}' does not learn from unlabelled target text, so the text file {path} "
+                f"would not be read: drop it, or choose AdaMerging or entropy-minimised ensemble "
+                f"weights", "data")
+        return
+    try:
+        read_target_text(path)
+    except TargetTextError as exc:
+        problem(str(exc), "data", DataError)
 
 
 def _export(ws, export_path: Path, overwrite: bool, problem) -> None:

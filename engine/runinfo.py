@@ -60,7 +60,21 @@ def target_data_use(cand: "Candidate") -> Dict[str, object]:
             target = "labelled target dev"
         else:
             source = True
-    return {"target": target, "source_data": source}
+    use = {"target": target, "source_data": source}
+    text = text_file_use(cand, traits)
+    if text:
+        use["text"] = text
+    return use
+
+
+def text_file_use(cand: "Candidate", traits) -> str:
+    """'file: NAME, N lines, sha256 HEX' when the recipe learns on a user's target text file
+    (else ''): what a run records beside 'unlabelled target text'."""
+    from .data.target_text import read_target_text, reads_target_text
+
+    if not getattr(cand, "target_text", "") or not reads_target_text(cand.kind, traits):
+        return ""
+    return read_target_text(cand.target_text).describe()
 
 
 def _keyed_params(method, params: Dict[str, object]) -> Dict[str, object]:
@@ -90,6 +104,10 @@ def recipe_key_fields(cand: "Candidate") -> Dict[str, object]:
             fields["data_examples"] = cand.data_examples
     if traits.random or traits.needs_fit or traits.needs_data:
         fields["seed"] = cand.seed
+    if text_file_use(cand, traits):  # the file's content, not its path (absent: the train split)
+        from .data.target_text import read_target_text
+
+        fields["target_text_sha256"] = read_target_text(cand.target_text).sha256
     return fields
 
 
@@ -138,7 +156,9 @@ def run_target_data(run: Dict[str, object]) -> Dict[str, object]:
 def target_data_text(use: Dict[str, object]) -> str:
     """One cell of a table: the mark and the words, '+ source data' when that was used too."""
     target = str(use.get("target", "unknown"))
-    return f"{TARGET_DATA_MARKS.get(target, '?')} {target}" + (" + source data" if use.get("source_data") else "")
+    text = f" ({use['text']})" if use.get("text") else ""
+    return (f"{TARGET_DATA_MARKS.get(target, '?')} {target}{text}"
+            + (" + source data" if use.get("source_data") else ""))
 
 
 def run_origin(run: Dict[str, object]) -> str:

@@ -8,10 +8,11 @@ import streamlit as st
 from dashboard import runs as runs_view
 from dashboard import experiment as xp
 from dashboard import state, widgets
+from dashboard.target_text import target_text_picker
 from engine.experiments import DATA_MODES, Candidate
 from engine.candidate_runs import submit_candidate
 from engine.merge import MERGES
-from engine.preflight import preflight
+from engine.preflight import Problem, preflight
 from engine.store import ACTIVE
 
 st.title("Merge")
@@ -26,7 +27,7 @@ with settings:
     method = MERGES.get(method_name)
     widgets.method_caption(method)
     values = widgets.param_controls(method, sources, key="merge")
-    data_mode, examples, seed = "sources", 64, 0
+    data_mode, examples, seed, target_text = "sources", 64, 0, ""
     extra = st.columns(3)
     if "batches" in method.traits.context:
         data_mode = extra[0].selectbox("Statistics from", DATA_MODES, index=DATA_MODES.index("sources"),
@@ -35,7 +36,7 @@ with settings:
                                             "training data; both: the two together")
         examples = int(extra[1].number_input("Examples per locale drawn", 1, 100000, 64, key="merge_examples"))
     elif "texts" in method.traits.context:
-        st.caption("Learns on the target's training texts with their labels withheld (unlabelled target text).")
+        target_text = target_text_picker(ws, "merge")
     elif method.traits.needs_data:
         st.caption("Scored on the target's validation split while it chooses.")
     if method.traits.random:
@@ -44,7 +45,7 @@ with settings:
                        key="merge_export")
 
     cand = Candidate("merge", method.name, target, sources, weights, params=values, seed=seed,
-                     data_mode=data_mode, data_examples=examples)
+                     data_mode=data_mode, data_examples=examples, target_text=target_text or "")
     export_to, replace = "", False
     if export:  # a chosen folder: never the zoo's, replaced only when the user ticks it
         export_to = st.text_input("Export folder (empty: a new folder per run in the cache)",
@@ -54,6 +55,8 @@ with settings:
                 and not any(p.about == "export" for p in preflight(ws, cand, folder, overwrite=True))):
             replace = st.checkbox(f"Replace everything in {folder.resolve()}", key="merge_export_replace")
     problems = preflight(ws, cand, export_path=export_to or None, overwrite=replace)  # the engine decides
+    if target_text is None:
+        problems.append(Problem("choose the target text file the method learns on", "data"))
     for p in problems:
         st.warning(p.text)
     if st.button("Run merge", type="primary", icon=":material/play_arrow:", disabled=bool(problems),

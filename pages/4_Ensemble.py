@@ -5,12 +5,14 @@ import streamlit as st
 
 from dashboard import runs as runs_view
 from dashboard import figures, state, widgets
+from dashboard.target_text import target_text_picker
+from engine.data.target_text import reads_target_text
 from engine import tasks
 from engine.ensemble import ENSEMBLES
 from engine.experiments import Candidate, evaluate_candidate, source_scores
 from engine.candidate_runs import submit_candidate
 from engine.light_jobs import find_fit_preview, recipe_text, submit_fit_preview
-from engine.preflight import preflight
+from engine.preflight import Problem, preflight
 from engine.runinfo import target_data_use
 from engine.store import ACTIVE
 
@@ -32,16 +34,21 @@ with settings:
     if not method.traits.uses_weights and not method.traits.needs_fit:
         st.caption("This rule ignores the weights.")
     values = widgets.param_controls(method, sources, key="ens")
-    data_mode, seed = "target", 0
-    if method.traits.needs_fit:
+    data_mode, seed, target_text = "target", 0, ""
+    if reads_target_text("ensemble", method.traits):
+        target_text = target_text_picker(ws, "ens", split="validation")
+    elif method.traits.needs_fit:
         c1, c2 = st.columns(2)
         has_val = ws.dataset.has(target, "validation")
         data_mode = c1.selectbox("Fit on validation data of", ["target", "sources"], index=0 if has_val else 1,
                                  key="ens_fit_on", help="the sources' when the target has no labelled data")
         seed = int(c2.number_input("Seed", 0, 2 ** 31 - 1, 0, key="ens_seed"))
 
-cand = Candidate("ensemble", method.name, target, sources, weights, params=values, seed=seed, data_mode=data_mode)
+cand = Candidate("ensemble", method.name, target, sources, weights, params=values, seed=seed, data_mode=data_mode,
+                 target_text=target_text or "")
 problems = preflight(ws, cand)  # the engine decides; the page shows
+if target_text is None:
+    problems.append(Problem("choose the target text file the fit learns on", "data"))
 if problems:
     for p in problems:
         st.warning(p.text)

@@ -17,7 +17,7 @@ from typing import List, Optional
 
 from ..formats import json_default
 from .core import COMMANDS, command, table_text  # noqa: F401  (the registry, for callers and tests)
-from . import methods, evolve, sweep, transfer, train, mirror  # noqa: F401,E402,I001  (each registers its commands, in --help order)
+from . import methods, evolve, evolve_stage, sweep, transfer, train, mirror  # noqa: F401,E402,I001  (each registers its commands, in --help order)
 
 
 class UsageError(ValueError):

@@ -111,6 +111,12 @@ def _evolve_args(p) -> None:
     p.add_argument("--export", metavar="DIR", help="write the champion as an HF folder here "
                    "(never into the zoo; written whole or not at all)")
     p.add_argument("--overwrite", action="store_true", help="replace DIR if it is not empty")
+    p.add_argument("--ada-stage", action="store_true",
+                   help="then refine the champion by AdaMerging on unlabelled target text (a stored "
+                        "run of its own; kept only if its dev fitness is higher; see evolve-ada)")
+    p.add_argument("--target-text", default="", metavar="FILE",
+                   help="--ada-stage: a UTF-8 file, one sentence per line (default: the target's "
+                        "train split, labels withheld)")
     _setting_flags(p)
 
 
@@ -236,6 +242,10 @@ def cmd_evolve(args):
         ws = _resume_workspace(args, store)
     else:
         settings = _algorithm_settings(args, args.algorithm)  # refused before the zoo is opened
+        if args.target_text:  # a bad file: refused before any work
+            from ..data.target_text import read_target_text
+
+            read_target_text(args.target_text)
         ws = open_from_args(args)
         store = open_store(ws.cache_dir)
     runner = JobRunner(store)
@@ -279,5 +289,14 @@ def cmd_evolve(args):
                               f"options; --overwrite to replace a folder)") from exc
         row["result"]["export"] = str(path)
     text = _summary(row) + (f"\nexported to {row['result']['export']}" if args.export else "")
-    return {"run_id": run_id, "status": row["status"], "params": row["params"],
-            "metrics": row["metrics"], "result": row["result"]}, text
+    data = {"run_id": run_id, "status": row["status"], "params": row["params"],
+            "metrics": row["metrics"], "result": row["result"]}
+    if args.ada_stage:
+        from ..evolve.ada_stage import stage_fields, stage_job
+        from ..jobs import run_here
+
+        stage = run_here(store, "merge", stage_job(ws, row, {}, args.target_text), echo=progress_for(args),
+                         **stage_fields(row, {}, args.target_text))
+        data["ada_stage"] = {"run_id": stage["id"], **stage["result"]}
+        text += f"\nAdaMerging stage (run {stage['id']}): {stage['message']}"
+    return data, text

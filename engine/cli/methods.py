@@ -43,6 +43,10 @@ def candidate_args(p):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-mode", default="sources", choices=["target", "sources", "both"])
     p.add_argument("--data-examples", type=int, default=64)
+    p.add_argument("--target-text", default="", metavar="FILE",
+                   help="unlabelled target-language text, one sentence per line (UTF-8), for the methods "
+                        "that learn on it (adamerging, ensemble entropy_min); default: the target's "
+                        "train split with its labels withheld")
     p.add_argument("--export", default="", metavar="DIR",
                    help="merge: write an HF folder + recipe here; ensemble: a learned fusion "
                         "(never into the zoo; written whole or not at all)")
@@ -77,7 +81,7 @@ def candidate_from_args(ws, args, kind):
     if args.equal:
         weights = [1.0] * len(sources)
     return Candidate(kind, args.method, args.target, sources, weights, parse_params(args.param),
-                     args.seed, args.data_mode, args.data_examples)
+                     args.seed, args.data_mode, args.data_examples, target_text=args.target_text)
 
 
 def _run_candidate(args, kind):

@@ -24,6 +24,9 @@ def _sweep_args(p):
     p.add_argument("--ray", action="store_true", help="run cells on Ray (local instance unless --address)")
     p.add_argument("--address", default=None, help="Ray cluster address, e.g. auto or ray://head:10001")
     p.add_argument("--ray-cpus", type=int, default=2, help="CPUs of the local Ray instance")
+    p.add_argument("--target-text", nargs="*", default=[], metavar="LOCALE=FILE",
+                   help="a target's unlabelled text (UTF-8, one sentence per line) for the methods that "
+                        "learn on it (adamerging, entropy_min); adds to the spec's target_text")
     p.add_argument("--gpus-per-cell", type=float, default=0.0, help="Ray: GPUs each cell asks for")
 
 
@@ -37,6 +40,21 @@ def _headline_text(store, run_id: str) -> str:
     cols = ["variant", "targets", "mean_accuracy", "win_rate_vs_best_source", "win_rate_vs_equal_merge",
             "mean_gap_closed", "forward_passes"]
     return table_text(head[cols].to_dict(orient="records"))
+
+
+def with_target_texts(spec_path, items):
+    """The spec, with ``--target-text LOCALE=FILE`` pairs added to its target_text mapping."""
+    from ..sweep.spec import SweepSpecError, target_text_files, load_spec
+
+    spec = load_spec(spec_path)
+    pairs = {}
+    for item in items or []:
+        locale, sep, path = item.partition("=")
+        if not sep or not locale or not path:
+            raise SweepSpecError(f"--target-text '{item}' must look like LOCALE=FILE (e.g. da-DK=da.txt)")
+        pairs[locale] = path
+    spec.target_text.update(target_text_files(pairs))
+    return spec
 
 
 @command("sweep", "run a sweep (targets × methods × grids × sources) as one resumable job", _sweep_args)
@@ -61,7 +79,8 @@ def cmd_sweep(args):
         run_id = resume_sweep(runner, ws, args.resume, executor="ray" if executor == "ray" else None,
                               address=args.address)
     else:
-        run_id = submit_sweep(runner, ws, args.spec, executor, args.address, args.ray_cpus, options,
+        spec = with_target_texts(args.spec, args.target_text)
+        run_id = submit_sweep(runner, ws, spec, executor, args.address, args.ray_cpus, options,
                               origin="sweep (CLI)")
     bar = progress_for(args)
     started = time.perf_counter()

@@ -62,7 +62,7 @@ def mean_entropy(logits: Tensor) -> Tensor:
     return -(log_p.exp() * log_p).sum(-1).mean()
 
 
-def _text_batches(context, batch_size: int, limit: int, device) -> List[Dict[str, Tensor]]:
+def unlabelled_batches(context, batch_size: int, limit: int, device) -> List[Dict[str, Tensor]]:
     """Up to ``limit`` unlabelled examples in batches, on the device. A batch carrying labels is
     refused: the merge must be able to run where none exist."""
     out, seen = [], 0
@@ -163,31 +163,44 @@ def full_entropy(model, view: MergedView, lam: Tensor, batches) -> float:
     return total / max(count, 1)
 
 
+def frozen_model(context, state, device, name):
+    """The model the coefficients are learned through, its own parameters frozen."""
+    model = _model(context, state, device, name)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def split_keys(model, state, base) -> Tuple[List[str], Dict[str, str], List[str]]:
+    """(head keys: outside the encoder, averaged and held fixed; source key -> base key for the
+    rest; the floating keys whose λ is learned)."""
+    from .run import match_base
+
+    keys = list(state.keys())
+    prefix = f"{getattr(model, 'base_model_prefix', '')}."
+    heads = [k for k in keys if prefix != "." and not k.startswith(prefix)
+             and any(other.startswith(prefix) for other in keys)]
+    base_keys = {k: b for k, b in match_base(base, keys).items() if k not in heads}
+    return heads, base_keys, [k for k in keys if k in base_keys and state[k].is_floating_point()]
+
+
 def prepare_adamerging(sources, weights, base, context, params, *, names, device, seed, progress,
                        groups_of=None):
     """Learns λ on the context's unlabelled target text and hands each tensor its λ column.
 
     ``groups_of(keys) -> (group names, key -> index)`` overrides the granularity's grouping (a
     test collapses the layer groups into one)."""
-    from .run import match_base
-
     context = require_context(context, "adamerging", "build_model", "texts")
     if base is None:
         raise MergeError("adamerging works on task vectors and needs the pretrained base model")
     keys = list(sources[0].keys())
     compute = device if device is not None else torch.device("cpu")
-    model = _model(context, sources[0], compute, names[0])
-    for p in model.parameters():
-        p.requires_grad_(False)
-    prefix = f"{getattr(model, 'base_model_prefix', '')}."
-    heads = [k for k in keys if prefix != "." and not k.startswith(prefix)
-             and any(other.startswith(prefix) for other in keys)]
-    base_keys = {k: b for k, b in match_base(base, keys).items() if k not in heads}
-    learned_keys = [k for k in keys if k in base_keys and sources[0][k].is_floating_point()]
+    model = frozen_model(context, sources[0], compute, names[0])
+    heads, base_keys, learned_keys = split_keys(model, sources[0], base)
     group_names, groups = (groups_of or (lambda ks: coefficient_groups(ks, params["granularity"])))(learned_keys)
     steps = int(params["steps"])
     tracker = Tracker(progress, steps + 2, "AdaMerging: reading the target's texts")
-    batches = _text_batches(context, int(params["batch_size"]), int(params["examples"]), compute)
+    batches = unlabelled_batches(context, int(params["batch_size"]), int(params["examples"]), compute)
     view = MergedView(sources, list(weights), base, base_keys, groups, compute, keys)
     tracker.advance(1, "AdaMerging: task vectors ready")
     w = torch.tensor(weights, dtype=torch.float32, device=compute)

@@ -75,6 +75,7 @@ class SweepSpec:
     sinkhorn_iters: int = 20
     equal_merge_baseline: bool = True
     mlflow: str = ""                            # a local MLflow tracking URI ("" = none), made absolute
+    target_text: Dict[str, str] = field(default_factory=dict)  # locale -> a UTF-8 sentence-per-line file
 
     def to_dict(self) -> Dict[str, Any]:
         return asdict(self)
@@ -175,6 +176,7 @@ def parse_spec(data: Dict[str, Any]) -> SweepSpec:
             spec.mlflow = normalise_uri(str(data["mlflow"]))
         except MlflowMirrorError as exc:
             raise SweepSpecError(f"sweep spec: mlflow: {exc}") from None
+    spec.target_text = target_text_files(data.get("target_text") or {})
     if spec.data_mode not in DATA_MODES:
         raise SweepSpecError(f"sweep spec: data_mode must be one of {DATA_MODES}, got {spec.data_mode!r}")
     for name in ("seed", "data_examples", "sinkhorn_iters"):
@@ -188,6 +190,23 @@ def parse_spec(data: Dict[str, Any]) -> SweepSpec:
         raise SweepSpecError(f"sweep spec: {cells:,} cells per target set is more than {MAX_CELLS:,}; "
                              f"split it into several sweeps")
     return spec
+
+
+def target_text_files(value) -> Dict[str, str]:
+    """``target_text: {locale: file}``: each target's unlabelled text for the methods that learn
+    on it (adamerging, entropy_min); each file checked now, kept as an absolute path."""
+    from ..data.target_text import TargetTextError, read_target_text
+
+    if not isinstance(value, dict):
+        raise SweepSpecError("sweep spec: 'target_text' must map target locales to text files, "
+                             "e.g. {da-DK: da.txt}")
+    out = {}
+    for locale, path in value.items():
+        try:
+            out[str(locale)] = str(Path(read_target_text(str(path)).path).resolve())
+        except TargetTextError as exc:
+            raise SweepSpecError(f"sweep spec: target_text.{locale}: {exc}") from None
+    return out
 
 
 def load_spec(source: Union[str, Path, Dict[str, Any], SweepSpec]) -> SweepSpec:
@@ -228,9 +247,12 @@ class Cell:
         """What the stored run's ``params`` hold: the method's grid values, the axes, the key."""
         c = self.candidate
         use = target_data_use(c)
-        return {**c.params, **self.axes, "seed": c.seed, "data_mode": c.data_mode,
-                "data_examples": c.data_examples, "cell_key": self.key, "role": self.role,
-                "target_data": use["target"], "source_data": use["source_data"]}
+        params = {**c.params, **self.axes, "seed": c.seed, "data_mode": c.data_mode,
+                  "data_examples": c.data_examples, "cell_key": self.key, "role": self.role,
+                  "target_data": use["target"], "source_data": use["source_data"]}
+        if use.get("text"):  # a user's text file: name, lines, sha256
+            params["target_text"] = use["text"]
+        return params
 
 
 def cell_key(ws: Workspace, cand: Candidate) -> str:
@@ -247,6 +269,15 @@ def sweep_targets(ws: Workspace, spec: SweepSpec) -> List[str]:
         raise SweepSpecError(f"sweep spec: target(s) {missing} have no test data here; "
                              f"available: {', '.join(available)}")
     return list(spec.targets)
+
+
+def _text_for(spec: SweepSpec, kind: str, method: str, target: str) -> str:
+    """The target's text file for a method that learns on unlabelled target text, else ''."""
+    from ..data.target_text import reads_target_text
+    from ..runinfo import method_of
+
+    path = spec.target_text.get(target, "")
+    return path if path and reads_target_text(kind, method_of(kind, method).traits) else ""
 
 
 def expand_cells(ws: Workspace, spec: SweepSpec) -> List[Cell]:
@@ -272,7 +303,8 @@ def expand_cells(ws: Workspace, spec: SweepSpec) -> List[Cell]:
                                  "equal_merge") for sources in source_sets]
                 for kind, method, params, weighting, sources, weights, role in recipes:
                     cand = Candidate(kind, method, target, sources, [float(w) for w in weights], dict(params),
-                                     spec.seed, spec.data_mode, spec.data_examples)
+                                     spec.seed, spec.data_mode, spec.data_examples,
+                                     target_text=_text_for(spec, kind, method, target))
                     key = cell_key(ws, cand)
                     if key not in cells:
                         cells[key] = Cell(key, cand, {"k": k, "features": features, "weighting": weighting}, role)
