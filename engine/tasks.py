@@ -100,16 +100,22 @@ def uriel_ready() -> bool:
     return (default_cache_dir() / CACHE_FILE).is_file()
 
 
-def submit_uriel(runner: JobRunner) -> str:
+def _submit_cache(runner: JobRunner, kind: str, build, working: str, done: str, name: str) -> str:
+    """A light job that builds one typology cache (``build()`` returns its path)."""
     def job(ctx):
-        from .languages import build_cache
+        tracker = Tracker(ctx.progress, 1, working)
+        path = build()
+        tracker.advance(1, done)
+        return {"result": {"path": str(path)}, "message": done}
 
-        tracker = Tracker(ctx.progress, 1, "reading URIEL vectors (lang2vec, about 6 s)")
-        path = build_cache()
-        tracker.advance(1, "URIEL vectors cached")
-        return {"result": {"path": str(path)}, "message": "URIEL vectors cached"}
+    return runner.submit(kind, job, lane="light", name=name)
 
-    return runner.submit("uriel", job, lane="light", name="URIEL vector cache")
+
+def submit_uriel(runner: JobRunner) -> str:
+    from .languages import build_cache
+
+    return _submit_cache(runner, "uriel", build_cache, "reading URIEL vectors (lang2vec, about 6 s)",
+                         "URIEL vectors cached", "URIEL vector cache")
 
 
 def uriel_plus_ready() -> bool:
@@ -119,15 +125,11 @@ def uriel_plus_ready() -> bool:
 
 
 def submit_uriel_plus(runner: JobRunner) -> str:
-    def job(ctx):
-        from .uriel_plus import build_cache
+    from .uriel_plus import build_cache
 
-        tracker = Tracker(ctx.progress, 1, "computing URIEL+ distances for the 52 locales (about 15 s)")
-        path = build_cache()
-        tracker.advance(1, "URIEL+ distances cached")
-        return {"result": {"path": str(path)}, "message": "URIEL+ distances cached"}
-
-    return runner.submit("urielplus", job, lane="light", name="URIEL+ distance cache")
+    return _submit_cache(runner, "urielplus", build_cache,
+                         "computing URIEL+ distances for the 52 locales (about 15 s)",
+                         "URIEL+ distances cached", "URIEL+ distance cache")
 
 
 def submit_champion_export(runner: JobRunner, ws: Workspace, run_id: str, out_root: Path) -> str:
