@@ -200,6 +200,7 @@ def test_pseudo_label_self_training_never_reads_target_labels(both_ws, tiny_zoo_
     outputs = []
     for zoo, cache in ((tiny_zoo_dir, tmp_path / "a"), (corrupted_zoo, tmp_path / "b")):
         args = ["train-pseudo", "--target", TARGET, "--top-k", "2", "--steps", "3", "--threshold", "0.2",
+                "--labeller", "shifted",
                 "--zoo", str(zoo), "--cache-dir", str(cache), "--device", "cpu", "--quiet", "--json"]
         assert main(args) == 0
         outputs.append(json.loads(capsys.readouterr().out))

@@ -154,7 +154,8 @@ def _pseudo_args(p) -> None:
     p.add_argument("--weighting", choices=WEIGHTINGS, default=d.weighting)
     p.add_argument("--method", default=d.method, help="the merge to fine-tune (any registered merge without data)")
     p.add_argument("--labeller", choices=LABELLERS, default=d.labeller,
-                   help="who labels the target's texts: the soft vote of the sources, or the merge itself")
+                   help="who labels the target's texts: the soft vote of the sources, the merge itself, or the "
+                        "sources' weighted-logits vote recentred on those texts (shifted)")
     p.add_argument("--threshold", type=float, default=d.threshold,
                    help="keep texts whose top pseudo-label probability is at least this")
     p.add_argument("--steps", type=int, default=d.steps, help="fine-tuning steps on the pseudo-labelled texts")

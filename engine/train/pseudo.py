@@ -1,7 +1,8 @@
 """Pseudo-label self-training: fine-tune a merge on the target's own texts, labelled by the fusion.
 
 The target's train split is read as text only (its labels are withheld, never read): a labeller
-(the soft vote of the K sources, or the merge itself) predicts each text's class, the texts it is
+(the soft vote of the K sources, the merge itself, or the sources' weighted-logits vote with its
+class prior recentred on these texts, ``engine.ensemble.prior``) predicts each text's class, the texts it is
 confident on (top probability ≥ ``threshold``) become a training set, and the merge (TIES by
 default) is fine-tuned on them for a few steps with the one training loop. The run records
 ``unlabelled target text`` as its target data. The dev split is scored after training (for
@@ -26,7 +27,7 @@ from .finetune import TrainError, checkpoint_dir, launch, load_base
 from .loop import Trainer, load_weights
 
 UNLABELLED = TARGET_DATA[1]  # "unlabelled target text"
-LABELLERS = ("soft", "merge")
+LABELLERS = ("soft", "merge", "shifted")
 
 
 @dataclass
@@ -36,7 +37,8 @@ class PseudoConfig:
     top_k: int = 5
     weighting: str = "uriel"
     method: str = "ties"           # the merge that is fine-tuned (data-free, at its defaults)
-    labeller: str = "soft"         # soft: soft vote of the sources; merge: the merge itself
+    labeller: str = "soft"         # soft: soft vote of the sources; merge: the merge itself;
+                                   # shifted: weighted-logits vote recentred on these texts (prior_shift)
     threshold: float = 0.5         # keep texts whose top pseudo-label probability is at least this
     steps: int = 30
     batch_size: int = 16
@@ -90,12 +92,15 @@ def text_logits(ws, model: torch.nn.Module, texts: List[str], batch_size: int = 
 
 
 def pseudo_labels(ws, config: PseudoConfig, weights: List[float], merged, texts: List[str]) -> np.ndarray:
-    """The labeller's probabilities [N, C] on the target's texts."""
-    from ..ensemble import combine
+    """The labeller's probabilities [N, C] on the target's texts: the sources' soft vote, the merge,
+    or the sources' weighted-logits vote with its class prior recentred on these same texts."""
+    from ..ensemble import combine, fit
 
     if config.labeller == "merge":
         return combine("soft", text_logits(ws, ws.zoo.build_model(dict(merged)), texts)[None], [1.0])
     logits = np.stack([text_logits(ws, ws.evaluator.source_model(s), texts) for s in config.sources])
+    if config.labeller == "shifted":
+        return fit("prior_shift", logits, None, weights=weights, params={"rule": "weighted_logits"}).predict(logits)
     return combine("soft", logits, weights)
 
 
