@@ -149,7 +149,10 @@ def pseudo_job(ws, config: PseudoConfig, weights: List[float], out_dir: Path):
                 "message": f"self-trained on {keep.size} pseudo-labelled texts"
                            + (f"; test accuracy {acc:.3f} (the {config.method} merge: {start['test']:.3f})"
                               if acc is not None else ""),
-                "result": {"merged": str(path), "target_data": {"target": UNLABELLED, "source_data": False},
+                "result": {"merged": str(path), "output": str(path), "steps_done": trainer.step_count,
+                           "note": f"labeller {config.labeller}, {keep.size} of {len(texts)} target texts at "
+                                   f"confidence ≥ {config.threshold} (their labels never read)",
+                           "target_data": {"target": UNLABELLED, "source_data": False},
                            "start_accuracy": start, "kept": int(keep.size), "texts": len(texts),
                            "pseudo_label_counts": counts, "final_loss": trainer.recent_loss(),
                            "baselines": baselines(ws, config.target, config.sources, "test"),
