@@ -144,3 +144,15 @@ def test_write_report_from_a_real_sweep_via_the_cli(tiny_ws, tiny_zoo_dir, tmp_p
     assert main(["report", sweep_id, "--out", str(again), "--cache-dir", cache, "--quiet"]) == 0
     assert (again / "report.md").read_text() == md
     store.close()
+
+
+def test_parameter_axes_with_a_choice_only_some_methods_have():
+    """A choice parameter (prior_shift's mode) that other methods lack is NaN there: its axis shows
+    'n/a' instead of failing to sort strings against NaN (pandas 3 keeps NaN through astype(str))."""
+    import pandas as pd
+
+    frame = pd.DataFrame({"target": ["a", "a", "b", "b"], "method": ["ties", "prior_shift"] * 2,
+                          "p.mode": [np.nan, "em", np.nan, "recenter"], "accuracy": [0.5, 0.6, 0.7, 0.8]})
+    axis = {d.label: d for d in parameter_coordinates(frame).data[0].dimensions}["p.mode"]
+    assert list(axis.ticktext) == ["em", "n/a", "recenter"]
+    assert list(axis.values) == [1, 0, 1, 2]

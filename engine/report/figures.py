@@ -67,8 +67,9 @@ def parameter_coordinates(frame: pd.DataFrame, method: Optional[str] = None,
             label = col.removeprefix("p.") + (" (−1: n/a)" if values.isna().any() else "")
             dims.append({"label": label, "values": values.fillna(-1).astype(float)})
         else:
-            names = sorted(values.astype(str).unique())
-            codes = values.astype(str).map({n: i for i, n in enumerate(names)})
+            text = values.astype(object).fillna("n/a").astype(str)  # a method without this parameter: n/a
+            names = sorted(text.unique())
+            codes = text.map({n: i for i, n in enumerate(names)})
             dims.append({"label": col, "values": codes, "tickvals": list(range(len(names))), "ticktext": names})
     dims.append({"label": "accuracy", "values": f["accuracy"], "range": [0, 1]})
     fig = go.Figure(go.Parcoords(line={"color": f["accuracy"], "colorscale": "Viridis", "showscale": True,
