@@ -62,7 +62,7 @@ def part_b(store, res, ws, run_ids) -> str:
         acc, lo, hi = bootstrap_ci(ok.astype(float))
         eq, own = float(cells["equal_merge_acc"].iloc[0]), float(cells["target_model_acc"].iloc[0])
         tie = ties.iloc[0] if len(ties) else None
-        rows.append({"target": t, "kept / texts": f"{result['kept']} / {result['texts']}",
+        rows.append({"target": t, "labeller": run["params"].get("labeller", ""), "kept / texts": f"{result['kept']} / {result['texts']}",
                      "TIES (start)": "" if tie is None else
                      f"{tie.accuracy:.3f} [{tie.accuracy_lo:.3f}, {tie.accuracy_hi:.3f}]",
                      "self-trained": f"{acc:.3f} [{lo:.3f}, {hi:.3f}]",
