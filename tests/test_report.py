@@ -185,3 +185,15 @@ def test_the_parameter_chart_takes_a_text_parameter_some_cells_lack(synthetic):
     frame = res.frame.assign(**{"p.granularity": ["task", np.nan, np.nan, "layer", np.nan, np.nan]})
     axis = next(d for d in parameter_coordinates(frame).data[0].dimensions if d.label == "p.granularity")
     assert list(axis.ticktext) == ["layer", "n/a", "task"]
+
+
+def test_parameter_axes_with_a_choice_only_some_methods_have():
+    """A choice parameter (prior_shift's mode) that other methods lack is NaN there: its axis shows
+    'n/a' instead of failing to sort strings against NaN (pandas 3 keeps NaN through astype(str))."""
+    import pandas as pd
+
+    frame = pd.DataFrame({"target": ["a", "a", "b", "b"], "method": ["ties", "prior_shift"] * 2,
+                          "p.mode": [np.nan, "em", np.nan, "recenter"], "accuracy": [0.5, 0.6, 0.7, 0.8]})
+    axis = {d.label: d for d in parameter_coordinates(frame).data[0].dimensions}["p.mode"]
+    assert list(axis.ticktext) == ["em", "n/a", "recenter"]
+    assert list(axis.values) == [1, 0, 1, 2]

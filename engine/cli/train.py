@@ -140,3 +140,46 @@ def cmd_train_labels(args):
             + (f"{saved} target labels" if saved is not None else f"more than {result['max_n']} target labels")
             + " to match the fused model with none")
     return {"run_id": row["id"], "result": result}, text
+
+
+def _pseudo_args(p) -> None:
+    from ..experiments import WEIGHTINGS
+    from ..train.pseudo import LABELLERS, PseudoConfig
+
+    d = PseudoConfig(target="")
+    workspace_args(p)
+    p.add_argument("--target", required=True, help="target locale: its train split's texts (labels withheld) are pseudo-labelled")
+    p.add_argument("--sources", nargs="*", default=None, help="source locales (default: the target's top-k by --weighting)")
+    p.add_argument("--top-k", type=int, default=d.top_k)
+    p.add_argument("--weighting", choices=WEIGHTINGS, default=d.weighting)
+    p.add_argument("--method", default=d.method, help="the merge to fine-tune (any registered merge without data)")
+    p.add_argument("--labeller", choices=LABELLERS, default=d.labeller,
+                   help="who labels the target's texts: the soft vote of the sources, the merge itself, or the "
+                        "sources' weighted-logits vote recentred on those texts (shifted)")
+    p.add_argument("--threshold", type=float, default=d.threshold,
+                   help="keep texts whose top pseudo-label probability is at least this")
+    p.add_argument("--steps", type=int, default=d.steps, help="fine-tuning steps on the pseudo-labelled texts")
+    p.add_argument("--train-batch-size", type=int, default=d.batch_size)
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--warmup", type=int, default=d.warmup, help="linear warm-up steps (-1: 10%% of the steps)")
+    p.add_argument("--seed", type=int, default=d.seed)
+
+
+@command("train-pseudo", "self-train a merge on the target's unlabelled text, pseudo-labelled by the "
+         "sources' soft vote (or the merge)", _pseudo_args)
+def cmd_train_pseudo(args):
+    from ..train.pseudo import PseudoConfig, run_pseudo
+
+    ws = open_from_args(args)
+    config = PseudoConfig(target=args.target, sources=args.sources or [], top_k=args.top_k, weighting=args.weighting,
+                          method=args.method, labeller=args.labeller, threshold=args.threshold, steps=args.steps,
+                          batch_size=args.train_batch_size, lr=args.lr, warmup=args.warmup, seed=args.seed)
+    row = run_pseudo(open_store(ws), ws, config, echo=progress_for(args))
+    result = row["result"]
+    test = (row["metrics"].get("test") or {}).get("accuracy")
+    text = (f"run {row['id']}: {result['kept']} of {result['texts']} {row['target']} texts pseudo-labelled "
+            f"({', '.join(row['sources'])}); test accuracy "
+            + (f"{test:.3f}" if test is not None else "n/a")
+            + f" (the {args.method} merge: {result['start_accuracy'].get('test', float('nan')):.3f})"
+            + f"\nweights: {result['merged']}")
+    return {"run_id": row["id"], "status": row["status"], "metrics": row["metrics"], "result": result}, text

@@ -7,7 +7,7 @@ ValueError). A method is one ``ENSEMBLES.register`` call, and its kind is one tr
 
 * a **rule** (``needs_fit=False``, :mod:`.voting`) registers its kernel
   ``fn(logits [K, N, C] float32, weights [K] summing to 1, **params) -> probabilities [N, C]``;
-* a **fusion** (``needs_fit=True``, :mod:`.learned`, :mod:`.entropy`) registers its fit function
+* a **fusion** (``needs_fit=True``, :mod:`.learned`, :mod:`.entropy`, :mod:`.prior`) registers its fit function
   ``fn(logits, labels [N] int64 or None, prior [K] or None, *, seed, **params) -> Fitted``;
   labels are None for a fusion declared ``uses_labels=False`` (it is never handed them).
 
@@ -163,6 +163,7 @@ from . import voting  # noqa: E402  (registers the voting rules)
 from .fitted import Fitted, load_fitted  # noqa: E402
 from .learned import FusionMLP, LearnedWeights  # noqa: E402  (registers the learned fusions)
 from .entropy import EntropyWeights  # noqa: E402  (registers entropy_min)
+from .prior import PriorShift  # noqa: E402  (registers prior_shift)
 from . import calibration  # noqa: E402
 from .calibration import Calibrated  # noqa: E402
 
@@ -279,5 +280,5 @@ def fit(method: str, val_logits: ArrayLike, val_labels: Any,
 
 
 __all__ = ["ENSEMBLES", "EnsembleError", "Fitted", "LearnedWeights", "FusionMLP", "Calibrated",
-           "EntropyWeights", "combine", "fit", "load_fitted", "get_method", "check_logits",
+           "EntropyWeights", "PriorShift", "combine", "fit", "load_fitted", "get_method", "check_logits",
            "check_weights", "check_labels", "check_sources", "effective_weights"]

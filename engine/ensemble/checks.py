@@ -55,6 +55,13 @@ def apply(m: Method, x: np.ndarray, y: np.ndarray, weights=None, params=None,
     return combine(m.name, x, weights=weights, params=params)
 
 
+def _own_prediction_kept(m: Method) -> Optional[str]:
+    """None when one model (or K copies of it) must give that model's prediction, else why not."""
+    if m.traits.family == "prior":
+        return "it shifts the class prior on target text: by design not the model's own prediction"
+    return _symmetric(m)
+
+
 def _symmetric(m: Method) -> Optional[str]:
     """None when the output is a symmetric function of the (model, weight) pairs, else why not."""
     if m.hooks.effective_weights is not None:
@@ -125,7 +132,7 @@ def check_single_model(m: Method) -> Optional[str]:
     """K=1 gives that model's prediction."""
     if m.traits.min_sources > 1:
         return f"combines at least {m.traits.min_sources} models (min_sources)"
-    why = _symmetric(m)
+    why = _own_prediction_kept(m)
     if why:
         return why
     x, y = example(1)
@@ -135,8 +142,8 @@ def check_single_model(m: Method) -> Optional[str]:
 
 def check_identical_models(m: Method) -> Optional[str]:
     """K copies of one model, any weights, give that model's prediction."""
-    if m.traits.needs_fit and not m.traits.uses_weights:
-        return _symmetric(m)
+    if (m.traits.needs_fit and not m.traits.uses_weights) or m.traits.family == "prior":
+        return _own_prediction_kept(m)
     x, y = example(1)
     k = n_models(m)
     copies = np.repeat(x, k, axis=0)

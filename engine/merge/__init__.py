@@ -18,6 +18,7 @@ from .cache import MergeCache  # noqa: E402
 from .context import MergeContext  # noqa: E402
 from . import linear, sparse, geometric, data_aware, selection  # noqa: E402,F401
 from . import spherical, sce, regmean_plusplus, adamerging, subspace  # noqa: E402,F401
+from . import prior  # noqa: E402,F401  (wraps the merges above: import it last)
 from .run import MergedStateDict, MergeReport, merge_state_dicts  # noqa: E402
 from .export import export_merge  # noqa: E402
 

@@ -23,13 +23,16 @@ class Prepared:
 
     ``extras[key]`` are extra keyword arguments for the kernel on that key; ``labels[key]`` says how
     the key was treated (goes into the MergeReport), ``default_label`` how keys without extras
-    were; ``notes`` are free-form lines for the report.
+    were; ``notes`` are free-form lines for the report. ``offsets[key]`` is added to that key's
+    merged tensor whatever produced it (kernel or head average): a prior shift on the classifier
+    bias (engine/merge/prior.py) must survive a base that lacks the head.
     """
 
     extras: Dict[str, Dict[str, Any]] = field(default_factory=dict)
     labels: Dict[str, str] = field(default_factory=dict)
     notes: List[str] = field(default_factory=list)
     default_label: Optional[str] = None  # label of keys without extras (None: the method name)
+    offsets: Dict[str, Tensor] = field(default_factory=dict)
 
 
 CHUNK = 1 << 16  # entries per slice and thread of an elementwise loop: its scratch stays in cache

@@ -373,6 +373,9 @@ def merge_state_dicts(method: Union[str, Method], sources: Sequence[StateDict],
                                **kernel_params, **extras)
             report.treatment[key] = prepared.labels.get(key, prepared.default_label
                                                          or method.name)
+        if key in prepared.offsets:
+            merged = merged + prepared.offsets[key].to(device=merged.device, dtype=merged.dtype)
+            report.treatment[key] += " + offset"
         if not all_finite(merged):
             for t, name in zip(originals, names):  # name the source that brought it
                 _finite(t, name, key)
