@@ -6,7 +6,7 @@ PAGE = {"title": "Evolve", "icon": ":material/genetics:", "order": 5,
 import streamlit as st
 
 from dashboard import runs as runs_view
-from dashboard import figures, state, study_figures, widgets
+from dashboard import evolve_stage, figures, state, study_figures, widgets
 from dashboard.experiment import language
 from engine import tasks
 from engine.evolve import (DEFAULT_FITNESS, EVOLUTIONS, FITNESS_TERMS, SEED_FITNESS, EvolveConfig,
@@ -268,3 +268,5 @@ if (result.get("champion") or {}).get("test"):
         with state.engine_errors():
             tasks.submit_champion_export(state.runner(), ws, run_id, state.export_dir())
         st.rerun()
+if row["status"] not in ACTIVE and result.get("champion"):
+    evolve_stage.stage_panel(ws, row)
