@@ -223,6 +223,11 @@ def choose(driver, label: str, option: str, timeout: float = 20.0) -> None:
         return next((o for o in d.find_elements("css selector", '[role="option"]')
                      if o.text.strip() == option and o.is_displayed()), None)
 
-    wait_for(driver, find, timeout, f"option {option!r} of {label!r}").click()
+    try:  # a long list is virtualised around the selected option: type to filter it if not drawn
+        hit = wait_for(driver, find, 2.0, f"option {option!r} of {label!r}")
+    except TimeoutError:
+        box.find_element("css selector", "input").send_keys(option)
+        hit = wait_for(driver, find, timeout, f"option {option!r} of {label!r}")
+    hit.click()
     wait_for(driver, lambda d: selected(d, label) == option, timeout, f"{label!r} = {option!r}")
     wait_idle(driver)

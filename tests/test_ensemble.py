@@ -32,7 +32,7 @@ def close(a, b, tol=1e-5):
 def test_registry_lists_every_method_with_its_schema():
     assert set(ENSEMBLES.names()) == {"majority", "weighted_majority", "soft", "weighted_logits",
                                       "geometric_mean", "max", "fixed_pair", "learned_weights",
-                                      "fusion_mlp", "entropy_min"}
+                                      "fusion_mlp", "entropy_min", "prior_shift"}
     schema = ENSEMBLES.schema()
     assert schema["fixed_pair"]["params"][0]["name"] == "first_weight"
     assert schema["fusion_mlp"]["needs_fit"] and not schema["soft"]["needs_fit"]

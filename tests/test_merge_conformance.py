@@ -129,4 +129,4 @@ def test_schema_is_plain_data_and_complete():
         for field in ("needs_base", "needs_data", "mergekit", "family", "min_sources", "random"):
             assert field in entry, (name, field)
     assert {n for n, e in schema.items() if e["needs_data"]} == {"fisher", "regmean", "adamerging",
-                                                                 "regmean_plusplus", "frankenmerge"}
+                                                                 "regmean_plusplus", "frankenmerge", "prior_shift"}
