@@ -42,6 +42,7 @@ from .paths import CACHE_ENV, default_cache_dir  # noqa: F401  (their home is en
 from .similarity import (_check_int, _square, _top_indices, cosine_similarity, sinkhorn,  # noqa: F401
                          tie_notes, top_k_filter)
 from .locales import FALLBACK_ISO, ISO, LOCALES, NAMES  # noqa: F401  (their home: engine.locales)
+from .npz_cache import read_tables, write_tables
 from .uriel_plus import URIEL_PLUS_SETS, distance_of, notes as uriel_plus_notes
 
 FEATURE_SETS: Tuple[str, ...] = ("syntax_knn", "phonology_knn", "inventory_knn", "fam", "geo")
@@ -173,27 +174,19 @@ def _compute_tables() -> dict:
 
 
 def _read(path: Path) -> Optional[dict]:
+    flat = read_tables(path, _cache_key())
     try:
-        with np.load(path, allow_pickle=False) as npz:
-            if str(npz["key"]) != _cache_key():
-                return None
-            return {fs: (npz[f"{fs}.values"], npz[f"{fs}.names"], npz[f"{fs}.iso"])
-                    for fs in FEATURE_SETS}
-    except Exception:  # missing, truncated, foreign or older file: rebuild rather than fail
+        return None if flat is None else {
+            fs: (flat[f"{fs}.values"], flat[f"{fs}.names"], flat[f"{fs}.iso"]) for fs in FEATURE_SETS}
+    except KeyError:  # an older file without every feature set: rebuild
         return None
 
 
 def _write(path: Path, tables: dict) -> None:
-    arrays = {"key": np.array(_cache_key())}
+    arrays = {}
     for fs, (values, names, used) in tables.items():
         arrays.update({f"{fs}.values": values, f"{fs}.names": names, f"{fs}.iso": used})
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npz")
-        np.savez_compressed(tmp, **arrays)
-        os.replace(tmp, path)  # atomic: a reader in another process never sees half a file
-    except OSError as exc:
-        warnings.warn(f"could not write the URIEL cache {path} ({exc}); keeping it in memory only")
+    write_tables(path, _cache_key(), arrays, "URIEL")
 
 
 def _cache_path(cache_dir: Union[str, os.PathLike, None]) -> Path:

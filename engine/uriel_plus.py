@@ -26,9 +26,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
-import os
 import threading
-import warnings
 from importlib import metadata
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -37,6 +35,7 @@ import numpy as np
 import pandas as pd
 
 from .locales import FALLBACK_ISO, ISO, LOCALES
+from .npz_cache import read_tables, write_tables
 
 # distance -> (database file, feature-name prefix or "" for all of that file's features)
 _LAYOUT: Dict[str, Tuple[str, str]] = {
@@ -210,23 +209,11 @@ def _cache_path(cache_dir) -> Path:
 
 
 def _read(path: Path) -> Optional[Dict[str, np.ndarray]]:
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            if str(npz["key"]) != _cache_key():
-                return None
-            return {k: npz[k] for k in npz.files if k != "key"}
-    except Exception:  # missing, truncated, foreign or older: rebuild rather than fail
-        return None
+    return read_tables(path, _cache_key())
 
 
 def _write(path: Path, tables: Dict[str, np.ndarray]) -> None:
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npz")
-        np.savez_compressed(tmp, key=np.array(_cache_key()), **tables)
-        os.replace(tmp, path)
-    except OSError as exc:
-        warnings.warn(f"could not write the URIEL+ cache {path} ({exc}); keeping it in memory only")
+    write_tables(path, _cache_key(), tables, "URIEL+")
 
 
 def _tables_for(cache_dir, force: bool = False) -> Dict[str, np.ndarray]:
