@@ -28,7 +28,6 @@ import difflib
 import hashlib
 import json
 import os
-import threading
 import warnings
 from dataclasses import dataclass, field, replace
 from importlib import metadata
@@ -42,7 +41,7 @@ from .paths import CACHE_ENV, default_cache_dir  # noqa: F401  (their home is en
 from .similarity import (_check_int, _square, _top_indices, cosine_similarity, sinkhorn,  # noqa: F401
                          tie_notes, top_k_filter)
 from .locales import FALLBACK_ISO, ISO, LOCALES, NAMES  # noqa: F401  (their home: engine.locales)
-from .npz_cache import read_tables, write_tables
+from .npz_cache import TableMemo
 from .uriel_plus import URIEL_PLUS_SETS, distance_of, notes as uriel_plus_notes
 
 FEATURE_SETS: Tuple[str, ...] = ("syntax_knn", "phonology_knn", "inventory_knn", "fam", "geo")
@@ -118,17 +117,20 @@ def parse_features(features: Union[str, Sequence[str]] = DEFAULT_FEATURES) -> Tu
 
 # ---------------------------------------------------------------- URIEL vectors and their cache
 
-_lock = threading.Lock()
-_tables: Dict[str, dict] = {}  # cache file path -> {set: (values, names, iso used per locale)}
-_similarities: Dict[Tuple[str, str], np.ndarray] = {}
+# (cache file, sets) -> (the typology tables it was computed from, the matrix)
+_similarities: Dict[Tuple[str, str], Tuple[tuple, np.ndarray]] = {}
+
+
+def _installed_version() -> str:
+    try:
+        return metadata.version("lang2vec")
+    except metadata.PackageNotFoundError:
+        return "absent"
 
 
 def _cache_key() -> str:
-    try:
-        version = metadata.version("lang2vec")
-    except metadata.PackageNotFoundError:
-        version = "absent"
-    spec = [_FORMAT, version, sorted(ISO.items()), sorted(FALLBACK_ISO.items()), FEATURE_SETS]
+    """Everything that changes the tables: format, lang2vec's version, locale codes, sets."""
+    spec = [_FORMAT, _installed_version(), sorted(ISO.items()), sorted(FALLBACK_ISO.items()), FEATURE_SETS]
     return hashlib.sha256(json.dumps(spec).encode()).hexdigest()[:16]
 
 
@@ -149,8 +151,9 @@ def _import_lang2vec():
     return l2v
 
 
-def _compute_tables() -> dict:
-    """Vectors of all 52 locales for every offered set, straight from lang2vec ('--' -> NaN).
+def _compute_tables() -> Dict[str, np.ndarray]:
+    """Vectors of all 52 locales for every offered set, straight from lang2vec ('--' -> NaN):
+    ``<set>.values`` (locale rows), ``<set>.names`` (columns), ``<set>.iso`` (code used per locale).
 
     Columns that are zero or missing for every locale are dropped: they change no cosine."""
     l2v = _import_lang2vec()
@@ -168,59 +171,38 @@ def _compute_tables() -> dict:
             used.append(code)
         values = np.vstack([by_code[c] for c in used])
         keep = (np.nan_to_num(values) != 0).any(axis=0)
-        names = np.array([str(n) for n in raw["CODE"]])[keep]
-        tables[fs] = (values[:, keep], names, np.array(used))
+        tables[f"{fs}.values"] = values[:, keep]
+        tables[f"{fs}.names"] = np.array([str(n) for n in raw["CODE"]])[keep]
+        tables[f"{fs}.iso"] = np.array(used)
     return tables
 
 
-def _read(path: Path) -> Optional[dict]:
-    flat = read_tables(path, _cache_key())
-    try:
-        return None if flat is None else {
-            fs: (flat[f"{fs}.values"], flat[f"{fs}.names"], flat[f"{fs}.iso"]) for fs in FEATURE_SETS}
-    except KeyError:  # an older file without every feature set: rebuild
-        return None
+def _required() -> List[str]:
+    return [f"{fs}.{part}" for fs in FEATURE_SETS for part in ("values", "names", "iso")]
 
 
-def _write(path: Path, tables: dict) -> None:
-    arrays = {}
-    for fs, (values, names, used) in tables.items():
-        arrays.update({f"{fs}.values": values, f"{fs}.names": names, f"{fs}.iso": used})
-    write_tables(path, _cache_key(), arrays, "URIEL")
+_memo = TableMemo(CACHE_FILE, _cache_key, _compute_tables, "URIEL", _required)
+
+
+def _read(path: Path) -> Optional[Dict[str, np.ndarray]]:
+    return _memo.read(path)
 
 
 def _cache_path(cache_dir: Union[str, os.PathLike, None]) -> Path:
-    return (Path(cache_dir) if cache_dir is not None else default_cache_dir()) / CACHE_FILE
-
-
-def _tables_for(cache_dir, force: bool = False) -> dict:
-    """Memory, else the disk cache, else lang2vec (then written to disk). One builder at a time."""
-    path = _cache_path(cache_dir)
-    key = str(path.resolve())
-    with _lock:
-        if force or key not in _tables:
-            tables = None if force else _read(path)
-            if tables is None:
-                tables = _compute_tables()
-                _write(path, tables)
-            _tables[key] = tables
-            for sim_key in [k for k in _similarities if k[0] == key]:
-                del _similarities[sim_key]
-        return _tables[key]
+    return _memo.path(cache_dir)
 
 
 def build_cache(cache_dir: Union[str, os.PathLike, None] = None, force: bool = False) -> Path:
     """Makes sure the vector cache exists (building it is the one step that imports lang2vec,
     ~5 s); ``force`` rebuilds it. Returns the file's path."""
-    _tables_for(cache_dir, force)
+    _memo.tables(cache_dir, force)
     return _cache_path(cache_dir)
 
 
 def clear_memory_cache() -> None:
     """Forgets the in-process copies; the next call reads the disk cache again."""
-    with _lock:
-        _tables.clear()
-        _similarities.clear()
+    _memo.clear()
+    _similarities.clear()
 
 
 def _locales_arg(locales: Optional[Iterable[str]]) -> List[str]:
@@ -238,9 +220,9 @@ def feature_vectors(features: Union[str, Sequence[str]] = DEFAULT_FEATURES,
     if set(sets) & set(URIEL_PLUS_SETS):
         raise UnknownFeatureSetError(f"{features!r}: URIEL+ sets are distances, not vectors; use "
                                      "similarity_matrix")
-    tables = _tables_for(cache_dir)
-    values = np.hstack([tables[fs][0] for fs in sets]).astype(np.float64)
-    names = [str(n) for fs in sets for n in tables[fs][1]]
+    tables = _memo.tables(cache_dir)
+    values = np.hstack([tables[f"{fs}.values"] for fs in sets]).astype(np.float64)
+    names = [str(n) for fs in sets for n in tables[f"{fs}.names"]]
     return pd.DataFrame(values, index=list(LOCALES), columns=names).loc[_locales_arg(locales)]
 
 
@@ -248,9 +230,9 @@ def vector_sources(features: Union[str, Sequence[str]] = DEFAULT_FEATURES,
                    cache_dir=None) -> Dict[Tuple[str, str], str]:
     """(locale, set) -> the fallback ISO code whose vector stands in for the locale's own."""
     sets = [fs for fs in parse_features(features) if fs in FEATURE_SETS]
-    tables = _tables_for(cache_dir) if sets else {}
+    tables = _memo.tables(cache_dir) if sets else {}
     return {(loc, fs): str(code) for fs in sets
-            for loc, code in zip(LOCALES, tables[fs][2]) if code != ISO[loc]}
+            for loc, code in zip(LOCALES, tables[f"{fs}.iso"]) if code != ISO[loc]}
 
 
 # ------------------------------------------------------------------------- similarity and weights
@@ -264,17 +246,21 @@ def similarity_matrix(locales: Optional[Iterable[str]] = None,
     1 − distance; several parts are averaged (a pair one part cannot compare counts 0 there)."""
     sets = parse_features(features)
     chosen = _locales_arg(locales)
-    key = (str(_cache_path(cache_dir).resolve()), "+".join(sets))
-    if key not in _similarities:
-        from . import uriel_plus
+    from . import uriel_plus
 
-        vector_sets = [fs for fs in sets if fs in FEATURE_SETS]
+    vector_sets = [fs for fs in sets if fs in FEATURE_SETS]
+    plus_sets = [fs for fs in sets if fs in URIEL_PLUS_SETS]
+    # the tables this matrix comes from: a rebuilt or re-read cache makes a new matrix
+    used = ((_memo.tables(cache_dir),) if vector_sets else ()) + \
+        ((uriel_plus.tables(cache_dir),) if plus_sets else ())
+    key = (str(_cache_path(cache_dir).resolve()), "+".join(sets))
+    known = _similarities.get(key)
+    if known is None or any(a is not b for a, b in zip(known[0], used)):
         parts = [cosine_similarity(feature_vectors(vector_sets, cache_dir=cache_dir).to_numpy())] \
             if vector_sets else []
-        parts += [uriel_plus.similarity_matrix(distance_of(fs), cache_dir).to_numpy()
-                  for fs in sets if fs in URIEL_PLUS_SETS]
-        _similarities[key] = np.mean(parts, axis=0)
-    full = pd.DataFrame(_similarities[key], index=list(LOCALES), columns=list(LOCALES))
+        parts += [uriel_plus.similarity_matrix(distance_of(fs), cache_dir).to_numpy() for fs in plus_sets]
+        known = _similarities[key] = (used, np.mean(parts, axis=0))
+    full = pd.DataFrame(known[1], index=list(LOCALES), columns=list(LOCALES))
     return full.loc[chosen, chosen].copy()
 
 

@@ -26,7 +26,6 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
-import threading
 from importlib import metadata
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -35,7 +34,7 @@ import numpy as np
 import pandas as pd
 
 from .locales import FALLBACK_ISO, ISO, LOCALES
-from .npz_cache import read_tables, write_tables
+from .npz_cache import TableMemo
 
 # distance -> (database file, feature-name prefix or "" for all of that file's features)
 _LAYOUT: Dict[str, Tuple[str, str]] = {
@@ -157,9 +156,6 @@ def language_confidence(db: Dict[str, np.ndarray], codes: Sequence[str], distanc
 
 
 # ---------------------------------------------------------------- the cache over the 52 locales
-_lock = threading.Lock()
-_tables: Dict[str, Dict[str, np.ndarray]] = {}
-
 
 def _installed_version() -> str:
     try:
@@ -181,6 +177,7 @@ def _with_fallbacks(db: Dict[str, np.ndarray], codes: Sequence[str], distance: s
 
 
 def _cache_key() -> str:
+    """Everything that changes the tables: format, urielplus's version, locale codes, distances."""
     locales, codes = _locales_and_codes()
     spec = [_FORMAT, _installed_version(), list(zip(locales, codes)), sorted(FALLBACK_ISO.items()), DISTANCES]
     return hashlib.sha256(json.dumps(spec).encode()).hexdigest()[:16]
@@ -202,36 +199,25 @@ def _compute() -> Dict[str, np.ndarray]:
     return tables
 
 
-def _cache_path(cache_dir) -> Path:
-    from .paths import default_cache_dir
+_memo = TableMemo(CACHE_FILE, _cache_key, _compute, "URIEL+")
 
-    return (Path(cache_dir) if cache_dir is not None else default_cache_dir()) / CACHE_FILE
+
+def _cache_path(cache_dir) -> Path:
+    return _memo.path(cache_dir)
 
 
 def _read(path: Path) -> Optional[Dict[str, np.ndarray]]:
-    return read_tables(path, _cache_key())
+    return _memo.read(path)
 
 
-def _write(path: Path, tables: Dict[str, np.ndarray]) -> None:
-    write_tables(path, _cache_key(), tables, "URIEL+")
-
-
-def _tables_for(cache_dir, force: bool = False) -> Dict[str, np.ndarray]:
-    path = _cache_path(cache_dir)
-    key = str(path.resolve())
-    with _lock:
-        if force or key not in _tables:
-            tables = None if force else _read(path)
-            if tables is None:
-                tables = _compute()
-                _write(path, tables)
-            _tables[key] = tables
-        return _tables[key]
+def tables(cache_dir=None, force: bool = False) -> Dict[str, np.ndarray]:
+    """The cached arrays (``<distance>.distance``, ``.confidence``, ``.code``), built if missing."""
+    return _memo.tables(cache_dir, force)
 
 
 def build_cache(cache_dir=None, force: bool = False) -> Path:
     """Makes sure the URIEL+ distance cache exists (about 15 s from the package's files)."""
-    _tables_for(cache_dir, force)
+    tables(cache_dir, force)
     return _cache_path(cache_dir)
 
 
@@ -242,7 +228,7 @@ def cache_ready(cache_dir=None) -> bool:
 def distance_matrix(distance: str, cache_dir=None) -> pd.DataFrame:
     """URIEL+ distance between all 52 locales (NaN: no shared feature)."""
     locales, _ = _locales_and_codes()
-    values = _tables_for(cache_dir)[f"{_checked(distance)}.distance"]
+    values = tables(cache_dir)[f"{_checked(distance)}.distance"]
     return pd.DataFrame(values, index=list(locales), columns=list(locales))
 
 
@@ -257,7 +243,7 @@ def similarity_matrix(distance: str, cache_dir=None) -> pd.DataFrame:
 def confidence(distance: str, cache_dir=None) -> pd.DataFrame:
     """Per locale: URIEL+'s agreement and coverage for this distance's features."""
     locales, _ = _locales_and_codes()
-    values = _tables_for(cache_dir)[f"{_checked(distance)}.confidence"]
+    values = tables(cache_dir)[f"{_checked(distance)}.confidence"]
     return pd.DataFrame(values, index=list(locales), columns=["agreement", "coverage"])
 
 
@@ -283,7 +269,7 @@ def notes(target: str, pool: Sequence[str], sets: Sequence[str], cache_dir=None)
     locales, _ = _locales_and_codes()
     out = []
     for fs in (fs for fs in sets if fs in URIEL_PLUS_SETS):
-        used = dict(zip(locales, _tables_for(cache_dir)[f"{distance_of(fs)}.code"]))
+        used = dict(zip(locales, tables(cache_dir)[f"{distance_of(fs)}.code"]))
         out += [f"{loc}: URIEL+ has no {distance_of(fs)} vector for {ISO[loc]}; {used[loc]}'s is used"
                 for loc in [target, *pool] if str(used[loc]) != ISO[loc]]
         missing = unshared(target, pool, distance_of(fs), cache_dir)
@@ -301,10 +287,10 @@ def _checked(distance: str) -> str:
 
 
 def clear_memory_cache() -> None:
-    with _lock:
-        _tables.clear()
+    """Forgets the in-process copies; the next call reads the disk cache again."""
+    _memo.clear()
 
 
-__all__ = ["DISTANCES", "URIEL_PLUS_SETS", "build_cache", "cache_ready", "confidence", "distance_matrix",
+__all__ = ["DISTANCES", "URIEL_PLUS_SETS", "build_cache", "tables", "cache_ready", "confidence", "distance_matrix",
            "pair_confidence", "similarity_matrix", "unshared", "load_database", "language_vectors",
            "angular_distances", "language_confidence", "UrielPlusUnavailableError", "UrielPlusDataError"]

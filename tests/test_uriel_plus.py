@@ -163,3 +163,60 @@ def test_similarity_page_offers_urielplus_with_confidence_and_says_how_ties_brea
     assert {"URIEL+ agreement", "URIEL+ coverage"} <= set(table.columns)
     assert ((table["URIEL+ coverage"] > 0) & (table["URIEL+ coverage"] <= 1)).all()
     assert at.session_state["experiment"].features == "urielplus_syntactic"
+
+
+# the one memo (engine.npz_cache.TableMemo) over both typology caches
+_KEY_CHANGES = [  # (module name, what changes the tables, how to change it)
+    ("languages", "feature sets", lambda mp, m: mp.setattr(m, "FEATURE_SETS", m.FEATURE_SETS[:-1])),
+    ("languages", "a locale's code", lambda mp, m: mp.setitem(m.ISO, "nb-NO", "nor")),
+    ("languages", "fallback codes", lambda mp, m: mp.setitem(m.FALLBACK_ISO, "nob", "nno")),
+    ("languages", "file format", lambda mp, m: mp.setattr(m, "_FORMAT", m._FORMAT + 1)),
+    ("languages", "lang2vec version", lambda mp, m: mp.setattr(m, "_installed_version", lambda: "0.test")),
+    ("uriel_plus", "distances", lambda mp, m: mp.setattr(m, "DISTANCES", m.DISTANCES[:-1])),
+    ("uriel_plus", "a locale's code", lambda mp, m: mp.setitem(m.ISO, "nb-NO", "nor")),
+    ("uriel_plus", "file format", lambda mp, m: mp.setattr(m, "_FORMAT", m._FORMAT + 1)),
+    ("uriel_plus", "urielplus version", lambda mp, m: mp.setattr(m, "_installed_version", lambda: "0.test")),
+]
+
+
+@pytest.mark.parametrize("module_name, what, change", _KEY_CHANGES, ids=[f"{m}-{w}" for m, w, _ in _KEY_CHANGES])
+def test_memo_is_keyed_by_what_changes_the_tables(uplus_cache, tmp_path, monkeypatch, module_name, what, change):
+    """A changed key never returns the copy read under the old one: the file is read again (here one
+    written under the new key, so nothing is rebuilt)."""
+    import importlib
+
+    from engine.npz_cache import write_tables
+
+    module = importlib.import_module(f"engine.{module_name}")
+    shutil.copy(uplus_cache[0] / module.CACHE_FILE, tmp_path / module.CACHE_FILE)
+    old_key, old = module._cache_key(), module._memo.tables(tmp_path)
+    assert "marker" not in old
+    change(monkeypatch, module)
+    assert module._cache_key() != old_key, what
+    write_tables(tmp_path / module.CACHE_FILE, module._cache_key(), {**old, "marker": np.ones(1)}, "test")
+    assert "marker" in module._memo.tables(tmp_path)
+
+
+def test_a_cache_file_rewritten_by_another_process_is_read_again(uplus_cache, tmp_path):
+    """Old memos were keyed by path alone and kept the first copy until the process ended."""
+    from engine import languages as L
+    from engine.npz_cache import read_tables, write_tables
+
+    for name in (L.CACHE_FILE, U.CACHE_FILE):
+        shutil.copy(uplus_cache[0] / name, tmp_path / name)
+    pair = ["de-DE", "nl-NL"]
+    assert L.similarity_matrix(pair, "syntax_knn", tmp_path).at["de-DE", "nl-NL"] < 0.99
+    mixed = L.similarity_matrix(pair, "syntax_knn+urielplus_syntactic", tmp_path).at["de-DE", "nl-NL"]
+
+    uriel = read_tables(tmp_path / L.CACHE_FILE, L._cache_key())
+    values = uriel["syntax_knn.values"].copy()
+    values[L.LOCALES.index("de-DE")] = values[L.LOCALES.index("nl-NL")]  # German now reads as Dutch
+    write_tables(tmp_path / L.CACHE_FILE, L._cache_key(), {**uriel, "syntax_knn.values": values}, "test")
+    assert L.similarity_matrix(pair, "syntax_knn", tmp_path).at["de-DE", "nl-NL"] == pytest.approx(1.0)
+
+    plus = read_tables(tmp_path / U.CACHE_FILE, U._cache_key())
+    write_tables(tmp_path / U.CACHE_FILE, U._cache_key(),
+                 {**plus, "syntactic.distance": np.zeros_like(plus["syntactic.distance"])}, "test")
+    assert (U.distance_matrix("syntactic", tmp_path).to_numpy() == 0).all()
+    assert L.similarity_matrix(pair, "syntax_knn+urielplus_syntactic", tmp_path).at["de-DE", "nl-NL"] \
+        == pytest.approx(1.0) != pytest.approx(mixed)
