@@ -4,7 +4,8 @@ Starts the app on the demo zoo (cache/demo_zoo) when it is built, else on the te
 (cache/test_zoo), in a throw-away results folder, walks through the steps in headless Chromium
 (similarity → merge → ensemble → evolve → compare) and saves one PNG per page.
 `--only evolve-optuna` instead runs a small NSGA-II search (accuracy + sparsity) with the CLI into
-that folder and shows it on the Evolve page with Optuna's views (5_evolve_optuna.png).
+that folder and shows it on the Evolve page with Optuna's views (5_evolve_optuna.png);
+`--only merge-ensemble` retakes just the Merge and Ensemble pages (3_merge.png, 4_ensemble.png).
 """
 from __future__ import annotations
 
@@ -21,8 +22,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from browser_support import (browser_missing, chromium, click_button, click_tab, expand, full_screenshot,  # noqa: E402
-                             navigate, page_text, set_number, streamlit_server, wait_for, wait_for_text, wait_idle)
+from browser_support import (browser_missing, chromium, choose, click_button, click_tab, expand,  # noqa: E402
+                             full_screenshot, navigate, page_text, set_number, streamlit_server, wait_for, wait_for_text, wait_idle)
 
 
 def main() -> int:
@@ -32,8 +33,9 @@ def main() -> int:
     ap.add_argument("--out", default=str(ROOT / "docs" / "screenshots"))
     ap.add_argument("--sweeps-from", default="",
                     help="only the Sweeps page, showing the sweeps stored in this results folder (copied)")
-    ap.add_argument("--only", choices=["evolve-optuna"], default="",
-                    help="evolve-optuna: only the Evolve page on a small Optuna NSGA-II run made here first")
+    ap.add_argument("--only", choices=["evolve-optuna", "merge-ensemble"], default="",
+                    help="evolve-optuna: only the Evolve page on a small Optuna NSGA-II run made here "
+                         "first; merge-ensemble: only the Merge and Ensemble pages")
     args = ap.parse_args()
     reason = browser_missing()
     if reason:
@@ -85,12 +87,14 @@ def main() -> int:
                 wait_idle(d, 60)
                 shot("7_sweeps")
                 return 0
-            visit("Setup", "Data per locale")
-            shot("1_setup")
+            if not args.only:
+                visit("Setup", "Data per locale")
+                shot("1_setup")
             visit("Similarity", "Use these sources")
             click_button(d, "Use these sources")
             wait_for_text(d, "Stored for Merge, Ensemble and Evolve")
-            shot("2_similarity")
+            if not args.only:
+                shot("2_similarity")
             visit("Merge", "Run merge")
             click_button(d, "Run merge")
             wait_for_text(d, "Test accuracy", 600)
@@ -100,12 +104,16 @@ def main() -> int:
             if "Compute the sources" in page_text(d):
                 click_button(d, "Compute the sources' outputs")
             wait_for_text(d, "Test accuracy", 600)
-            click_button(d, "learned fusion")
-            wait_for_text(d, "Learned per-model weights", 120)
+            click_button(d, "learned fusion")  # weights fitted on unlabelled target text: its choice shows
+            choose(d, "Method", "Entropy min")
+            wait_for_text(d, "Unlabelled target text")
+            wait_for_text(d, "Learned per-model weights", 300)
             click_button(d, "Save as a run")
-            wait_for_text(d, "Saved as run", 120)
+            wait_for_text(d, "Saved as run", 300)
             wait_idle(d, 60)
             shot("4_ensemble")
+            if args.only:
+                return 0
             visit("Evolve", "Start evolution")  # CMA-ES first: per-layer-group recipes
             click_button(d, "CMA-ES (per-layer groups)")
             wait_idle(d)
