@@ -58,6 +58,11 @@ class RowMerged(dict):
         return all(bool(torch.isin(ids, r).all()) for r in self.rows.values())
 
 
+def complete_state(state: Mapping[str, Tensor]) -> Mapping[str, Tensor]:
+    """The whole merge of a state that may hold only some rows (a RowMerged); others as they are."""
+    return state.complete() if getattr(state, "rows", None) else state
+
+
 def row_ids(values) -> Tensor:
     """Sorted unique int64 row ids from token ids (tensors or ints)."""
     if isinstance(values, Tensor):
