@@ -21,11 +21,12 @@ is the full merge (the champion, an export).
 from __future__ import annotations
 
 import json
+import weakref
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from ..merge import MERGES, merge_state_dicts
+from ..merge import MERGES, MergeError, merge_state_dicts
 from ..merge.rows import RowMerged, merge_state_rows, row_ids
 
 StateDict = Dict[str, torch.Tensor]
@@ -40,10 +41,15 @@ def merge_group(method: str, keys: Sequence[str], weights: List[float], params: 
         if sources.base is not None else None
     rows = {k: r for k, r in (getattr(sources, "rows", None) or {}).items() if k in subs[0]}
     if rows and not whole:
+        held = weakref.ref(sources)  # no cycle sources -> resident outputs -> sources
+
+        def complete() -> StateDict:
+            if held() is None:
+                raise MergeError("the search's sources are gone: this partial merge cannot be completed")
+            return merge_group(method, keys, weights, params, held(), seed, whole=True)
         return merge_state_rows(method, subs, weights, base, params, rows, names=sources.names,
                                 device=sources.device, seed=seed, cache=sources.cache,
-                                complete=lambda: merge_group(method, keys, weights, params,
-                                                             sources, seed, whole=True))
+                                complete=complete)
     return dict(merge_state_dicts(method, subs, weights, base=base, params=params,
                                   names=sources.names, device=sources.device, seed=seed,
                                   cache=sources.cache))
