@@ -72,6 +72,7 @@ def measure(ws, config: EvolveConfig, incremental: bool = True, rows: bool = Tru
     restricted = sum(len(r) for r in evo.sources.rows.values())
     setup = time.perf_counter() - started
     copied = ws.evaluator.copied_tensors
+    tested = evo.fitness.test_seconds
     while evo.step():
         pass
     r = evo.result()
@@ -96,6 +97,7 @@ def measure(ws, config: EvolveConfig, incremental: bool = True, rows: bool = Tru
             "other %": 100 * r["overhead_share"],
             "outside %": 100 * r["outside_eval_share"],
             "outside % (gen>=1)": 100 * (1 - steady_eval / steady_s) if steady else float("nan"),
+            "test %": 100 * (evo.fitness.test_seconds - tested) / total,
             "merge s/cand": r["merge_seconds"] / max(r["evaluations"], 1),
             "eval s/cand": r["eval_seconds"] / max(r["evaluations"], 1),
             "load avg": os.getloadavg()[0]}

@@ -210,6 +210,7 @@ class Fitness:
         self._ids: Dict[str, torch.Tensor] = {}  # split fingerprint -> the token ids it reads
         self.evaluations = 0        # dev forward passes, the ones inside frankenmerge included
         self.seconds = 0.0          # time in model evaluation (load into the working model + forward)
+        self.test_seconds = 0.0     # of which the champion's test passes (not dev selection)
 
     @classmethod
     def for_config(cls, ws, config, whole: bool = False) -> "Fitness":
@@ -302,5 +303,7 @@ class Fitness:
         """The champion on the target's untouched test split (never used for selection)."""
         ev = self.ws.evaluator
         state = self.readable(state, ev.encoded(self.target, "test"))
+        before = self.seconds
         scored = self._timed(lambda: ev.state_logits(state, self.target, "test", cache=False))
+        self.test_seconds += self.seconds - before
         return ev.score(scored, self.target, "test")
