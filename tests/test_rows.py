@@ -84,6 +84,30 @@ def test_ties_rows_where_many_entries_tie_at_the_cut():
                               cache)
 
 
+def test_ties_rows_clear_of_the_tied_entries_skip_the_tie_order():
+    """Where no entry of the rows ties at the cut, mergekit's choice among the ties changes none of
+    them: the rows come out the same without the whole tensor's argsort (which the cache keeps)."""
+    g = torch.Generator().manual_seed(3)
+    base = {"w": torch.randn(300, 64, generator=g)}
+    sources = [{"w": base["w"] + torch.randint(-2, 3, (300, 64), generator=g).float() / 8}
+               for _ in range(2)]
+    for s in sources:
+        s["w"][:10] = base["w"][:10] + 5.0  # rows 0-9: far above the cut, no ties there
+    for cache in (MergeCache(), None):
+        assert rows_match("ties", sources, base, [0.5, 0.5], {"density": 0.3}, "w", row_ids(range(10)),
+                          cache)
+        assert rows_match("ties", sources, base, [0.5, 0.5], {"density": 0.3}, "w", row_ids([0, 50]),
+                          cache)  # row 50 holds tied entries: the tie order decides
+
+    def kept_bytes(rows):
+        cache = MergeCache()
+        merge_rows(MERGES.get("ties"), [s["w"] for s in sources], base["w"], [0.5, 0.5],
+                   {"density": 0.3}, row_ids(rows), key="w", names=SOURCES[:2],
+                   device=torch.device("cpu"), cache=cache)
+        return cache.nbytes()
+    assert kept_bytes([0, 50]) - kept_bytes(range(10)) == 2 * 300 * 64 * 4  # two int32 argsorts
+
+
 def test_a_wrong_claim_is_caught(states):
     """A kernel normalised over the whole tensor is not row-local: claiming it is gives other
     rows than the whole merge, which the same check reports."""
