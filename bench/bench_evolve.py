@@ -17,14 +17,19 @@ model, merged and evaluated in turn; after = only changed layer groups merged (r
 changed tensors copied (Evaluator.working_model), the next candidate merged on a second thread
 while one is evaluated where a core is free (runner.prefetch; --threads 1 leaves one).
 
-    python bench/bench_evolve.py [--zoo DIR] [--target nl-NL] [--generations 3] [--dev-size 0]
+--rows both runs every algorithm with whole merges and with only the embedding rows evaluation
+reads merged (engine/merge/rows.py; row-local methods such as TIES), side by side.
+
+    python bench/bench_evolve.py [--zoo DIR] [--target nl-NL] [--generations 3] [--dev-size 0 16]
                                  [--device auto] [--algorithms evomerge cmaes] [--threads 1]
                                  [--merge-cache on|off|both] [--dev-splits validation train]
                                  [--incremental on|off|both] [--population 8] [--layer-groups 2]
+                                 [--rows on|off|both] [--top-k 3]
 """
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import statistics
 import sys
@@ -55,15 +60,19 @@ def default_zoo() -> Path:
     return tiny
 
 
-def measure(ws, config: EvolveConfig, incremental: bool = True) -> dict:
+def measure(ws, config: EvolveConfig, incremental: bool = True, rows: bool = True) -> dict:
     started = time.perf_counter()
     ws.evaluator.incremental_load = incremental
     evo = Evolution(ws, config)
     evo.prefetch = None if incremental else False  # None: when a core is free (the default)
     if not incremental:
         evo.sources.resident = None
+    if not rows:
+        evo.sources.rows = {}  # whole merges (nothing is built before the first step)
+    restricted = sum(len(r) for r in evo.sources.rows.values())
     setup = time.perf_counter() - started
     copied = ws.evaluator.copied_tensors
+    tested = evo.fitness.test_seconds
     while evo.step():
         pass
     r = evo.result()
@@ -76,6 +85,7 @@ def measure(ws, config: EvolveConfig, incremental: bool = True) -> dict:
     return {"algorithm": run_label(config), "dev": f"{config.dev_split} ({len(evo.fitness.dev)})",
             "cache": "on" if cache is not None else "off",
             "incremental": "on" if incremental else "off",
+            "rows only": "on" if rows else "off", "rows merged": restricted or "all",
             "groups merged/reused": (f"{resident.merged_groups}/{resident.reused_groups}"
                                      if resident is not None else "-"),
             "tensors loaded": ws.evaluator.copied_tensors - copied,
@@ -87,7 +97,10 @@ def measure(ws, config: EvolveConfig, incremental: bool = True) -> dict:
             "other %": 100 * r["overhead_share"],
             "outside %": 100 * r["outside_eval_share"],
             "outside % (gen>=1)": 100 * (1 - steady_eval / steady_s) if steady else float("nan"),
-            "merge s/cand": r["merge_seconds"] / max(r["evaluations"], 1)}
+            "test %": 100 * (evo.fitness.test_seconds - tested) / total,
+            "merge s/cand": r["merge_seconds"] / max(r["evaluations"], 1),
+            "eval s/cand": r["eval_seconds"] / max(r["evaluations"], 1),
+            "load avg": os.getloadavg()[0]}
 
 
 def merge_times(ws, names, repeat: int = 3) -> list:
@@ -130,7 +143,8 @@ def main(argv=None) -> None:
     parser.add_argument("--zoo", default="", help="zoo folder (default: demo zoo, else tiny)")
     parser.add_argument("--target", default="nl-NL")
     parser.add_argument("--generations", type=int, default=3)
-    parser.add_argument("--dev-size", type=int, default=0, help="0: the whole validation split")
+    parser.add_argument("--dev-size", type=int, nargs="+", default=[0],
+                        help="dev examples per candidate, each run side by side (0: the whole split)")
     parser.add_argument("--dev-splits", nargs="*", default=["validation"],
                         help="the split(s) fitness is measured on, each run side by side: the share "
                              "outside evaluation shrinks as the dev set grows (MASSIVE: ~2k per locale)")
@@ -142,6 +156,9 @@ def main(argv=None) -> None:
     parser.add_argument("--incremental", choices=("on", "off", "both"), default="on",
                         help="incremental merging, loading and prefetch (both: before and after, "
                              "side by side)")
+    parser.add_argument("--rows", choices=("on", "off", "both"), default="on",
+                        help="merge only the embedding rows evaluation reads (both: whole merges "
+                             "and rows only, side by side)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (1: steady figures on a shared machine; 0: torch's)")
     parser.add_argument("--merge-cache", choices=("on", "off", "both"), default="on",
@@ -159,7 +176,7 @@ def main(argv=None) -> None:
     with tempfile.TemporaryDirectory() as cache:
         ws = open_workspace(Settings(zoo=str(zoo), cache_dir=cache, device=args.device))
         dev = ws.dataset.get(args.target, "validation")
-        n_dev = args.dev_size or len(dev)
+        n_dev = ", ".join(str(n or len(dev)) for n in args.dev_size)
         params = ws.zoo.parameter_count()
         print(f"zoo {ws.zoo.name} ({zoo}): {len(ws.zoo.locales)} models, {params / 1e6:.1f} M "
               f"parameters, {ws.zoo.config().get('num_hidden_layers')} layers; target "
@@ -167,23 +184,25 @@ def main(argv=None) -> None:
         rows = []
         caches = {"on": [True], "off": [False], "both": [False, True]}[args.merge_cache]
         sources = None
-        for algorithm in args.algorithms:
-            for dev_split in args.dev_splits:
-                for cache in caches:
-                    for incremental in {"on": [True], "off": [False],
-                                        "both": [False, True]}[args.incremental]:
-                        config = EvolveConfig(
-                            target=args.target, algorithm=algorithm, top_k=args.top_k,
-                            generations=args.generations, dev_size=args.dev_size,
-                            dev_split=dev_split, patience=0, seed=0, merge_cache=cache,
-                            population=args.population, **({} if algorithm == "evomerge" else
-                                                           {"layer_groups": args.layer_groups}))
-                        rows.append(measure(ws, config, incremental))
-                        print(table_text(rows[-1:], "{:.2f}"), flush=True)  # as they come
-                    sources = sources or resolved_sources(ws, config)
+        both = {"on": [True], "off": [False], "both": [False, True]}
+        settings = [(a, split, size, cache, inc, whole)
+                    for a in args.algorithms for split in args.dev_splits for size in args.dev_size
+                    for cache in caches for inc in both[args.incremental] for whole in both[args.rows]]
+        for algorithm, dev_split, dev_size, cache, incremental, restricted in settings:
+            config = EvolveConfig(
+                target=args.target, algorithm=algorithm, top_k=args.top_k,
+                generations=args.generations, dev_size=dev_size,
+                dev_split=dev_split, patience=0, seed=0, merge_cache=cache,
+                population=args.population, **({} if algorithm == "evomerge" else
+                                               {"layer_groups": args.layer_groups}))
+            rows.append(measure(ws, config, incremental, restricted))
+            gc.collect()  # the run's sources and merge cache (GBs at XLM-R size) go before the next
+            print(table_text(rows[-1:], "{:.2f}"), flush=True)  # as they come
+            sources = sources or resolved_sources(ws, config)
         print(table_text(rows, "{:.2f}"))
         judged = [r for r in rows if r["cache"] == "on" and r["incremental"] == "on"
-                  and r["dev"].startswith("validation")] or rows
+                  and r["dev"].startswith("validation")
+                  and r["rows only"] == ("off" if args.rows == "off" else "on")] or rows
         worst = max(r["outside %"] for r in judged)
         print(f"goal: outside-evaluation share <= 10 %: {'met' if worst <= 10 else 'not met'} "
               f"(worst {worst:.1f} %)")

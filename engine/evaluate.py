@@ -173,20 +173,31 @@ class Evaluator:
         (frankenmerge's one-layer tries, a grouped search's unchanged layer groups), so a load
         costs what changed. Weak references: the evaluator keeps no candidate alive. (A write
         that bypasses the version counter, through ``.data`` or a numpy view, goes unseen: give
-        such a tensor as a new object.)"""
+        such a tensor as a new object.) A ``RowMerged`` state (engine/merge/rows.py) writes only
+        its rows of the tensors it restricts: the other rows keep what they held, unread."""
+        rows = getattr(state, "rows", None) or {}  # tensors holding only these rows (rows.py)
         if self._model is None:  # built from a copy: later loads must not write into ``state``
+            if rows:
+                raise ValueError("the working model is first built from a whole state dict; this "
+                                 f"one holds only some rows of {', '.join(sorted(rows))}")
             self._model = self.zoo.build_model({k: v.clone() for k, v in state.items()}).to(self.device)
             self._loaded = {}
             changed = state
         else:
             changed = {k: v for k, v in state.items() if not self._same_as_loaded(k, v)}
             targets = self._targets()
-            if any(k in targets and targets[k].shape != v.shape for k, v in changed.items()):
+            if any(k in targets and k not in rows and targets[k].shape != v.shape
+                   for k, v in changed.items()):
                 self._loaded = {}
                 self._model.load_state_dict(changed, strict=False)  # its size-mismatch error
             with torch.no_grad():  # as load_state_dict(strict=False): keys the model lacks are skipped
                 for k, v in changed.items():
-                    if k in targets:
+                    if k in rows:  # only the rows evaluation reads; the others are not looked at
+                        if targets[k].shape[1:] != v.shape[1:] or len(rows[k]) != len(v):
+                            raise ValueError(f"'{k}': {tuple(v.shape)} holds no {len(rows[k])} rows of "
+                                             f"the model's {tuple(targets[k].shape)}")
+                        targets[k].index_copy_(0, rows[k].to(targets[k].device), v.to(targets[k].device))
+                    elif k in targets:
                         targets[k].copy_(v)
         self.copied_tensors += len(changed)
         for k, v in changed.items():

@@ -95,6 +95,10 @@ def method_title(name: str) -> str:
 
 # What data a method may read, weakest first; every run records which it actually used.
 DATA_USES = ("none", "source", "target_text", "target_dev")
+# How a merge can give only some rows of a 2-D tensor, bit-identical to those of the whole merge
+# (engine/merge/rows.py): "" not at all, "entrywise" kernel on the row slices, "trim" TIES' cut
+# from the whole tensor, then entrywise.
+ROW_RULES = ("", "entrywise", "trim")
 
 
 @dataclass(frozen=True)
@@ -118,6 +122,7 @@ class Traits:
     data_use: str = "none"  # the most a method can read, one of DATA_USES
     cache_aware: bool = False  # merges: the kernel takes ``inputs=`` from a MergeCache
     propagates_nonfinite: bool = False  # merges: a NaN/inf in a weighted source always reaches the output
+    row_local: str = ""  # merges: one of ROW_RULES; searches then merge only the embedding rows they read
     mergekit: Optional[str] = None  # mergekit's name for the same method
     needs_fit: bool = False  # ensembles: fitted on data before combining (labels: uses_labels)
     uses_weights: bool = True  # ensembles: applies the per-model (URIEL) weights
@@ -132,6 +137,8 @@ class Traits:
     def __post_init__(self):
         if self.data_use not in DATA_USES:
             raise ValueError(f"data_use must be one of {DATA_USES}, got {self.data_use!r}")
+        if self.row_local not in ROW_RULES:
+            raise ValueError(f"row_local must be one of {ROW_RULES}, got {self.row_local!r}")
         if self.min_sources < 1 or (self.max_sources is not None and self.max_sources < self.min_sources):
             raise ValueError(f"bad source range [{self.min_sources}, {self.max_sources}]")
         if not isinstance(self.version, int) or isinstance(self.version, bool) or self.version < 1:

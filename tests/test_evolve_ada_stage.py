@@ -10,6 +10,7 @@ import torch
 from engine.evolve import EvolveConfig, Evolution
 from engine.evolve.ada_stage import champion_prior, refine, refine_champion
 from engine.evolve.build import build_grouped, layer_partition
+from engine.merge.rows import complete_state
 from engine.runinfo import run_target_data, target_data_text
 
 TARGET, SOURCES = "nl-NL", ["de-DE", "en-US"]
@@ -47,7 +48,8 @@ def test_with_no_steps_the_stage_is_the_champions_weights_as_a_linear_merge(tiny
     state, lam, groups, *_ = refine(tiny_ws, cma.sources.states, cma.sources.base, prior, SOURCES, TARGET,
                                     {"steps": 0, "examples": 16})
     settings = [([g["weights"][s] for s in SOURCES], {}) for g in recipe["groups"]]
-    linear = build_grouped("linear", layer_partition(cma.sources.keys, 1), settings, cma.sources)
+    linear = complete_state(build_grouped("linear", layer_partition(cma.sources.keys, 1), settings,
+                                          cma.sources))  # the search's sources merge only read rows
     assert set(state) == set(linear)
     for k in linear:
         assert torch.allclose(state[k].float(), linear[k].float(), atol=1e-5), k

@@ -30,7 +30,7 @@ from ..merge import MERGES, MergeCache, MergeContext, merge_state_dicts
 from ..merge.selection import layer_groups
 from .config import EvolveError
 from .genome import Genome
-from .resident import ResidentMerge, merge_group
+from .resident import ResidentMerge, assemble, merge_group
 
 StateDict = Dict[str, torch.Tensor]
 
@@ -42,7 +42,9 @@ class Sources:
     vectors, sorted magnitudes (TIES) and random draws (DARE) are computed once per run instead of
     once per candidate; it costs up to ~3× the sources' memory (engine/merge/cache.py). Off:
     ``cache=False`` (same results, slower). ``resident`` (on by default): grouped searches merge
-    only the layer groups a candidate changes (resident.py)."""
+    only the layer groups a candidate changes (resident.py). ``rows``: {key: row ids} of tensors
+    whose other rows no evaluation reads (resident.restricted_rows; set by the runner): row-local
+    merges then merge only those rows."""
 
     def __init__(self, ws, names: Sequence[str], need_base: bool, cache: bool = True,
                  resident: bool = True):
@@ -50,6 +52,7 @@ class Sources:
         self.device = ws.evaluator.device
         self.cache: Optional[MergeCache] = MergeCache() if cache else None
         self.resident: Optional[ResidentMerge] = ResidentMerge() if resident else None
+        self.rows: Dict[str, torch.Tensor] = {}
         self.states = [self._on_device(ws.zoo.state_dict(n)) for n in self.names]
         self.base: Optional[StateDict] = None
         if need_base:
@@ -114,7 +117,5 @@ def build_grouped(method: str, groups: Sequence[Tuple[str, List[str]]],
     the previous candidate's tensors); the result is the same."""
     if sources.resident is not None:
         return sources.resident.build(method, groups, settings, sources, seed)
-    out: StateDict = {}
-    for (name, keys), (weights, params) in zip(groups, settings):
-        out.update(merge_group(method, keys, weights, params, sources, seed))
-    return out
+    return assemble([merge_group(method, keys, weights, params, sources, seed)
+                     for (name, keys), (weights, params) in zip(groups, settings)])

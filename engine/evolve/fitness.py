@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from ..evaluate import Encoded
+from ..merge.rows import row_ids
 from ..metrics import classification_metrics, softmax
 from .config import DEV_SUBSETS, EvolveError
 
@@ -206,8 +207,10 @@ class Fitness:
         self.dev = enc if self.rows is None else _take(enc, self.rows, tag)
         self.reference: Optional[Dict[str, float]] = None
         self.prefix = PrefixReuse()
+        self._ids: Dict[str, torch.Tensor] = {}  # split fingerprint -> the token ids it reads
         self.evaluations = 0        # dev forward passes, the ones inside frankenmerge included
         self.seconds = 0.0          # time in model evaluation (load into the working model + forward)
+        self.test_seconds = 0.0     # of which the champion's test passes (not dev selection)
 
     @classmethod
     def for_config(cls, ws, config, whole: bool = False) -> "Fitness":
@@ -242,8 +245,21 @@ class Fitness:
         finally:
             self.seconds += time.perf_counter() - start
 
+    def readable(self, state: StateDict, enc: Encoded) -> StateDict:
+        """``state``, or its full merge where it holds only some embedding rows (a RowMerged,
+        engine/merge/rows.py) and ``enc`` reads others: checked before every evaluation."""
+        if not getattr(state, "rows", None):
+            return state
+        ids = self._ids.get(enc.fingerprint)
+        if ids is None:
+            pad = self.ws.evaluator.tokenizer.pad_token_id or 0
+            ids = self._ids[enc.fingerprint] = row_ids(list(enc.input_ids) + [torch.tensor([pad])])
+        return state if state.covers(ids) else state.complete()
+
     def metrics(self, state: StateDict) -> Dict[str, float]:
         """Dev metrics of one candidate (accuracy, nll, ..., latency_ms, peak_mem_mb)."""
+        state = self.readable(state, self.dev)
+
         def run():
             ev = self.ws.evaluator
             scored = self.prefix.forward(ev, ev.working_model(state), self.dev, state)
@@ -286,5 +302,8 @@ class Fitness:
     def test(self, state: StateDict) -> Dict[str, float]:
         """The champion on the target's untouched test split (never used for selection)."""
         ev = self.ws.evaluator
+        state = self.readable(state, ev.encoded(self.target, "test"))
+        before = self.seconds
         scored = self._timed(lambda: ev.state_logits(state, self.target, "test", cache=False))
+        self.test_seconds += self.seconds - before
         return ev.score(scored, self.target, "test")

@@ -173,6 +173,9 @@ class GroupedSearch(Search):
     def export_method(self, candidate: Dict[str, Any]) -> str:
         return self.method.name
 
+    def row_method(self) -> Optional[str]:
+        return self.method.name
+
     def export_parts(self, recipe: Dict[str, Any]):
         groups = recipe.get("groups") or []
         if len(groups) == 1:  # one group: an ordinary merge of that method

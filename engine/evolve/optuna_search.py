@@ -141,6 +141,9 @@ class OptunaSearch(GroupedSearch):
     def measure(self, state, sources, fitness, metrics: Dict[str, float]) -> Dict[str, float]:
         return self.meter.measure(state, sources, fitness, metrics) if self.meter else {}
 
+    def row_method(self):
+        return None if self.meter else super().row_method()  # objectives read the whole state
+
     @classmethod
     def reads_base(cls, config: EvolveConfig) -> bool:
         return super().reads_base(config) or (cls.multi_objective and

@@ -25,6 +25,7 @@ from .estimate import candidates_per_generation
 from .fitness import Fitness
 from .member import Member
 from .remote import ray_candidates
+from .resident import restricted_rows
 from .search import build_and_score, build_candidate, make_search, needs_base, score_candidate
 
 CHECKPOINT = "checkpoint.json"
@@ -81,6 +82,7 @@ class Evolution:
     """
 
     prefetch: Optional[bool] = None
+    restrict_rows = True  # merge only the embedding rows evaluation reads, where allowed (rows.py)
 
     def __init__(self, ws, config: Optional[EvolveConfig] = None, *,
                  checkpoint_dir: Optional[Path] = None,
@@ -103,6 +105,8 @@ class Evolution:
         # The evaluator's first working model adopts the tensors it is built from (assign=True):
         # build it from a private copy so that no candidate's state dict is ever overwritten.
         ws.evaluator.working_model({k: v.clone() for k, v in self.sources.states[0].items()})
+        if self.restrict_rows and config.executor != "ray":
+            self.sources.rows = restricted_rows(ws, self.search.row_method(), self.fitness)
         if state is None:  # a resumed run keeps its own latency / memory reference
             self.fitness.set_reference(self.sources.states[0])
             self.fitness.evaluations, self.fitness.seconds = 0, 0.0  # count the search's work
@@ -187,8 +191,8 @@ class Evolution:
         if self.champion is None:
             raise EvolveError(f"every candidate of generation {g} failed: {members[0].error}")
         self.search.accept(g, members)
-        if changed:
-            self.champion_test = self.fitness.test(self.champion_model())
+        if changed:  # the champion's merged rows cover the test split's ids: no full merge here
+            self.champion_test = self.fitness.test(self._champion_built())
         wall = time.perf_counter() - started
         self.generation = g
         self.evaluations += len(members)
@@ -314,14 +318,23 @@ class Evolution:
     def champion_recipe(self) -> Optional[Dict[str, Any]]:
         return self.search.recipe(self.champion.candidate) if self.champion else None
 
-    def champion_model(self):
-        """The champion's merged state dict (rebuilt from its recipe after a resume)."""
+    def _champion_built(self):
+        """The champion as built (rebuilt from its recipe after a resume): possibly only the
+        embedding rows evaluation reads (a RowMerged)."""
         if self.champion is None:
             raise EvolveError("no champion yet: the run has not evaluated anything")
         if self.champion_state is None:
             self.champion_state = self.search.build(self.champion.candidate, self.sources,
                                                     self.fitness.score, self.config.seed)
         return self.champion_state
+
+    def champion_model(self):
+        """The champion's whole merged state dict (an export, a re-score on other data): a
+        candidate built with only some embedding rows is completed here, by a full merge."""
+        state = self._champion_built()
+        if getattr(state, "rows", None):
+            self.champion_state = state = state.complete()
+        return state
 
     def result(self) -> Dict[str, Any]:
         """Plain data for the run row: the champion's recipe and scores, curves, counts."""

@@ -113,6 +113,12 @@ class Search:
         """Facts the run's result adds (e.g. CMA-ES's σ)."""
         return {}
 
+    def row_method(self) -> Optional[str]:
+        """The merge method whose builds may merge only the embedding rows evaluation reads
+        (engine/merge/rows.py; its ``row_local`` trait decides), None: builds merge whole. A search
+        whose ``measure`` reads the whole state returns None."""
+        return None
+
     def measure(self, state, sources, fitness, metrics: Dict[str, float]) -> Dict[str, float]:
         """Metrics of a built candidate beyond its dev metrics that selection reads (a merged
         model's sparsity, its fitness on other targets); added to the candidate's metrics."""

@@ -47,6 +47,7 @@ def task_vector_to_mergekit(sources: Sequence[str], weights: Sequence[float], pa
 
 @MERGES.register("linear", params=[], family="linear", needs_base=False, needs_data=False,
                  mergekit="linear", min_sources=1, random=False, propagates_nonfinite=True,
+                 row_local="entrywise",
                  to_mergekit=linear_to_mergekit)
 def linear(tensors: List[Tensor], weights: Tensor, base: Optional[Tensor] = None, *,
            key: str = "", generator=None) -> Tensor:
@@ -60,6 +61,7 @@ def linear(tensors: List[Tensor], weights: Tensor, base: Optional[Tensor] = None
 
 @MERGES.register("task_arithmetic", params=[SCALE], family="linear", needs_base=True,
                  needs_data=False, mergekit="task_arithmetic", min_sources=1, random=False,
+                 row_local="entrywise",
                  propagates_nonfinite=True, to_mergekit=task_vector_to_mergekit)
 def task_arithmetic(tensors: List[Tensor], weights: Tensor, base: Tensor, *, key: str = "",
                     generator=None, scale: float = 1.0) -> Tensor:

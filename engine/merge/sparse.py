@@ -154,6 +154,7 @@ def _register(name: str, *, mergekit: str, params: list, sparsifier: str, consen
     kernel.__doc__ = doc
     MERGES.register(name, params=params, family="sparse", needs_base=True, needs_data=False,
                     mergekit=mergekit, min_sources=1, random=sparsifier in ("random", "della"),
+                    row_local="trim" if sparsifier == "magnitude" else "",
                     cache_aware=True, to_mergekit=sparse_to_mergekit)(kernel)
 
 
