@@ -29,7 +29,7 @@ from typing import List
 from torch import Tensor
 
 from ..registry import Param
-from . import MERGES
+from . import MERGES, fused
 from .combine import combine, whole
 from .common import MergeError, each
 from .linear import SCALE, task_vector_to_mergekit
@@ -119,6 +119,18 @@ def _register(name: str, *, mergekit: str, params: list, sparsifier: str, consen
         if selection not in SELECTIONS:
             raise MergeError(f"{name}: selection must be one of {list(SELECTIONS)}, got "
                              f"{selection!r}")
+        if sparsifier in ("magnitude", "random") and fused.usable(tensors, base):
+            if sparsifier == "magnitude":  # one pass per slice (engine/merge/fused.py)
+                cached = inputs is not None
+                return fused.ties(
+                    tensors, base, w, dens, selection=selection, consensus=consensus,
+                    normalize=normalize, scale=scale,
+                    sorted_sizes=[inputs.sorted_size(i) if dens[i] < 1 else None
+                                  for i in range(k)] if cached else None,
+                    ties_of=(lambda i: cached_ties(inputs, i)) if cached else None)
+            if rng == "fast":
+                return fused.dare(tensors, base, w, dens, rescale=rescale, generator=generator,
+                                  consensus=consensus, normalize=normalize, scale=scale)
         if sparsifier == "magnitude" and selection == "fast":  # a cache only saves the cut
             return combine([trimmed_fast(t, base, dens[i], w[i], None if inputs is None or
                                          dens[i] >= 1 else inputs.sorted_size(i))

@@ -1,0 +1,432 @@
+"""Fused CPU kernels (numba) for TIES and DARE on float32: one pass over the sources and the base
+per slice, in place of ``combine``'s ~20 eager torch ops per 32K-entry slice.
+
+Each source's weighted sparse delta p_i is made per block of ``BLOCK`` entries inside the kernel
+(trim by thresholds, or a fast-RNG drop), then sign election, the disjoint mean and λ are applied
+to the block while it sits in L1, and base + merged is written once. Every float operation is the
+torch path's, in the same order, in float32 (no fastmath, no FMA contraction: numba's default), so
+the results are the same bits (``combine``'s docstring gives the rounding argument; tests compare
+bit for bit). The torch path stays the reference and runs on CUDA, other dtypes, and whenever
+numba cannot be imported (``ENABLED`` off: tests force it).
+
+TIES selection='fast' folds fast_cut's counting pass into the merge: each source's cut is
+bracketed from the seeded sample as before; the merge pass decides every entry whose |δ_i| lie
+outside their brackets, counts the entries above each bracket and collects the in-bracket values
+(~2 % of entries); the cut is then selected among those (fast_cut's very value) and only the
+deferred entries are merged again. TIES exact applies mergekit's cut, and its kept ties at a
+surplus cut as a fix-up of those few entries.
+
+DARE rng='fast' draws a counter-based hash inside the kernel (splitmix64 of (source seed, flat
+index)): no mask is stored, and the draws do not depend on the thread count or the slicing.
+Compiled on first use per process (numba's on-disk cache pickles its index: never cache=True).
+"""
+from __future__ import annotations
+
+from typing import List, Optional, Sequence
+
+import math
+
+import numpy as np
+import torch
+from torch import Tensor
+
+try:  # numba compiles the kernels without a C compiler at run time
+    import numba
+    AVAILABLE = True
+except Exception:  # noqa: BLE001 - missing or broken: the torch kernels run, with no error
+    numba = None
+    AVAILABLE = False
+ENABLED = AVAILABLE  # tests switch it off to run the torch path where numba is installed
+
+BLOCK = 512  # entries per block: K+4 float32 rows of scratch stay in L1
+SLICE = 1 << 18  # entries per worker call: Python's per-call cost spread over 256K entries
+
+PLAIN, TRIM, DROP = 0, 1, 2  # per-source modes: δ·w; hardshrink by thresholds; fast drop
+
+GOLDEN = 0x9E3779B97F4A7C15
+MIX1, MIX2 = 0xBF58476D1CE4E5B9, 0x94D049BB133111EB
+MASK64 = (1 << 64) - 1
+
+
+def usable(tensors: Sequence[Tensor], base: Optional[Tensor]) -> bool:
+    """True where the fused kernels apply: numba there, CPU float32 contiguous inputs."""
+    if not ENABLED or base is None:
+        return False
+    return all(t.device.type == "cpu" and t.dtype == torch.float32 and t.is_contiguous()
+               and t.shape == base.shape for t in [*tensors, base])
+
+
+def keep_threshold(keep_prob: float) -> int:
+    """The 64-bit bound T: an entry is kept iff its hash < T, probability ⌊p·2⁶⁴⌋/2⁶⁴."""
+    return min(MASK64, int(keep_prob * 2.0 ** 64))
+
+
+def splitmix(seed: int, index: np.ndarray) -> np.ndarray:
+    """splitmix64's output for counter ``index`` of the stream ``seed`` (numpy, uint64): the
+    reference for the kernel's draws."""
+    z = (index.astype(np.uint64) + np.uint64(1)) * np.uint64(GOLDEN) + np.uint64(seed & MASK64)
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(MIX1)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(MIX2)
+    return z ^ (z >> np.uint64(31))
+
+
+if AVAILABLE:
+    _jit = numba.njit(nogil=True, cache=False)
+    _U30, _U27, _U31 = np.uint64(30), np.uint64(27), np.uint64(31)
+    _G, _M1, _M2, _ONE = np.uint64(GOLDEN), np.uint64(MIX1), np.uint64(MIX2), np.uint64(1)
+
+    @_jit
+    def _hash(seed, j):
+        z = (np.uint64(j) + _ONE) * _G + seed
+        z = (z ^ (z >> _U30)) * _M1
+        z = (z ^ (z >> _U27)) * _M2
+        return z ^ (z >> _U31)
+
+    @_jit
+    def _pieces(xs, b, at, m, mode, lo, hi, pw, seed, bound, P, U, above):
+        """P[i, :m] = p_i (δ_i trimmed or dropped, times pw_i) over entries [at, at + m); U[j] = 1 where some source's |δ| falls in
+        its bracket [lo, hi] (undecided); above[i] counts |δ| > hi."""
+        zero = np.float32(0.0)
+        one = np.float32(1.0)
+        for j in range(m):
+            U[j] = 0
+        for i in range(len(xs)):
+            x = xs[i]
+            wi = pw[i]
+            if mode[i] == PLAIN:
+                for j in range(m):
+                    P[i, j] = (x[at + j] - b[at + j]) * wi
+            elif mode[i] == TRIM:
+                low, high = lo[i], hi[i]
+                count = 0
+                for j in range(m):
+                    d = x[at + j] - b[at + j]
+                    s = abs(d)
+                    # hardshrink(d, high) · w: +0 where -high <= d <= high
+                    P[i, j] = (zero if (d >= -high and d <= high) else d) * wi
+                    count += 1 if s > high else 0
+                    U[j] |= np.uint8(1) if (s >= low and s <= high) else np.uint8(0)
+                above[i] += count
+            else:
+                sd, bd = seed[i], bound[i]
+                for j in range(m):
+                    d = x[at + j] - b[at + j]
+                    keep = one if _hash(sd, at + j) < bd else zero
+                    P[i, j] = (d * keep + zero) * wi  # + 0: a dropped entry is +0
+
+    @_jit
+    def _combine(P, k, m, consensus, normalize, w, divisor, scale, scaled, S, M, D, b, at, out):
+        """out[at + j] = b + λ·[Σ m_i p_i]/[Σ w_i m_i]: ``combine``'s operations, in its order."""
+        zero = np.float32(0.0)
+        one = np.float32(1.0)
+        for j in range(m):
+            S[j] = P[0, j]
+        for i in range(1, k):
+            for j in range(m):
+                S[j] = S[j] + P[i, j]
+        if not consensus:
+            for j in range(m):
+                v = S[j]
+                if normalize:
+                    v = v / divisor
+                if scaled:
+                    v = v * scale
+                out[at + j] = v + b[at + j]
+            return
+        for j in range(m):
+            S[j] = np.float32(math.copysign(1.0, S[j]))  # the elected sign (-0 elects -)
+        for j in range(m):
+            a = P[0, j] * S[j]
+            a = a if a > zero else zero  # relu: |p| where p agrees with the elected sign
+            M[j] = a
+            D[j] = (one if a > zero else zero) * w[0]
+        for i in range(1, k):
+            wi = w[i]
+            for j in range(m):
+                a = P[i, j] * S[j]
+                a = a if a > zero else zero
+                M[j] = M[j] + a
+                D[j] = D[j] + (one if a > zero else zero) * wi
+        for j in range(m):
+            v = M[j]
+            if normalize:
+                d = D[j]
+                v = v / (d + one if d == zero else d)  # no source agrees: divide by 1
+            s = S[j] * scale if scaled else S[j]
+            out[at + j] = v * s + b[at + j]
+
+    @_jit
+    def _merge_slice(xs, b, out, start, stop, mode, lo, hi, pw, w, seed, bound, consensus,
+                     normalize, divisor, scale, scaled, deferred, inside, counts, above):
+        """Merges entries [start, stop) block by block. Entries left undecided by a bracket are
+        listed in ``deferred`` (their output is rewritten by ``_fix``); the in-bracket |δ_i| go
+        to inside[i, :counts[i]]. Returns how many entries were deferred."""
+        k = len(xs)
+        P = np.empty((k, BLOCK), dtype=np.float32)
+        S = np.empty(BLOCK, dtype=np.float32)
+        M = np.empty(BLOCK, dtype=np.float32)
+        D = np.empty(BLOCK, dtype=np.float32)
+        U = np.empty(BLOCK, dtype=np.uint8)
+        bracketed = False
+        for i in range(k):
+            counts[i] = 0
+            above[i] = 0
+            bracketed |= mode[i] == TRIM and lo[i] <= hi[i]
+        n_deferred = 0
+        for at in range(start, stop, BLOCK):
+            m = min(BLOCK, stop - at)
+            _pieces(xs, b, at, m, mode, lo, hi, pw, seed, bound, P, U, above)
+            _combine(P, k, m, consensus, normalize, w, divisor, scale, scaled, S, M, D, b, at,
+                     out)
+            if bracketed:
+                for j in range(m):
+                    if U[j]:
+                        deferred[n_deferred] = at + j
+                        n_deferred += 1
+                for i in range(k):
+                    if mode[i] == TRIM and lo[i] <= hi[i]:
+                        x, low, high, c = xs[i], lo[i], hi[i], counts[i]
+                        for j in range(m):
+                            s = abs(x[at + j] - b[at + j])
+                            if s >= low and s <= high:
+                                inside[i, c] = s
+                                c += 1
+                        counts[i] = c
+        return n_deferred
+
+    @_jit
+    def _fix(xs, b, out, where, mode, hi, pw, w, seed, bound, forced, forced_at, consensus,
+             normalize, divisor, scale, scaled):
+        """Merges again the entries ``where`` (ascending), source i's trim keeping |δ| > hi[i]
+        and the entries forced[forced_at[i]:forced_at[i+1]] (ascending): mergekit's kept ties at
+        a surplus cut, or entries a bracket deferred (now that the cut is known)."""
+        k = len(xs)
+        zero = np.float32(0.0)
+        one = np.float32(1.0)
+        P = np.empty((k, 1), dtype=np.float32)
+        S = np.empty(1, dtype=np.float32)
+        M = np.empty(1, dtype=np.float32)
+        D = np.empty(1, dtype=np.float32)
+        cursor = forced_at[:k].copy()
+        for j in where:
+            for i in range(k):
+                d = xs[i][j] - b[j]
+                if mode[i] == PLAIN:
+                    P[i, 0] = d * pw[i]
+                elif mode[i] == TRIM:
+                    c = cursor[i]
+                    while c < forced_at[i + 1] and forced[c] < j:
+                        c += 1
+                    cursor[i] = c
+                    if c < forced_at[i + 1] and forced[c] == j:  # kept whatever its size
+                        P[i, 0] = d * pw[i]
+                    else:
+                        P[i, 0] = (zero if (d >= -hi[i] and d <= hi[i]) else d) * pw[i]
+                else:
+                    keep = one if _hash(seed[i], j) < bound[i] else zero
+                    P[i, 0] = (d * keep + zero) * pw[i]
+            _combine(P, k, 1, consensus, normalize, w, divisor, scale, scaled, S, M, D, b, j,
+                     out)
+
+    @_jit
+    def _l1_slice(x, b, start, stop, seed, bound, sums):
+        """sums = (Σ|δ|, Σ|kept δ|) over [start, stop) in float64, for DARE's 'l1' rescale."""
+        before = 0.0
+        after = 0.0
+        for j in range(start, stop):
+            s = abs(x[j] - b[j])
+            before += s
+            if _hash(seed, j) < bound:
+                after += s
+        sums[0] = before
+        sums[1] = after
+
+
+class Plan:
+    """Per source: how its weighted sparse delta p_i is made (``mode``), the trim thresholds
+    (keep |δ| > hi; lo ≤ hi brackets an unknown cut), the multiplier ``pw`` of p_i (w_i, or
+    w_i·factor after a drop), the drop stream (seed, bound) and the entries a trim keeps whatever
+    their size (``forced``, ascending)."""
+
+    def __init__(self, k: int):
+        self.mode = np.zeros(k, np.int8)
+        self.lo = np.full(k, np.float32(1.0))
+        self.hi = np.full(k, np.float32(-1.0))
+        self.pw = np.zeros(k, np.float32)
+        self.seed = np.zeros(k, np.uint64)
+        self.bound = np.zeros(k, np.uint64)
+        self.forced: List[np.ndarray] = [np.zeros(0, np.int64) for _ in range(k)]
+
+    def plain(self, i: int, weight: float) -> None:
+        self.mode[i], self.pw[i] = PLAIN, weight
+
+    def trim(self, i: int, weight: float, threshold: float, lo: Optional[float] = None,
+             forced: Optional[np.ndarray] = None) -> None:
+        """Keeps |δ| > threshold (hardshrink's rule); ``lo`` < threshold: [lo, threshold] is a
+        bracket whose entries are deferred (the cut lies in it, not yet known)."""
+        self.mode[i], self.pw[i], self.hi[i] = TRIM, weight, threshold
+        self.lo[i] = np.nextafter(np.float32(threshold), np.float32(np.inf)) if lo is None else lo
+        if forced is not None:
+            self.forced[i] = np.ascontiguousarray(forced, dtype=np.int64)
+
+    def drop(self, i: int, multiplier: float, seed: int, keep_prob: float) -> None:
+        self.mode[i], self.pw[i] = DROP, multiplier
+        self.seed[i], self.bound[i] = seed & MASK64, keep_threshold(keep_prob)
+
+
+def _flat(t: Tensor) -> np.ndarray:
+    return t.detach().reshape(-1).numpy()
+
+
+def _workers() -> int:
+    return max(1, torch.get_num_threads())
+
+
+def merge(tensors: Sequence[Tensor], base: Tensor, weights: List[float], plan: Plan, *,
+          consensus: bool, normalize: bool, scale: float):
+    """base + λ·[Σ m_i p_i]/[Σ w_i m_i] in one pass per slice (``combine``'s result, bit for bit).
+    Returns (out, deferred, inside, above): the entries left undecided by a bracket (ascending),
+    per source the in-bracket |δ| and the count above it (empty without brackets)."""
+    from .combine import run_slices
+
+    xs, b = tuple(_flat(t) for t in tensors), _flat(base)
+    n, k = b.size, len(xs)
+    out = np.empty(n, np.float32)
+    total = sum(weights)
+    divisor = np.float32(total if abs(total) >= 1e-8 else 1.0)
+    w = np.asarray(weights, np.float32)
+    bracketed = bool(np.any((plan.mode == TRIM) & (plan.lo <= plan.hi)))
+    parts = {}
+
+    def work(start: int, stop: int) -> None:
+        size = stop - start if bracketed else 1
+        deferred = np.empty(size, np.int64)
+        inside = np.empty((k, size), np.float32)
+        counts, above = np.zeros(k, np.int64), np.zeros(k, np.int64)
+        got = _merge_slice(xs, b, out, start, stop, plan.mode, plan.lo, plan.hi, plan.pw, w,
+                           plan.seed, plan.bound, consensus, normalize, divisor,
+                           np.float32(scale), scale != 1, deferred, inside, counts, above)
+        if bracketed:
+            parts[start] = (deferred[:got].copy(),
+                            [inside[i, :counts[i]].copy() for i in range(k)], above)
+    run_slices(n, work, chunk=SLICE, workers=_workers())
+    forced = [f for f in plan.forced if f.size]
+    if forced:
+        fix(xs, b, out, np.unique(np.concatenate(forced)), plan, w, consensus=consensus,
+            normalize=normalize, divisor=divisor, scale=scale)
+    order = sorted(parts)
+    deferred = np.concatenate([parts[s][0] for s in order]) if order else np.zeros(0, np.int64)
+    inside = [np.concatenate([parts[s][1][i] for s in order]) if order else None
+              for i in range(k)]
+    above = [sum(int(parts[s][2][i]) for s in order) for i in range(k)]
+    return out, deferred, inside, above
+
+
+def fix(xs, b, out, where: np.ndarray, plan: Plan, w: np.ndarray, *, consensus: bool,
+        normalize: bool, divisor, scale: float) -> None:
+    """Merges the entries ``where`` (ascending) again under ``plan`` (thresholds now final)."""
+    forced_at = np.zeros(len(xs) + 1, np.int64)
+    forced_at[1:] = np.cumsum([f.size for f in plan.forced])
+    forced = np.concatenate(plan.forced) if forced_at[-1] else np.zeros(1, np.int64)
+    _fix(xs, b, out, np.ascontiguousarray(where, np.int64), plan.mode, plan.hi, plan.pw, w,
+         plan.seed, plan.bound, forced, forced_at, consensus, normalize, divisor,
+         np.float32(scale), scale != 1)
+
+
+def l1_sums(x: Tensor, base: Tensor, seed: int, keep_prob: float):
+    """(‖δ‖₁, ‖kept δ‖₁) of one source under the fast drop, read-only, in float64: per fixed
+    slice in entry order, the slices added in order (independent of the thread count)."""
+    from .combine import run_slices
+
+    fx, b = _flat(x), _flat(base)
+    bound = np.uint64(keep_threshold(keep_prob))
+    sums = {}
+
+    def work(start: int, stop: int) -> None:
+        part = np.zeros(2, np.float64)
+        _l1_slice(fx, b, start, stop, np.uint64(seed & MASK64), bound, part)
+        sums[start] = part
+    run_slices(b.size, work, chunk=SLICE, workers=_workers())
+    total = np.sum([sums[s] for s in sorted(sums)], axis=0)
+    return float(total[0]), float(total[1])
+
+
+def ties(tensors: Sequence[Tensor], base: Tensor, weights: List[float], densities: List[float],
+         *, selection: str, consensus: bool, normalize: bool, scale: float,
+         sorted_sizes: Optional[Sequence[Optional[Tensor]]] = None, ties_of=None) -> Tensor:
+    """TIES (trim + consensus + disjoint mean + λ + base), fused: sparse.py's kernel on CPU
+    float32. selection='exact': mergekit's cut and kept ties (trim_plan), applied in the pass and
+    as a fix-up of the tied entries; 'fast': fast_cut's cut, found inside the merge pass where a
+    bracket applies (see the module docstring). ``sorted_sizes`` / ``ties_of(i)``: a MergeCache's
+    sorted |δ_i| and tied-order lookups."""
+    from .sparse_trim import (SAMPLE, below, bracketed_cut, fast_bracket, fast_cut, trim_cut,
+                              trim_plan)
+
+    k, n = len(tensors), base.numel()
+    plan = Plan(k)
+    flat_base = base.reshape(-1)
+    brackets = {}
+    for i, (x, d, w) in enumerate(zip(tensors, densities, weights)):
+        sorted_size = None if sorted_sizes is None else sorted_sizes[i]
+        if d >= 1:
+            plan.plain(i, w)
+        elif selection == "exact":
+            threshold, kept = trim_plan(x, base, d, sorted_size, ties_of(i) if ties_of else None)
+            plan.trim(i, w, threshold, forced=None if kept is None else kept.numpy())
+        elif sorted_size is not None or n <= 4 * SAMPLE:
+            cut = (trim_cut(d, n, sorted_size=sorted_size)[0] if sorted_size is not None
+                   else fast_cut(x.reshape(-1), flat_base, d))
+            plan.trim(i, w, below(cut) if cut != 0 else 0.0)
+        else:
+            kth, lo, hi, share = fast_bracket(x.reshape(-1), flat_base, d)
+            if share > 0.1:  # an extreme density: a wide bracket would defer too much
+                cut = fast_cut(x.reshape(-1), flat_base, d)
+                plan.trim(i, w, below(cut) if cut != 0 else 0.0)
+            else:
+                brackets[i] = kth
+                plan.trim(i, w, np.float32(hi), lo=np.float32(lo))
+    out, deferred, inside, above = merge(tensors, base, weights, plan, consensus=consensus,
+                                         normalize=normalize, scale=scale)
+    if brackets:
+        missed = False
+        for i, kth in brackets.items():
+            cut = bracketed_cut(kth, above[i], torch.from_numpy(inside[i]))
+            if cut is None:  # the bracket missed (rarely): the full selection decides
+                missed = True
+                size = torch.sub(tensors[i].reshape(-1), flat_base).abs_()
+                cut = trim_cut(densities[i], n, size)[0]
+            plan.trim(i, weights[i], below(cut) if cut != 0 else 0.0)
+        if missed:  # entries outside a missed bracket were decided on a wrong premise
+            out = merge(tensors, base, weights, plan, consensus=consensus,
+                        normalize=normalize, scale=scale)[0]
+        elif deferred.size:
+            total = sum(weights)
+            fix(tuple(_flat(t) for t in tensors), _flat(base), out, deferred, plan,
+                np.asarray(weights, np.float32), consensus=consensus, normalize=normalize,
+                divisor=np.float32(total if abs(total) >= 1e-8 else 1.0), scale=scale)
+    return torch.from_numpy(out).view(base.shape)
+
+
+def dare(tensors: Sequence[Tensor], base: Tensor, weights: List[float], densities: List[float],
+         *, rescale: str, generator, consensus: bool, normalize: bool, scale: float) -> Tensor:
+    """DARE rng='fast' (drop + rescale + optional consensus + λ + base), fused: the keep draws
+    are hashed inside the kernel (no mask held); 'l1' first sums each source's norms in a
+    read-only pass. The same drops and bits as sparse_drop.dropped_fast under ``combine``."""
+    plan = Plan(len(tensors))
+    for i, (x, d, w) in enumerate(zip(tensors, densities, weights)):
+        if d >= 1:  # no draws, as in the torch path
+            plan.plain(i, w)
+            continue
+        from .sparse_drop import fast_seed
+
+        seed = fast_seed(generator)
+        factor = 1.0
+        if rescale == "inverse_density":
+            factor = 1.0 / d
+        elif rescale == "l1":
+            before, after = l1_sums(x, base, seed, d)
+            factor = 1.0 if before < 1e-7 or after < 1e-7 else before / after
+        plan.drop(i, w * factor, seed, d)
+    out = merge(tensors, base, weights, plan, consensus=consensus, normalize=normalize,
+                scale=scale)[0]
+    return torch.from_numpy(out).view(base.shape)
