@@ -87,10 +87,10 @@ if AVAILABLE:
     # and LLVM vectorises them (measured 5x).
 
     @_jit
-    def _pieces(xs, bb, at, m, mode, lo, hi, pw, seed, bound, P, U, above):
+    def _pieces(xs, bb, at, m, mode, lo, hi, pw, seed, bound, P, A, U, above):
         """P[i, :m] = p_i (δ_i trimmed or dropped, times pw_i) over entries [at, at + m), ``bb``
         the base there; U[j] = 1 where some source's |δ| falls in its bracket [lo, hi]
-        (undecided); above[i] counts |δ| > hi."""
+        (undecided), A[i, j] its |δ|; above[i] counts |δ| > hi."""
         zero = np.float32(0.0)
         one = np.float32(1.0)
         for j in range(m):
@@ -102,18 +102,22 @@ if AVAILABLE:
             if mode[i] == PLAIN:
                 for j in range(m):
                     p[j] = (x[j] - bb[j]) * wi
-            elif mode[i] == TRIM:
-                low, high = lo[i], hi[i]
-                count = 0
+            elif mode[i] == TRIM and lo[i] > hi[i]:  # a known threshold
+                high = hi[i]
                 for j in range(m):
                     d = x[j] - bb[j]
                     # hardshrink(d, high) · w: +0 where -high <= d <= high (|d| exact; NaN kept)
                     p[j] = (zero if abs(d) <= high else d) * wi
-                if low <= high:  # a bracket: count above it, flag entries inside it
-                    for j in range(m):
-                        s = abs(x[j] - bb[j])
-                        count += 1 if s > high else 0
-                        U[j] |= np.uint8((s >= low) & (s <= high))
+            elif mode[i] == TRIM:  # a bracket: count above it, flag and keep |δ| inside it
+                low, high, a = lo[i], hi[i], A[i]
+                count = 0
+                for j in range(m):
+                    d = x[j] - bb[j]
+                    s = abs(d)
+                    p[j] = (zero if s <= high else d) * wi
+                    a[j] = s
+                    count += 1 if s > high else 0
+                    U[j] |= np.uint8((s >= low) & (s <= high))
                 above[i] += count
             else:
                 sd, bd = seed[i], bound[i]
@@ -180,6 +184,7 @@ if AVAILABLE:
         M = np.empty(BLOCK, dtype=np.float32)
         D = np.empty(BLOCK, dtype=np.float32)
         U = np.empty(BLOCK, dtype=np.uint8)
+        A = np.empty((k, BLOCK), dtype=np.float32)
         bracketed = False
         for i in range(k):
             counts[i] = 0
@@ -189,7 +194,7 @@ if AVAILABLE:
         for at in range(start, stop, BLOCK):
             m = min(BLOCK, stop - at)
             bb = b[at:at + m]
-            _pieces(xs, bb, at, m, mode, lo, hi, pw, seed, bound, P, U, above)
+            _pieces(xs, bb, at, m, mode, lo, hi, pw, seed, bound, P, A, U, above)
             _combine(P, k, m, consensus, normalize, w, divisor, scale, scaled, S, M, D, bb,
                      out[at:at + m])
             if bracketed:
@@ -197,15 +202,10 @@ if AVAILABLE:
                     if U[j]:
                         deferred[n_deferred] = at + j
                         n_deferred += 1
-                for i in range(k):
-                    if mode[i] == TRIM and lo[i] <= hi[i]:
-                        x, low, high, c = xs[i][at:at + m], lo[i], hi[i], counts[i]
-                        for j in range(m):
-                            s = abs(x[j] - bb[j])
-                            if s >= low and s <= high:
-                                inside[i, c] = s
-                                c += 1
-                        counts[i] = c
+                        for i in range(k):
+                            if mode[i] == TRIM and lo[i] <= A[i, j] <= hi[i]:
+                                inside[i, counts[i]] = A[i, j]
+                                counts[i] += 1
         return n_deferred
 
     @_jit
@@ -370,10 +370,17 @@ def fix(xs, b, out, where: np.ndarray, plan: Plan, w: np.ndarray, *, consensus: 
     """Merges the entries ``where`` (ascending) again under ``plan`` (thresholds now final)."""
     forced_at = np.zeros(len(xs) + 1, np.int64)
     forced_at[1:] = np.cumsum([f.size for f in plan.forced])
+    from .combine import run_slices
+
     forced = np.concatenate(plan.forced) if forced_at[-1] else np.zeros(1, np.int64)
-    _fix(xs, b, out, np.ascontiguousarray(where, np.int64), plan.mode, plan.hi, plan.pw, w,
-         plan.seed, plan.bound, forced, forced_at, consensus, normalize, divisor,
-         np.float32(scale), scale != 1)
+    where = np.ascontiguousarray(where, np.int64)
+
+    def work(start: int, stop: int) -> None:  # disjoint entries: any split gives the same bits
+        _fix(xs, b, out, where[start:stop], plan.mode, plan.hi, plan.pw, w, plan.seed,
+             plan.bound, forced, forced_at, consensus, normalize, divisor, np.float32(scale),
+             scale != 1)
+    run_slices(where.size, work, chunk=max(BLOCK, -(-where.size // _workers())),
+               workers=_workers())
 
 
 def l1_sums(x: Tensor, base: Tensor, seed: int, keep_prob: float):

@@ -170,8 +170,14 @@ def fast_bracket(fx: Tensor, fb: Tensor, density: float) -> Tuple[int, float, fl
     (±5 standard deviations of a sample quantile), and the sample's share inside it."""
     n = fx.numel()
     k = max(1, int(density * n))
+    import numpy as np
+
     where = torch.randint(0, n, (SAMPLE,), generator=torch.Generator().manual_seed(n))
-    sample = torch.sort(torch.sub(fx[where], fb[where]).abs_()).values
+    if fx.device.type == "cpu":  # numpy: no fork/join per op (torch's: ~10x slower here)
+        at, xs, bs = where.numpy(), fx.numpy(), fb.numpy()
+        sample = torch.from_numpy(np.sort(np.abs(np.subtract(xs[at], bs[at]))))
+    else:
+        sample = torch.sort(torch.sub(fx[where], fb[where]).abs_()).values
     q = (n - k) / n * SAMPLE  # the cut's expected position in the sorted sample
     margin = 5 * (SAMPLE * (k / n) * (1 - k / n)) ** 0.5 + 2
     lo_at, hi_at = int(q - margin), int(q + margin) + 1
