@@ -272,17 +272,22 @@ if AVAILABLE:
                 out[idx[j]] = O[j]
 
     @_jit
-    def _l1_slice(x, b, start, stop, seed, bound, sums):
-        """sums = (Σ|δ|, Σ|kept δ|) over [start, stop) in float64, for DARE's 'l1' rescale."""
-        before = 0.0
-        after = 0.0
-        for j in range(start, stop):
-            s = abs(x[j] - b[j])
-            before += s
-            if _hash(seed, j) < bound:
-                after += s
-        sums[0] = before
-        sums[1] = after
+    def _l1_slice(xs, b, start, stop, seed, bound, sums):
+        """sums[i] = (Σ|δ_i|, Σ|kept δ_i|) over [start, stop) in float64, entry order, for
+        DARE's 'l1' rescale: every source in one read-only pass over the base."""
+        for i in range(len(xs)):
+            x = xs[i][start:stop]
+            bb = b[start:stop]
+            sd, bd = seed[i], bound[i]
+            before = 0.0
+            after = 0.0
+            for j in range(stop - start):
+                s = abs(x[j] - bb[j])
+                before += s
+                if _hash(sd, start + j) < bd:
+                    after += s
+            sums[i, 0] = before
+            sums[i, 1] = after
 
 
 class Plan:
@@ -315,6 +320,14 @@ class Plan:
     def drop(self, i: int, multiplier: float, seed: int, keep_prob: float) -> None:
         self.mode[i], self.pw[i] = DROP, multiplier
         self.seed[i], self.bound[i] = seed & MASK64, keep_threshold(keep_prob)
+
+
+def _subplan(plan: Plan, which: List[int]) -> Plan:
+    sub = Plan(len(which))
+    for j, i in enumerate(which):
+        sub.mode[j], sub.pw[j], sub.seed[j], sub.bound[j] = (plan.mode[i], plan.pw[i],
+                                                             plan.seed[i], plan.bound[i])
+    return sub
 
 
 def _flat(t: Tensor) -> np.ndarray:
@@ -383,22 +396,23 @@ def fix(xs, b, out, where: np.ndarray, plan: Plan, w: np.ndarray, *, consensus: 
                workers=_workers())
 
 
-def l1_sums(x: Tensor, base: Tensor, seed: int, keep_prob: float):
-    """(‖δ‖₁, ‖kept δ‖₁) of one source under the fast drop, read-only, in float64: per fixed
-    slice in entry order, the slices added in order (independent of the thread count)."""
+def l1_sums(tensors: Sequence[Tensor], base: Tensor, plan: Plan) -> np.ndarray:
+    """(‖δ_i‖₁, ‖kept δ_i‖₁) per source under ``plan``'s fast drops, read-only, in float64: per
+    fixed slice in entry order, the slices added in order (independent of the thread count)."""
     from .combine import run_slices
 
-    fx, b = _flat(x), _flat(base)
-    bound = np.uint64(keep_threshold(keep_prob))
+    xs, b = tuple(_flat(t) for t in tensors), _flat(base)
     sums = {}
 
     def work(start: int, stop: int) -> None:
-        part = np.zeros(2, np.float64)
-        _l1_slice(fx, b, start, stop, np.uint64(seed & MASK64), bound, part)
+        part = np.zeros((len(xs), 2), np.float64)
+        _l1_slice(xs, b, start, stop, plan.seed, plan.bound, part)
         sums[start] = part
-    run_slices(b.size, work, chunk=SLICE, workers=_workers())
-    total = np.sum([sums[s] for s in sorted(sums)], axis=0)
-    return float(total[0]), float(total[1])
+    run_slices(b.size, work, chunk=BLOCK * 8, workers=_workers())
+    total = np.zeros((len(xs), 2), np.float64)
+    for start in sorted(sums):
+        total += sums[start]
+    return total
 
 
 def ties(tensors: Sequence[Tensor], base: Tensor, weights: List[float], densities: List[float],
@@ -462,21 +476,21 @@ def dare(tensors: Sequence[Tensor], base: Tensor, weights: List[float], densitie
     """DARE rng='fast' (drop + rescale + optional consensus + λ + base), fused: the keep draws
     are hashed inside the kernel (no mask held); 'l1' first sums each source's norms in a
     read-only pass. The same drops and bits as sparse_drop.dropped_fast under ``combine``."""
+    from .sparse_drop import fast_seed
+
     plan = Plan(len(tensors))
-    for i, (x, d, w) in enumerate(zip(tensors, densities, weights)):
+    for i, (d, w) in enumerate(zip(densities, weights)):
         if d >= 1:  # no draws, as in the torch path
             plan.plain(i, w)
-            continue
-        from .sparse_drop import fast_seed
-
-        seed = fast_seed(generator)
-        factor = 1.0
-        if rescale == "inverse_density":
-            factor = 1.0 / d
-        elif rescale == "l1":
-            before, after = l1_sums(x, base, seed, d)
+        else:
+            factor = 1.0 / d if rescale == "inverse_density" else 1.0  # as dropped_fast rounds
+            plan.drop(i, w * factor, fast_seed(generator), d)
+    dropping = [i for i in range(len(tensors)) if plan.mode[i] == DROP]
+    if rescale == "l1" and dropping:
+        sums = l1_sums([tensors[i] for i in dropping], base, _subplan(plan, dropping))
+        for (before, after), i in zip(sums, dropping):
             factor = 1.0 if before < 1e-7 or after < 1e-7 else before / after
-        plan.drop(i, w * factor, seed, d)
+            plan.pw[i] = weights[i] * factor
     out = merge(tensors, base, weights, plan, consensus=consensus, normalize=normalize,
                 scale=scale)[0]
     return torch.from_numpy(out).view(base.shape)
