@@ -86,10 +86,14 @@ def test_ties_fast_defers_only_bracketed_entries_and_resolves_them():
         assert share < 0.05
         brackets.append(kth)
         plan.trim(i, 1 / 3, np.float32(hi), lo=np.float32(lo))
-    _, deferred, inside, above = fused.merge(sources, base, [1 / 3] * 3, plan, consensus=True,
-                                             normalize=True, scale=1.0)
-    assert 0 < deferred.size < 0.1 * N_BIG and np.all(np.diff(deferred) > 0)
-    for x, kth, values, count in zip(sources, brackets, inside, above):
+    _, deferred = fused.merge(sources, base, [1 / 3] * 3, plan, consensus=True, normalize=True,
+                              scale=1.0)
+    index = deferred.index
+    assert 0 < index.size < 0.1 * N_BIG and np.all(np.diff(index) > 0)
+    assert np.array_equal(deferred.base, base.numpy()[index])
+    for i, x in enumerate(sources):
+        assert np.array_equal(deferred.deltas[i], (x - base).numpy()[index])
+    for x, kth, values, count in zip(sources, brackets, deferred.inside, deferred.above):
         want = torch.sort((x - base).abs(), descending=True).values[kth - 1]
         assert bracketed_cut(kth, count, torch.from_numpy(values)) == want
 

@@ -87,10 +87,11 @@ if AVAILABLE:
     # and LLVM vectorises them (measured 5x).
 
     @_jit
-    def _pieces(xs, bb, at, m, mode, lo, hi, pw, seed, bound, P, A, U, above):
+    def _pieces(xs, bb, at, m, mode, lo, hi, pw, seed, bound, keep, P, A, U, above):
         """P[i, :m] = p_i (δ_i trimmed or dropped, times pw_i) over entries [at, at + m), ``bb``
         the base there; U[j] = 1 where some source's |δ| falls in its bracket [lo, hi]
-        (undecided), A[i, j] its |δ|; above[i] counts |δ| > hi."""
+        (undecided); above[i] counts |δ| > hi. With ``keep``, A[i, j] = δ_i (what a deferred
+        entry is merged from later, without reading the sources again)."""
         zero = np.float32(0.0)
         one = np.float32(1.0)
         for j in range(m):
@@ -99,6 +100,10 @@ if AVAILABLE:
             x = xs[i][at:at + m]
             p = P[i]
             wi = pw[i]
+            if keep:
+                a = A[i]
+                for j in range(m):
+                    a[j] = x[j] - bb[j]
             if mode[i] == PLAIN:
                 for j in range(m):
                     p[j] = (x[j] - bb[j]) * wi
@@ -108,14 +113,13 @@ if AVAILABLE:
                     d = x[j] - bb[j]
                     # hardshrink(d, high) · w: +0 where -high <= d <= high (|d| exact; NaN kept)
                     p[j] = (zero if abs(d) <= high else d) * wi
-            elif mode[i] == TRIM:  # a bracket: count above it, flag and keep |δ| inside it
-                low, high, a = lo[i], hi[i], A[i]
+            elif mode[i] == TRIM:  # a bracket: count above it, flag entries inside it
+                low, high = lo[i], hi[i]
                 count = 0
                 for j in range(m):
                     d = x[j] - bb[j]
                     s = abs(d)
                     p[j] = (zero if s <= high else d) * wi
-                    a[j] = s
                     count += 1 if s > high else 0
                     U[j] |= np.uint8((s >= low) & (s <= high))
                 above[i] += count
@@ -123,8 +127,8 @@ if AVAILABLE:
                 sd, bd = seed[i], bound[i]
                 for j in range(m):
                     d = x[j] - bb[j]
-                    keep = one if _hash(sd, at + j) < bd else zero
-                    p[j] = (d * keep + zero) * wi  # + 0: a dropped entry is +0
+                    keep_it = one if _hash(sd, at + j) < bd else zero
+                    p[j] = (d * keep_it + zero) * wi  # + 0: a dropped entry is +0
 
     @_jit
     def _combine(P, k, m, consensus, normalize, w, divisor, scale, scaled, S, M, D, bb, o):
@@ -174,10 +178,12 @@ if AVAILABLE:
 
     @_jit
     def _merge_slice(xs, b, out, start, stop, mode, lo, hi, pw, w, seed, bound, consensus,
-                     normalize, divisor, scale, scaled, deferred, inside, counts, above):
+                     normalize, divisor, scale, scaled, deferred, dvals, bvals, inside, counts,
+                     above):
         """Merges entries [start, stop) block by block. Entries left undecided by a bracket are
-        listed in ``deferred`` (their output is rewritten by ``_fix``); the in-bracket |δ_i| go
-        to inside[i, :counts[i]]. Returns how many entries were deferred."""
+        listed in ``deferred`` with their δ_i (dvals[:, e]) and base (bvals[e]), for
+        ``_fix_deferred``; the in-bracket |δ_i| go to inside[i, :counts[i]]. Returns how many
+        entries were deferred."""
         k = len(xs)
         P = np.empty((k, BLOCK), dtype=np.float32)
         S = np.empty(BLOCK, dtype=np.float32)
@@ -194,41 +200,47 @@ if AVAILABLE:
         for at in range(start, stop, BLOCK):
             m = min(BLOCK, stop - at)
             bb = b[at:at + m]
-            _pieces(xs, bb, at, m, mode, lo, hi, pw, seed, bound, P, A, U, above)
+            _pieces(xs, bb, at, m, mode, lo, hi, pw, seed, bound, bracketed, P, A, U, above)
             _combine(P, k, m, consensus, normalize, w, divisor, scale, scaled, S, M, D, bb,
                      out[at:at + m])
             if bracketed:
                 for j in range(m):
                     if U[j]:
                         deferred[n_deferred] = at + j
-                        n_deferred += 1
+                        bvals[n_deferred] = bb[j]
                         for i in range(k):
-                            if mode[i] == TRIM and lo[i] <= A[i, j] <= hi[i]:
-                                inside[i, counts[i]] = A[i, j]
+                            d = A[i, j]
+                            dvals[i, n_deferred] = d
+                            if mode[i] == TRIM and lo[i] <= abs(d) <= hi[i]:
+                                inside[i, counts[i]] = abs(d)
                                 counts[i] += 1
+                        n_deferred += 1
         return n_deferred
 
     @_jit
-    def _fix_pieces(G, GB, idx, m, mode, hi, pw, seed, bound, P):
-        """_pieces over gathered entries (G[i, j] = x_i[idx[j]]): the same formulas."""
+    def _fix_pieces(G, GB, idx, m, mode, hi, pw, seed, bound, deltas, P):
+        """_pieces over gathered entries (G[i, j] = x_i[idx[j]], or δ_i there with ``deltas``):
+        the same formulas."""
         zero = np.float32(0.0)
         one = np.float32(1.0)
         for i in range(G.shape[0]):
             x, p, wi = G[i], P[i], pw[i]
+            if not deltas:
+                for j in range(m):
+                    x[j] = x[j] - GB[j]
             if mode[i] == PLAIN:
                 for j in range(m):
-                    p[j] = (x[j] - GB[j]) * wi
+                    p[j] = x[j] * wi
             elif mode[i] == TRIM:
                 high = hi[i]
                 for j in range(m):
-                    d = x[j] - GB[j]
+                    d = x[j]
                     p[j] = (zero if abs(d) <= high else d) * wi
             else:
                 sd, bd = seed[i], bound[i]
                 for j in range(m):
-                    d = x[j] - GB[j]
                     keep = one if _hash(sd, idx[j]) < bd else zero
-                    p[j] = (d * keep + zero) * wi
+                    p[j] = (x[j] * keep + zero) * wi
 
     @_jit
     def _fix(xs, b, out, where, mode, hi, pw, w, seed, bound, forced, forced_at, consensus,
@@ -255,7 +267,7 @@ if AVAILABLE:
                 x, g = xs[i], G[i]
                 for j in range(m):
                     g[j] = x[idx[j]]
-            _fix_pieces(G, GB, idx, m, mode, hi, pw, seed, bound, P)
+            _fix_pieces(G, GB, idx, m, mode, hi, pw, seed, bound, False, P)
             for i in range(k):  # forced entries: δ kept whatever its size
                 if mode[i] != TRIM:
                     continue
@@ -264,12 +276,35 @@ if AVAILABLE:
                     while c < end and forced[c] < idx[j]:
                         c += 1
                     if c < end and forced[c] == idx[j]:
-                        p[j] = (G[i, j] - GB[j]) * pw[i]
+                        p[j] = G[i, j] * pw[i]  # G holds δ now
                 cursor[i] = c
             _combine(P, k, m, consensus, normalize, w, divisor, scale, scaled, S, M, D,
                      GB[:m], O[:m])
             for j in range(m):
                 out[idx[j]] = O[j]
+
+    @_jit
+    def _fix_deferred(dvals, bvals, idx, out, mode, hi, pw, w, seed, bound, consensus,
+                      normalize, divisor, scale, scaled):
+        """Merges the deferred entries idx from their kept δ_i and base (``_merge_slice``),
+        now that every cut is known: the pass's own code, no source read again."""
+        k = dvals.shape[0]
+        P = np.empty((k, BLOCK), dtype=np.float32)
+        S = np.empty(BLOCK, dtype=np.float32)
+        M = np.empty(BLOCK, dtype=np.float32)
+        D = np.empty(BLOCK, dtype=np.float32)
+        G = np.empty((k, BLOCK), dtype=np.float32)
+        O = np.empty(BLOCK, dtype=np.float32)
+        for at in range(0, idx.size, BLOCK):
+            m = min(BLOCK, idx.size - at)
+            for i in range(k):
+                G[i, :m] = dvals[i, at:at + m]
+            GB = bvals[at:at + m]
+            _fix_pieces(G, GB, idx[at:at + m], m, mode, hi, pw, seed, bound, True, P)
+            _combine(P, k, m, consensus, normalize, w, divisor, scale, scaled, S, M, D, GB,
+                     O[:m])
+            for j in range(m):
+                out[idx[at + j]] = O[j]
 
     @_jit
     def _l1_slice(xs, b, start, stop, seed, bound, sums):
@@ -338,44 +373,76 @@ def _workers() -> int:
     return max(1, torch.get_num_threads())
 
 
+class Deferred:
+    """What a bracketed merge pass leaves: the undecided entries (ascending), their δ_i (k × m)
+    and base values, and per source the in-bracket |δ| and the count above the bracket."""
+
+    def __init__(self, k: int, parts: dict):
+        order = sorted(parts)
+        self.index = np.concatenate([parts[s][0] for s in order]) if order \
+            else np.zeros(0, np.int64)
+        self.deltas = np.concatenate([parts[s][1] for s in order], axis=1) if order \
+            else np.zeros((k, 0), np.float32)
+        self.base = np.concatenate([parts[s][2] for s in order]) if order \
+            else np.zeros(0, np.float32)
+        self.inside = [np.concatenate([parts[s][3][i] for s in order]) if order
+                       else np.zeros(0, np.float32) for i in range(k)]
+        self.above = [sum(int(parts[s][4][i]) for s in order) for i in range(k)]
+
+
+def _divisor(weights: List[float]):
+    total = sum(weights)
+    return np.float32(total if abs(total) >= 1e-8 else 1.0)
+
+
 def merge(tensors: Sequence[Tensor], base: Tensor, weights: List[float], plan: Plan, *,
           consensus: bool, normalize: bool, scale: float):
     """base + λ·[Σ m_i p_i]/[Σ w_i m_i] in one pass per slice (``combine``'s result, bit for bit).
-    Returns (out, deferred, inside, above): the entries left undecided by a bracket (ascending),
-    per source the in-bracket |δ| and the count above it (empty without brackets)."""
+    Returns (out, Deferred): the entries a bracket left undecided are merged by
+    ``fix_deferred`` once the cuts are known."""
     from .combine import run_slices
 
     xs, b = tuple(_flat(t) for t in tensors), _flat(base)
     n, k = b.size, len(xs)
     out = np.empty(n, np.float32)
-    total = sum(weights)
-    divisor = np.float32(total if abs(total) >= 1e-8 else 1.0)
     w = np.asarray(weights, np.float32)
     bracketed = bool(np.any((plan.mode == TRIM) & (plan.lo <= plan.hi)))
     parts = {}
 
     def work(start: int, stop: int) -> None:
         size = stop - start if bracketed else 1
-        deferred = np.empty(size, np.int64)
-        inside = np.empty((k, size), np.float32)
+        deferred, bvals = np.empty(size, np.int64), np.empty(size, np.float32)
+        dvals, inside = np.empty((k, size), np.float32), np.empty((k, size), np.float32)
         counts, above = np.zeros(k, np.int64), np.zeros(k, np.int64)
         got = _merge_slice(xs, b, out, start, stop, plan.mode, plan.lo, plan.hi, plan.pw, w,
-                           plan.seed, plan.bound, consensus, normalize, divisor,
-                           np.float32(scale), scale != 1, deferred, inside, counts, above)
+                           plan.seed, plan.bound, consensus, normalize, _divisor(weights),
+                           np.float32(scale), scale != 1, deferred, dvals, bvals, inside,
+                           counts, above)
         if bracketed:
-            parts[start] = (deferred[:got].copy(),
+            parts[start] = (deferred[:got].copy(), dvals[:, :got].copy(), bvals[:got].copy(),
                             [inside[i, :counts[i]].copy() for i in range(k)], above)
     run_slices(n, work, chunk=SLICE, workers=_workers())
     forced = [f for f in plan.forced if f.size]
     if forced:
         fix(xs, b, out, np.unique(np.concatenate(forced)), plan, w, consensus=consensus,
-            normalize=normalize, divisor=divisor, scale=scale)
-    order = sorted(parts)
-    deferred = np.concatenate([parts[s][0] for s in order]) if order else np.zeros(0, np.int64)
-    inside = [np.concatenate([parts[s][1][i] for s in order]) if order else None
-              for i in range(k)]
-    above = [sum(int(parts[s][2][i]) for s in order) for i in range(k)]
-    return out, deferred, inside, above
+            normalize=normalize, divisor=_divisor(weights), scale=scale)
+    return out, Deferred(k, parts)
+
+
+def fix_deferred(out: np.ndarray, deferred: Deferred, plan: Plan, weights: List[float], *,
+                 consensus: bool, normalize: bool, scale: float) -> None:
+    """Merges the deferred entries under ``plan`` (cuts now final) from their kept values."""
+    from .combine import run_slices
+
+    w = np.asarray(weights, np.float32)
+
+    def work(start: int, stop: int) -> None:  # disjoint entries: any split gives the same bits
+        _fix_deferred(deferred.deltas[:, start:stop], deferred.base[start:stop],
+                      deferred.index[start:stop], out, plan.mode, plan.hi, plan.pw, w,
+                      plan.seed, plan.bound, consensus, normalize, _divisor(weights),
+                      np.float32(scale), scale != 1)
+    size = deferred.index.size
+    run_slices(size, work, chunk=max(BLOCK, -(-size // _workers())), workers=_workers())
 
 
 def fix(xs, b, out, where: np.ndarray, plan: Plan, w: np.ndarray, *, consensus: bool,
@@ -449,12 +516,12 @@ def ties(tensors: Sequence[Tensor], base: Tensor, weights: List[float], densitie
             else:
                 brackets[i] = kth
                 plan.trim(i, w, np.float32(hi), lo=np.float32(lo))
-    out, deferred, inside, above = merge(tensors, base, weights, plan, consensus=consensus,
-                                         normalize=normalize, scale=scale)
+    out, deferred = merge(tensors, base, weights, plan, consensus=consensus,
+                          normalize=normalize, scale=scale)
     if brackets:
         missed = False
         for i, kth in brackets.items():
-            cut = bracketed_cut(kth, above[i], torch.from_numpy(inside[i]))
+            cut = bracketed_cut(kth, deferred.above[i], torch.from_numpy(deferred.inside[i]))
             if cut is None:  # the bracket missed (rarely): the full selection decides
                 missed = True
                 size = torch.sub(tensors[i].reshape(-1), flat_base).abs_()
@@ -463,11 +530,9 @@ def ties(tensors: Sequence[Tensor], base: Tensor, weights: List[float], densitie
         if missed:  # entries outside a missed bracket were decided on a wrong premise
             out = merge(tensors, base, weights, plan, consensus=consensus,
                         normalize=normalize, scale=scale)[0]
-        elif deferred.size:
-            total = sum(weights)
-            fix(tuple(_flat(t) for t in tensors), _flat(base), out, deferred, plan,
-                np.asarray(weights, np.float32), consensus=consensus, normalize=normalize,
-                divisor=np.float32(total if abs(total) >= 1e-8 else 1.0), scale=scale)
+        else:
+            fix_deferred(out, deferred, plan, weights, consensus=consensus,
+                         normalize=normalize, scale=scale)
     return torch.from_numpy(out).view(base.shape)
 
 
