@@ -141,7 +141,7 @@ def test_dare_fast_draws_follow_the_definition_and_not_the_thread_count():
 
 def test_without_numba_the_torch_kernels_run():
     """ENABLED off (what a failed import sets): usable() says no and the merge still runs."""
-    base, sources = tensors(2, 5000, seed=7)
+    base, sources = tensors(2, fused.MIN_ENTRIES, seed=7)
     fused.ENABLED = False
     try:
         assert not fused.usable(sources, base)
@@ -150,6 +150,7 @@ def test_without_numba_the_torch_kernels_run():
         fused.ENABLED = fused.AVAILABLE
     assert fused.usable(sources, base) and torch.isfinite(out).all()
     assert not fused.usable([s.double() for s in sources], base.double())  # float32 only
+    assert not fused.usable([s[:-1] for s in sources], base[:-1])  # small: no compile for it
 
 
 def test_a_python_without_numba_imports_the_engine_and_merges():

@@ -42,6 +42,8 @@ BLOCK = 2048  # entries per block: K+3 float32 rows of scratch (~40 KB at K=5) s
 # 512-8192 (2048 best, ~1.7x 512)
 SLICE = 1 << 18  # entries per worker call: Python's per-call cost spread over 256K entries
 
+MIN_ENTRIES = 1 << 17  # smaller tensors (biases, norms, the tiny test zoo) take the torch path:
+# the kernels compile on first use, ~2-4 s per process (measured), where a small tensor saves ms
 PLAIN, TRIM, DROP = 0, 1, 2  # per-source modes: δ·w; hardshrink by thresholds; fast drop
 
 GOLDEN = 0x9E3779B97F4A7C15
@@ -50,8 +52,9 @@ MASK64 = (1 << 64) - 1
 
 
 def usable(tensors: Sequence[Tensor], base: Optional[Tensor]) -> bool:
-    """True where the fused kernels apply: numba there, CPU float32 contiguous inputs."""
-    if not ENABLED or base is None:
+    """True where the fused kernels apply: numba there, CPU float32 contiguous inputs of at least
+    MIN_ENTRIES entries (smaller tensors gain milliseconds, not worth a compile)."""
+    if not ENABLED or base is None or base.numel() < MIN_ENTRIES:
         return False
     return all(t.device.type == "cpu" and t.dtype == torch.float32 and t.is_contiguous()
                and t.shape == base.shape for t in [*tensors, base])
@@ -177,13 +180,14 @@ if AVAILABLE:
             o[j] = M[j] * S[j] + bb[j]
 
     @_jit
-    def _merge_slice(xs, b, out, start, stop, mode, lo, hi, pw, w, seed, bound, consensus,
+    def _merge_slice(xs, b, ob, out, start, stop, mode, lo, hi, pw, w, seed, bound, consensus,
                      normalize, divisor, scale, scaled, deferred, dvals, bvals, inside, counts,
                      above):
         """Merges entries [start, stop) block by block. Entries left undecided by a bracket are
         listed in ``deferred`` with their δ_i (dvals[:, e]) and base (bvals[e]), for
         ``_fix_deferred``; the in-bracket |δ_i| go to inside[i, :counts[i]]. Returns how many
-        entries were deferred."""
+        entries were deferred. ``ob``: the base added to the output (``b`` itself, except when
+        deferred entries are merged again from their δ_i: b = 0, ob = their base)."""
         k = len(xs)
         P = np.empty((k, BLOCK), dtype=np.float32)
         S = np.empty(BLOCK, dtype=np.float32)
@@ -201,8 +205,8 @@ if AVAILABLE:
             m = min(BLOCK, stop - at)
             bb = b[at:at + m]
             _pieces(xs, bb, at, m, mode, lo, hi, pw, seed, bound, bracketed, P, A, U, above)
-            _combine(P, k, m, consensus, normalize, w, divisor, scale, scaled, S, M, D, bb,
-                     out[at:at + m])
+            _combine(P, k, m, consensus, normalize, w, divisor, scale, scaled, S, M, D,
+                     ob[at:at + m], out[at:at + m])
             if bracketed:
                 for j in range(m):
                     if U[j]:
@@ -218,16 +222,15 @@ if AVAILABLE:
         return n_deferred
 
     @_jit
-    def _fix_pieces(G, GB, idx, m, mode, hi, pw, seed, bound, deltas, P):
-        """_pieces over gathered entries (G[i, j] = x_i[idx[j]], or δ_i there with ``deltas``):
-        the same formulas."""
+    def _fix_pieces(G, GB, idx, m, mode, hi, pw, seed, bound, P):
+        """_pieces over gathered entries (G[i, j] = x_i[idx[j]], made δ_i here): the same
+        formulas."""
         zero = np.float32(0.0)
         one = np.float32(1.0)
         for i in range(G.shape[0]):
             x, p, wi = G[i], P[i], pw[i]
-            if not deltas:
-                for j in range(m):
-                    x[j] = x[j] - GB[j]
+            for j in range(m):
+                x[j] = x[j] - GB[j]
             if mode[i] == PLAIN:
                 for j in range(m):
                     p[j] = x[j] * wi
@@ -267,7 +270,7 @@ if AVAILABLE:
                 x, g = xs[i], G[i]
                 for j in range(m):
                     g[j] = x[idx[j]]
-            _fix_pieces(G, GB, idx, m, mode, hi, pw, seed, bound, False, P)
+            _fix_pieces(G, GB, idx, m, mode, hi, pw, seed, bound, P)
             for i in range(k):  # forced entries: δ kept whatever its size
                 if mode[i] != TRIM:
                     continue
@@ -282,29 +285,6 @@ if AVAILABLE:
                      GB[:m], O[:m])
             for j in range(m):
                 out[idx[j]] = O[j]
-
-    @_jit
-    def _fix_deferred(dvals, bvals, idx, out, mode, hi, pw, w, seed, bound, consensus,
-                      normalize, divisor, scale, scaled):
-        """Merges the deferred entries idx from their kept δ_i and base (``_merge_slice``),
-        now that every cut is known: the pass's own code, no source read again."""
-        k = dvals.shape[0]
-        P = np.empty((k, BLOCK), dtype=np.float32)
-        S = np.empty(BLOCK, dtype=np.float32)
-        M = np.empty(BLOCK, dtype=np.float32)
-        D = np.empty(BLOCK, dtype=np.float32)
-        G = np.empty((k, BLOCK), dtype=np.float32)
-        O = np.empty(BLOCK, dtype=np.float32)
-        for at in range(0, idx.size, BLOCK):
-            m = min(BLOCK, idx.size - at)
-            for i in range(k):
-                G[i, :m] = dvals[i, at:at + m]
-            GB = bvals[at:at + m]
-            _fix_pieces(G, GB, idx[at:at + m], m, mode, hi, pw, seed, bound, True, P)
-            _combine(P, k, m, consensus, normalize, w, divisor, scale, scaled, S, M, D, GB,
-                     O[:m])
-            for j in range(m):
-                out[idx[at + j]] = O[j]
 
     @_jit
     def _l1_slice(xs, b, start, stop, seed, bound, sums):
@@ -414,7 +394,7 @@ def merge(tensors: Sequence[Tensor], base: Tensor, weights: List[float], plan: P
         deferred, bvals = np.empty(size, np.int64), np.empty(size, np.float32)
         dvals, inside = np.empty((k, size), np.float32), np.empty((k, size), np.float32)
         counts, above = np.zeros(k, np.int64), np.zeros(k, np.int64)
-        got = _merge_slice(xs, b, out, start, stop, plan.mode, plan.lo, plan.hi, plan.pw, w,
+        got = _merge_slice(xs, b, b, out, start, stop, plan.mode, plan.lo, plan.hi, plan.pw, w,
                            plan.seed, plan.bound, consensus, normalize, _divisor(weights),
                            np.float32(scale), scale != 1, deferred, dvals, bvals, inside,
                            counts, above)
@@ -431,18 +411,24 @@ def merge(tensors: Sequence[Tensor], base: Tensor, weights: List[float], plan: P
 
 def fix_deferred(out: np.ndarray, deferred: Deferred, plan: Plan, weights: List[float], *,
                  consensus: bool, normalize: bool, scale: float) -> None:
-    """Merges the deferred entries under ``plan`` (cuts now final) from their kept values."""
+    """Merges the deferred entries under ``plan`` (cuts now final) from their kept δ_i and base,
+    with the pass's own kernel (δ − 0 is δ, bit for bit; no second kernel to compile)."""
     from .combine import run_slices
 
-    w = np.asarray(weights, np.float32)
+    assert not np.any(plan.mode == DROP)  # a drop's draw depends on the entry's index
+    size, k = deferred.index.size, len(plan.mode)
+    xs = tuple(np.ascontiguousarray(deferred.deltas[i]) for i in range(k))
+    zeros, merged = np.zeros(size, np.float32), np.empty(size, np.float32)
+    w, none = np.asarray(weights, np.float32), np.zeros(1, np.int64)
 
     def work(start: int, stop: int) -> None:  # disjoint entries: any split gives the same bits
-        _fix_deferred(deferred.deltas[:, start:stop], deferred.base[start:stop],
-                      deferred.index[start:stop], out, plan.mode, plan.hi, plan.pw, w,
-                      plan.seed, plan.bound, consensus, normalize, _divisor(weights),
-                      np.float32(scale), scale != 1)
-    size = deferred.index.size
+        _merge_slice(xs, zeros, deferred.base, merged, start, stop, plan.mode, plan.lo, plan.hi,
+                     plan.pw, w, plan.seed, plan.bound, consensus, normalize, _divisor(weights),
+                     np.float32(scale), scale != 1, none, np.zeros((k, 1), np.float32),
+                     np.zeros(1, np.float32), np.zeros((k, 1), np.float32),
+                     np.zeros(k, np.int64), np.zeros(k, np.int64))
     run_slices(size, work, chunk=max(BLOCK, -(-size // _workers())), workers=_workers())
+    out[deferred.index] = merged
 
 
 def fix(xs, b, out, where: np.ndarray, plan: Plan, w: np.ndarray, *, consensus: bool,
