@@ -7,11 +7,13 @@ linear / task arithmetic >= 0.5). "kernel" times the per-tensor kernel alone, "l
 ``merge_state_dicts`` (key iteration, NaN/inf checks, dtype handling) on a state dict.
 
     python bench/bench_merge.py [--mb 128] [--sources 3] [--device cpu|cuda] [--repeat 7]
-        [--shape 250002x768] [--threads 1] [--methods ties,dare_ties] [--no-loop]
+        [--shape 250002x768] [--threads 1] [--methods ties,dare_ties] [--no-loop] [--torch]
 
 TIES and DARE run twice: mergekit-identical (the default) and in their fast modes
 (``selection='fast'`` / ``rng='fast'``, rows marked "/fast"). --no-loop skips the whole-loop
-columns (at 250002x768 they double the run time and say the same as the kernel).
+columns (at 250002x768 they double the run time and say the same as the kernel). On CPU float32
+TIES and DARE rng=fast run as fused numba kernels (engine/merge/fused.py; a line says which);
+--torch runs the torch kernels instead, to compare them side by side.
 """
 from __future__ import annotations
 
