@@ -16,6 +16,12 @@ from engine.merge.sparse_trim import SAMPLE, trim_cut
 from test_merge_kernels import bits
 
 pytestmark = pytest.mark.skipif(not fused.AVAILABLE, reason="numba not importable")
+
+
+@pytest.fixture(autouse=True)
+def warm(monkeypatch):
+    """Tests use tensors from 2^17 entries: fused whether or not this process compiled yet."""
+    monkeypatch.setattr(fused, "COLD_MIN", fused.MIN_ENTRIES)
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -151,6 +157,19 @@ def test_without_numba_the_torch_kernels_run():
     assert fused.usable(sources, base) and torch.isfinite(out).all()
     assert not fused.usable([s.double() for s in sources], base.double())  # float32 only
     assert not fused.usable([s[:-1] for s in sources], base[:-1])  # small: no compile for it
+
+
+def test_before_its_first_compile_only_a_large_tensor_starts_the_fused_kernels(monkeypatch):
+    monkeypatch.setattr(fused, "COLD_MIN", 1 << 22)
+    monkeypatch.setattr(fused, "COMPILED", set())
+    base, sources = tensors(2, fused.MIN_ENTRIES, seed=8)
+    assert not fused.usable(sources, base)  # cold: the torch kernels, no compile
+    big_base, big = tensors(2, 1 << 22, seed=8)
+    assert fused.usable(big, big_base)
+    MERGES.get("ties").fn(big, torch.tensor([0.5, 0.5]), big_base, density=0.2,
+                          selection="fast")
+    assert fused.COMPILED == {2} and fused.usable(sources, base)  # warm for 2 sources
+    assert not fused.usable(sources + sources[:1], base)  # another count compiles anew
 
 
 def test_a_python_without_numba_imports_the_engine_and_merges():

@@ -42,9 +42,13 @@ BLOCK = 2048  # entries per block: K+3 float32 rows of scratch (~40 KB at K=5) s
 # 512-8192 (2048 best, ~1.7x 512)
 SLICE = 1 << 18  # entries per worker call: Python's per-call cost spread over 256K entries
 
-MIN_ENTRIES = 1 << 17  # smaller tensors (biases, norms, the tiny test zoo) take the torch path:
-# the kernels compile on first use, ~2-4 s per process (measured), where a small tensor saves ms
+MIN_ENTRIES = 1 << 17  # smaller tensors (biases, norms, the tiny test zoo) take the torch path
+COLD_MIN = 1 << 22  # the kernels compile on first use (2.7-3.5 s per process and source count,
+# measured under load): before that only a tensor this large starts them (an XLM-R embedding, 192 M
+# entries, saves ~2 s per TIES merge; the demo's largest, 1.3 M, ~20 ms)
+COMPILED: set = set()  # source counts the merge kernel has run for in this process
 PLAIN, TRIM, DROP = 0, 1, 2  # per-source modes: δ·w; hardshrink by thresholds; fast drop
+LANES = 8  # running sums in the L1-norm pass
 
 GOLDEN = 0x9E3779B97F4A7C15
 MIX1, MIX2 = 0xBF58476D1CE4E5B9, 0x94D049BB133111EB
@@ -53,8 +57,11 @@ MASK64 = (1 << 64) - 1
 
 def usable(tensors: Sequence[Tensor], base: Optional[Tensor]) -> bool:
     """True where the fused kernels apply: numba there, CPU float32 contiguous inputs of at least
-    MIN_ENTRIES entries (smaller tensors gain milliseconds, not worth a compile)."""
+    MIN_ENTRIES entries, and COLD_MIN until the kernels are compiled for this many sources in
+    this process (a one-shot demo-size merge does not pay a compile it would not win back)."""
     if not ENABLED or base is None or base.numel() < MIN_ENTRIES:
+        return False
+    if base.numel() < COLD_MIN and len(tensors) not in COMPILED:
         return False
     return all(t.device.type == "cpu" and t.dtype == torch.float32 and t.is_contiguous()
                and t.shape == base.shape for t in [*tensors, base])
@@ -288,21 +295,34 @@ if AVAILABLE:
 
     @_jit
     def _l1_slice(xs, b, start, stop, seed, bound, sums):
-        """sums[i] = (Σ|δ_i|, Σ|kept δ_i|) over [start, stop) in float64, entry order, for
-        DARE's 'l1' rescale: every source in one read-only pass over the base."""
+        """sums[i] = (Σ|δ_i|, Σ|kept δ_i|) over [start, stop) in float64, for DARE's 'l1'
+        rescale: every source in one read-only pass over the base. LANES running sums (entry j
+        into lane j mod LANES, lanes added in order at the end): a fixed order, and independent
+        adds that vectorise where one running sum waits on each add."""
+        m = stop - start
+        full = m - m % LANES
+        bb = b[start:stop]
         for i in range(len(xs)):
             x = xs[i][start:stop]
-            bb = b[start:stop]
             sd, bd = seed[i], bound[i]
-            before = 0.0
-            after = 0.0
-            for j in range(stop - start):
-                s = abs(x[j] - bb[j])
-                before += s
-                if _hash(sd, start + j) < bd:
-                    after += s
-            sums[i, 0] = before
-            sums[i, 1] = after
+            before = np.zeros(LANES)
+            after = np.zeros(LANES)
+            for at in range(0, full, LANES):
+                for lane in range(LANES):
+                    s = np.float64(abs(x[at + lane] - bb[at + lane]))
+                    before[lane] += s
+                    after[lane] += s if _hash(sd, start + at + lane) < bd else 0.0
+            for j in range(full, m):
+                s = np.float64(abs(x[j] - bb[j]))
+                before[0] += s
+                after[0] += s if _hash(sd, start + j) < bd else 0.0
+            total_before = 0.0
+            total_after = 0.0
+            for lane in range(LANES):
+                total_before += before[lane]
+                total_after += after[lane]
+            sums[i, 0] = total_before
+            sums[i, 1] = total_after
 
 
 class Plan:
@@ -402,6 +422,7 @@ def merge(tensors: Sequence[Tensor], base: Tensor, weights: List[float], plan: P
             parts[start] = (deferred[:got].copy(), dvals[:, :got].copy(), bvals[:got].copy(),
                             [inside[i, :counts[i]].copy() for i in range(k)], above)
     run_slices(n, work, chunk=SLICE, workers=_workers())
+    COMPILED.add(k)
     forced = [f for f in plan.forced if f.size]
     if forced:
         fix(xs, b, out, np.unique(np.concatenate(forced)), plan, w, consensus=consensus,
