@@ -7,11 +7,13 @@ linear / task arithmetic >= 0.5). "kernel" times the per-tensor kernel alone, "l
 ``merge_state_dicts`` (key iteration, NaN/inf checks, dtype handling) on a state dict.
 
     python bench/bench_merge.py [--mb 128] [--sources 3] [--device cpu|cuda] [--repeat 7]
-        [--shape 250002x768] [--threads 1] [--methods ties,dare_ties] [--no-loop]
+        [--shape 250002x768] [--threads 1] [--methods ties,dare_ties] [--no-loop] [--torch]
 
 TIES and DARE run twice: mergekit-identical (the default) and in their fast modes
 (``selection='fast'`` / ``rng='fast'``, rows marked "/fast"). --no-loop skips the whole-loop
-columns (at 250002x768 they double the run time and say the same as the kernel).
+columns (at 250002x768 they double the run time and say the same as the kernel). On CPU float32
+TIES and DARE rng=fast run as fused numba kernels (engine/merge/fused.py; a line says which);
+--torch runs the torch kernels instead, to compare them side by side.
 """
 from __future__ import annotations
 
@@ -74,12 +76,17 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: all)")
     parser.add_argument("--methods", default="", help="comma-separated subset of the methods")
     parser.add_argument("--no-loop", action="store_true", help="time the kernels only")
+    parser.add_argument("--torch", action="store_true", help="the torch kernels, not the fused "
+                        "numba ones (engine/merge/fused.py)")
     parser.add_argument("--modes", default="exact,fast", help="TIES/DARE modes to run: exact "
                         "(mergekit-identical), fast, or both (exact TIES sorts: minutes at "
                         "250002x768 on 2 loaded cores)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.torch:
+        from engine.merge import fused
+        fused.ENABLED = False
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device here")
@@ -102,6 +109,11 @@ def main(argv=None):
     print(f"device {device} ({where}), {args.sources} sources + base, {args.tensors} tensors "
           f"of {shape} per model ({model_mb:.0f} MB/model, {model_mb * (args.sources + 1):.0f} MB in total)")
     print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+    from engine.merge import fused
+    print("TIES / DARE rng=fast kernels: " + (
+        "fused (numba " + fused.numba.__version__ + ")" if fused.usable(one, base[key])
+        else "torch (" + ("numba not importable" if not fused.AVAILABLE else
+                          "not CPU float32" if fused.ENABLED else "fused kernels off") + ")"))
     print(f"{'method':<16}{'kernel ms':>10}{'raw ms':>9}{'ratio':>7}{'GB/s':>7}"
           f"{'loop ms':>10}{'raw ms':>9}{'ratio':>7}")
     for name, params in METHODS:

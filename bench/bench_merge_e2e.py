@@ -8,6 +8,8 @@ a merge really allocates). Tools:
 * ``ours``: engine.merge.files.merge_files — sources memory-mapped, output streamed to one file.
 * ``ours-whole`` (with --whole): the old path — load every source whole (load_file + NaN check),
   merge in memory, save_file — kept to show where the time went.
+* ``ours-torch`` (with --torch): ``ours`` with the fused numba kernels off (engine/merge/fused.py),
+  the torch kernels instead; ``ours`` pays the kernels' compile (first call in its process).
 * ``mergekit``: mergekit.merge.run_merge from the config our export writes (mergekit_config).
 
 Each method's time is also given as a fraction of the machine's copy bandwidth: (bytes of the
@@ -52,8 +54,11 @@ def child(tool: str, job: dict) -> dict:
         config = MergeConfiguration.model_validate(job["mergekit"])
         options = MergeOptions(copy_tokenizer=False, lazy_unpickle=False, quiet=True)
         run = lambda: run_merge(config, job["out"], options)  # noqa: E731
-    elif tool == "ours":
+    elif tool in ("ours", "ours-torch"):
+        from engine.merge import fused
         from engine.merge.files import merge_files
+
+        fused.ENABLED = fused.ENABLED and tool == "ours"
 
         run = lambda: merge_files(job["method"], job["sources"], Path(job["out"]) / "model.safetensors",  # noqa: E731
                                   job["weights"], base_dir=job["base"], params=job["params"])
@@ -115,6 +120,8 @@ def main():
     ap.add_argument("--target", default="")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--whole", action="store_true", help="also time the old load-whole path")
+    ap.add_argument("--torch", action="store_true", help="also time ours with the torch kernels "
+                    "instead of the fused numba ones")
     ap.add_argument("--out-dir", default=None, help="where the merged files go (default: the system's temp "
                     "folder; /dev/shm takes a slow disk out of the comparison)")
     ap.add_argument("--child", nargs=2, metavar=("TOOL", "JOB_JSON"), help=argparse.SUPPRESS)
@@ -132,7 +139,8 @@ def main():
     sources = [str(ws.zoo.path(s)) for s in weights]
     source_bytes = sum(f.stat().st_size for s in sources for f in Path(s).glob("*.safetensors"))
     base_bytes = sum(f.stat().st_size for f in Path(ws.zoo.base).glob("*.safetensors"))
-    tools = ["ours", "mergekit"] + (["ours-whole"] if args.whole else [])
+    tools = ["ours", "mergekit"] + (["ours-whole"] if args.whole else []) + \
+        (["ours-torch"] if args.torch else [])
     bandwidth = add_bandwidth()
     rows = []
     tmp = Path(tempfile.mkdtemp(prefix="bench_e2e_", dir=args.out_dir))
@@ -171,6 +179,8 @@ def main():
                    "speed-up": f"{med['mergekit']['seconds'] / med['ours']['seconds']:.2f}×"}
             if args.whole:
                 row["ours-whole s"] = f"{med['ours-whole']['seconds']:.2f}"
+            if args.torch:
+                row["ours-torch s"] = f"{med['ours-torch']['seconds']:.2f}"
             for t in tools:
                 row[f"{t} anon GB"] = f"{med[t]['anon'] / 1e9:.2f}"
             for t in tools:

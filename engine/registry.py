@@ -26,6 +26,9 @@ class Param:
     # A speed knob (exact vs fast draws): searches never tune it, and at its default it stays out
     # of a run's content key, so runs stored before the knob existed are still found.
     speed: bool = False
+    # A speed knob whose non-default values draw a versioned stream: they enter the content key as
+    # "value@stream", so runs made with an older stream are not reused (e.g. DARE rng='fast').
+    stream: str = ""
 
     def check(self, value: Any, where: str = "") -> Any:
         """Returns the value coerced to the declared type, or raises ValueError saying why."""

@@ -78,9 +78,17 @@ def text_file_use(cand: "Candidate", traits) -> str:
 
 
 def _keyed_params(method, params: Dict[str, object]) -> Dict[str, object]:
-    """The parameters that enter the key: a speed knob at its default is left out (``Param.speed``)."""
-    speed_defaults = {p.name: p.default for p in method.params if p.speed}
-    return {k: v for k, v in params.items() if k not in speed_defaults or v != speed_defaults[k]}
+    """The parameters that enter the key: a speed knob at its default is left out (``Param.speed``),
+    and elsewhere tagged with its stream version where it has one (``Param.stream``)."""
+    speed = {p.name: p for p in method.params if p.speed}
+    keyed = {}
+    for k, v in params.items():
+        knob = speed.get(k)
+        if knob is None:
+            keyed[k] = v
+        elif v != knob.default:
+            keyed[k] = f"{v}@{knob.stream}" if knob.stream else v
+    return keyed
 
 
 def recipe_key_fields(cand: "Candidate") -> Dict[str, object]:

@@ -7,6 +7,9 @@ ATen's 32768-entry grain) and the ~20 passes per slice stay in the CPU cache. Sl
 to Python worker threads (torch releases the GIL inside an op), one per torch thread: a worker on
 a core that another process holds only slows itself, where a fork/join per op makes every op wait
 for the slowest thread (measured: 1 thread 0.3 s vs 0.7-2.8 s with 2 on a loaded machine).
+On CPU float32, TIES and DARE rng='fast' run as fused numba kernels instead (engine/merge/fused.py:
+the same operations in one pass per slice, the same bits); this is their reference and the path
+for CUDA, other dtypes and machines without numba.
 """
 from __future__ import annotations
 

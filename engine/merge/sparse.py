@@ -16,11 +16,15 @@ A classification head missing from the pretrained base is linear-averaged by the
 
 Fast modes (Params, mergekit-identical by default): ``selection='fast'`` (TIES) finds the same
 cut without sorting and keeps every entry tied at it (sparse_trim.fast_cut); ``rng='fast'``
-(DARE) draws Bernoulli(density) masks from numpy's PCG64, a byte per entry instead of a float32,
-deterministic per seed but not mergekit's draws (sparse_drop.fast_drop_mask). Neither exports to
-mergekit, and searches do not tune them (``Param.speed``).
+(DARE) draws Bernoulli(density) masks from splitmix64 of (seed, entry) instead of a float32 per
+entry, deterministic per seed and independent of the thread count, but not mergekit's draws
+(sparse_drop.fast_keep_mask; stream 2 since the fused kernels: runs made with stream 1, numpy's
+PCG64 per block, get other keys). Neither exports to mergekit, and searches do not tune them
+(``Param.speed``). On CPU float32 TIES (both selections) and DARE rng='fast' run as fused numba
+kernels (engine/merge/fused.py), with the same results as the torch kernels here.
 Files: sparse_shared.py (Params, L1, whole-delta kernel), sparse_trim.py (TIES, breadcrumbs),
-sparse_drop.py (DARE, DELLA); this module registers the flavours.
+sparse_drop.py (DARE, DELLA), fused.py (the fused CPU kernels); this module registers the
+flavours.
 """
 from __future__ import annotations
 
@@ -29,11 +33,11 @@ from typing import List
 from torch import Tensor
 
 from ..registry import Param
-from . import MERGES
+from . import MERGES, fused
 from .combine import combine, whole
 from .common import MergeError, each
 from .linear import SCALE, task_vector_to_mergekit
-from .sparse_drop import RNGS, bernoulli, della_magprune, della_rank, dropped, dropped_fast
+from .sparse_drop import RNG_STREAM, RNGS, bernoulli, della_magprune, della_rank, dropped, dropped_fast
 from .sparse_shared import (EPSILON, GAMMA, RESCALES, as_rows, density_param, l1_norm,
                             normalize_param, rescale_param, task_merge)
 from .sparse_trim import (SELECTIONS, cached_ties, magnitude, magnitude_order, magnitude_outliers,
@@ -53,9 +57,10 @@ SELECTION = Param(
 RNG = Param(
     "rng", "choice", "mergekit", choices=RNGS,
     help="DARE drops: 'mergekit' draws mergekit's very masks (a float32 per entry from torch's "
-         "Mersenne Twister); 'fast' draws the same Bernoulli(density) masks from numpy's PCG64, "
-         "a byte per entry, deterministic per seed but not mergekit's draws",
-    speed=True)
+         "Mersenne Twister); 'fast' draws the same Bernoulli(density) masks from a counter-based "
+         "hash of (seed, entry), deterministic per seed (whatever the thread count) but not "
+         "mergekit's draws",
+    speed=True, stream=RNG_STREAM)
 
 
 def sparse_to_mergekit(sources, weights, params, base):
@@ -119,6 +124,18 @@ def _register(name: str, *, mergekit: str, params: list, sparsifier: str, consen
         if selection not in SELECTIONS:
             raise MergeError(f"{name}: selection must be one of {list(SELECTIONS)}, got "
                              f"{selection!r}")
+        if sparsifier in ("magnitude", "random") and fused.usable(tensors, base):
+            if sparsifier == "magnitude":  # one pass per slice (engine/merge/fused.py)
+                cached = inputs is not None
+                return fused.ties(
+                    tensors, base, w, dens, selection=selection, consensus=consensus,
+                    normalize=normalize, scale=scale,
+                    sorted_sizes=[inputs.sorted_size(i) if dens[i] < 1 else None
+                                  for i in range(k)] if cached else None,
+                    ties_of=(lambda i: cached_ties(inputs, i)) if cached else None)
+            if rng == "fast":
+                return fused.dare(tensors, base, w, dens, rescale=rescale, generator=generator,
+                                  consensus=consensus, normalize=normalize, scale=scale)
         if sparsifier == "magnitude" and selection == "fast":  # a cache only saves the cut
             return combine([trimmed_fast(t, base, dens[i], w[i], None if inputs is None or
                                          dens[i] >= 1 else inputs.sorted_size(i))

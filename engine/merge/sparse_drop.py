@@ -114,8 +114,8 @@ def dropped(x: Tensor, base: Tensor, density: float, weight: float, rescale: str
 # ---- fast mode: the same Bernoulli(density) masks from a cheaper generator ----------------------
 
 RNGS = ("mergekit", "fast")
-BLOCK = 1 << 20  # entries per block of draws: a block's stream position is fixed, so any thread
-# may draw any block and the mask does not depend on the thread count
+RNG_STREAM = "2"  # rng='fast' draws, versioned in a run's content key (engine/runinfo.py):
+# 1 was numpy PCG64 bytes per 1M-entry block; 2 hashes (seed, flat index) with splitmix64
 
 
 def fast_seed(generator) -> int:
@@ -126,46 +126,34 @@ def fast_seed(generator) -> int:
 
 def fast_keep_mask(n: int, keep_prob: float, seed: int) -> Tensor:
     """A uint8 keep mask (1 = keep) over n entries, each kept independently with probability
-    keep_prob (exact to 2⁻⁴⁰), from numpy's PCG64: entry i's first 8 bits are byte i of the stream
-    seeded by ``seed``, so it draws 1 byte an entry where the mergekit mode draws a float32 (4
-    bytes, from torch's Mersenne Twister). Entry kept iff byte < ⌊256p⌋, or byte = ⌊256p⌋ (1 in
-    256) and a further 32-bit draw < frac(256p)·2³² (from a second stream, at a fixed offset per
-    block). Blocks run on torch's thread count (numpy releases the GIL). uint8, not bool: a float
+    keep_prob (exact to 2⁻⁶⁴): entry i is kept iff splitmix64(seed, i) < ⌊keep_prob·2⁶⁴⌋, a
+    counter-based hash, so any slice of the mask is drawn on its own: the fused kernel
+    (engine/merge/fused.py) draws the same bits inside its pass, and neither depends on the thread
+    count. Blocks run on torch's thread count (numpy releases the GIL). uint8, not bool: a float
     times a uint8 mask is ~6x faster in torch than masked_fill with a bool one."""
     import numpy as np
 
     from .combine import run_slices
+    from .fused import keep_threshold, splitmix
 
-    scaled = keep_prob * 256
-    whole, frac = int(scaled), scaled - int(scaled)
-    refine = int(round(frac * 2 ** 32))
-    main, extra = np.random.SeedSequence(seed).spawn(2)
-    keep = np.empty(n, dtype=np.bool_)
+    bound = np.uint64(keep_threshold(keep_prob))
+    keep = np.empty(n, dtype=np.uint8)
 
     def block(start: int, stop: int) -> None:
-        bits = np.random.PCG64(main)
-        bits.advance(start // 8)
-        raw = bits.random_raw((stop - start + 7) // 8).view(np.uint8)[:stop - start]
-        out = keep[start:stop]
-        np.less(raw, whole, out=out)
-        if refine and whole < 256:
-            tied = np.flatnonzero(raw == whole)
-            if tied.size:
-                more = np.random.PCG64(extra)
-                more.advance(start)
-                draws = more.random_raw(tied.size) >> np.uint64(32)
-                out[tied] = draws < refine
-    run_slices(n, block, chunk=BLOCK)
-    return torch.from_numpy(keep.view(np.uint8))
+        np.less(splitmix(seed, np.arange(start, stop, dtype=np.uint64)), bound,
+                out=keep[start:stop].view(np.bool_))
+    run_slices(n, block, chunk=1 << 18)
+    return torch.from_numpy(keep)
 
 
 def dropped_fast(x: Tensor, base: Tensor, density: float, weight: float, rescale: str,
                  generator) -> Piece:
     """w·DARE(x − base) with ``fast_keep_mask``'s masks (rng='fast'): the same Bernoulli(density)
     drops and the same rescaling rules, not mergekit's draws. 'l1' sums ‖δ‖₁ and ‖kept δ‖₁ in one
-    pass slice by slice (float32 sums per slice, added in float64 in slice order: deterministic),
-    so δ is never held whole; each slice then costs a subtraction, the mask and one multiply
-    (w·factor folded into one scalar)."""
+    pass slice by slice (float64 sums per slice, added in slice order: deterministic), so δ is
+    never held whole; each slice then costs a subtraction, the mask and one multiply (w·factor
+    folded into one scalar). The torch reference of fused.dare (same masks; the norms may differ
+    in the last bits, being summed in another order)."""
     fx, fb = x.reshape(-1), base.reshape(-1)
     if density >= 1:
         return lambda start, stop: torch.sub(fx[start:stop], fb[start:stop]).mul_(weight)
@@ -180,7 +168,7 @@ def dropped_fast(x: Tensor, base: Tensor, density: float, weight: float, rescale
         sums = {}
 
         def norms(start: int, stop: int) -> None:
-            size = torch.sub(fx[start:stop], fb[start:stop]).abs_()
+            size = torch.sub(fx[start:stop], fb[start:stop]).abs_().double()
             before = float(size.sum())
             sums[start] = (before, float(size.mul_(keep[start:stop]).sum()))
         if fx.device.type == "cpu":

@@ -84,6 +84,30 @@ def magnitude(delta: Tensor, density: float, sorted_size: Optional[Tensor] = Non
     return out.view(delta.shape)
 
 
+def trim_plan(x: Tensor, base: Tensor, density: float, sorted_size: Optional[Tensor] = None,
+              ties: Optional[Callable[[int, int], Tensor]] = None
+              ) -> Tuple[float, Optional[Tensor]]:
+    """(threshold, kept) of TIES' trim of x − base: keep |δ| > threshold (hardshrink's rule), and
+    with surplus ties at the cut also the entries ``kept`` (ascending indices; else None). The cut
+    comes from ``sorted_size`` (cached) or a selection over |x − base| made and dropped here;
+    the tied entries mergekit keeps from ``ties(above, k)`` (a cached tied_kept) or tied_kept."""
+    fx, fb = x.reshape(-1), base.reshape(-1)
+    n = fx.numel()
+    size = torch.sub(fx, fb).abs_() if sorted_size is None else None
+    cut, k, exact = trim_cut(density, n, size, sorted_size)
+    if cut == 0 or exact:
+        return (below(cut) if cut != 0 else 0.0), None
+    if sorted_size is not None:
+        above = n - int(torch.searchsorted(sorted_size, cut.reshape(1), right=True))
+    else:
+        above = int(torch.count_nonzero(size > cut))
+    if ties is None:
+        kept = tied_kept(torch.sub(fx, fb).abs_() if size is None else size, above, k)
+    else:
+        kept = ties(above, k)
+    return float(cut), kept
+
+
 def trimmed(x: Tensor, base: Tensor, density: float, weight: float,
             sorted_size: Optional[Tensor] = None,
             ties: Optional[Callable[[int, int], Tensor]] = None) -> Piece:
@@ -97,23 +121,10 @@ def trimmed(x: Tensor, base: Tensor, density: float, weight: float,
     fx, fb = x.reshape(-1), base.reshape(-1)
     if density >= 1:
         return lambda start, stop: torch.sub(fx[start:stop], fb[start:stop]).mul_(weight)
-    n = fx.numel()
-    size = torch.sub(fx, fb).abs_() if sorted_size is None else None
-    cut, k, exact = trim_cut(density, n, size, sorted_size)
-    if cut == 0 or exact:
-        threshold = below(cut) if cut != 0 else 0.0
+    value, kept = trim_plan(x, base, density, sorted_size, ties)
+    if kept is None:
         return lambda start, stop: F.hardshrink(torch.sub(fx[start:stop], fb[start:stop]),
-                                                threshold).mul_(weight)
-    if sorted_size is not None:
-        above = n - int(torch.searchsorted(sorted_size, cut.reshape(1), right=True))
-    else:
-        above = int(torch.count_nonzero(size > cut))
-    if ties is None:
-        kept = tied_kept(torch.sub(fx, fb).abs_() if size is None else size, above, k)
-    else:
-        kept = ties(above, k)
-    del size
-    value = float(cut)
+                                                value).mul_(weight)
 
     def piece(start: int, stop: int) -> Tensor:
         d = torch.sub(fx[start:stop], fb[start:stop])
@@ -154,29 +165,52 @@ SELECTIONS = ("exact", "fast")
 SAMPLE = 1 << 16  # |δ| entries sampled to bracket the cut
 
 
+def fast_bracket(fx: Tensor, fb: Tensor, density: float) -> Tuple[int, float, float, float]:
+    """(k, lo, hi, share): fast_cut's bracket of the k-th largest |x − b| from its seeded sample
+    (±5 standard deviations of a sample quantile), and the sample's share inside it."""
+    n = fx.numel()
+    k = max(1, int(density * n))
+    import numpy as np
+
+    where = torch.randint(0, n, (SAMPLE,), generator=torch.Generator().manual_seed(n))
+    if fx.device.type == "cpu":  # numpy: no fork/join per op (torch's: ~10x slower here)
+        at, xs, bs = where.numpy(), fx.numpy(), fb.numpy()
+        sample = torch.from_numpy(np.sort(np.abs(np.subtract(xs[at], bs[at]))))
+    else:
+        sample = torch.sort(torch.sub(fx[where], fb[where]).abs_()).values
+    q = (n - k) / n * SAMPLE  # the cut's expected position in the sorted sample
+    margin = 5 * (SAMPLE * (k / n) * (1 - k / n)) ** 0.5 + 2
+    lo_at, hi_at = int(q - margin), int(q + margin) + 1
+    lo = float(sample[lo_at]) if lo_at > 0 else 0.0
+    hi = float(sample[hi_at]) if hi_at < SAMPLE else float("inf")
+    return k, lo, hi, (min(hi_at, SAMPLE) - max(lo_at, 0)) / SAMPLE
+
+
+def bracketed_cut(k: int, above: int, inside: Tensor) -> Optional[Tensor]:
+    """The k-th largest |δ| from a bracket's counts: ``above`` entries over it and the values
+    ``inside`` it; None where the bracket missed the cut."""
+    rank = k - above  # the cut is the rank-th largest inside the bracket
+    if not 1 <= rank <= inside.numel():
+        return None
+    return select_kth(inside, inside.numel() - rank + 1)
+
+
 def fast_cut(fx: Tensor, fb: Tensor, density: float) -> Tensor:
     """The k-th largest |x − b| (k = max(1, ⌊density·n⌋)): the value trim_cut finds, without a
-    sort or a selection over all n entries. A seeded sample of |δ| brackets the cut (±5 standard
-    deviations of a sample quantile); one pass over slices counts the entries above the bracket
-    and keeps those inside it (about 2 % of n), and the cut is selected among those. Should the
-    bracket miss (rarely), the full selection decides. Deterministic; the value is exact."""
+    sort or a selection over all n entries. A seeded sample of |δ| brackets the cut (fast_bracket);
+    one pass over slices counts the entries above the bracket and keeps those inside it (about
+    2 % of n), and the cut is selected among those. Should the bracket miss (rarely), the full
+    selection decides. Deterministic; the value is exact."""
     import numpy as np
 
     from .combine import SLICE, run_slices
 
     n = fx.numel()
-    k = max(1, int(density * n))
     if n <= 4 * SAMPLE or fx.device.type != "cpu":
         return trim_cut(density, n, torch.sub(fx, fb).abs_())[0]
-    where = torch.randint(0, n, (SAMPLE,), generator=torch.Generator().manual_seed(n))
-    sample = torch.sort(torch.sub(fx[where], fb[where]).abs_()).values
-    q = (n - k) / n * SAMPLE  # the cut's expected position in the sorted sample
-    margin = 5 * (SAMPLE * (k / n) * (1 - k / n)) ** 0.5 + 2
-    lo_at, hi_at = int(q - margin), int(q + margin) + 1
-    lo = sample[lo_at] if lo_at > 0 else torch.zeros(())
-    hi = sample[hi_at] if hi_at < SAMPLE else torch.tensor(float("inf"))
+    k, low, high, _ = fast_bracket(fx, fb, density)
     above, inside = {}, {}
-    xs, bs, low, high = fx.numpy(), fb.numpy(), float(lo), float(hi)
+    xs, bs = fx.numpy(), fb.numpy()
 
     def scan(start: int, stop: int) -> None:  # numpy: its boolean ops are ~4x torch's here
         size = np.subtract(xs[start:stop], bs[start:stop])
@@ -184,11 +218,9 @@ def fast_cut(fx: Tensor, fb: Tensor, density: float) -> Tensor:
         above[start] = int(np.count_nonzero(size > high))
         inside[start] = size[(size >= low) & (size <= high)]
     run_slices(n, scan, chunk=SLICE)
-    rank = k - sum(above.values())  # the cut is the rank-th largest inside the bracket
     values = torch.from_numpy(np.concatenate([inside[s] for s in sorted(inside)]))
-    if not 1 <= rank <= values.numel():
-        return trim_cut(density, n, torch.sub(fx, fb).abs_())[0]
-    return select_kth(values, values.numel() - rank + 1)
+    cut = bracketed_cut(k, sum(above.values()), values)
+    return trim_cut(density, n, torch.sub(fx, fb).abs_())[0] if cut is None else cut
 
 
 def trimmed_fast(x: Tensor, base: Tensor, density: float, weight: float,

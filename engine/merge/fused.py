@@ -1,0 +1,568 @@
+"""Fused CPU kernels (numba) for TIES and DARE on float32: one pass over the sources and the base
+per slice, in place of ``combine``'s ~20 eager torch ops per 32K-entry slice.
+
+Each source's weighted sparse delta p_i is made per block of ``BLOCK`` entries inside the kernel
+(trim by thresholds, or a fast-RNG drop), then sign election, the disjoint mean and λ are applied
+to the block while it sits in L1, and base + merged is written once. Every float operation is the
+torch path's, in the same order, in float32 (no fastmath, no FMA contraction: numba's default), so
+the results are the same bits (``combine``'s docstring gives the rounding argument; tests compare
+bit for bit). The torch path stays the reference and runs on CUDA, other dtypes, and whenever
+numba cannot be imported (``ENABLED`` off: tests force it).
+
+TIES selection='fast' folds fast_cut's counting pass into the merge: each source's cut is
+bracketed from the seeded sample as before; the merge pass decides every entry whose |δ_i| lie
+outside their brackets, counts the entries above each bracket and collects the in-bracket values
+(~2 % of entries); the cut is then selected among those (fast_cut's very value) and only the
+deferred entries are merged again. TIES exact applies mergekit's cut, and its kept ties at a
+surplus cut as a fix-up of those few entries.
+
+DARE rng='fast' draws a counter-based hash inside the kernel (splitmix64 of (source seed, flat
+index)): no mask is stored, and the draws do not depend on the thread count or the slicing.
+Compiled on first use per process (numba's on-disk cache pickles its index: never cache=True).
+"""
+from __future__ import annotations
+
+from typing import List, Optional, Sequence
+
+import math
+
+import numpy as np
+import torch
+from torch import Tensor
+
+try:  # numba compiles the kernels without a C compiler at run time
+    import numba
+    AVAILABLE = True
+except Exception:  # noqa: BLE001 - missing or broken: the torch kernels run, with no error
+    numba = None
+    AVAILABLE = False
+ENABLED = AVAILABLE  # tests switch it off to run the torch path where numba is installed
+
+BLOCK = 2048  # entries per block: K+3 float32 rows of scratch (~40 KB at K=5) stay in L1/L2; measured
+# 512-8192 (2048 best, ~1.7x 512)
+SLICE = 1 << 18  # entries per worker call: Python's per-call cost spread over 256K entries
+
+MIN_ENTRIES = 1 << 17  # smaller tensors (biases, norms, the tiny test zoo) take the torch path
+COLD_MIN = 1 << 22  # the kernels compile on first use (2.7-3.5 s per process and source count,
+# measured under load): before that only a tensor this large starts them (an XLM-R embedding, 192 M
+# entries, saves ~2 s per TIES merge; the demo's largest, 1.3 M, ~20 ms)
+COMPILED: set = set()  # source counts the merge kernel has run for in this process
+PLAIN, TRIM, DROP = 0, 1, 2  # per-source modes: δ·w; hardshrink by thresholds; fast drop
+LANES = 8  # running sums in the L1-norm pass
+
+GOLDEN = 0x9E3779B97F4A7C15
+MIX1, MIX2 = 0xBF58476D1CE4E5B9, 0x94D049BB133111EB
+MASK64 = (1 << 64) - 1
+
+
+def usable(tensors: Sequence[Tensor], base: Optional[Tensor]) -> bool:
+    """True where the fused kernels apply: numba there, CPU float32 contiguous inputs of at least
+    MIN_ENTRIES entries, and COLD_MIN until the kernels are compiled for this many sources in
+    this process (a one-shot demo-size merge does not pay a compile it would not win back)."""
+    if not ENABLED or base is None or base.numel() < MIN_ENTRIES:
+        return False
+    if base.numel() < COLD_MIN and len(tensors) not in COMPILED:
+        return False
+    return all(t.device.type == "cpu" and t.dtype == torch.float32 and t.is_contiguous()
+               and t.shape == base.shape for t in [*tensors, base])
+
+
+def keep_threshold(keep_prob: float) -> int:
+    """The 64-bit bound T: an entry is kept iff its hash < T, probability ⌊p·2⁶⁴⌋/2⁶⁴."""
+    return min(MASK64, int(keep_prob * 2.0 ** 64))
+
+
+def splitmix(seed: int, index: np.ndarray) -> np.ndarray:
+    """splitmix64's output for counter ``index`` of the stream ``seed`` (numpy, uint64): the
+    reference for the kernel's draws."""
+    z = (index.astype(np.uint64) + np.uint64(1)) * np.uint64(GOLDEN) + np.uint64(seed & MASK64)
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(MIX1)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(MIX2)
+    return z ^ (z >> np.uint64(31))
+
+
+if AVAILABLE:
+    _jit = numba.njit(nogil=True, cache=False)
+    _U30, _U27, _U31 = np.uint64(30), np.uint64(27), np.uint64(31)
+    _G, _M1, _M2, _ONE = np.uint64(GOLDEN), np.uint64(MIX1), np.uint64(MIX2), np.uint64(1)
+
+    @_jit
+    def _hash(seed, j):
+        z = (np.uint64(j) + _ONE) * _G + seed
+        z = (z ^ (z >> _U30)) * _M1
+        z = (z ^ (z >> _U27)) * _M2
+        return z ^ (z >> _U31)
+
+    # Loops index views from 0 (x[j], not x[at + j]): numba then proves the index non-negative
+    # and LLVM vectorises them (measured 5x).
+
+    @_jit
+    def _pieces(xs, bb, at, m, mode, lo, hi, pw, seed, bound, keep, P, A, U, above):
+        """P[i, :m] = p_i (δ_i trimmed or dropped, times pw_i) over entries [at, at + m), ``bb``
+        the base there; U[j] = 1 where some source's |δ| falls in its bracket [lo, hi]
+        (undecided); above[i] counts |δ| > hi. With ``keep``, A[i, j] = δ_i (what a deferred
+        entry is merged from later, without reading the sources again)."""
+        zero = np.float32(0.0)
+        one = np.float32(1.0)
+        for j in range(m):
+            U[j] = 0
+        for i in range(len(xs)):
+            x = xs[i][at:at + m]
+            p = P[i]
+            wi = pw[i]
+            if keep:
+                a = A[i]
+                for j in range(m):
+                    a[j] = x[j] - bb[j]
+            if mode[i] == PLAIN:
+                for j in range(m):
+                    p[j] = (x[j] - bb[j]) * wi
+            elif mode[i] == TRIM and lo[i] > hi[i]:  # a known threshold
+                high = hi[i]
+                for j in range(m):
+                    d = x[j] - bb[j]
+                    # hardshrink(d, high) · w: +0 where -high <= d <= high (|d| exact; NaN kept)
+                    p[j] = (zero if abs(d) <= high else d) * wi
+            elif mode[i] == TRIM:  # a bracket: count above it, flag entries inside it
+                low, high = lo[i], hi[i]
+                count = 0
+                for j in range(m):
+                    d = x[j] - bb[j]
+                    s = abs(d)
+                    p[j] = (zero if s <= high else d) * wi
+                    count += 1 if s > high else 0
+                    U[j] |= np.uint8((s >= low) & (s <= high))
+                above[i] += count
+            else:
+                sd, bd = seed[i], bound[i]
+                for j in range(m):
+                    d = x[j] - bb[j]
+                    keep_it = one if _hash(sd, at + j) < bd else zero
+                    p[j] = (d * keep_it + zero) * wi  # + 0: a dropped entry is +0
+
+    @_jit
+    def _combine(P, k, m, consensus, normalize, w, divisor, scale, scaled, S, M, D, bb, o):
+        """o[j] = bb[j] + λ·[Σ m_i p_i]/[Σ w_i m_i]: ``combine``'s operations, in its order."""
+        zero = np.float32(0.0)
+        one = np.float32(1.0)
+        p = P[0]
+        for j in range(m):
+            S[j] = p[j]
+        for i in range(1, k):
+            p = P[i]
+            for j in range(m):
+                S[j] = S[j] + p[j]
+        if not consensus:
+            for j in range(m):
+                v = S[j]
+                if normalize:
+                    v = v / divisor
+                if scaled:
+                    v = v * scale
+                o[j] = v + bb[j]
+            return
+        for j in range(m):
+            S[j] = np.copysign(one, S[j])  # the elected sign (a sum of -0 elects -)
+        p, w0 = P[0], w[0]
+        for j in range(m):
+            a = p[j] * S[j]
+            a = a if a > zero else zero  # relu: |p| where p agrees with the elected sign
+            M[j] = a
+            D[j] = (one if a > zero else zero) * w0
+        for i in range(1, k):
+            p, wi = P[i], w[i]
+            for j in range(m):
+                a = p[j] * S[j]
+                a = a if a > zero else zero
+                M[j] = M[j] + a
+                D[j] = D[j] + (one if a > zero else zero) * wi
+        if normalize:
+            for j in range(m):
+                d = D[j]
+                M[j] = M[j] / (d + one if d == zero else d)  # no source agrees: divide by 1
+        if scaled:
+            for j in range(m):
+                S[j] = S[j] * scale
+        for j in range(m):
+            o[j] = M[j] * S[j] + bb[j]
+
+    @_jit
+    def _merge_slice(xs, b, ob, out, start, stop, mode, lo, hi, pw, w, seed, bound, consensus,
+                     normalize, divisor, scale, scaled, deferred, dvals, bvals, inside, counts,
+                     above):
+        """Merges entries [start, stop) block by block. Entries left undecided by a bracket are
+        listed in ``deferred`` with their δ_i (dvals[:, e]) and base (bvals[e]), for
+        ``_fix_deferred``; the in-bracket |δ_i| go to inside[i, :counts[i]]. Returns how many
+        entries were deferred. ``ob``: the base added to the output (``b`` itself, except when
+        deferred entries are merged again from their δ_i: b = 0, ob = their base)."""
+        k = len(xs)
+        P = np.empty((k, BLOCK), dtype=np.float32)
+        S = np.empty(BLOCK, dtype=np.float32)
+        M = np.empty(BLOCK, dtype=np.float32)
+        D = np.empty(BLOCK, dtype=np.float32)
+        U = np.empty(BLOCK, dtype=np.uint8)
+        A = np.empty((k, BLOCK), dtype=np.float32)
+        bracketed = False
+        for i in range(k):
+            counts[i] = 0
+            above[i] = 0
+            bracketed |= mode[i] == TRIM and lo[i] <= hi[i]
+        n_deferred = 0
+        for at in range(start, stop, BLOCK):
+            m = min(BLOCK, stop - at)
+            bb = b[at:at + m]
+            _pieces(xs, bb, at, m, mode, lo, hi, pw, seed, bound, bracketed, P, A, U, above)
+            _combine(P, k, m, consensus, normalize, w, divisor, scale, scaled, S, M, D,
+                     ob[at:at + m], out[at:at + m])
+            if bracketed:
+                for j in range(m):
+                    if U[j]:
+                        deferred[n_deferred] = at + j
+                        bvals[n_deferred] = bb[j]
+                        for i in range(k):
+                            d = A[i, j]
+                            dvals[i, n_deferred] = d
+                            if mode[i] == TRIM and lo[i] <= abs(d) <= hi[i]:
+                                inside[i, counts[i]] = abs(d)
+                                counts[i] += 1
+                        n_deferred += 1
+        return n_deferred
+
+    @_jit
+    def _fix_pieces(G, GB, idx, m, mode, hi, pw, seed, bound, P):
+        """_pieces over gathered entries (G[i, j] = x_i[idx[j]], made δ_i here): the same
+        formulas."""
+        zero = np.float32(0.0)
+        one = np.float32(1.0)
+        for i in range(G.shape[0]):
+            x, p, wi = G[i], P[i], pw[i]
+            for j in range(m):
+                x[j] = x[j] - GB[j]
+            if mode[i] == PLAIN:
+                for j in range(m):
+                    p[j] = x[j] * wi
+            elif mode[i] == TRIM:
+                high = hi[i]
+                for j in range(m):
+                    d = x[j]
+                    p[j] = (zero if abs(d) <= high else d) * wi
+            else:
+                sd, bd = seed[i], bound[i]
+                for j in range(m):
+                    keep = one if _hash(sd, idx[j]) < bd else zero
+                    p[j] = (x[j] * keep + zero) * wi
+
+    @_jit
+    def _fix(xs, b, out, where, mode, hi, pw, w, seed, bound, forced, forced_at, consensus,
+             normalize, divisor, scale, scaled):
+        """Merges again the entries ``where`` (ascending), source i's trim keeping |δ| > hi[i]
+        and the entries forced[forced_at[i]:forced_at[i+1]] (ascending): mergekit's kept ties at
+        a surplus cut, or entries a bracket deferred (now that the cut is known). Gathers them
+        into blocks and merges those with the pass's own code (the same operations)."""
+        k = len(xs)
+        P = np.empty((k, BLOCK), dtype=np.float32)
+        S = np.empty(BLOCK, dtype=np.float32)
+        M = np.empty(BLOCK, dtype=np.float32)
+        D = np.empty(BLOCK, dtype=np.float32)
+        G = np.empty((k, BLOCK), dtype=np.float32)
+        GB = np.empty(BLOCK, dtype=np.float32)
+        O = np.empty(BLOCK, dtype=np.float32)
+        cursor = forced_at[:k].copy()
+        for at in range(0, where.size, BLOCK):
+            m = min(BLOCK, where.size - at)
+            idx = where[at:at + m]
+            for j in range(m):
+                GB[j] = b[idx[j]]
+            for i in range(k):
+                x, g = xs[i], G[i]
+                for j in range(m):
+                    g[j] = x[idx[j]]
+            _fix_pieces(G, GB, idx, m, mode, hi, pw, seed, bound, P)
+            for i in range(k):  # forced entries: δ kept whatever its size
+                if mode[i] != TRIM:
+                    continue
+                c, end, p = cursor[i], forced_at[i + 1], P[i]
+                for j in range(m):
+                    while c < end and forced[c] < idx[j]:
+                        c += 1
+                    if c < end and forced[c] == idx[j]:
+                        p[j] = G[i, j] * pw[i]  # G holds δ now
+                cursor[i] = c
+            _combine(P, k, m, consensus, normalize, w, divisor, scale, scaled, S, M, D,
+                     GB[:m], O[:m])
+            for j in range(m):
+                out[idx[j]] = O[j]
+
+    @_jit
+    def _l1_slice(xs, b, start, stop, seed, bound, sums):
+        """sums[i] = (Σ|δ_i|, Σ|kept δ_i|) over [start, stop) in float64, for DARE's 'l1'
+        rescale: every source in one read-only pass over the base. LANES running sums (entry j
+        into lane j mod LANES, lanes added in order at the end): a fixed order, and independent
+        adds that vectorise where one running sum waits on each add."""
+        m = stop - start
+        full = m - m % LANES
+        bb = b[start:stop]
+        for i in range(len(xs)):
+            x = xs[i][start:stop]
+            sd, bd = seed[i], bound[i]
+            before = np.zeros(LANES)
+            after = np.zeros(LANES)
+            for at in range(0, full, LANES):
+                for lane in range(LANES):
+                    s = np.float64(abs(x[at + lane] - bb[at + lane]))
+                    before[lane] += s
+                    after[lane] += s if _hash(sd, start + at + lane) < bd else 0.0
+            for j in range(full, m):
+                s = np.float64(abs(x[j] - bb[j]))
+                before[0] += s
+                after[0] += s if _hash(sd, start + j) < bd else 0.0
+            total_before = 0.0
+            total_after = 0.0
+            for lane in range(LANES):
+                total_before += before[lane]
+                total_after += after[lane]
+            sums[i, 0] = total_before
+            sums[i, 1] = total_after
+
+
+class Plan:
+    """Per source: how its weighted sparse delta p_i is made (``mode``), the trim thresholds
+    (keep |δ| > hi; lo ≤ hi brackets an unknown cut), the multiplier ``pw`` of p_i (w_i, or
+    w_i·factor after a drop), the drop stream (seed, bound) and the entries a trim keeps whatever
+    their size (``forced``, ascending)."""
+
+    def __init__(self, k: int):
+        self.mode = np.zeros(k, np.int8)
+        self.lo = np.full(k, np.float32(1.0))
+        self.hi = np.full(k, np.float32(-1.0))
+        self.pw = np.zeros(k, np.float32)
+        self.seed = np.zeros(k, np.uint64)
+        self.bound = np.zeros(k, np.uint64)
+        self.forced: List[np.ndarray] = [np.zeros(0, np.int64) for _ in range(k)]
+
+    def plain(self, i: int, weight: float) -> None:
+        self.mode[i], self.pw[i] = PLAIN, weight
+
+    def trim(self, i: int, weight: float, threshold: float, lo: Optional[float] = None,
+             forced: Optional[np.ndarray] = None) -> None:
+        """Keeps |δ| > threshold (hardshrink's rule); ``lo`` < threshold: [lo, threshold] is a
+        bracket whose entries are deferred (the cut lies in it, not yet known)."""
+        self.mode[i], self.pw[i], self.hi[i] = TRIM, weight, threshold
+        self.lo[i] = np.nextafter(np.float32(threshold), np.float32(np.inf)) if lo is None else lo
+        if forced is not None:
+            self.forced[i] = np.ascontiguousarray(forced, dtype=np.int64)
+
+    def drop(self, i: int, multiplier: float, seed: int, keep_prob: float) -> None:
+        self.mode[i], self.pw[i] = DROP, multiplier
+        self.seed[i], self.bound[i] = seed & MASK64, keep_threshold(keep_prob)
+
+
+def _subplan(plan: Plan, which: List[int]) -> Plan:
+    sub = Plan(len(which))
+    for j, i in enumerate(which):
+        sub.mode[j], sub.pw[j], sub.seed[j], sub.bound[j] = (plan.mode[i], plan.pw[i],
+                                                             plan.seed[i], plan.bound[i])
+    return sub
+
+
+def _flat(t: Tensor) -> np.ndarray:
+    return t.detach().reshape(-1).numpy()
+
+
+def _workers() -> int:
+    return max(1, torch.get_num_threads())
+
+
+class Deferred:
+    """What a bracketed merge pass leaves: the undecided entries (ascending), their δ_i (k × m)
+    and base values, and per source the in-bracket |δ| and the count above the bracket."""
+
+    def __init__(self, k: int, parts: dict):
+        order = sorted(parts)
+        self.index = np.concatenate([parts[s][0] for s in order]) if order \
+            else np.zeros(0, np.int64)
+        self.deltas = np.concatenate([parts[s][1] for s in order], axis=1) if order \
+            else np.zeros((k, 0), np.float32)
+        self.base = np.concatenate([parts[s][2] for s in order]) if order \
+            else np.zeros(0, np.float32)
+        self.inside = [np.concatenate([parts[s][3][i] for s in order]) if order
+                       else np.zeros(0, np.float32) for i in range(k)]
+        self.above = [sum(int(parts[s][4][i]) for s in order) for i in range(k)]
+
+
+def _divisor(weights: List[float]):
+    total = sum(weights)
+    return np.float32(total if abs(total) >= 1e-8 else 1.0)
+
+
+def merge(tensors: Sequence[Tensor], base: Tensor, weights: List[float], plan: Plan, *,
+          consensus: bool, normalize: bool, scale: float):
+    """base + λ·[Σ m_i p_i]/[Σ w_i m_i] in one pass per slice (``combine``'s result, bit for bit).
+    Returns (out, Deferred): the entries a bracket left undecided are merged by
+    ``fix_deferred`` once the cuts are known."""
+    from .combine import run_slices
+
+    xs, b = tuple(_flat(t) for t in tensors), _flat(base)
+    n, k = b.size, len(xs)
+    out = np.empty(n, np.float32)
+    w = np.asarray(weights, np.float32)
+    bracketed = bool(np.any((plan.mode == TRIM) & (plan.lo <= plan.hi)))
+    parts = {}
+
+    def work(start: int, stop: int) -> None:
+        size = stop - start if bracketed else 1
+        deferred, bvals = np.empty(size, np.int64), np.empty(size, np.float32)
+        dvals, inside = np.empty((k, size), np.float32), np.empty((k, size), np.float32)
+        counts, above = np.zeros(k, np.int64), np.zeros(k, np.int64)
+        got = _merge_slice(xs, b, b, out, start, stop, plan.mode, plan.lo, plan.hi, plan.pw, w,
+                           plan.seed, plan.bound, consensus, normalize, _divisor(weights),
+                           np.float32(scale), scale != 1, deferred, dvals, bvals, inside,
+                           counts, above)
+        if bracketed:
+            parts[start] = (deferred[:got].copy(), dvals[:, :got].copy(), bvals[:got].copy(),
+                            [inside[i, :counts[i]].copy() for i in range(k)], above)
+    run_slices(n, work, chunk=SLICE, workers=_workers())
+    COMPILED.add(k)
+    forced = [f for f in plan.forced if f.size]
+    if forced:
+        fix(xs, b, out, np.unique(np.concatenate(forced)), plan, w, consensus=consensus,
+            normalize=normalize, divisor=_divisor(weights), scale=scale)
+    return out, Deferred(k, parts)
+
+
+def fix_deferred(out: np.ndarray, deferred: Deferred, plan: Plan, weights: List[float], *,
+                 consensus: bool, normalize: bool, scale: float) -> None:
+    """Merges the deferred entries under ``plan`` (cuts now final) from their kept δ_i and base,
+    with the pass's own kernel (δ − 0 is δ, bit for bit; no second kernel to compile)."""
+    from .combine import run_slices
+
+    assert not np.any(plan.mode == DROP)  # a drop's draw depends on the entry's index
+    size, k = deferred.index.size, len(plan.mode)
+    xs = tuple(np.ascontiguousarray(deferred.deltas[i]) for i in range(k))
+    zeros, merged = np.zeros(size, np.float32), np.empty(size, np.float32)
+    w, none = np.asarray(weights, np.float32), np.zeros(1, np.int64)
+
+    def work(start: int, stop: int) -> None:  # disjoint entries: any split gives the same bits
+        _merge_slice(xs, zeros, deferred.base, merged, start, stop, plan.mode, plan.lo, plan.hi,
+                     plan.pw, w, plan.seed, plan.bound, consensus, normalize, _divisor(weights),
+                     np.float32(scale), scale != 1, none, np.zeros((k, 1), np.float32),
+                     np.zeros(1, np.float32), np.zeros((k, 1), np.float32),
+                     np.zeros(k, np.int64), np.zeros(k, np.int64))
+    run_slices(size, work, chunk=max(BLOCK, -(-size // _workers())), workers=_workers())
+    out[deferred.index] = merged
+
+
+def fix(xs, b, out, where: np.ndarray, plan: Plan, w: np.ndarray, *, consensus: bool,
+        normalize: bool, divisor, scale: float) -> None:
+    """Merges the entries ``where`` (ascending) again under ``plan`` (thresholds now final)."""
+    forced_at = np.zeros(len(xs) + 1, np.int64)
+    forced_at[1:] = np.cumsum([f.size for f in plan.forced])
+    from .combine import run_slices
+
+    forced = np.concatenate(plan.forced) if forced_at[-1] else np.zeros(1, np.int64)
+    where = np.ascontiguousarray(where, np.int64)
+
+    def work(start: int, stop: int) -> None:  # disjoint entries: any split gives the same bits
+        _fix(xs, b, out, where[start:stop], plan.mode, plan.hi, plan.pw, w, plan.seed,
+             plan.bound, forced, forced_at, consensus, normalize, divisor, np.float32(scale),
+             scale != 1)
+    run_slices(where.size, work, chunk=max(BLOCK, -(-where.size // _workers())),
+               workers=_workers())
+
+
+def l1_sums(tensors: Sequence[Tensor], base: Tensor, plan: Plan) -> np.ndarray:
+    """(‖δ_i‖₁, ‖kept δ_i‖₁) per source under ``plan``'s fast drops, read-only, in float64: per
+    fixed slice in entry order, the slices added in order (independent of the thread count)."""
+    from .combine import run_slices
+
+    xs, b = tuple(_flat(t) for t in tensors), _flat(base)
+    sums = {}
+
+    def work(start: int, stop: int) -> None:
+        part = np.zeros((len(xs), 2), np.float64)
+        _l1_slice(xs, b, start, stop, plan.seed, plan.bound, part)
+        sums[start] = part
+    run_slices(b.size, work, chunk=BLOCK * 8, workers=_workers())
+    total = np.zeros((len(xs), 2), np.float64)
+    for start in sorted(sums):
+        total += sums[start]
+    return total
+
+
+def ties(tensors: Sequence[Tensor], base: Tensor, weights: List[float], densities: List[float],
+         *, selection: str, consensus: bool, normalize: bool, scale: float,
+         sorted_sizes: Optional[Sequence[Optional[Tensor]]] = None, ties_of=None) -> Tensor:
+    """TIES (trim + consensus + disjoint mean + λ + base), fused: sparse.py's kernel on CPU
+    float32. selection='exact': mergekit's cut and kept ties (trim_plan), applied in the pass and
+    as a fix-up of the tied entries; 'fast': fast_cut's cut, found inside the merge pass where a
+    bracket applies (see the module docstring). ``sorted_sizes`` / ``ties_of(i)``: a MergeCache's
+    sorted |δ_i| and tied-order lookups."""
+    from .sparse_trim import (SAMPLE, below, bracketed_cut, fast_bracket, fast_cut, trim_cut,
+                              trim_plan)
+
+    k, n = len(tensors), base.numel()
+    plan = Plan(k)
+    flat_base = base.reshape(-1)
+    brackets = {}
+    for i, (x, d, w) in enumerate(zip(tensors, densities, weights)):
+        sorted_size = None if sorted_sizes is None else sorted_sizes[i]
+        if d >= 1:
+            plan.plain(i, w)
+        elif selection == "exact":
+            threshold, kept = trim_plan(x, base, d, sorted_size, ties_of(i) if ties_of else None)
+            plan.trim(i, w, threshold, forced=None if kept is None else kept.numpy())
+        elif sorted_size is not None or n <= 4 * SAMPLE:
+            cut = (trim_cut(d, n, sorted_size=sorted_size)[0] if sorted_size is not None
+                   else fast_cut(x.reshape(-1), flat_base, d))
+            plan.trim(i, w, below(cut) if cut != 0 else 0.0)
+        else:
+            kth, lo, hi, share = fast_bracket(x.reshape(-1), flat_base, d)
+            if share > 0.1:  # an extreme density: a wide bracket would defer too much
+                cut = fast_cut(x.reshape(-1), flat_base, d)
+                plan.trim(i, w, below(cut) if cut != 0 else 0.0)
+            else:
+                brackets[i] = kth
+                plan.trim(i, w, np.float32(hi), lo=np.float32(lo))
+    out, deferred = merge(tensors, base, weights, plan, consensus=consensus,
+                          normalize=normalize, scale=scale)
+    if brackets:
+        missed = False
+        for i, kth in brackets.items():
+            cut = bracketed_cut(kth, deferred.above[i], torch.from_numpy(deferred.inside[i]))
+            if cut is None:  # the bracket missed (rarely): the full selection decides
+                missed = True
+                size = torch.sub(tensors[i].reshape(-1), flat_base).abs_()
+                cut = trim_cut(densities[i], n, size)[0]
+            plan.trim(i, weights[i], below(cut) if cut != 0 else 0.0)
+        if missed:  # entries outside a missed bracket were decided on a wrong premise
+            out = merge(tensors, base, weights, plan, consensus=consensus,
+                        normalize=normalize, scale=scale)[0]
+        else:
+            fix_deferred(out, deferred, plan, weights, consensus=consensus,
+                         normalize=normalize, scale=scale)
+    return torch.from_numpy(out).view(base.shape)
+
+
+def dare(tensors: Sequence[Tensor], base: Tensor, weights: List[float], densities: List[float],
+         *, rescale: str, generator, consensus: bool, normalize: bool, scale: float) -> Tensor:
+    """DARE rng='fast' (drop + rescale + optional consensus + λ + base), fused: the keep draws
+    are hashed inside the kernel (no mask held); 'l1' first sums each source's norms in a
+    read-only pass. The same drops and bits as sparse_drop.dropped_fast under ``combine``."""
+    from .sparse_drop import fast_seed
+
+    plan = Plan(len(tensors))
+    for i, (d, w) in enumerate(zip(densities, weights)):
+        if d >= 1:  # no draws, as in the torch path
+            plan.plain(i, w)
+        else:
+            factor = 1.0 / d if rescale == "inverse_density" else 1.0  # as dropped_fast rounds
+            plan.drop(i, w * factor, fast_seed(generator), d)
+    dropping = [i for i in range(len(tensors)) if plan.mode[i] == DROP]
+    if rescale == "l1" and dropping:
+        sums = l1_sums([tensors[i] for i in dropping], base, _subplan(plan, dropping))
+        for (before, after), i in zip(sums, dropping):
+            factor = 1.0 if before < 1e-7 or after < 1e-7 else before / after
+            plan.pw[i] = weights[i] * factor
+    out = merge(tensors, base, weights, plan, consensus=consensus, normalize=normalize,
+                scale=scale)[0]
+    return torch.from_numpy(out).view(base.shape)
