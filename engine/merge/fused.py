@@ -24,7 +24,6 @@ from __future__ import annotations
 
 from typing import List, Optional, Sequence
 
-import math
 
 import numpy as np
 import torch
@@ -79,6 +78,12 @@ def splitmix(seed: int, index: np.ndarray) -> np.ndarray:
     z = (z ^ (z >> np.uint64(30))) * np.uint64(MIX1)
     z = (z ^ (z >> np.uint64(27))) * np.uint64(MIX2)
     return z ^ (z >> np.uint64(31))
+
+
+def fast_seed(generator) -> int:
+    """A 63-bit seed drawn from the kernel's generator: each source gets its own, in order, and a
+    key's generator (seeded by (seed, key)) makes the whole merge deterministic per seed."""
+    return int(torch.randint(0, 2 ** 62, (1,), generator=generator))
 
 
 if AVAILABLE:
@@ -548,7 +553,6 @@ def dare(tensors: Sequence[Tensor], base: Tensor, weights: List[float], densitie
     """DARE rng='fast' (drop + rescale + optional consensus + λ + base), fused: the keep draws
     are hashed inside the kernel (no mask held); 'l1' first sums each source's norms in a
     read-only pass. The same drops and bits as sparse_drop.dropped_fast under ``combine``."""
-    from .sparse_drop import fast_seed
 
     plan = Plan(len(tensors))
     for i, (d, w) in enumerate(zip(densities, weights)):

@@ -118,12 +118,6 @@ RNG_STREAM = "2"  # rng='fast' draws, versioned in a run's content key (engine/r
 # 1 was numpy PCG64 bytes per 1M-entry block; 2 hashes (seed, flat index) with splitmix64
 
 
-def fast_seed(generator) -> int:
-    """A 63-bit seed drawn from the kernel's generator: each source gets its own, in order, and a
-    key's generator (seeded by (seed, key)) makes the whole merge deterministic per seed."""
-    return int(torch.randint(0, 2 ** 62, (1,), generator=generator))
-
-
 def fast_keep_mask(n: int, keep_prob: float, seed: int) -> Tensor:
     """A uint8 keep mask (1 = keep) over n entries, each kept independently with probability
     keep_prob (exact to 2⁻⁶⁴): entry i is kept iff splitmix64(seed, i) < ⌊keep_prob·2⁶⁴⌋, a
@@ -158,6 +152,7 @@ def dropped_fast(x: Tensor, base: Tensor, density: float, weight: float, rescale
     if density >= 1:
         return lambda start, stop: torch.sub(fx[start:stop], fb[start:stop]).mul_(weight)
     from .combine import SLICE, run_slices
+    from .fused import fast_seed
 
     n = fx.numel()
     keep = fast_keep_mask(n, density, fast_seed(generator)).to(fx.device)
