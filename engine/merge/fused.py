@@ -24,7 +24,6 @@ from __future__ import annotations
 
 from typing import List, Optional, Sequence
 
-
 import numpy as np
 import torch
 from torch import Tensor
