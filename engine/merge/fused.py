@@ -18,13 +18,16 @@ surplus cut as a fix-up of those few entries.
 
 DARE rng='fast' draws a counter-based hash inside the kernel (splitmix64 of (source seed, flat
 index)): no mask is stored, and the draws do not depend on the thread count or the slicing.
-Compiled on first use per process (numba's on-disk cache pickles its index: never cache=True).
+Compiled on first use per process (numba's on-disk cache pickles its index: never cache=True);
+long jobs compile up front on a background thread (fused_warm.py), after which every tensor from
+MIN_ENTRIES runs here.
 """
 from __future__ import annotations
 
-from typing import List, Optional, Sequence
+from typing import Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import math
+import threading
 
 import numpy as np
 import torch
@@ -47,6 +50,8 @@ COLD_MIN = 1 << 22  # the kernels compile on first use (2.7-3.5 s per process an
 # measured under load): before that only a tensor this large starts them (an XLM-R embedding, 192 M
 # entries, saves ~2 s per TIES merge; the demo's largest, 1.3 M, ~20 ms)
 COMPILED: set = set()  # source counts the merge kernel has run for in this process
+RUNS = {"ties": 0, "dare": 0}  # fused merges run in this process (what tests and benches read)
+_LOCK = threading.Lock()
 PLAIN, TRIM, DROP = 0, 1, 2  # per-source modes: δ·w; hardshrink by thresholds; fast drop
 LANES = 8  # running sums in the L1-norm pass
 
@@ -65,6 +70,11 @@ def usable(tensors: Sequence[Tensor], base: Optional[Tensor]) -> bool:
         return False
     return all(t.device.type == "cpu" and t.dtype == torch.float32 and t.is_contiguous()
                and t.shape == base.shape for t in [*tensors, base])
+
+
+def _count(kind: str) -> None:
+    with _LOCK:
+        RUNS[kind] += 1
 
 
 def keep_threshold(keep_prob: float) -> int:
@@ -402,6 +412,7 @@ def merge(tensors: Sequence[Tensor], base: Tensor, weights: List[float], plan: P
     ``fix_deferred`` once the cuts are known."""
     from .combine import run_slices
 
+    consensus, normalize = bool(consensus), bool(normalize)  # one compiled signature per k
     xs, b = tuple(_flat(t) for t in tensors), _flat(base)
     n, k = b.size, len(xs)
     out = np.empty(n, np.float32)
@@ -422,11 +433,11 @@ def merge(tensors: Sequence[Tensor], base: Tensor, weights: List[float], plan: P
             parts[start] = (deferred[:got].copy(), dvals[:, :got].copy(), bvals[:got].copy(),
                             [inside[i, :counts[i]].copy() for i in range(k)], above)
     run_slices(n, work, chunk=SLICE, workers=_workers())
-    COMPILED.add(k)
     forced = [f for f in plan.forced if f.size]
     if forced:
         fix(xs, b, out, np.unique(np.concatenate(forced)), plan, w, consensus=consensus,
             normalize=normalize, divisor=_divisor(weights), scale=scale)
+    COMPILED.add(k)
     return out, Deferred(k, parts)
 
 
@@ -437,6 +448,7 @@ def fix_deferred(out: np.ndarray, deferred: Deferred, plan: Plan, weights: List[
     from .combine import run_slices
 
     assert not np.any(plan.mode == DROP)  # a drop's draw depends on the entry's index
+    consensus, normalize = bool(consensus), bool(normalize)
     size, k = deferred.index.size, len(plan.mode)
     xs = tuple(np.ascontiguousarray(deferred.deltas[i]) for i in range(k))
     zeros, merged = np.zeros(size, np.float32), np.empty(size, np.float32)
@@ -500,6 +512,7 @@ def ties(tensors: Sequence[Tensor], base: Tensor, weights: List[float], densitie
     from .sparse_trim import (SAMPLE, below, bracketed_cut, fast_bracket, fast_cut, trim_cut,
                               trim_plan)
 
+    _count("ties")
     k, n = len(tensors), base.numel()
     plan = Plan(k)
     flat_base = base.reshape(-1)
@@ -550,6 +563,7 @@ def dare(tensors: Sequence[Tensor], base: Tensor, weights: List[float], densitie
     read-only pass. The same drops and bits as sparse_drop.dropped_fast under ``combine``."""
     from .sparse_drop import fast_seed
 
+    _count("dare")
     plan = Plan(len(tensors))
     for i, (d, w) in enumerate(zip(densities, weights)):
         if d >= 1:  # no draws, as in the torch path
