@@ -50,7 +50,8 @@ COLD_MIN = 1 << 22  # the kernels compile on first use (2.7-3.5 s per process an
 # measured under load): before that only a tensor this large starts them (an XLM-R embedding, 192 M
 # entries, saves ~2 s per TIES merge; the demo's largest, 1.3 M, ~20 ms)
 COMPILED: set = set()  # source counts the merge kernel has run for in this process
-RUNS = {"ties": 0, "dare": 0}  # fused merges run in this process (what tests and benches read)
+RUNS = {"ties": 0, "dare": 0, "missed": 0}  # fused merges run in this process, and TIES fast
+# merges whose bracket missed (a second full pass): what tests and benches read
 _LOCK = threading.Lock()
 PLAIN, TRIM, DROP = 0, 1, 2  # per-source modes: δ·w; hardshrink by thresholds; fast drop
 LANES = 8  # running sums in the L1-norm pass
@@ -548,6 +549,7 @@ def ties(tensors: Sequence[Tensor], base: Tensor, weights: List[float], densitie
                 cut = trim_cut(densities[i], n, size)[0]
             plan.trim(i, weights[i], below(cut) if cut != 0 else 0.0)
         if missed:  # entries outside a missed bracket were decided on a wrong premise
+            _count("missed")
             out = merge(tensors, base, weights, plan, consensus=consensus,
                         normalize=normalize, scale=scale)[0]
         else:
