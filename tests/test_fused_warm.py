@@ -93,3 +93,29 @@ def test_a_search_on_a_gpu_or_with_the_kernels_off_warms_nothing(tiny_ws, monkey
     monkeypatch.setattr(fused, "ENABLED", False)
     evo, runs = search(tiny_ws, warm_up=True)
     assert evo.warming is None and runs == 0
+
+
+def test_a_sweep_with_several_merge_cells_compiles_the_kernels_it_runs(tiny_ws, tmp_path,
+                                                                      monkeypatch):
+    import threading
+
+    from engine.jobs import JobRunner
+    from engine.store import Store
+    from engine.sweep import submit_sweep
+
+    monkeypatch.setattr(fused, "COMPILED", set())
+    spec = {"name": "warm", "targets": ["de-DE", "nl-NL"], "sources": [2],
+            "methods": [{"merge": "ties", "grid": {"density": [0.4]}}],
+            "equal_merge_baseline": False}
+    store = Store(tmp_path / "runs.sqlite")
+    runner = JobRunner(store)
+    try:
+        row = runner.wait(submit_sweep(runner, tiny_ws, spec), timeout=300)
+    finally:
+        runner.shutdown()
+        store.close()
+    assert row["status"] == "done", row["error"]
+    for thread in threading.enumerate():
+        if thread.name == "fused-warm":
+            thread.join()
+    assert fused.COMPILED == {2}  # later cells' tensors (from 2^17 entries) run fused
