@@ -24,7 +24,7 @@ MIN_ENTRIES runs here.
 """
 from __future__ import annotations
 
-from typing import Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence
 
 import math
 import threading
