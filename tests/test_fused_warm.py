@@ -1,7 +1,6 @@
 """Long jobs compile the fused kernels up front (engine/merge/fused_warm.py): the warm-up compiles
 the very signatures real merges run, and after it a search's merges take the fused path (fused.RUNS
 counts them) with the torch path's bits, where a cold process would keep them on the torch path."""
-import numpy as np
 import pytest
 import torch
 
