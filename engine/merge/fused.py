@@ -24,10 +24,8 @@ MIN_ENTRIES runs here.
 """
 from __future__ import annotations
 
-from typing import List, Optional, Sequence
-
-import math
 import threading
+from typing import List, Optional, Sequence
 
 import numpy as np
 import torch
