@@ -174,6 +174,9 @@ def main(argv=None) -> None:
     parser.add_argument("--warm", choices=("on", "off", "both"), default="on",
                         help="compile the fused kernels up front (both: cold and warm, side by "
                              "side)")
+    parser.add_argument("--selection", choices=("exact", "fast"), default="exact",
+                        help="TIES selection of the grouped searches (fast: no mergekit tie order, "
+                             "whose one full argsort per tensor and source a run builds)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (1: steady figures on a shared machine; 0: torch's)")
     parser.add_argument("--merge-cache", choices=("on", "off", "both"), default="on",
@@ -210,7 +213,9 @@ def main(argv=None) -> None:
                 generations=args.generations, dev_size=dev_size,
                 dev_split=dev_split, patience=0, seed=0, merge_cache=cache,
                 population=args.population, **({} if algorithm == "evomerge" else
-                                               {"layer_groups": args.layer_groups}))
+                                               {"layer_groups": args.layer_groups,
+                                                "method_params": {} if args.selection == "exact"
+                                                else {"selection": args.selection}}))
             rows.append(measure(ws, config, incremental, restricted, warm))
             gc.collect()  # the run's sources and merge cache (GBs at XLM-R size) go before the next
             print(table_text(rows[-1:], "{:.2f}"), flush=True)  # as they come
