@@ -20,11 +20,15 @@ while one is evaluated where a core is free (runner.prefetch; --threads 1 leaves
 --rows both runs every algorithm with whole merges and with only the embedding rows evaluation
 reads merged (engine/merge/rows.py; row-local methods such as TIES), side by side.
 
+--warm both runs every algorithm without and with the fused kernels compiled up front
+(engine/merge/fused_warm.py; without: the process is treated as cold, so only tensors of 4 M
+entries or more run fused, as before the warm-up existed); "fused" counts the fused merges.
+
     python bench/bench_evolve.py [--zoo DIR] [--target nl-NL] [--generations 3] [--dev-size 0 16]
                                  [--device auto] [--algorithms evomerge cmaes] [--threads 1]
                                  [--merge-cache on|off|both] [--dev-splits validation train]
                                  [--incremental on|off|both] [--population 8] [--layer-groups 2]
-                                 [--rows on|off|both] [--top-k 3]
+                                 [--rows on|off|both] [--warm on|off|both] [--top-k 3]
 """
 from __future__ import annotations
 
@@ -60,10 +64,16 @@ def default_zoo() -> Path:
     return tiny
 
 
-def measure(ws, config: EvolveConfig, incremental: bool = True, rows: bool = True) -> dict:
+def measure(ws, config: EvolveConfig, incremental: bool = True, rows: bool = True,
+            warm: bool = True) -> dict:
+    from engine.merge import fused
+
+    if not warm:
+        fused.COMPILED.clear()  # cold: only tensors from COLD_MIN entries start the kernels
+    fused_before = fused.RUNS["ties"] + fused.RUNS["dare"]
     started = time.perf_counter()
     ws.evaluator.incremental_load = incremental
-    evo = Evolution(ws, config)
+    evo = (Evolution if warm else type("Cold", (Evolution,), {"warm_kernels": False}))(ws, config)
     evo.prefetch = None if incremental else False  # None: when a core is free (the default)
     if not incremental:
         evo.sources.resident = None
@@ -86,6 +96,8 @@ def measure(ws, config: EvolveConfig, incremental: bool = True, rows: bool = Tru
             "cache": "on" if cache is not None else "off",
             "incremental": "on" if incremental else "off",
             "rows only": "on" if rows else "off", "rows merged": restricted or "all",
+            "warm": "on" if warm else "off",
+            "fused": fused.RUNS["ties"] + fused.RUNS["dare"] - fused_before,
             "groups merged/reused": (f"{resident.merged_groups}/{resident.reused_groups}"
                                      if resident is not None else "-"),
             "tensors loaded": ws.evaluator.copied_tensors - copied,
@@ -159,6 +171,12 @@ def main(argv=None) -> None:
     parser.add_argument("--rows", choices=("on", "off", "both"), default="on",
                         help="merge only the embedding rows evaluation reads (both: whole merges "
                              "and rows only, side by side)")
+    parser.add_argument("--warm", choices=("on", "off", "both"), default="on",
+                        help="compile the fused kernels up front (both: cold and warm, side by "
+                             "side)")
+    parser.add_argument("--selection", choices=("exact", "fast"), default="exact",
+                        help="TIES selection of the grouped searches (fast: no mergekit tie order, "
+                             "whose one full argsort per tensor and source a run builds)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (1: steady figures on a shared machine; 0: torch's)")
     parser.add_argument("--merge-cache", choices=("on", "off", "both"), default="on",
@@ -185,24 +203,28 @@ def main(argv=None) -> None:
         caches = {"on": [True], "off": [False], "both": [False, True]}[args.merge_cache]
         sources = None
         both = {"on": [True], "off": [False], "both": [False, True]}
-        settings = [(a, split, size, cache, inc, whole)
+        settings = [(a, split, size, cache, inc, whole, warm)
                     for a in args.algorithms for split in args.dev_splits for size in args.dev_size
-                    for cache in caches for inc in both[args.incremental] for whole in both[args.rows]]
-        for algorithm, dev_split, dev_size, cache, incremental, restricted in settings:
+                    for cache in caches for inc in both[args.incremental] for whole in both[args.rows]
+                    for warm in both[args.warm]]
+        for algorithm, dev_split, dev_size, cache, incremental, restricted, warm in settings:
             config = EvolveConfig(
                 target=args.target, algorithm=algorithm, top_k=args.top_k,
                 generations=args.generations, dev_size=dev_size,
                 dev_split=dev_split, patience=0, seed=0, merge_cache=cache,
                 population=args.population, **({} if algorithm == "evomerge" else
-                                               {"layer_groups": args.layer_groups}))
-            rows.append(measure(ws, config, incremental, restricted))
+                                               {"layer_groups": args.layer_groups,
+                                                "method_params": {} if args.selection == "exact"
+                                                else {"selection": args.selection}}))
+            rows.append(measure(ws, config, incremental, restricted, warm))
             gc.collect()  # the run's sources and merge cache (GBs at XLM-R size) go before the next
             print(table_text(rows[-1:], "{:.2f}"), flush=True)  # as they come
             sources = sources or resolved_sources(ws, config)
         print(table_text(rows, "{:.2f}"))
         judged = [r for r in rows if r["cache"] == "on" and r["incremental"] == "on"
                   and r["dev"].startswith("validation")
-                  and r["rows only"] == ("off" if args.rows == "off" else "on")] or rows
+                  and r["rows only"] == ("off" if args.rows == "off" else "on")
+                  and r["warm"] == ("off" if args.warm == "off" else "on")] or rows
         worst = max(r["outside %"] for r in judged)
         print(f"goal: outside-evaluation share <= 10 %: {'met' if worst <= 10 else 'not met'} "
               f"(worst {worst:.1f} %)")

@@ -207,3 +207,41 @@ def test_an_rng_fast_run_gets_a_new_key_and_default_keys_stay_as_they_were():
         assert fast["params"]["rng"] == "fast@2" and fast != plain
     assert fields("ties", selection="fast")["params"]["selection"] == "fast"
     assert "selection" not in fields("ties")["params"]
+
+
+def missed_bracket_sources(n, seed=12):
+    """Base + 3 sources; source 0's |δ| is large (10-11) exactly at the entries fast_bracket
+    samples (its positions are torch.randint seeded by n) and small elsewhere, so the sample puts
+    the cut among the large values while ~20 % of all entries sit below them: its bracket
+    misses. Sources 1-2 are ordinary (their brackets hold)."""
+    base, sources = tensors(3, n, seed=seed)
+    where = torch.randint(0, n, (SAMPLE,), generator=torch.Generator().manual_seed(n))
+    delta = sources[0] - base
+    delta[where] = 10 + torch.rand(SAMPLE, generator=torch.Generator().manual_seed(seed))
+    sources[0] = base + delta
+    return base, sources
+
+
+@pytest.mark.parametrize("normalize", [True, False])
+def test_ties_fast_with_a_missed_bracket_falls_back_to_the_exact_cut(normalize):
+    from engine.merge.sparse_trim import below, fast_bracket, fast_cut
+
+    base, sources = missed_bracket_sources(N_BIG)
+    size = (sources[0] - base).abs()
+    kth, lo, hi, share = fast_bracket(sources[0], base, 0.2)
+    above, inside = int((size > hi).sum()), int(((size >= lo) & (size <= hi)).sum())
+    assert share < 0.1 and not above < kth <= above + inside  # the bracket misses the cut
+    cut = trim_cut(0.2, N_BIG, size)[0]
+    assert fast_cut(sources[0], base, 0.2) == cut
+    weights = [0.5, 0.3, 0.2]
+    missed = fused.RUNS["missed"]
+    got, want = both("ties", sources, weights, base, density=0.2, selection="fast",
+                     normalize=normalize, scale=0.9)
+    assert fused.RUNS["missed"] == missed + 1  # the fused merge took its fallback
+    assert torch.equal(bits(got), bits(want))
+    # and the merge keeps exactly |δ_0| >= cut of source 0 (hardshrink at the float below it)
+    alone, alone_torch = both("ties", sources[:1], [1.0], base, density=0.2, selection="fast",
+                              normalize=normalize)
+    assert torch.equal(bits(alone), bits(alone_torch))
+    kept = torch.nn.functional.hardshrink(sources[0] - base, below(cut))
+    assert torch.equal(alone != base, kept != 0)

@@ -17,7 +17,7 @@ With the defaults that is 8 evaluations per generation, 6 + 2 offspring competin
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, Sequence, Tuple
 
 import numpy as np
 
@@ -142,6 +142,9 @@ class EvoMergeSearch(Search):
 
     def export_method(self, candidate: Dict[str, Any]) -> str:
         return self.genome(candidate).methods[2]
+
+    def merge_methods(self) -> List[Tuple[str, Dict[str, Any]]]:
+        return [("ties", {})]  # stage 2's TIES; its DARE draws mergekit's masks (not fused)
 
     def export_parts(self, recipe: Dict[str, Any]):
         """Stage 3 names the method; 'mix' is our own gene."""

@@ -176,6 +176,9 @@ class GroupedSearch(Search):
     def row_method(self) -> Optional[str]:
         return self.method.name
 
+    def merge_methods(self) -> List[Tuple[str, Dict[str, Any]]]:
+        return [(self.method.name, dict(self.fixed))]
+
     def export_parts(self, recipe: Dict[str, Any]):
         groups = recipe.get("groups") or []
         if len(groups) == 1:  # one group: an ordinary merge of that method

@@ -82,6 +82,7 @@ class Evolution:
     """
 
     prefetch: Optional[bool] = None
+    warm_kernels = True  # compile the fused merge kernels up front (see _warm_kernels)
     restrict_rows = True  # merge only the embedding rows evaluation reads, where allowed (rows.py)
 
     def __init__(self, ws, config: Optional[EvolveConfig] = None, *,
@@ -107,6 +108,7 @@ class Evolution:
         ws.evaluator.working_model({k: v.clone() for k, v in self.sources.states[0].items()})
         if self.restrict_rows and config.executor != "ray":
             self.sources.rows = restricted_rows(ws, self.search.row_method(), self.fitness)
+        self.warming = self._warm_kernels() if self.warm_kernels else None
         if state is None:  # a resumed run keeps its own latency / memory reference
             self.fitness.set_reference(self.sources.states[0])
             self.fitness.evaluations, self.fitness.seconds = 0, 0.0  # count the search's work
@@ -126,6 +128,18 @@ class Evolution:
             self._restore(state)
         self._clock = time.perf_counter()
         self._done_at_start = self.generation + 1
+
+    def _warm_kernels(self):
+        """Compiles the fused CPU kernels the search's merges run (engine/merge/fused_warm.py) on a
+        background thread, overlapping the first candidates: without it no tensor a search merges
+        (rows-only embeddings, encoder layers under 4 M entries) would ever leave the torch path.
+        The thread, or None where nothing runs fused here (Ray workers, a GPU)."""
+        from ..merge.fused_warm import kernels_for, warm_in_background
+
+        if self.config.executor == "ray" or torch.device(self.sources.device).type != "cpu":
+            return None
+        k = len(self.sources.names)
+        return warm_in_background([(k, kernels_for(m, p)) for m, p in self.search.merge_methods()])
 
     # ---- the loop ----------------------------------------------------------------------------
     @property

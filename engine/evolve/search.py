@@ -119,6 +119,11 @@ class Search:
         whose ``measure`` reads the whole state returns None."""
         return None
 
+    def merge_methods(self) -> List[Tuple[str, Dict[str, Any]]]:
+        """(method, fixed params) the builds merge the sources with: the runner compiles their
+        fused kernels up front (engine/merge/fused_warm.py); [] for none known."""
+        return []
+
     def measure(self, state, sources, fitness, metrics: Dict[str, float]) -> Dict[str, float]:
         """Metrics of a built candidate beyond its dev metrics that selection reads (a merged
         model's sparsity, its fitness on other targets); added to the candidate's metrics."""

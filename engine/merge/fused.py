@@ -18,10 +18,13 @@ surplus cut as a fix-up of those few entries.
 
 DARE rng='fast' draws a counter-based hash inside the kernel (splitmix64 of (source seed, flat
 index)): no mask is stored, and the draws do not depend on the thread count or the slicing.
-Compiled on first use per process (numba's on-disk cache pickles its index: never cache=True).
+Compiled on first use per process (numba's on-disk cache pickles its index: never cache=True);
+long jobs compile up front on a background thread (fused_warm.py), after which every tensor from
+MIN_ENTRIES runs here.
 """
 from __future__ import annotations
 
+import threading
 from typing import List, Optional, Sequence
 
 import numpy as np
@@ -45,6 +48,9 @@ COLD_MIN = 1 << 22  # the kernels compile on first use (2.7-3.5 s per process an
 # measured under load): before that only a tensor this large starts them (an XLM-R embedding, 192 M
 # entries, saves ~2 s per TIES merge; the demo's largest, 1.3 M, ~20 ms)
 COMPILED: set = set()  # source counts the merge kernel has run for in this process
+RUNS = {"ties": 0, "dare": 0, "missed": 0}  # fused merges run in this process, and TIES fast
+# merges whose bracket missed (a second full pass): what tests and benches read
+_LOCK = threading.Lock()
 PLAIN, TRIM, DROP = 0, 1, 2  # per-source modes: δ·w; hardshrink by thresholds; fast drop
 LANES = 8  # running sums in the L1-norm pass
 
@@ -63,6 +69,11 @@ def usable(tensors: Sequence[Tensor], base: Optional[Tensor]) -> bool:
         return False
     return all(t.device.type == "cpu" and t.dtype == torch.float32 and t.is_contiguous()
                and t.shape == base.shape for t in [*tensors, base])
+
+
+def _count(kind: str) -> None:
+    with _LOCK:
+        RUNS[kind] += 1
 
 
 def keep_threshold(keep_prob: float) -> int:
@@ -378,20 +389,51 @@ def _workers() -> int:
 
 
 class Deferred:
-    """What a bracketed merge pass leaves: the undecided entries (ascending), their δ_i (k × m)
-    and base values, and per source the in-bracket |δ| and the count above the bracket."""
+    """What a bracketed merge pass leaves, per slice in entry order (``parts``: the undecided
+    entries, ascending, their δ_i as a k × m array and their base values), and per source the
+    in-bracket |δ| and the count above the bracket. Kept per slice: joining them would copy
+    ~0.5 GB at 250002×768 with 5 sources for nothing (``index``, ``deltas``, ``base`` join them
+    for inspection)."""
 
     def __init__(self, k: int, parts: dict):
         order = sorted(parts)
-        self.index = np.concatenate([parts[s][0] for s in order]) if order \
-            else np.zeros(0, np.int64)
-        self.deltas = np.concatenate([parts[s][1] for s in order], axis=1) if order \
-            else np.zeros((k, 0), np.float32)
-        self.base = np.concatenate([parts[s][2] for s in order]) if order \
-            else np.zeros(0, np.float32)
+        self.parts = [parts[s][:3] for s in order]
         self.inside = [np.concatenate([parts[s][3][i] for s in order]) if order
                        else np.zeros(0, np.float32) for i in range(k)]
         self.above = [sum(int(parts[s][4][i]) for s in order) for i in range(k)]
+        self.k = k
+
+    @property
+    def size(self) -> int:
+        return sum(p[0].size for p in self.parts)
+
+    @property
+    def index(self) -> np.ndarray:
+        return np.concatenate([p[0] for p in self.parts]) if self.parts else np.zeros(0, np.int64)
+
+    @property
+    def deltas(self) -> np.ndarray:
+        return np.concatenate([p[1] for p in self.parts], axis=1) if self.parts \
+            else np.zeros((self.k, 0), np.float32)
+
+    @property
+    def base(self) -> np.ndarray:
+        return np.concatenate([p[2] for p in self.parts]) if self.parts \
+            else np.zeros(0, np.float32)
+
+
+_SCRATCH = threading.local()  # per worker thread: the bracketed pass's buffers, reused
+
+
+def _scratch(k: int):
+    """(deferred, dvals, bvals, inside) buffers for one SLICE of k sources, made once per thread
+    and source count: fresh ones per slice cost ~13 MB of page faults each at k=5."""
+    held = getattr(_SCRATCH, "buffers", None)
+    if held is None or held[1].shape[0] != k:
+        held = (np.empty(SLICE, np.int64), np.empty((k, SLICE), np.float32),
+                np.empty(SLICE, np.float32), np.empty((k, SLICE), np.float32))
+        _SCRATCH.buffers = held
+    return held
 
 
 def _divisor(weights: List[float]):
@@ -406,6 +448,7 @@ def merge(tensors: Sequence[Tensor], base: Tensor, weights: List[float], plan: P
     ``fix_deferred`` once the cuts are known."""
     from .combine import run_slices
 
+    consensus, normalize = bool(consensus), bool(normalize)  # one compiled signature per k
     xs, b = tuple(_flat(t) for t in tensors), _flat(base)
     n, k = b.size, len(xs)
     out = np.empty(n, np.float32)
@@ -414,9 +457,11 @@ def merge(tensors: Sequence[Tensor], base: Tensor, weights: List[float], plan: P
     parts = {}
 
     def work(start: int, stop: int) -> None:
-        size = stop - start if bracketed else 1
-        deferred, bvals = np.empty(size, np.int64), np.empty(size, np.float32)
-        dvals, inside = np.empty((k, size), np.float32), np.empty((k, size), np.float32)
+        if bracketed:
+            deferred, dvals, bvals, inside = _scratch(k)
+        else:
+            deferred, bvals = np.empty(1, np.int64), np.empty(1, np.float32)
+            dvals, inside = np.empty((k, 1), np.float32), np.empty((k, 1), np.float32)
         counts, above = np.zeros(k, np.int64), np.zeros(k, np.int64)
         got = _merge_slice(xs, b, b, out, start, stop, plan.mode, plan.lo, plan.hi, plan.pw, w,
                            plan.seed, plan.bound, consensus, normalize, _divisor(weights),
@@ -426,34 +471,44 @@ def merge(tensors: Sequence[Tensor], base: Tensor, weights: List[float], plan: P
             parts[start] = (deferred[:got].copy(), dvals[:, :got].copy(), bvals[:got].copy(),
                             [inside[i, :counts[i]].copy() for i in range(k)], above)
     run_slices(n, work, chunk=SLICE, workers=_workers())
-    COMPILED.add(k)
     forced = [f for f in plan.forced if f.size]
     if forced:
         fix(xs, b, out, np.unique(np.concatenate(forced)), plan, w, consensus=consensus,
             normalize=normalize, divisor=_divisor(weights), scale=scale)
+    COMPILED.add(k)
     return out, Deferred(k, parts)
 
 
 def fix_deferred(out: np.ndarray, deferred: Deferred, plan: Plan, weights: List[float], *,
                  consensus: bool, normalize: bool, scale: float) -> None:
     """Merges the deferred entries under ``plan`` (cuts now final) from their kept δ_i and base,
-    with the pass's own kernel (δ − 0 is δ, bit for bit; no second kernel to compile)."""
+    slice part by slice part, with the pass's own kernel (δ − 0 is δ, bit for bit; no second
+    kernel to compile)."""
     from .combine import run_slices
 
     assert not np.any(plan.mode == DROP)  # a drop's draw depends on the entry's index
-    size, k = deferred.index.size, len(plan.mode)
-    xs = tuple(np.ascontiguousarray(deferred.deltas[i]) for i in range(k))
-    zeros, merged = np.zeros(size, np.float32), np.empty(size, np.float32)
+    consensus, normalize = bool(consensus), bool(normalize)
+    parts, k = deferred.parts, len(plan.mode)
+    if not parts:
+        return
+    zeros = np.zeros(max(p[0].size for p in parts), np.float32)
     w, none = np.asarray(weights, np.float32), np.zeros(1, np.int64)
 
-    def work(start: int, stop: int) -> None:  # disjoint entries: any split gives the same bits
-        _merge_slice(xs, zeros, deferred.base, merged, start, stop, plan.mode, plan.lo, plan.hi,
-                     plan.pw, w, plan.seed, plan.bound, consensus, normalize, _divisor(weights),
-                     np.float32(scale), scale != 1, none, np.zeros((k, 1), np.float32),
-                     np.zeros(1, np.float32), np.zeros((k, 1), np.float32),
-                     np.zeros(k, np.int64), np.zeros(k, np.int64))
-    run_slices(size, work, chunk=max(BLOCK, -(-size // _workers())), workers=_workers())
-    out[deferred.index] = merged
+    def work(first: int, last: int) -> None:  # disjoint entries: any split gives the same bits
+        for index, deltas, base in parts[first:last]:
+            size = index.size
+            if not size:
+                continue
+            merged = np.empty(size, np.float32)
+            _merge_slice(tuple(deltas[i] for i in range(k)), zeros[:size], base, merged, 0,
+                         size, plan.mode, plan.lo, plan.hi, plan.pw, w, plan.seed, plan.bound,
+                         consensus, normalize, _divisor(weights), np.float32(scale), scale != 1,
+                         none, np.zeros((k, 1), np.float32), np.zeros(1, np.float32),
+                         np.zeros((k, 1), np.float32), np.zeros(k, np.int64),
+                         np.zeros(k, np.int64))
+            out[index] = merged
+    run_slices(len(parts), work, chunk=max(1, -(-len(parts) // (4 * _workers()))),
+               workers=_workers())
 
 
 def fix(xs, b, out, where: np.ndarray, plan: Plan, w: np.ndarray, *, consensus: bool,
@@ -504,6 +559,7 @@ def ties(tensors: Sequence[Tensor], base: Tensor, weights: List[float], densitie
     from .sparse_trim import (SAMPLE, below, bracketed_cut, fast_bracket, fast_cut, trim_cut,
                               trim_plan)
 
+    _count("ties")
     k, n = len(tensors), base.numel()
     plan = Plan(k)
     flat_base = base.reshape(-1)
@@ -539,6 +595,7 @@ def ties(tensors: Sequence[Tensor], base: Tensor, weights: List[float], densitie
                 cut = trim_cut(densities[i], n, size)[0]
             plan.trim(i, weights[i], below(cut) if cut != 0 else 0.0)
         if missed:  # entries outside a missed bracket were decided on a wrong premise
+            _count("missed")
             out = merge(tensors, base, weights, plan, consensus=consensus,
                         normalize=normalize, scale=scale)[0]
         else:
@@ -553,6 +610,7 @@ def dare(tensors: Sequence[Tensor], base: Tensor, weights: List[float], densitie
     are hashed inside the kernel (no mask held); 'l1' first sums each source's norms in a
     read-only pass. The same drops and bits as sparse_drop.dropped_fast under ``combine``."""
 
+    _count("dare")
     plan = Plan(len(tensors))
     for i, (d, w) in enumerate(zip(densities, weights)):
         if d >= 1:  # no draws, as in the torch path

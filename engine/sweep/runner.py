@@ -102,7 +102,19 @@ def _record(store: Store, sweep_id: str, cell: Cell, outcome: Union[Dict[str, An
 
 
 # ---- executors -----------------------------------------------------------------------------------
+def _warm_kernels(ws: Workspace, cells: List[Cell]) -> None:
+    """Compiles the fused CPU merge kernels the cells will run (engine/merge/fused_warm.py) on a
+    background thread when more than one merge cell is to be computed: without it, tensors under
+    4 M entries never leave the torch path (a one-shot merge does not pay the ~3 s compile)."""
+    from ..merge.fused_warm import kernels_for, warm_in_background
+
+    merges = [c.candidate for c in cells if c.candidate.kind == "merge"]
+    if len(merges) > 1 and str(ws.evaluator.device).startswith("cpu"):
+        warm_in_background([(len(c.sources), kernels_for(c.method, c.params)) for c in merges])
+
+
 def _local_cells(ws: Workspace, cells: List[Cell], step) -> Iterator[Tuple[Cell, Any]]:
+    _warm_kernels(ws, cells)
     for i, cell in enumerate(cells):
         try:
             yield cell, compute_cell(ws, cell.candidate, step(i, cell))
