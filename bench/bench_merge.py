@@ -110,10 +110,12 @@ def main(argv=None):
           f"of {shape} per model ({model_mb:.0f} MB/model, {model_mb * (args.sources + 1):.0f} MB in total)")
     print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     from engine.merge import fused
+    from engine.merge.fused_warm import DROP, L1, TIES, warm
+    warm(args.sources, (TIES, DROP, L1))  # as a search does: compiled before timing, from 2^17 entries
     print("TIES / DARE rng=fast kernels: " + (
-        "fused (numba " + fused.numba.__version__ + ")" if fused.usable(one, base[key])
+        "fused (numba " + fused.kernels.numba.__version__ + ")" if fused.usable(one, base[key])
         else "torch (" + ("numba not importable" if not fused.AVAILABLE else
-                          "not CPU float32" if fused.ENABLED else "fused kernels off") + ")"))
+                          "under fused.MIN_ENTRIES or not CPU float32" if fused.ENABLED else "fused kernels off") + ")"))
     print(f"{'method':<16}{'kernel ms':>10}{'raw ms':>9}{'ratio':>7}{'GB/s':>7}"
           f"{'loop ms':>10}{'raw ms':>9}{'ratio':>7}")
     for name, params in METHODS:

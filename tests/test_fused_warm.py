@@ -6,6 +6,7 @@ import torch
 
 from engine.evolve import Evolution, EvolveConfig
 from engine.merge import MERGES, fused
+from engine.merge import fused_kernels as kernels
 from engine.merge.fused_warm import DROP, L1, TIES, kernels_for, warm
 from engine.merge.sparse_trim import SAMPLE
 
@@ -17,8 +18,8 @@ torch.set_num_threads(1)
 
 
 def signatures():
-    return {f.__name__: len(f.signatures) for f in (fused._merge_slice, fused._fix,
-                                                     fused._l1_slice)}
+    return {f.__name__: len(f.signatures) for f in (kernels.merge_slice, kernels.fix_entries,
+                                                     kernels.l1_slice)}
 
 
 def test_warm_compiles_what_real_merges_run():

@@ -128,7 +128,7 @@ def fast_keep_mask(n: int, keep_prob: float, seed: int) -> Tensor:
     import numpy as np
 
     from .combine import run_slices
-    from .fused import keep_threshold, splitmix
+    from .fused_kernels import keep_threshold, splitmix
 
     bound = np.uint64(keep_threshold(keep_prob))
     keep = np.empty(n, dtype=np.uint8)
