@@ -16,15 +16,19 @@ TARGET, SOURCES = "nl-NL", ["de-DE", "en-US"]
 
 
 class Recording(Evolution):
-    """An Evolution that keeps every scored candidate's (fitness, metrics)."""
+    """An Evolution that keeps every scored candidate's (fitness, accuracy, nll); keyword switches
+    (restrict_rows, warm_kernels, ...) are set on it before it starts."""
 
-    def __init__(self, *args, restrict: bool = True, **kwargs):
-        self.restrict_rows, self.scored = restrict, []
+    def __init__(self, *args, switches=None, **kwargs):
+        self.scored = []
+        for name, value in (switches or {}).items():
+            setattr(self, name, value)
         super().__init__(*args, **kwargs)
 
     def _member(self, plain, cand, g, outcome):
         member = super()._member(plain, cand, g, outcome)
-        self.scored.append((member.fitness, member.metrics.get("accuracy"), member.metrics.get("nll")))
+        self.scored.append((member.fitness, member.metrics.get("accuracy"),
+                            member.metrics.get("nll")))
         return member
 
 
@@ -43,7 +47,7 @@ def test_every_candidate_scores_as_with_whole_merges_and_the_champion_is_whole(t
     assert 0 < len(rows) < vocab / 2
     while restricted.step():
         pass
-    whole = Recording(tiny_ws, config(algorithm), restrict=False)
+    whole = Recording(tiny_ws, config(algorithm), switches={"restrict_rows": False})
     assert whole.sources.rows == {}
     while whole.step():
         pass

@@ -4,12 +4,13 @@ counts them) with the torch path's bits, where a cold process would keep them on
 import pytest
 import torch
 
-from engine.evolve import Evolution, EvolveConfig
+from engine.evolve import EvolveConfig
 from engine.merge import MERGES, fused
 from engine.merge import fused_kernels as kernels
 from engine.merge.fused_warm import DROP, L1, TIES, kernels_for, warm
 from engine.merge.sparse_trim import SAMPLE
 
+from test_evolve_rows import Recording
 from test_fused import tensors
 from test_merge_kernels import bits
 
@@ -46,27 +47,13 @@ def test_kernels_for_follows_the_dispatch():
     assert kernels_for("linear", {}) == ()
 
 
-class Recording(Evolution):
-    """Keeps every scored candidate's (fitness, accuracy, nll)."""
-
-    def __init__(self, *args, warm_up: bool = True, **kwargs):
-        self.warm_kernels, self.scored = warm_up, []
-        super().__init__(*args, **kwargs)
-
-    def _member(self, plain, cand, g, outcome):
-        member = super()._member(plain, cand, g, outcome)
-        self.scored.append((member.fitness, member.metrics.get("accuracy"),
-                            member.metrics.get("nll")))
-        return member
-
-
 def search(ws, warm_up):
     """A CMA-ES TIES run on the tiny zoo (its tensors: 2^17-2^20 entries, under COLD_MIN);
     returns (evolution, fused TIES merges it ran)."""
     config = EvolveConfig(target="nl-NL", sources=["de-DE", "en-US"], algorithm="cmaes",
                           method="ties", generations=1, population=3, dev_size=16,
                           layer_groups=1, patience=0, seed=2)
-    evo = Recording(ws, config, warm_up=warm_up)
+    evo = Recording(ws, config, switches={"warm_kernels": warm_up})
     if evo.warming is not None:
         evo.warming.join()  # the runner does not wait; the test does, to know the path taken
     before = fused.RUNS["ties"]
