@@ -53,3 +53,16 @@ def wait_for(cache, run_id: str, timeout: float = 120) -> dict:
     row = runner(cache).wait(run_id, timeout=timeout)
     assert row["status"] == "done", (row["status"], row.get("error"))
     return row
+
+
+def run_evolution(at: AppTest, cache, **numbers) -> dict:
+    """Sets the Evolve page's number inputs (``evo_<name>``), starts the run, waits until it is
+    done and redraws the page: the row of the finished run (its id: session_state["evo_run"])."""
+    for name, value in numbers.items():
+        at.number_input(key=f"evo_{name}").set_value(value)
+    rerun(at)
+    button(at, "evo_start").click()
+    rerun(at)
+    row = wait_for(cache, at.session_state["evo_run"], timeout=180)
+    rerun(at)
+    return row

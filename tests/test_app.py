@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from app_support import LOAD_TIMES, PAGES, button, goto, metric, open_app, rerun, runner, wait_for
+from app_support import LOAD_TIMES, PAGES, button, goto, metric, open_app, rerun, run_evolution, runner, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -165,15 +165,8 @@ def test_evolve_runs_live_and_sends_the_champion_to_compare(app_cache):
     at.segmented_control(key="evo_algorithm").set_value("cmaes")
     rerun(at)
     at.selectbox(key="evo_method").set_value("linear")
-    at.number_input(key="evo_generations").set_value(1)
-    at.number_input(key="evo_population").set_value(2)
-    at.number_input(key="evo_layer_groups").set_value(0)
-    rerun(at)
-    button(at, "evo_start").click()
-    rerun(at)
+    row = run_evolution(at, app_cache, generations=1, population=2, layer_groups=0)
     run_id = at.session_state["evo_run"]
-    row = wait_for(app_cache, run_id, timeout=180)
-    rerun(at)
     assert not at.error
     champion = row["result"]["champion"]
     assert metric(at, "Champion test accuracy") == f"{champion['test']['accuracy']:.3f}"

@@ -3,7 +3,7 @@ unlabelled target text from a button, as its own merge run that records the stag
 A real tiny evolution and a real stage run in the app's runner, on the tiny zoo."""
 import pytest
 
-from app_support import button, goto, open_app, rerun, runner, wait_for
+from app_support import button, goto, open_app, rerun, run_evolution, runner, wait_for
 from dashboard.evolve_stage import TITLE
 from dashboard.target_text import FILE
 from engine.runinfo import run_target_data, target_data_text
@@ -13,15 +13,8 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 def test_the_stage_button_refines_the_champion_as_a_merge_run(app_cache, tmp_path):
     at = goto(open_app(), "Evolve")
-    at.number_input(key="evo_generations").set_value(1)
-    at.number_input(key="evo_population").set_value(2)
-    at.number_input(key="evo_dev_size").set_value(8)
-    rerun(at)
-    button(at, "evo_start").click()
-    rerun(at)
+    evo = run_evolution(at, app_cache, generations=1, population=2, dev_size=8)
     evo_id = at.session_state["evo_run"]
-    evo = wait_for(app_cache, evo_id, timeout=180)
-    rerun(at)
     assert [e.label for e in at.expander if e.label == TITLE]
     for name, value in (("steps", 2), ("examples", 3), ("batch_size", 2)):  # the stage's own Params
         at.number_input(key=f"evo_ada_{name}").set_value(value)

@@ -117,7 +117,7 @@ def test_a_dev_subset_run_measures_its_fitness_error_on_the_whole_split(tiny_ws)
 def test_the_evolve_page_draws_optunas_study_views_for_a_journal_nsga2_run(app_cache):
     """A real NSGA-II run (accuracy vs sparsity) started from the page with its study in a
     journal: the page shows Optuna Dashboard's views of it, drawn from the stored trials."""
-    from app_support import button, goto, open_app, rerun, wait_for
+    from app_support import goto, open_app, rerun, run_evolution
 
     journal = app_cache / "study.journal"
     at = goto(open_app(), "Evolve")
@@ -126,14 +126,7 @@ def test_the_evolve_page_draws_optunas_study_views_for_a_journal_nsga2_run(app_c
     at.selectbox(key="evo_method").set_value("ties")
     at.selectbox(key="evo_objectives").set_value("accuracy+sparsity")
     at.text_input(key="evo_storage").set_value(str(journal))
-    at.number_input(key="evo_generations").set_value(2)
-    at.number_input(key="evo_population").set_value(4)
-    at.number_input(key="evo_layer_groups").set_value(0)
-    rerun(at)
-    button(at, "evo_start").click()
-    rerun(at)
-    row = wait_for(app_cache, at.session_state["evo_run"], timeout=180)
-    rerun(at)
+    row = run_evolution(at, app_cache, generations=2, population=4, layer_groups=0)
     assert not at.error and row["status"] == "done" and row["method"] == "optuna_nsga2:ties"
     result = row["result"]
     assert result["storage"]["journal"] == str(journal) and journal.stat().st_size > 0
