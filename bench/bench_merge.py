@@ -193,8 +193,9 @@ def main(argv=None):
         uses_base = method.traits.needs_base
         inputs = one + ([base[key]] if uses_base else [])
         gen_k = torch.Generator(device=device).manual_seed(1)
-        merge = lambda: method.fn(one, weights, base[key] if uses_base else None, key=key,  # noqa: E731
-                                  generator=gen_k, **resolved)
+        def merge(method=method, resolved=resolved, uses_base=uses_base, gen_k=gen_k):
+            return method.fn(one, weights, base[key] if uses_base else None, key=key,
+                             generator=gen_k, **resolved)
         if args.no_loop:
             row(label, merge, inputs)
             continue

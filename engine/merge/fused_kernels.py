@@ -82,14 +82,14 @@ if AVAILABLE:
                     S[j] = S[j] + v
             elif mode[i] == TRIM:  # a bracket: count above it, flag entries inside it
                 low, high = lo[i], hi[i]
-                count = 0
+                count = np.int32(0)  # int32 lanes: an int64 count halved the loop's vector width
                 for j in range(m):
                     d = x[j] - bb[j]
                     s = abs(d)
                     v = (zero if s <= high else d) * wi
                     p[j] = v
                     S[j] = S[j] + v
-                    count += 1 if s > high else 0
+                    count = np.int32(count + np.int32(s > high))
                     U[j] |= np.uint8((s >= low) & (s <= high))
                 above[i] += count
             else:
