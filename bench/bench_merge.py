@@ -9,6 +9,13 @@ linear / task arithmetic >= 0.5). "kernel" times the per-tensor kernel alone, "l
     python bench/bench_merge.py [--mb 128] [--sources 3] [--device cpu|cuda] [--repeat 7]
         [--shape 250002x768] [--threads 1] [--methods ties,dare_ties] [--no-loop] [--torch]
 
+The raw sum is torch.add(t0, t1) and then out.add_(t) for each further input: with K+1 inputs
+that is K adds and 3K tensor-sized memory passes (each reads two, writes one), where a one-pass
+kernel moves K+2 (the GB/s column counts those). torch.sum(torch.stack(...)) would copy every input
+first (slower). The row "one-pass sum" is the ceiling of any one-pass kernel here: a numba loop
+that reads every input once and writes the output once (2,048-entry blocks, fused.py's slices and
+worker threads), no other work; printed with the fused kernels.
+
 TIES and DARE run twice: mergekit-identical (the default) and in their fast modes
 (``selection='fast'`` / ``rng='fast'``, rows marked "/fast"). --no-loop skips the whole-loop
 columns (at 250002x768 they double the run time and say the same as the kernel). On CPU float32
@@ -23,6 +30,7 @@ import statistics
 import sys
 import time
 
+import numpy as np
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
@@ -40,28 +48,65 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def paired(fn, reference, device, repeat):
-    """Times fn and reference back to back, ``repeat`` times; medians of both and of the
-    per-pair ratio reference/fn (pairs cancel most of the drift from processes sharing the
-    machine)."""
-    fn(), reference()  # warm-up (allocator, kernels)
+def paired(fn, reference, device, repeat, *more):
+    """Times fn and reference (and any ``more`` references) back to back, ``repeat`` times;
+    medians of each and of the per-round ratio reference/fn (rounds cancel most of the drift from
+    processes sharing the machine). With ``more``: (ours, [references], [ratios])."""
+    references = (reference,) + more
+    fn(), [f() for f in references]  # warm-up (allocator, kernels)
     sync(device)
-    ours, theirs = [], []
+    ours, theirs = [], [[] for _ in references]
     for _ in range(repeat):
-        for bucket, f in ((ours, fn), (theirs, reference)):
+        for bucket, f in ((ours, fn), *zip(theirs, references)):
             start = time.perf_counter()
             f()
             sync(device)
             bucket.append(time.perf_counter() - start)
-    ratio = statistics.median(t / o for o, t in zip(ours, theirs))
-    return statistics.median(ours), statistics.median(theirs), ratio
+    ratios = [statistics.median(t / o for o, t in zip(ours, times)) for times in theirs]
+    if more:
+        return statistics.median(ours), [statistics.median(t) for t in theirs], ratios
+    return statistics.median(ours), statistics.median(theirs[0]), ratios[0]
 
 
-def raw_sum(tensors):
-    out = torch.add(tensors[0], tensors[1])
+def raw_sum(tensors, out=None):
+    """Σ tensors by plain adds; ``out``: into that preallocated tensor (no allocation: a fresh
+    torch output of 16.7 M entries costs ~40 ms of 4 KB page faults on this VM, where numpy's
+    allocations, which the fused kernels write, get huge pages)."""
+    out = torch.add(tensors[0], tensors[1], out=out)
     for t in tensors[2:]:
         out.add_(t)
     return out
+
+
+def one_pass_sum():
+    """fn(inputs) -> Σ inputs, each read once and the output written once (numba, per 2,048-entry
+    block on fused.py's slices and threads); None without numba."""
+    from engine.merge import fused
+    from engine.merge.combine import run_slices
+
+    if not fused.AVAILABLE:  # with --torch too: the ceiling does not depend on the kernels
+        return None
+    numba = fused.kernels.numba
+
+    @numba.njit(nogil=True, cache=False)
+    def sum_slice(xs, out, start, stop):
+        for at in range(start, stop, 2048):
+            m = min(2048, stop - at)
+            o, x = out[at:at + m], xs[0][at:at + m]
+            for j in range(m):
+                o[j] = x[j]
+            for i in range(1, len(xs)):
+                x = xs[i][at:at + m]
+                for j in range(m):
+                    o[j] = o[j] + x[j]
+
+    def total(inputs):
+        xs = tuple(t.reshape(-1).numpy() for t in inputs)
+        flat = np.empty(xs[0].size, np.float32)  # allocated as fused.merge does
+        run_slices(flat.size, lambda start, stop: sum_slice(xs, flat, start, stop),
+                   chunk=fused.SLICE, workers=fused._workers())
+        return torch.from_numpy(flat).view(inputs[0].shape)
+    return total
 
 
 def main(argv=None):
@@ -116,8 +161,25 @@ def main(argv=None):
         "fused (numba " + fused.kernels.numba.__version__ + ")" if fused.usable(one, base[key])
         else "torch (" + ("numba not importable" if not fused.AVAILABLE else
                           "under fused.MIN_ENTRIES or not CPU float32" if fused.ENABLED else "fused kernels off") + ")"))
-    print(f"{'method':<16}{'kernel ms':>10}{'raw ms':>9}{'ratio':>7}{'GB/s':>7}"
-          f"{'loop ms':>10}{'raw ms':>9}{'ratio':>7}")
+    if args.no_loop:  # "raw→buf": the same adds into a preallocated output (the adds alone)
+        print(f"{'method':<16}{'kernel ms':>10}{'raw ms':>9}{'ratio':>7}{'GB/s':>7}"
+              f"{'raw→buf ms':>11}{'ratio':>7}")
+    else:
+        print(f"{'method':<16}{'kernel ms':>10}{'raw ms':>9}{'ratio':>7}{'GB/s':>7}"
+              f"{'loop ms':>10}{'raw ms':>9}{'ratio':>7}")
+    buffer = torch.empty_like(one[0])
+
+    def row(label, fn, inputs):
+        kernel, raws, ratios = paired(fn, lambda: raw_sum(inputs), device, args.repeat,
+                                      lambda: raw_sum(inputs, buffer))
+        moved = (len(inputs) + 1) * one[0].numel() * 4 / 1e9
+        print(f"{label:<16}{kernel * 1e3:>10.1f}{raws[0] * 1e3:>9.1f}{ratios[0]:>7.2f}"
+              f"{moved / kernel:>7.1f}{raws[1] * 1e3:>11.1f}{ratios[1]:>7.2f}", flush=True)
+    ceiling = one_pass_sum() if device.type == "cpu" else None
+    if ceiling is not None and args.no_loop:
+        inputs = one + [base[key]]
+        assert torch.equal(ceiling(inputs), raw_sum(inputs))  # the same adds, in the same order
+        row("one-pass sum", lambda: ceiling(inputs), inputs)
     for name, params in METHODS:
         if args.methods and name not in args.methods.split(","):
             continue
@@ -131,15 +193,13 @@ def main(argv=None):
         uses_base = method.traits.needs_base
         inputs = one + ([base[key]] if uses_base else [])
         gen_k = torch.Generator(device=device).manual_seed(1)
-        kernel, raw, ratio = paired(
-            lambda: method.fn(one, weights, base[key] if uses_base else None, key=key,
-                              generator=gen_k, **resolved),
-            lambda: raw_sum(inputs), device, args.repeat)
+        def merge(method=method, resolved=resolved, uses_base=uses_base, gen_k=gen_k):
+            return method.fn(one, weights, base[key] if uses_base else None, key=key,
+                             generator=gen_k, **resolved)
         if args.no_loop:
-            moved = (len(inputs) + 1) * one[0].numel() * 4 / 1e9
-            print(f"{label:<16}{kernel * 1e3:>10.1f}{raw * 1e3:>9.1f}{ratio:>7.2f}"
-                  f"{moved / kernel:>7.1f}", flush=True)
+            row(label, merge, inputs)
             continue
+        kernel, raw, ratio = paired(merge, lambda: raw_sum(inputs), device, args.repeat)
         loop, raw_loop, loop_ratio = paired(
             lambda: merge_state_dicts(name, sources, weights.tolist(),
                                       base=base if uses_base else None, params=params,

@@ -245,3 +245,45 @@ def test_ties_fast_with_a_missed_bracket_falls_back_to_the_exact_cut(normalize):
     assert torch.equal(bits(alone), bits(alone_torch))
     kept = torch.nn.functional.hardshrink(sources[0] - base, below(cut))
     assert torch.equal(alone != base, kept != 0)
+
+
+def test_dare_l1_norms_follow_their_fixed_order_whatever_the_thread_count():
+    """fused.l1_sums: per SLICE-entry slice, entry j into lane j mod LANES (float64), lanes added
+    in order, slices added in order: numpy's sequential row sums give the same float64 bits, with
+    1 and 2 threads (the order that lets LLVM vectorise the pass with its draws)."""
+    from engine.merge.fused_kernels import LANES, splitmix
+
+    n = fused.SLICE + 3 * LANES + 77  # a partial last slice, and a partial row in it
+    base, sources = tensors(2, n, seed=12)
+    g = torch.Generator().manual_seed(13)  # magnitudes 2^-40..2^40: float64 sums then round,
+    sources = [base + (x - base) * torch.exp2(torch.randint(-40, 40, (n,), generator=g).float())
+               for x in sources]  # so their order shows in the bits
+    plan = fused.Plan(2)
+    for i in range(2):
+        plan.drop(i, 1.0, seed=40 + i, keep_prob=0.3)
+    threads = torch.get_num_threads()
+    got = []
+    try:
+        for count in (1, 2):
+            torch.set_num_threads(count)
+            got.append(fused.l1_sums(sources, base, plan))
+    finally:
+        torch.set_num_threads(threads)
+    assert np.array_equal(got[0], got[1])
+    for i, x in enumerate(sources):
+        size = np.abs(x.numpy() - base.numpy()).astype(np.float64)
+        kept = splitmix(int(plan.seed[i]), np.arange(n)) < np.uint64(plan.bound[i])
+        for column, values in enumerate((size, np.where(kept, size, 0.0))):
+            total = 0.0
+            for start in range(0, n, fused.SLICE):
+                part = values[start:start + fused.SLICE]
+                rows = np.zeros((-(-part.size // LANES), LANES))
+                rows.reshape(-1)[:part.size] = part
+                lanes = np.zeros(LANES)
+                for row in rows:  # row by row: each lane's adds in entry order
+                    lanes += row
+                slice_total = 0.0
+                for lane in lanes:
+                    slice_total += lane
+                total += slice_total
+            assert got[0][i, column] == total, (i, column)
