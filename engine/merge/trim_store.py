@@ -1,0 +1,221 @@
+"""A durable on-disk store for TIES' derived arrays, so a second search over the same sources (or
+a later process) reuses them instead of sorting again.
+
+What it keeps depends only on a source tensor and the base tensor, never on weights or densities:
+
+- ``sorted``: |δ| flattened and sorted ascending (float32): every density's cut is an index lookup;
+- ``tie_order``: ``torch.argsort(|δ|, descending=True)`` (int32): mergekit's order among entries
+  tied at the cut. torch's CPU argsort is unstable (std::sort), so this order cannot be derived
+  cheaply: at XLM-R size it is ~31 s per source for the 250,002 × 768 embedding. It is keyed by
+  torch's version too, since another version may sort ties differently.
+
+Entries are keyed by content: a SHA-1 of (kind, format, shape, the source's float32 bytes, the
+base's float32 bytes); each tensor is hashed once per MergeCache entry (``tensor_digest``).
+Files are plain ``.npy`` under ``<root>/<2 hex>/<digest>.<kind>.npy``, written to a temporary
+file in the same folder and renamed (atomic: two processes writing one entry both succeed and one
+valid file stays). They are read memory-mapped (copy-on-write, never written), so a merge touches
+only the pages it reads (a binary search for the cut, a slice of the order) and the arrays cost
+page cache, not process memory. Never unpickled (``allow_pickle=False``).
+
+Every load is checked: dtype, shape, and a sampled consistency check against the live tensors
+(4,096 positions: ordered, values present, indices in range). A truncated, foreign or garbled
+file gets one warning naming it, is removed and recomputed: it can cost time, never a result.
+A folder that cannot be written is one warning; merges go on with the arrays in memory.
+
+Budget: least recently used files (by mtime, touched on every hit) are removed after a write
+until the store fits ``budget_bytes``.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import threading
+import warnings
+from pathlib import Path
+from typing import Callable, Dict, Optional, Union
+
+import numpy as np
+import torch
+from torch import Tensor
+
+DTYPES: Dict[str, np.dtype] = {"sorted": np.dtype("<f4"), "tie_order": np.dtype("<i4")}
+FORMAT = 1      # bump when what a kind holds changes
+SAMPLE = 4096   # positions each load checks against the live tensors
+DEFAULT_BUDGET_GB = 16.0
+
+
+def tensor_digest(t: Tensor) -> bytes:
+    """SHA-1 of a tensor's float32 values, dtype and shape (the store's content key; ~1.8 GB/s)."""
+    flat = t.detach().to(device="cpu", dtype=torch.float32).contiguous()
+    h = hashlib.sha1(f"float32|{tuple(flat.shape)}|".encode(), usedforsecurity=False)
+    h.update(memoryview(flat.reshape(-1).numpy()).cast("B"))
+    return h.digest()
+
+
+def entry_digest(kind: str, source: bytes, base: bytes, n: int) -> str:
+    """The file name's key of ``kind`` derived from a source and base (by their tensor digests)."""
+    version = torch.__version__ if kind == "tie_order" else ""
+    h = hashlib.sha1(f"{kind}|{FORMAT}|{version}|{DTYPES[kind].str}|{n}|".encode(),
+                     usedforsecurity=False)
+    h.update(source)
+    h.update(base)
+    return h.hexdigest()
+
+
+class StoreError(ValueError):
+    """A stored file that is not the array it is named for."""
+
+
+class TrimStore:
+    """Derived arrays of (source, base) pairs kept on disk under ``root`` (see the module
+    docstring); ``budget_bytes`` bounds the folder (least recently used removed first)."""
+
+    def __init__(self, root: Union[str, os.PathLike], budget_bytes: int):
+        self.root, self.budget = Path(root), int(budget_bytes)
+        self.hits = self.writes = self.rejected = self.evicted = 0
+        self._unwritable = False
+        self._lock = threading.Lock()
+
+    def path(self, digest: str, kind: str) -> Path:
+        return self.root / digest[:2] / f"{digest}.{kind}.npy"
+
+    def get(self, kind: str, digest: str, n: int, make: Callable[[], Tensor],
+            check: Callable[[np.ndarray], Optional[str]]) -> Tensor:
+        """The stored array of ``kind`` (memory-mapped, as a CPU tensor) when a valid file is
+        there, else ``make()``, written to the store and returned. ``check(array)``: the live
+        tensors' sampled check (None when consistent, else what is wrong)."""
+        path = self.path(digest, kind)
+        found = self._load(path, kind, n, check)
+        if found is not None:
+            return found
+        made = make()
+        self._write(path, made)
+        return made
+
+    def _load(self, path: Path, kind: str, n: int, check) -> Optional[Tensor]:
+        try:
+            array = np.load(path, mmap_mode="c", allow_pickle=False)
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, EOFError) as exc:
+            return self._reject(path, f"unreadable ({exc})")
+        if array.dtype != DTYPES[kind] or array.shape != (n,):
+            return self._reject(path, f"holds {array.dtype} {array.shape}, not "
+                                      f"{DTYPES[kind]} ({n},)")
+        problem = check(array)
+        if problem is not None:
+            return self._reject(path, problem)
+        try:
+            os.utime(path)  # the LRU's clock
+        except OSError:
+            pass
+        self.hits += 1
+        return torch.from_numpy(array)
+
+    def _reject(self, path: Path, why: str) -> None:
+        self.rejected += 1
+        warnings.warn(f"trim store file {path} {why}: removed and recomputed", RuntimeWarning,
+                      stacklevel=4)
+        try:
+            path.unlink()
+        except OSError:
+            pass
+        return None
+
+    def _write(self, path: Path, made: Tensor) -> None:
+        if self._unwritable or self.budget <= 0:
+            return
+        array = made.detach().cpu().numpy()
+        tmp = None
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+            with os.fdopen(fd, "wb") as f:
+                np.save(f, array, allow_pickle=False)
+            os.replace(tmp, path)
+            tmp = None
+            self.writes += 1
+        except OSError as exc:
+            self._unwritable = True
+            warnings.warn(f"could not write the trim store {self.root} ({exc}); merges go on "
+                          f"with the arrays in memory only", RuntimeWarning, stacklevel=4)
+            return
+        finally:
+            if tmp is not None:
+                try:
+                    os.unlink(tmp)
+                except OSError:
+                    pass
+        self.evict()
+
+    def files(self):
+        """(mtime, size, path) of every stored file."""
+        out = []
+        for path in self.root.glob("??/*.npy"):
+            try:
+                st = path.stat()
+            except OSError:
+                continue
+            out.append((st.st_mtime, st.st_size, path))
+        return out
+
+    def nbytes(self) -> int:
+        return sum(size for _, size, _ in self.files())
+
+    def evict(self) -> None:
+        """Removes the least recently used files until the store fits its budget."""
+        with self._lock:
+            files = sorted(self.files(), key=lambda f: (f[0], str(f[2])))
+            total = sum(size for _, size, _ in files)
+            for _, size, path in files:
+                if total <= self.budget:
+                    break
+                try:
+                    path.unlink()
+                    self.evicted += 1
+                except OSError:
+                    pass
+                total -= size
+
+
+# ---- the sampled checks against the live tensors ------------------------------------------------
+
+def _positions(n: int) -> np.ndarray:
+    return np.unique(np.random.default_rng(n).integers(0, n, min(SAMPLE, n)))
+
+
+def check_sorted(size_at: Callable[[np.ndarray], np.ndarray], n: int):
+    """A check for stored sorted magnitudes: non-decreasing at sampled ranks, and |δ| at sampled
+    entries found among them (``size_at(idx)``: the live |δ| at flat indices)."""
+    def check(array: np.ndarray) -> Optional[str]:
+        at = _positions(n)
+        nxt = np.minimum(at + 1, n - 1)
+        if not np.all(array[at] <= array[nxt]) or not array[0] >= 0:
+            return "is not sorted ascending"
+        values = size_at(at)
+        where = np.minimum(np.searchsorted(array, values), n - 1)
+        if not np.array_equal(array[where], values):
+            return "does not hold this tensor's magnitudes"
+        return None
+    return check
+
+
+def check_order(size_at: Callable[[np.ndarray], np.ndarray], n: int,
+                sorted_size: Optional[Tensor] = None):
+    """A check for a stored descending order: indices in range, |δ| non-increasing along sampled
+    ranks, and equal to the sorted magnitudes at those ranks where they are known."""
+    def check(array: np.ndarray) -> Optional[str]:
+        at = _positions(n)
+        order = np.asarray(array[at], dtype=np.int64)
+        if order.min() < 0 or order.max() >= n:
+            return "holds indices out of range"
+        values = size_at(order)
+        if not np.all(np.diff(values) <= 0):
+            return "is not this tensor's order by magnitude"
+        if sorted_size is not None and not np.array_equal(
+                values, sorted_size.numpy()[n - 1 - at] if sorted_size.device.type == "cpu"
+                else sorted_size[torch.from_numpy(n - 1 - at)].cpu().numpy()):
+            return "does not match this tensor's magnitudes"
+        return None
+    return check
