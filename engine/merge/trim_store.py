@@ -74,7 +74,7 @@ class TrimStore:
     def __init__(self, root: Union[str, os.PathLike], budget_bytes: int):
         self.root, self.budget = Path(root), int(budget_bytes)
         self.hits = self.writes = self.rejected = self.evicted = 0
-        self._unwritable = False
+        self._unwritable = self._unreadable = False
         self._lock = threading.Lock()
 
     def path(self, digest: str, kind: str) -> Path:
@@ -90,16 +90,22 @@ class TrimStore:
         if found is not None:
             return found
         made = make()
-        self._write(path, made)
+        self.put(kind, digest, made)
         return made
 
     def _load(self, path: Path, kind: str, n: int, check) -> Optional[Tensor]:
         try:
             array = np.load(path, mmap_mode="c", allow_pickle=False)
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             return None
-        except (OSError, ValueError, EOFError) as exc:
+        except (ValueError, EOFError) as exc:  # not an .npy, cut short, or pickled objects
             return self._reject(path, f"unreadable ({exc})")
+        except OSError as exc:  # the folder, not the file: a miss (warned once)
+            if not self._unreadable:
+                self._unreadable = True
+                warnings.warn(f"could not read the trim store {self.root} ({exc}); sorting "
+                              f"instead", RuntimeWarning, stacklevel=4)
+            return None
         if array.dtype != DTYPES[kind] or array.shape != (n,):
             return self._reject(path, f"holds {array.dtype} {array.shape}, not "
                                       f"{DTYPES[kind]} ({n},)")
@@ -123,9 +129,12 @@ class TrimStore:
             pass
         return None
 
-    def _write(self, path: Path, made: Tensor) -> None:
+    def put(self, kind: str, digest: str, made: Tensor) -> None:
+        """Writes ``made`` as the entry (atomically), then evicts down to the budget; a folder
+        that cannot be written is one warning per store, and nothing more."""
         if self._unwritable or self.budget <= 0:
             return
+        path = self.path(digest, kind)
         array = made.detach().cpu().numpy()
         tmp = None
         try:
