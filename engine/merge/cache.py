@@ -96,13 +96,16 @@ class KeyInputs:
         return found
 
     def digest(self, which) -> bytes:
-        """Content digest of source ``which`` (an index) or of the base, made once per entry."""
+        """Content digest of source ``which`` (an index) or of the base, made once per entry (the
+        first time, with every other source's and the base's: hashed together on two threads)."""
         found = self._digests.get(which)
         if found is None:
-            from .trim_store import tensor_digest
+            from .trim_store import tensor_digests
 
-            found = self._digests[which] = tensor_digest(
-                self.base if which == "base" else self.tensors[which])
+            missing = [j for j in [*range(len(self.tensors)), "base"] if j not in self._digests]
+            made = tensor_digests([self.base if j == "base" else self.tensors[j] for j in missing])
+            self._digests.update(zip(missing, made))
+            found = self._digests[which]
         return found
 
     def _durable(self, kind: str, i: int, make) -> Tensor:
@@ -112,8 +115,10 @@ class KeyInputs:
         x, b = self.tensors[i].reshape(-1), self.base.reshape(-1)
         n = x.numel()
 
-        def size_at(idx: np.ndarray) -> np.ndarray:
-            at = torch.from_numpy(idx).to(x.device)
+        def size_at(idx: np.ndarray) -> np.ndarray:  # |δ| at flat indices, as the sorts see it
+            if x.device.type == "cpu":
+                return np.abs(np.subtract(x.numpy()[idx], b.numpy()[idx]))
+            at = torch.from_numpy(np.array(idx)).to(x.device)
             return torch.sub(x[at], b[at]).abs_().cpu().numpy()
 
         check = (check_sorted(size_at, n) if kind == "sorted" else
