@@ -68,6 +68,20 @@ def test_whole_merges_are_identical_off_cold_and_warm_and_warm_sorts_nothing(tin
         assert cache.nbytes() < MergeCache(None).nbytes() + 10 ** 6  # mapped, not held
 
 
+def test_breadcrumbs_order_is_stored_and_merges_are_identical(tmp_path):
+    sources, base = tied_inputs(5)
+
+    def run(cache=None):
+        return merge_state_dicts("breadcrumbs_ties", sources, [0.6, 0.4], base=base,
+                                 params={"density": 0.6, "gamma": 0.05}, names=NAMES, cache=cache)
+    expected = run()
+    for label in ("cold", "warm"):
+        store = TrimStore(tmp_path, 10 ** 9)
+        assert same(run(MergeCache(store)), expected), label
+    assert store.hits == len(files(tmp_path, "order")) == 4 and store.writes == 0
+    assert np.load(files(tmp_path, "order")[0], mmap_mode="r").dtype == np.int64
+
+
 def test_rows_merges_are_identical_off_cold_and_warm(tmp_path):
     sources, base = tied_inputs(1)
     rows = row_ids([0, 7, 50, 51, 299] + list(range(100, 140)))

@@ -13,10 +13,10 @@ weights or parameters of a merge, so that the next merge over the same tensors s
   every merge with that seed draws the same stream; it is drawn once;
 - breadcrumbs' argsort of |δ_i| and DELLA's magnitude ranks (sorts, the slowest part of those).
 
-With ``MergeCache(store=TrimStore(...))`` the sorted magnitudes and mergekit's tie orders (TIES'
-one-off sorts: ~38 s per source for an XLM-R embedding) are also kept on disk, keyed by the
-tensors' content (engine/merge/trim_store.py), so the next search over the same sources maps them
-instead of sorting again; store-backed arrays cost page cache, not process memory.
+With ``MergeCache(store=TrimStore(...))`` the sorted magnitudes, mergekit's tie orders (TIES'
+one-off sorts: ~38 s per source for an XLM-R embedding) and breadcrumbs' order are also kept on
+disk, keyed by the tensors' content (engine/merge/trim_store.py), so the next search over the same
+sources maps them instead of sorting again; store-backed arrays cost page cache, not memory.
 
 Results are bit-for-bit those of the uncached merge (tests/test_merge_cache.py).
 Memory, filled only as methods ask, in copies of the sources (float32): TIES ~1× (sorted
@@ -37,7 +37,7 @@ from torch import Tensor
 
 from .common import MergeError, all_finite
 
-DURABLE = ("sorted", "tie_order")  # derived kinds a TrimStore keeps on disk
+DURABLE = ("sorted", "tie_order", "order")  # derived kinds a TrimStore keeps on disk
 
 
 def _refs(tensors: Sequence[Optional[Tensor]]) -> Tuple:
@@ -110,7 +110,7 @@ class KeyInputs:
 
     def _durable(self, kind: str, i: int, make) -> Tensor:
         """``make()``'s array from the store when it holds a valid one, else made and stored."""
-        from .trim_store import check_order, check_sorted, entry_digest
+        from .trim_store import ORDERS, check_order, check_sorted, entry_digest
 
         x, b = self.tensors[i].reshape(-1), self.base.reshape(-1)
         n = x.numel()
@@ -122,7 +122,8 @@ class KeyInputs:
             return torch.sub(x[at], b[at]).abs_().cpu().numpy()
 
         check = (check_sorted(size_at, n) if kind == "sorted" else
-                 check_order(size_at, n, self._derived.get(("sorted", i))))
+                 check_order(size_at, n, self._derived.get(("sorted", i)),
+                             descending=ORDERS[kind] == "descending"))
         made = []
 
         def counted():

@@ -6,8 +6,11 @@ What it keeps depends only on a source tensor and the base tensor, never on weig
 - ``sorted``: |δ| flattened and sorted ascending (float32): every density's cut is an index lookup;
 - ``tie_order``: ``torch.argsort(|δ|, descending=True)`` (int32): mergekit's order among entries
   tied at the cut. torch's CPU argsort is unstable (std::sort), so this order cannot be derived
-  cheaply: at XLM-R size it is ~31 s per source for the 250,002 × 768 embedding. It is keyed by
-  torch's version too, since another version may sort ties differently.
+  cheaply: at XLM-R size it is ~31 s per source for the 250,002 × 768 embedding;
+- ``order``: breadcrumbs' ascending sort order of |δ| (int64), the same pattern.
+
+The two orders are keyed by torch's version too, since another version may sort ties
+differently.
 
 Entries are keyed by content: a SHA-1 of (kind, format, shape, the source's float32 bytes, the
 base's float32 bytes); each tensor is hashed once per MergeCache entry (``tensor_digest``).
@@ -41,7 +44,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-DTYPES: Dict[str, np.dtype] = {"sorted": np.dtype("<f4"), "tie_order": np.dtype("<i4")}
+DTYPES: Dict[str, np.dtype] = {"sorted": np.dtype("<f4"), "tie_order": np.dtype("<i4"),
+                               "order": np.dtype("<i8")}
+ORDERS = {"tie_order": "descending", "order": "ascending"}  # argsorts of |δ| (unstable: torch's)
 FORMAT = 1      # bump when what a kind holds changes
 SAMPLE = 4096   # positions each load checks against the live tensors
 DEFAULT_BUDGET_GB = 16.0
@@ -77,7 +82,7 @@ def tensor_digest(t: Tensor) -> bytes:
 
 def entry_digest(kind: str, source: bytes, base: bytes, n: int) -> str:
     """The file name's key of ``kind`` derived from a source and base (by their tensor digests)."""
-    version = torch.__version__ if kind == "tie_order" else ""
+    version = torch.__version__ if kind in ORDERS else ""
     h = hashlib.sha1(f"{kind}|{FORMAT}|{version}|{DTYPES[kind].str}|{n}|".encode(),
                      usedforsecurity=False)
     h.update(source)
@@ -237,20 +242,22 @@ def check_sorted(size_at: Callable[[np.ndarray], np.ndarray], n: int):
 
 
 def check_order(size_at: Callable[[np.ndarray], np.ndarray], n: int,
-                sorted_size: Optional[Tensor] = None):
-    """A check for a stored descending order: indices in range, |δ| non-increasing along sampled
-    ranks, and equal to the sorted magnitudes at those ranks where they are known."""
+                sorted_size: Optional[Tensor] = None, descending: bool = True):
+    """A check for a stored order of |δ|: indices in range, |δ| monotone along sampled ranks, and
+    equal to the sorted magnitudes at those ranks where they are known."""
     def check(array: np.ndarray) -> Optional[str]:
         at = _positions(n)
         order = np.asarray(array[at], dtype=np.int64)
         if order.min() < 0 or order.max() >= n:
             return "holds indices out of range"
         values = size_at(order)
-        if not np.all(np.diff(values) <= 0):
+        steps = np.diff(values)
+        if not np.all(steps <= 0 if descending else steps >= 0):
             return "is not this tensor's order by magnitude"
+        ranks = n - 1 - at if descending else at
         if sorted_size is not None and not np.array_equal(
-                values, sorted_size.numpy()[n - 1 - at] if sorted_size.device.type == "cpu"
-                else sorted_size[torch.from_numpy(n - 1 - at)].cpu().numpy()):
+                values, sorted_size.numpy()[ranks] if sorted_size.device.type == "cpu"
+                else sorted_size[torch.from_numpy(ranks)].cpu().numpy()):
             return "does not match this tensor's magnitudes"
         return None
     return check
