@@ -9,6 +9,7 @@
 import os
 import subprocess
 import sys
+import threading
 import warnings
 from pathlib import Path
 
@@ -43,6 +44,14 @@ def ties(sources, base, cache=None, density=0.3):
 def same(a, b):
     return a.keys() == b.keys() and all(
         torch.equal(a[k].view(torch.int32), b[k].view(torch.int32)) for k in a)
+
+
+def no_background_compiles():
+    """Waits for searches' kernel warm-up threads: numba compiles inside warnings.catch_warnings,
+    whose exit on another thread would restore the filters mid-test and lose a recorded warning."""
+    for thread in threading.enumerate():
+        if thread.name == "fused-warm":
+            thread.join()
 
 
 def files(root, kind=None):
@@ -162,6 +171,7 @@ def test_a_bad_file_is_one_warning_removed_and_recomputed(tmp_path, kind, how):
     shape_of = {p: np.load(p, mmap_mode="r").shape for p in files(root, kind)}
     target = next(p for p in files(root, kind) if shape_of[p] == (300 * 64,))
     corrupt(how, target, tmp_path)
+    no_background_compiles()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         assert same(ties(sources, base, MergeCache(store)), expected)
@@ -180,6 +190,7 @@ def test_an_unwritable_folder_is_one_warning_and_merges_still_work(tmp_path):
     blocker = tmp_path / "a file"
     blocker.write_text("not a folder")
     store = TrimStore(blocker / "trim", 10 ** 9)
+    no_background_compiles()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         assert same(ties(sources, base, MergeCache(store)), ties(sources, base))
@@ -230,6 +241,7 @@ def test_an_object_file_is_never_unpickled_even_by_name(tmp_path):
     with open(path, "wb") as f:
         np.save(f, np.array([Marker(str(tmp_path / "ran"))], dtype=object), allow_pickle=True)
     store = TrimStore(tmp_path, 10 ** 9)
+    no_background_compiles()
     with pytest.warns(RuntimeWarning, match="x.npy unreadable"):
         assert store._load(path, "sorted", 1, lambda a: None) is None
     assert not (tmp_path / "ran").exists() and not path.exists()
