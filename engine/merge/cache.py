@@ -131,8 +131,9 @@ class KeyInputs:
             return make()
         out = self.store.get(kind, entry_digest(kind, self.digest(i), self.digest("base"), n), n,
                              counted, check)
-        if not made:
-            self._mapped.add((kind, i))
+        if not made:  # mapped from the store: page cache on the CPU, a copy on another device
+            if self.device.type == "cpu":
+                self._mapped.add((kind, i))
             out = out.to(self.device)
         return out
 
