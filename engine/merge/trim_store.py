@@ -49,9 +49,6 @@ DTYPES: Dict[str, np.dtype] = {"sorted": np.dtype("<f4"), "tie_order": np.dtype(
 ORDERS = {"tie_order": "descending", "order": "ascending"}  # argsorts of |δ| (unstable: torch's)
 FORMAT = 1      # bump when what a kind holds changes
 SAMPLE = 4096   # positions each load checks against the live tensors
-DEFAULT_BUDGET_GB = 16.0
-
-
 CHUNK = 1 << 24  # bytes hashed apart (on two threads: hashlib lets go of the GIL), then combined
 _POOL: Optional[ThreadPoolExecutor] = None
 
@@ -88,10 +85,6 @@ def entry_digest(kind: str, source: bytes, base: bytes, n: int) -> str:
     h.update(source)
     h.update(base)
     return h.hexdigest()
-
-
-class StoreError(ValueError):
-    """A stored file that is not the array it is named for."""
 
 
 class TrimStore:
@@ -220,7 +213,7 @@ class TrimStore:
 @lru_cache(maxsize=256)
 def _positions(n: int) -> np.ndarray:
     """The sampled ranks/indices checked for an array of n entries (sorted; the same each time)."""
-    at = np.unique(np.random.default_rng(n).integers(0, n, min(SAMPLE, n)))
+    at = np.unique(np.random.default_rng(n).integers(0, max(n, 1), min(SAMPLE, n)))
     at.flags.writeable = False
     return at
 
@@ -230,6 +223,8 @@ def check_sorted(size_at: Callable[[np.ndarray], np.ndarray], n: int):
     entries found among them (``size_at(idx)``: the live |δ| at flat indices)."""
     def check(array: np.ndarray) -> Optional[str]:
         at = _positions(n)
+        if not len(at):
+            return None
         nxt = np.minimum(at + 1, n - 1)
         if not np.all(array[at] <= array[nxt]) or not array[0] >= 0:
             return "is not sorted ascending"
@@ -247,6 +242,8 @@ def check_order(size_at: Callable[[np.ndarray], np.ndarray], n: int,
     equal to the sorted magnitudes at those ranks where they are known."""
     def check(array: np.ndarray) -> Optional[str]:
         at = _positions(n)
+        if not len(at):
+            return None
         order = np.asarray(array[at], dtype=np.int64)
         if order.min() < 0 or order.max() >= n:
             return "holds indices out of range"
