@@ -28,7 +28,8 @@ entries or more run fused, as before the warm-up existed); "fused" counts the fu
 mergekit's tie orders: engine/merge/trim_store.py) off, cold (an empty store folder) and warm (the
 folder the cold run filled), side by side; "gen0 s" is generation 0's time (where the sorts are
 made), "store MB" what the folder holds, "peak anon MB" the process's peak anonymous memory
-(sampled every 50 ms; mapped store files are page cache, not counted).
+(sampled every 50 ms; mapped store files are page cache, not counted). Default off: runs side by
+side never share a store (a search's own default is the workspace's store, <cache_dir>/trim/).
 
     python bench/bench_evolve.py [--zoo DIR] [--target nl-NL] [--generations 3] [--dev-size 0 16]
                                  [--device auto] [--algorithms evomerge cmaes] [--threads 1]
@@ -118,7 +119,7 @@ def trim_store_for(mode: str, folder: Path):
 
 
 def measure(ws, config: EvolveConfig, incremental: bool = True, rows: bool = True,
-            warm: bool = True, trim_store: str = "default", store_dir: Path = None) -> dict:
+            warm: bool = True, trim_store: str = "off", store_dir: Path = None) -> dict:
     with AnonPeak() as anon:
         out = _measure(ws, config, incremental, rows, warm, trim_store, store_dir)
     out["peak anon MB"] = anon.peak / 2 ** 20
@@ -140,7 +141,7 @@ def _measure(ws, config: EvolveConfig, incremental: bool, rows: bool, warm: bool
         evo.sources.resident = None
     if not rows:
         evo.sources.rows = {}  # whole merges (nothing is built before the first step)
-    if trim_store != "default" and evo.sources.cache is not None:
+    if evo.sources.cache is not None:
         evo.sources.cache.store = trim_store_for(trim_store, store_dir)
     store = evo.sources.cache.store if evo.sources.cache is not None else None
     restricted = sum(len(r) for r in evo.sources.rows.values())
@@ -161,7 +162,7 @@ def _measure(ws, config: EvolveConfig, incremental: bool, rows: bool, warm: bool
             "incremental": "on" if incremental else "off",
             "rows only": "on" if rows else "off", "rows merged": restricted or "all",
             "warm": "on" if warm else "off",
-            "trim store": trim_store if store is not None or trim_store == "off" else "off",
+            "trim store": trim_store if store is not None else "off",
             "store hits/writes": f"{store.hits}/{store.writes}" if store is not None else "-",
             "store MB": store.nbytes() / 2 ** 20 if store is not None else 0.0,
             "gen0 s": r["history"][0]["seconds"] if r["history"] else float("nan"),
@@ -250,9 +251,10 @@ def main(argv=None) -> None:
     parser.add_argument("--merge-cache", choices=("on", "off", "both"), default="on",
                         help="the search's MergeCache (both: each algorithm twice, side by side, "
                              "plus single-merge timings)")
-    parser.add_argument("--trim-store", choices=("off", "cold", "warm", "all"), default=None,
+    parser.add_argument("--trim-store", choices=("off", "cold", "warm", "all"), default="off",
                         help="the durable store of TIES' sorts (all: off, cold and warm side by "
-                             "side; default: the workspace's, in a fresh cache folder)")
+                             "side; default off, so that runs side by side never share one and "
+                             "the README's earlier figures keep their meaning)")
     parser.add_argument("--trim-store-dir", default="",
                         help="the store folder for cold/warm (default: in the bench's cache "
                              "folder; warm alone needs one a previous run filled)")
@@ -277,8 +279,7 @@ def main(argv=None) -> None:
         caches = {"on": [True], "off": [False], "both": [False, True]}[args.merge_cache]
         sources = None
         both = {"on": [True], "off": [False], "both": [False, True]}
-        stores = {None: ["default"], "all": ["off", "cold", "warm"]}.get(args.trim_store,
-                                                                        [args.trim_store])
+        stores = {"all": ["off", "cold", "warm"]}.get(args.trim_store, [args.trim_store])
         store_dir = Path(args.trim_store_dir or Path(cache) / "trim_bench")
         settings = [(a, split, size, cache, inc, whole, warm, store)
                     for a in args.algorithms for split in args.dev_splits for size in args.dev_size
