@@ -242,6 +242,20 @@ def test_an_object_file_is_never_unpickled_even_by_name(tmp_path):
         np.save(f, np.array([Marker(str(tmp_path / "ran"))], dtype=object), allow_pickle=True)
     store = TrimStore(tmp_path, 10 ** 9)
     no_background_compiles()
-    with pytest.warns(RuntimeWarning, match="x.npy unreadable"):
+    with pytest.warns(RuntimeWarning, match="x.npy holds object"):
         assert store._load(path, "sorted", 1, lambda a: None) is None
     assert not (tmp_path / "ran").exists() and not path.exists()
+
+
+def test_mapped_arrays_hold_no_file_descriptors(tmp_path):
+    """A search maps hundreds of arrays (521 at XLM-R size): one descriptor each (numpy's memmap)
+    would run into the usual limit of 1,024 (256 on macOS) on bigger models."""
+    store = TrimStore(tmp_path, 10 ** 9)
+    digests = [f"{i:02x}" + "0" * 38 for i in range(40)]
+    for i, d in enumerate(digests):
+        store.put("sorted", d, torch.arange(5000, dtype=torch.float32) + i)
+    before = len(os.listdir("/proc/self/fd"))
+    held = [store.get("sorted", d, 5000, lambda: pytest.fail("recomputed"), lambda a: None)
+            for d in digests]
+    assert store.hits == 40 and len(os.listdir("/proc/self/fd")) < before + 5
+    assert all(float(t[0]) == i for i, t in enumerate(held))

@@ -16,9 +16,11 @@ Entries are keyed by content: a SHA-1 of (kind, format, shape, the source's floa
 base's float32 bytes); each tensor is hashed once per MergeCache entry (``tensor_digest``).
 Files are plain ``.npy`` under ``<root>/<2 hex>/<digest>.<kind>.npy``, written to a temporary
 file in the same folder and renamed (atomic: two processes writing one entry both succeed and one
-valid file stays). They are read memory-mapped (copy-on-write, never written), so a merge touches
-only the pages it reads (a binary search for the cut, a slice of the order) and the arrays cost
-page cache, not process memory. Never unpickled (``allow_pickle=False``).
+valid file stays). They are read memory-mapped (the header by numpy's .npy reader, the data by
+``torch.from_file``, copy-on-write and never written, with no file descriptor held per array), so
+a merge touches only the pages it reads (a binary search for the cut, a slice of the order) and
+the arrays cost page cache, not process memory. Never unpickled: only the header is parsed, and
+an object dtype is refused.
 
 Every load is checked: dtype, shape, and a sampled consistency check against the live tensors
 (4,096 positions: ordered, values present, indices in range). A truncated, foreign or garbled
@@ -46,6 +48,7 @@ from torch import Tensor
 
 DTYPES: Dict[str, np.dtype] = {"sorted": np.dtype("<f4"), "tie_order": np.dtype("<i4"),
                                "order": np.dtype("<i8")}
+TORCH_DTYPES = {"sorted": torch.float32, "tie_order": torch.int32, "order": torch.int64}
 ORDERS = {"tie_order": "descending", "order": "ascending"}  # argsorts of |δ| (unstable: torch's)
 FORMAT = 1      # bump when what a kind holds changes
 SAMPLE = 4096   # positions each load checks against the live tensors
@@ -114,11 +117,20 @@ class TrimStore:
         return made
 
     def _load(self, path: Path, kind: str, n: int, check) -> Optional[Tensor]:
+        """The file's array, mapped copy-on-write, when it is valid; else None (a bad file is
+        warned about and removed)."""
         try:
-            array = np.load(path, mmap_mode="c", allow_pickle=False)
+            with open(path, "rb") as f:  # numpy's .npy header reader: no pickle is ever read
+                version = np.lib.format.read_magic(f)
+                header = {(1, 0): np.lib.format.read_array_header_1_0,
+                          (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+                if header is None:
+                    raise ValueError(f".npy format version {version}")
+                shape, fortran, dtype = header(f)
+                offset, size = f.tell(), os.fstat(f.fileno()).st_size
         except (FileNotFoundError, NotADirectoryError):
             return None
-        except (ValueError, EOFError) as exc:  # not an .npy, cut short, or pickled objects
+        except (ValueError, EOFError) as exc:  # not an .npy, or its header cut short
             return self._reject(path, f"unreadable ({exc})")
         except OSError as exc:  # the folder, not the file: a miss (warned once)
             if not self._unreadable:
@@ -126,9 +138,17 @@ class TrimStore:
                 warnings.warn(f"could not read the trim store {self.root} ({exc}); sorting "
                               f"instead", RuntimeWarning, stacklevel=4)
             return None
-        if array.dtype != DTYPES[kind] or array.shape != (n,):
-            return self._reject(path, f"holds {array.dtype} {array.shape}, not "
-                                      f"{DTYPES[kind]} ({n},)")
+        want = DTYPES[kind]
+        if dtype != want or shape != (n,) or fortran:
+            return self._reject(path, f"holds {dtype} {shape}, not {want} ({n},)")
+        if size != offset + n * want.itemsize or offset % want.itemsize:
+            return self._reject(path, f"has {size} bytes, not {offset + n * want.itemsize}")
+        try:  # torch's map holds no file descriptor (numpy's memmap keeps one per array)
+            mapped = torch.from_file(str(path), shared=False, size=size, dtype=torch.uint8)
+        except RuntimeError:  # removed or replaced since (another process): a miss
+            return None
+        mapped = mapped[offset:].view(TORCH_DTYPES[kind])
+        array = mapped.numpy()
         problem = check(array)
         if problem is not None:
             return self._reject(path, problem)
@@ -137,7 +157,7 @@ class TrimStore:
         except OSError:
             pass
         self.hits += 1
-        return torch.from_numpy(array)
+        return mapped
 
     def _reject(self, path: Path, why: str) -> None:
         self.rejected += 1
