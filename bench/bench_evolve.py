@@ -24,11 +24,19 @@ reads merged (engine/merge/rows.py; row-local methods such as TIES), side by sid
 (engine/merge/fused_warm.py; without: the process is treated as cold, so only tensors of 4 M
 entries or more run fused, as before the warm-up existed); "fused" counts the fused merges.
 
+--trim-store all runs every algorithm with the durable store of TIES' sorts (sorted magnitudes,
+mergekit's tie orders: engine/merge/trim_store.py) off, cold (an empty store folder) and warm (the
+folder the cold run filled), side by side; "gen0 s" is generation 0's time (where the sorts are
+made), "store MB" what the folder holds, "peak anon MB" the process's peak anonymous memory
+(sampled every 50 ms; mapped store files are page cache, not counted). Default off: runs side by
+side never share a store (a search's own default is the workspace's store, <cache_dir>/trim/).
+
     python bench/bench_evolve.py [--zoo DIR] [--target nl-NL] [--generations 3] [--dev-size 0 16]
                                  [--device auto] [--algorithms evomerge cmaes] [--threads 1]
                                  [--merge-cache on|off|both] [--dev-splits validation train]
                                  [--incremental on|off|both] [--population 8] [--layer-groups 2]
                                  [--rows on|off|both] [--warm on|off|both] [--top-k 3]
+                                 [--trim-store off|cold|warm|all] [--trim-store-dir DIR]
 """
 from __future__ import annotations
 
@@ -37,7 +45,9 @@ import gc
 import os
 import statistics
 import sys
+import shutil
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -64,8 +74,60 @@ def default_zoo() -> Path:
     return tiny
 
 
+class AnonPeak:
+    """The process's peak anonymous memory (RssAnon), sampled on a thread while it runs."""
+
+    def __init__(self, every: float = 0.05):
+        self.peak, self.every, self._stop = 0, every, threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    @staticmethod
+    def now() -> int:
+        try:
+            with open("/proc/self/status") as f:
+                for line in f:
+                    if line.startswith("RssAnon:"):
+                        return int(line.split()[1]) * 1024
+        except OSError:
+            pass
+        return 0
+
+    def _run(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self.now())
+            self._stop.wait(self.every)
+
+    def __enter__(self):
+        self.peak = self.now()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
+def trim_store_for(mode: str, folder: Path):
+    """The run's TrimStore: None (off), an emptied folder (cold) or the folder as it is (warm)."""
+    from engine.merge.trim_store import TrimStore
+
+    if mode == "off":
+        return None
+    if mode == "cold":
+        shutil.rmtree(folder, ignore_errors=True)
+    return TrimStore(folder, 64 * 10 ** 9)
+
+
 def measure(ws, config: EvolveConfig, incremental: bool = True, rows: bool = True,
-            warm: bool = True) -> dict:
+            warm: bool = True, trim_store: str = "off", store_dir: Path = None) -> dict:
+    with AnonPeak() as anon:
+        out = _measure(ws, config, incremental, rows, warm, trim_store, store_dir)
+    out["peak anon MB"] = anon.peak / 2 ** 20
+    return out
+
+
+def _measure(ws, config: EvolveConfig, incremental: bool, rows: bool, warm: bool,
+             trim_store: str, store_dir) -> dict:
     from engine.merge import fused
 
     if not warm:
@@ -79,6 +141,9 @@ def measure(ws, config: EvolveConfig, incremental: bool = True, rows: bool = Tru
         evo.sources.resident = None
     if not rows:
         evo.sources.rows = {}  # whole merges (nothing is built before the first step)
+    if evo.sources.cache is not None:
+        evo.sources.cache.store = trim_store_for(trim_store, store_dir)
+    store = evo.sources.cache.store if evo.sources.cache is not None else None
     restricted = sum(len(r) for r in evo.sources.rows.values())
     setup = time.perf_counter() - started
     copied = ws.evaluator.copied_tensors
@@ -97,6 +162,10 @@ def measure(ws, config: EvolveConfig, incremental: bool = True, rows: bool = Tru
             "incremental": "on" if incremental else "off",
             "rows only": "on" if rows else "off", "rows merged": restricted or "all",
             "warm": "on" if warm else "off",
+            "trim store": trim_store if store is not None else "off",
+            "store hits/writes": f"{store.hits}/{store.writes}" if store is not None else "-",
+            "store MB": store.nbytes() / 2 ** 20 if store is not None else 0.0,
+            "gen0 s": r["history"][0]["seconds"] if r["history"] else float("nan"),
             "fused": fused.RUNS["ties"] + fused.RUNS["dare"] - fused_before,
             "groups merged/reused": (f"{resident.merged_groups}/{resident.reused_groups}"
                                      if resident is not None else "-"),
@@ -182,6 +251,13 @@ def main(argv=None) -> None:
     parser.add_argument("--merge-cache", choices=("on", "off", "both"), default="on",
                         help="the search's MergeCache (both: each algorithm twice, side by side, "
                              "plus single-merge timings)")
+    parser.add_argument("--trim-store", choices=("off", "cold", "warm", "all"), default="off",
+                        help="the durable store of TIES' sorts (all: off, cold and warm side by "
+                             "side; default off, so that runs side by side never share one and "
+                             "the README's earlier figures keep their meaning)")
+    parser.add_argument("--trim-store-dir", default="",
+                        help="the store folder for cold/warm (default: in the bench's cache "
+                             "folder; warm alone needs one a previous run filled)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -203,11 +279,13 @@ def main(argv=None) -> None:
         caches = {"on": [True], "off": [False], "both": [False, True]}[args.merge_cache]
         sources = None
         both = {"on": [True], "off": [False], "both": [False, True]}
-        settings = [(a, split, size, cache, inc, whole, warm)
+        stores = {"all": ["off", "cold", "warm"]}.get(args.trim_store, [args.trim_store])
+        store_dir = Path(args.trim_store_dir or Path(cache) / "trim_bench")
+        settings = [(a, split, size, cache, inc, whole, warm, store)
                     for a in args.algorithms for split in args.dev_splits for size in args.dev_size
                     for cache in caches for inc in both[args.incremental] for whole in both[args.rows]
-                    for warm in both[args.warm]]
-        for algorithm, dev_split, dev_size, cache, incremental, restricted, warm in settings:
+                    for warm in both[args.warm] for store in stores]
+        for algorithm, dev_split, dev_size, cache, incremental, restricted, warm, store in settings:
             config = EvolveConfig(
                 target=args.target, algorithm=algorithm, top_k=args.top_k,
                 generations=args.generations, dev_size=dev_size,
@@ -216,7 +294,7 @@ def main(argv=None) -> None:
                                                {"layer_groups": args.layer_groups,
                                                 "method_params": {} if args.selection == "exact"
                                                 else {"selection": args.selection}}))
-            rows.append(measure(ws, config, incremental, restricted, warm))
+            rows.append(measure(ws, config, incremental, restricted, warm, store, store_dir))
             gc.collect()  # the run's sources and merge cache (GBs at XLM-R size) go before the next
             print(table_text(rows[-1:], "{:.2f}"), flush=True)  # as they come
             sources = sources or resolved_sources(ws, config)

@@ -13,6 +13,11 @@ weights or parameters of a merge, so that the next merge over the same tensors s
   every merge with that seed draws the same stream; it is drawn once;
 - breadcrumbs' argsort of |δ_i| and DELLA's magnitude ranks (sorts, the slowest part of those).
 
+With ``MergeCache(store=TrimStore(...))`` the sorted magnitudes, mergekit's tie orders (TIES'
+one-off sorts: ~38 s per source for an XLM-R embedding) and breadcrumbs' order are also kept on
+disk, keyed by the tensors' content (engine/merge/trim_store.py), so the next search over the same
+sources maps them instead of sorting again; store-backed arrays cost page cache, not memory.
+
 Results are bit-for-bit those of the uncached merge (tests/test_merge_cache.py).
 Memory, filled only as methods ask, in copies of the sources (float32): TIES ~1× (sorted
 magnitudes); DARE ~2× (deltas + draws); EvoMerge (TIES and DARE) ~3×; DELLA ~3×; breadcrumbs ~3×
@@ -31,6 +36,8 @@ import torch
 from torch import Tensor
 
 from .common import MergeError, all_finite
+
+DURABLE = ("sorted", "tie_order", "order")  # derived kinds a TrimStore keeps on disk
 
 
 def _refs(tensors: Sequence[Optional[Tensor]]) -> Tuple:
@@ -55,8 +62,8 @@ class KeyInputs:
     """One tensor name's cached inputs and derived tensors (filled lazily, on first use)."""
 
     def __init__(self, key: str, originals: Sequence[Tensor], names: Sequence[str],
-                 device: torch.device):
-        self.key, self.device = key, device
+                 device: torch.device, store=None):
+        self.key, self.device, self.store = key, device, store
         self.source_refs = _refs(originals)
         self.tensors: List[Tensor] = [checked(t, n, key).to(device=device, dtype=torch.float32)
                                       for t, n in zip(originals, names)]
@@ -64,6 +71,8 @@ class KeyInputs:
         self.base_ref: Tuple = (None,)
         self._derived: Dict[Tuple, Tensor] = {}   # (kind, source index) -> tensor
         self._draws: Dict[Tuple, List[Tensor]] = {}  # (seed, shape) -> a block per source
+        self._digests: Dict[object, bytes] = {}  # source index or "base" -> content digest
+        self._mapped: set = set()  # (kind, i) of derived arrays mapped from the store
 
     def set_base(self, raw: Tensor) -> None:
         """Adopts the merge's base tensor; a different one drops everything derived from the old."""
@@ -72,13 +81,61 @@ class KeyInputs:
         self.base = checked(raw, "base", self.key).to(device=self.device, dtype=torch.float32)
         self.base_ref = _refs([raw])
         self._derived.clear()
+        self._mapped.clear()
+        self._digests.pop("base", None)
 
     def derived(self, kind: str, i: int, make) -> Tensor:
         """Something computed from source i and the base, kept until either changes."""
         found = self._derived.get((kind, i))
         if found is None:
-            found = self._derived[(kind, i)] = make()
+            if self.store is not None and kind in DURABLE:
+                found = self._durable(kind, i, make)
+            else:
+                found = make()
+            self._derived[(kind, i)] = found
         return found
+
+    def digest(self, which) -> bytes:
+        """Content digest of source ``which`` (an index) or of the base, made once per entry (the
+        first time, with every other source's and the base's: hashed together on two threads)."""
+        found = self._digests.get(which)
+        if found is None:
+            from .trim_store import tensor_digests
+
+            missing = [j for j in [*range(len(self.tensors)), "base"] if j not in self._digests]
+            made = tensor_digests([self.base if j == "base" else self.tensors[j] for j in missing])
+            self._digests.update(zip(missing, made))
+            found = self._digests[which]
+        return found
+
+    def _durable(self, kind: str, i: int, make) -> Tensor:
+        """``make()``'s array from the store when it holds a valid one, else made and stored."""
+        from .trim_store import ORDERS, check_order, check_sorted, entry_digest
+
+        x, b = self.tensors[i].reshape(-1), self.base.reshape(-1)
+        n = x.numel()
+
+        def size_at(idx: np.ndarray) -> np.ndarray:  # |δ| at flat indices, as the sorts see it
+            if x.device.type == "cpu":
+                return np.abs(np.subtract(x.numpy()[idx], b.numpy()[idx]))
+            at = torch.from_numpy(np.array(idx)).to(x.device)
+            return torch.sub(x[at], b[at]).abs_().cpu().numpy()
+
+        check = (check_sorted(size_at, n) if kind == "sorted" else
+                 check_order(size_at, n, self._derived.get(("sorted", i)),
+                             descending=ORDERS[kind] == "descending"))
+        made = []
+
+        def counted():
+            made.append(True)
+            return make()
+        out = self.store.get(kind, entry_digest(kind, self.digest(i), self.digest("base"), n), n,
+                             counted, check)
+        if not made:  # mapped from the store: page cache on the CPU, a copy on another device
+            if self.device.type == "cpu":
+                self._mapped.add((kind, i))
+            out = out.to(self.device)
+        return out
 
     def delta(self, i: int) -> Tensor:
         """δ_i = θ_i − θ_base (read-only: kernels must not modify it)."""
@@ -118,7 +175,8 @@ class KeyInputs:
         """Bytes this entry holds beyond the caller's own tensors."""
         own = {id(r[0]) for r in self.source_refs + self.base_ref if r is not None}
         tensors = [t for t in self.tensors + [self.base] if t is not None and id(t) not in own]
-        tensors += list(self._derived.values()) + [b for bs in self._draws.values() for b in bs]
+        tensors += [t for slot, t in self._derived.items() if slot not in self._mapped]
+        tensors += [b for bs in self._draws.values() for b in bs]
         return sum(t.numel() * t.element_size() for t in tensors)
 
 
@@ -129,7 +187,8 @@ class MergeCache:
     ``merge_state_dicts`` call over those sources and their base. Not thread-safe.
     """
 
-    def __init__(self):
+    def __init__(self, store=None):
+        self.store = store  # a TrimStore (engine/merge/trim_store.py) or None
         self._entries: Dict[str, KeyInputs] = {}
         self.hits = 0
         self.builds = 0
@@ -140,7 +199,7 @@ class MergeCache:
         MergeError on NaN/inf (checked once per tensor)."""
         entry = self._entries.get(key)
         if entry is None or entry.device != device or not _same(entry.source_refs, originals):
-            entry = self._entries[key] = KeyInputs(key, originals, names, device)
+            entry = self._entries[key] = KeyInputs(key, originals, names, device, self.store)
             self.builds += 1
         else:
             self.hits += 1

@@ -1,0 +1,280 @@
+"""A durable on-disk store for TIES' derived arrays, so a second search over the same sources (or
+a later process) reuses them instead of sorting again.
+
+What it keeps depends only on a source tensor and the base tensor, never on weights or densities:
+
+- ``sorted``: |δ| flattened and sorted ascending (float32): every density's cut is an index lookup;
+- ``tie_order``: ``torch.argsort(|δ|, descending=True)`` (int32): mergekit's order among entries
+  tied at the cut. torch's CPU argsort is unstable (std::sort), so this order cannot be derived
+  cheaply: at XLM-R size it is ~31 s per source for the 250,002 × 768 embedding;
+- ``order``: breadcrumbs' ascending sort order of |δ| (int64), the same pattern.
+
+The two orders are keyed by torch's version too, since another version may sort ties
+differently.
+
+Entries are keyed by content: a SHA-1 of (kind, format, shape, the source's float32 bytes, the
+base's float32 bytes); each tensor is hashed once per MergeCache entry (``tensor_digest``).
+Files are plain ``.npy`` under ``<root>/<2 hex>/<digest>.<kind>.npy``, written to a temporary
+file in the same folder and renamed (atomic: two processes writing one entry both succeed and one
+valid file stays). They are read memory-mapped (the header by numpy's .npy reader, the data by
+``torch.from_file``, copy-on-write and never written, with no file descriptor held per array), so
+a merge touches only the pages it reads (a binary search for the cut, a slice of the order) and
+the arrays cost page cache, not process memory. Never unpickled: only the header is parsed, and
+an object dtype is refused.
+
+Every load is checked: dtype, shape, and a sampled consistency check against the live tensors
+(4,096 positions: ordered, values present, indices in range). A truncated, foreign or garbled
+file gets one warning naming it, is removed and recomputed: it can cost time, never a result.
+A folder that cannot be written is one warning; merges go on with the arrays in memory.
+
+Budget: least recently used files (by mtime, touched on every hit) are removed after a write
+until the store fits ``budget_bytes``.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import threading
+import warnings
+from pathlib import Path
+from concurrent.futures import ThreadPoolExecutor
+from functools import lru_cache
+from typing import Callable, Dict, List, Optional, Sequence, Union
+
+import numpy as np
+import torch
+from torch import Tensor
+
+DTYPES: Dict[str, np.dtype] = {"sorted": np.dtype("<f4"), "tie_order": np.dtype("<i4"),
+                               "order": np.dtype("<i8")}
+TORCH_DTYPES = {"sorted": torch.float32, "tie_order": torch.int32, "order": torch.int64}
+ORDERS = {"tie_order": "descending", "order": "ascending"}  # argsorts of |δ| (unstable: torch's)
+FORMAT = 1      # bump when what a kind holds changes
+SAMPLE = 4096   # positions each load checks against the live tensors
+CHUNK = 1 << 24  # bytes hashed apart (on two threads: hashlib lets go of the GIL), then combined
+_POOL: Optional[ThreadPoolExecutor] = None
+
+
+def tensor_digests(tensors: Sequence[Tensor]) -> List[bytes]:
+    """Each tensor's content key: SHA-1 over the SHA-1s of its float32 bytes in 16 MB chunks,
+    with its shape. All chunks of all the tensors are hashed on two threads (~2 GB/s each)."""
+    global _POOL
+    flats = [t.detach().to(device="cpu", dtype=torch.float32).contiguous() for t in tensors]
+    views = [memoryview(f.reshape(-1).numpy()).cast("B") for f in flats]
+    jobs = [(j, at) for j, v in enumerate(views) for at in range(0, max(len(v), 1), CHUNK)]
+    if _POOL is None:
+        _POOL = ThreadPoolExecutor(max_workers=min(2, os.cpu_count() or 1),
+                                   thread_name_prefix="trim-digest")
+    parts = list(_POOL.map(lambda job: hashlib.sha1(views[job[0]][job[1]:job[1] + CHUNK],
+                                                   usedforsecurity=False).digest(), jobs))
+    out = []
+    for j, f in enumerate(flats):
+        h = hashlib.sha1(f"float32|{tuple(f.shape)}|".encode(), usedforsecurity=False)
+        h.update(b"".join(p for (k, _), p in zip(jobs, parts) if k == j))
+        out.append(h.digest())
+    return out
+
+
+def tensor_digest(t: Tensor) -> bytes:
+    return tensor_digests([t])[0]
+
+
+def entry_digest(kind: str, source: bytes, base: bytes, n: int) -> str:
+    """The file name's key of ``kind`` derived from a source and base (by their tensor digests)."""
+    version = torch.__version__ if kind in ORDERS else ""
+    h = hashlib.sha1(f"{kind}|{FORMAT}|{version}|{DTYPES[kind].str}|{n}|".encode(),
+                     usedforsecurity=False)
+    h.update(source)
+    h.update(base)
+    return h.hexdigest()
+
+
+class TrimStore:
+    """Derived arrays of (source, base) pairs kept on disk under ``root`` (see the module
+    docstring); ``budget_bytes`` bounds the folder (least recently used removed first)."""
+
+    def __init__(self, root: Union[str, os.PathLike], budget_bytes: int):
+        self.root, self.budget = Path(root), int(budget_bytes)
+        self.hits = self.writes = self.rejected = self.evicted = 0
+        self._unwritable = self._unreadable = False
+        self._lock = threading.Lock()
+
+    def path(self, digest: str, kind: str) -> Path:
+        return self.root / digest[:2] / f"{digest}.{kind}.npy"
+
+    def get(self, kind: str, digest: str, n: int, make: Callable[[], Tensor],
+            check: Callable[[np.ndarray], Optional[str]]) -> Tensor:
+        """The stored array of ``kind`` (memory-mapped, as a CPU tensor) when a valid file is
+        there, else ``make()``, written to the store and returned. ``check(array)``: the live
+        tensors' sampled check (None when consistent, else what is wrong)."""
+        path = self.path(digest, kind)
+        found = self._load(path, kind, n, check)
+        if found is not None:
+            return found
+        made = make()
+        self.put(kind, digest, made)
+        return made
+
+    def _load(self, path: Path, kind: str, n: int, check) -> Optional[Tensor]:
+        """The file's array, mapped copy-on-write, when it is valid; else None (a bad file is
+        warned about and removed)."""
+        try:
+            with open(path, "rb") as f:  # numpy's .npy header reader: no pickle is ever read
+                version = np.lib.format.read_magic(f)
+                header = {(1, 0): np.lib.format.read_array_header_1_0,
+                          (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+                if header is None:
+                    raise ValueError(f".npy format version {version}")
+                shape, fortran, dtype = header(f)
+                offset, size = f.tell(), os.fstat(f.fileno()).st_size
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        except (ValueError, EOFError) as exc:  # not an .npy, or its header cut short
+            return self._reject(path, f"unreadable ({exc})")
+        except OSError as exc:  # the folder, not the file: a miss (warned once)
+            if not self._unreadable:
+                self._unreadable = True
+                warnings.warn(f"could not read the trim store {self.root} ({exc}); sorting "
+                              f"instead", RuntimeWarning, stacklevel=4)
+            return None
+        want = DTYPES[kind]
+        if dtype != want or shape != (n,) or fortran:
+            return self._reject(path, f"holds {dtype} {shape}, not {want} ({n},)")
+        if size != offset + n * want.itemsize or offset % want.itemsize:
+            return self._reject(path, f"has {size} bytes, not {offset + n * want.itemsize}")
+        try:  # torch's map holds no file descriptor (numpy's memmap keeps one per array)
+            mapped = torch.from_file(str(path), shared=False, size=size, dtype=torch.uint8)
+        except RuntimeError:  # removed or replaced since (another process): a miss
+            return None
+        mapped = mapped[offset:].view(TORCH_DTYPES[kind])
+        array = mapped.numpy()
+        problem = check(array)
+        if problem is not None:
+            return self._reject(path, problem)
+        try:
+            os.utime(path)  # the LRU's clock
+        except OSError:
+            pass
+        self.hits += 1
+        return mapped
+
+    def _reject(self, path: Path, why: str) -> None:
+        self.rejected += 1
+        warnings.warn(f"trim store file {path} {why}: removed and recomputed", RuntimeWarning,
+                      stacklevel=4)
+        try:
+            path.unlink()
+        except OSError:
+            pass
+        return None
+
+    def put(self, kind: str, digest: str, made: Tensor) -> None:
+        """Writes ``made`` as the entry (atomically), then evicts down to the budget; a folder
+        that cannot be written is one warning per store, and nothing more."""
+        if self._unwritable or self.budget <= 0:
+            return
+        path = self.path(digest, kind)
+        array = made.detach().cpu().numpy()
+        tmp = None
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+            with os.fdopen(fd, "wb") as f:
+                np.save(f, array, allow_pickle=False)
+            os.replace(tmp, path)
+            tmp = None
+            self.writes += 1
+        except OSError as exc:
+            self._unwritable = True
+            warnings.warn(f"could not write the trim store {self.root} ({exc}); merges go on "
+                          f"with the arrays in memory only", RuntimeWarning, stacklevel=4)
+            return
+        finally:
+            if tmp is not None:
+                try:
+                    os.unlink(tmp)
+                except OSError:
+                    pass
+        self.evict()
+
+    def files(self):
+        """(mtime, size, path) of every stored file."""
+        out = []
+        for path in self.root.glob("??/*.npy"):
+            try:
+                st = path.stat()
+            except OSError:
+                continue
+            out.append((st.st_mtime, st.st_size, path))
+        return out
+
+    def nbytes(self) -> int:
+        return sum(size for _, size, _ in self.files())
+
+    def evict(self) -> None:
+        """Removes the least recently used files until the store fits its budget."""
+        with self._lock:
+            files = sorted(self.files(), key=lambda f: (f[0], str(f[2])))
+            total = sum(size for _, size, _ in files)
+            for _, size, path in files:
+                if total <= self.budget:
+                    break
+                try:
+                    path.unlink()
+                    self.evicted += 1
+                except OSError:
+                    pass
+                total -= size
+
+
+# ---- the sampled checks against the live tensors ------------------------------------------------
+
+@lru_cache(maxsize=256)
+def _positions(n: int) -> np.ndarray:
+    """The sampled ranks/indices checked for an array of n entries (sorted; the same each time)."""
+    at = np.unique(np.random.default_rng(n).integers(0, max(n, 1), min(SAMPLE, n)))
+    at.flags.writeable = False
+    return at
+
+
+def check_sorted(size_at: Callable[[np.ndarray], np.ndarray], n: int):
+    """A check for stored sorted magnitudes: non-decreasing at sampled ranks, and |δ| at sampled
+    entries found among them (``size_at(idx)``: the live |δ| at flat indices)."""
+    def check(array: np.ndarray) -> Optional[str]:
+        at = _positions(n)
+        if not len(at):
+            return None
+        nxt = np.minimum(at + 1, n - 1)
+        if not np.all(array[at] <= array[nxt]) or not array[0] >= 0:
+            return "is not sorted ascending"
+        values = np.sort(size_at(at))  # sorted keys: the binary searches share their pages
+        where = np.minimum(np.searchsorted(array, values), n - 1)
+        if not np.array_equal(array[where], values):
+            return "does not hold this tensor's magnitudes"
+        return None
+    return check
+
+
+def check_order(size_at: Callable[[np.ndarray], np.ndarray], n: int,
+                sorted_size: Optional[Tensor] = None, descending: bool = True):
+    """A check for a stored order of |δ|: indices in range, |δ| monotone along sampled ranks, and
+    equal to the sorted magnitudes at those ranks where they are known."""
+    def check(array: np.ndarray) -> Optional[str]:
+        at = _positions(n)
+        if not len(at):
+            return None
+        order = np.asarray(array[at], dtype=np.int64)
+        if order.min() < 0 or order.max() >= n:
+            return "holds indices out of range"
+        values = size_at(order)
+        steps = np.diff(values)
+        if not np.all(steps <= 0 if descending else steps >= 0):
+            return "is not this tensor's order by magnitude"
+        ranks = n - 1 - at if descending else at
+        if sorted_size is not None and not np.array_equal(
+                values, sorted_size.numpy()[ranks] if sorted_size.device.type == "cpu"
+                else sorted_size[torch.from_numpy(ranks)].cpu().numpy()):
+            return "does not match this tensor's magnitudes"
+        return None
+    return check
