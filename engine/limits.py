@@ -20,6 +20,8 @@ SEED_MAX = 2 ** 31 - 1
 SETTINGS: Dict[str, Param] = {p.name: p for p in (
     # workspace / similarity / candidates
     Param("batch_size", "int", 64, 1, 4096, help="examples per forward pass"),
+    Param("trim_store_gb", "float", 16.0, 0.0, 100_000.0,
+          help="GB of disk for TIES' sorts kept between merges and searches (0: off)"),
     Param("top_k", "int", 5, 1, 100, help="URIEL neighbours kept (MASSIVE has 51 locales)"),
     Param("sinkhorn_iters", "int", 20, 0, 1000, help="Sinkhorn balancing rounds"),
     Param("seed", "int", 0, 0, SEED_MAX, help="random seed"),

@@ -48,6 +48,7 @@ def open_workspace(settings: Optional[Settings] = None) -> Workspace:
 
     settings = settings or Settings()
     settings.batch_size = check_setting("batch_size", settings.batch_size)
+    settings.trim_store_gb = check_setting("trim_store_gb", settings.trim_store_gb)
     zoo_path = settings.zoo or str(default_demo_dir())
     if not settings.zoo and not (Path(zoo_path) / MANIFEST).exists():
         raise ZooError(f"the demo zoo is not built yet at {zoo_path}; run `python -m engine build-demo`")

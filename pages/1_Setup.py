@@ -11,6 +11,8 @@ from dashboard import runs as runs_view
 from dashboard import state
 from dashboard.widgets import params_text
 from engine.data.sources import DATA_SOURCES, data_kinds, source_fields
+from engine.limits import SETTINGS, bounds
+from engine.merge.trim_store import usage_line as trim_store_usage
 from engine.workspace import default_demo_dir
 from engine.zoo import DEFAULT_PATTERN, MANIFEST
 
@@ -82,6 +84,12 @@ with st.container():
 
     e1.caption("A CUDA GPU is visible." if torch.cuda.is_available() else "No CUDA GPU visible: auto means CPU.")
     batch = e2.number_input("Batch size", min_value=1, max_value=4096, value=int(current.batch_size))
+    trim_gb = e2.number_input("Trim store (GB of disk)", *bounds("trim_store_gb"),
+                              value=float(current.trim_store_gb), step=1.0, key="setup_trim_store_gb",
+                              help=SETTINGS["trim_store_gb"].help + ": TIES' sorted magnitudes and mergekit's "
+                                   "tie orders depend only on a source and the base, so the next merge or search "
+                                   "over the same models skips the sorts (~2 GB per XLM-R-base source)")
+    e2.caption(trim_store_usage(state.cache_dir(current)))
     submitted = st.button("Open", type="primary", icon=":material/folder_open:", key="setup_open")
 
 uri = st.text_input("MLflow tracking store (optional)", value=state.mlflow_uri(), key="setup_mlflow",
@@ -93,7 +101,8 @@ if problem := state.apply_mlflow_uri(uri):
 if submitted:
     new = replace(current, zoo="" if demo else zoo_path.strip(), pattern=pattern.strip() or DEFAULT_PATTERN,
                   base=None if demo else base.strip() or None, data=data, data_path=data_path.strip(),
-                  text_column=text_col, label_column=label_col, device=device, batch_size=int(batch))
+                  text_column=text_col, label_column=label_col, device=device, batch_size=int(batch),
+                  trim_store_gb=float(trim_gb))
     if kind != "demo" and not new.zoo:
         st.error("give the zoo's folder or manifest path")
         st.stop()

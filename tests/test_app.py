@@ -72,6 +72,19 @@ def test_setup_shows_the_zoo_and_the_engine_error(app_cache, tiny_zoo_dir):
     assert not at.error and metric(at, "Source models") == "4"
 
 
+def test_setup_sets_the_trim_store_budget_and_shows_what_it_holds(app_cache):
+    from dashboard.state import SETTINGS_KEY
+
+    at = goto(open_app(), "Setup")
+    lines = [c.value for c in at.caption if "trim store" in c.value]
+    assert len(lines) == 1 and str(app_cache / "trim") in lines[0], lines
+    assert at.number_input(key="setup_trim_store_gb").value == 16.0
+    at.number_input(key="setup_trim_store_gb").set_value(0.0)
+    button(at, "setup_open").click()
+    rerun(at)
+    assert not at.error and at.session_state[SETTINGS_KEY].trim_store_gb == 0.0
+
+
 def weights_table(at: AppTest):
     return [d.value for d in at.dataframe if "similarity" in d.value.columns][0]
 

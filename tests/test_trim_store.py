@@ -259,3 +259,33 @@ def test_mapped_arrays_hold_no_file_descriptors(tmp_path):
             for d in digests]
     assert store.hits == 40 and len(os.listdir("/proc/self/fd")) < before + 5
     assert all(float(t[0]) == i for i, t in enumerate(held))
+
+
+# ---- the budget as a setting: CLI, workspace, Setup page ------------------------------------------
+
+def test_the_budget_is_a_checked_setting_on_the_cli_and_in_the_workspace(tiny_zoo_dir, tmp_path):
+    from engine.cli import UsageError, build_parser
+    from engine.limits import SettingError
+    from engine.workspace import Settings, open_workspace
+
+    with pytest.raises(UsageError, match=r"trim_store_gb must be in \[0.0, 100000.0\], got -1"):
+        build_parser().parse_args(["evolve", "--target", "nl-NL", "--trim-store-gb", "-1"])
+    args = build_parser().parse_args(["evolve", "--target", "nl-NL", "--trim-store-gb", "0.5"])
+    assert args.trim_store_gb == 0.5
+    with pytest.raises(SettingError, match="trim_store_gb must be in"):
+        open_workspace(Settings(zoo=str(tiny_zoo_dir), trim_store_gb=-3))
+
+
+def test_the_cli_budget_reaches_the_search(tiny_zoo_dir, tmp_path):
+    """--trim-store-gb 0 turns the store off (no folder); the default fills <cache-dir>/trim/."""
+    from engine.cli import main
+
+    def evolve(cache, *extra):
+        argv = ["evolve", "--zoo", str(tiny_zoo_dir), "--cache-dir", str(cache), "--target", "nl-NL",
+                "--algorithm", "cmaes", "--generations", "1", "--population", "2", "--top-k", "2",
+                "--quiet", *extra]
+        assert main(argv) in (0, None)
+    evolve(tmp_path / "off", "--trim-store-gb", "0")
+    assert not (tmp_path / "off" / "trim").exists()
+    evolve(tmp_path / "on")
+    assert files(tmp_path / "on" / "trim")

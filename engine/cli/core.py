@@ -40,6 +40,9 @@ def workspace_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     g.add_argument("--cache-dir", default="", help="cache/results folder (default: ./cache)")
     g.add_argument("--batch-size", type=int, default=64)
+    g.add_argument("--trim-store-gb", type=float, default=Settings().trim_store_gb,
+                   help="disk for TIES' sorted magnitudes and tie orders kept in <cache-dir>/trim/ "
+                        "between merges and searches, least recently used removed first; 0: off")
     g.add_argument("--mlflow", default="", metavar="URI",
                    help="also log each finished run to this MLflow tracking store: a local folder, file:/path "
                         "or sqlite:///path.db (default: $FUSION_MLFLOW_URI; the engine's store stays the record)")
@@ -54,6 +57,7 @@ def open_from_args(args):
 
     return open_workspace(Settings(zoo=args.zoo, pattern=args.pattern, base=args.base, data=args.data,
                                    device=args.device, cache_dir=args.cache_dir, batch_size=args.batch_size,
+                                   trim_store_gb=args.trim_store_gb,
                                    **{field: getattr(args, field) for field in source_fields()}))
 
 

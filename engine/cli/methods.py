@@ -187,7 +187,8 @@ def cmd_export(args):
     store = store_of(args.cache_dir)
     fallback = Settings(zoo=args.zoo, pattern=args.pattern, base=args.base, data=args.data,
                         data_path=args.data_path, extra_locales=args.extra_locales,
-                        device=args.device, cache_dir=args.cache_dir, batch_size=args.batch_size)
+                        device=args.device, cache_dir=args.cache_dir, batch_size=args.batch_size,
+                        trim_store_gb=args.trim_store_gb)
     path = export_stored_run(store, args.run_id, Path(args.out_dir), args.overwrite, fallback,
                              progress_for(args))
     return {"run_id": args.run_id, "export": str(path)}, f"run {args.run_id} exported to {path}"

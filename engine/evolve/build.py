@@ -28,7 +28,7 @@ import torch
 
 from ..merge import MERGES, MergeCache, MergeContext, merge_state_dicts
 from ..merge.selection import layer_groups
-from ..merge.trim_store import TrimStore
+from ..merge.trim_store import TrimStore, folder as store_folder
 from .config import EvolveError
 from .genome import Genome
 from .resident import ResidentMerge, assemble, merge_group
@@ -75,7 +75,7 @@ class Sources:
 def trim_store(ws) -> Optional[TrimStore]:
     """The workspace's durable store of TIES sorts (None when its budget is 0)."""
     budget = float(getattr(ws.settings, "trim_store_gb", 0) or 0)
-    return TrimStore(ws.cache_dir / "trim", int(budget * 1e9)) if budget > 0 else None
+    return TrimStore(store_folder(ws.cache_dir), int(budget * 1e9)) if budget > 0 else None
 
 
 def build_evomerge(genome: Genome, sources: Sources, score=None, seed: int = 0) -> StateDict:

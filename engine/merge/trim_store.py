@@ -54,6 +54,11 @@ FORMAT = 1      # bump when what a kind holds changes
 SAMPLE = 4096   # positions each load checks against the live tensors
 
 
+def folder(cache_dir: Union[str, os.PathLike]) -> Path:
+    """Where a cache folder keeps its trim store (searches, one-shot merges, the Setup page)."""
+    return Path(cache_dir) / "trim"
+
+
 def tensor_digests(tensors: Sequence[Tensor]) -> List[bytes]:
     return [tensor_digest(t) for t in tensors]
 
@@ -270,3 +275,15 @@ def check_order(size_at: Callable[[np.ndarray], np.ndarray], n: int,
             return "does not match this tensor's magnitudes"
         return None
     return check
+
+
+def usage_line(cache_dir: Union[str, os.PathLike, None]) -> str:
+    """What the trim store of a cache folder holds, in one line (the Setup page's caption)."""
+    from ..paths import default_cache_dir
+
+    root = folder(cache_dir or default_cache_dir())
+    files = TrimStore(root, 0).files()
+    if not files:
+        return f"The trim store ({root}) is empty."
+    return (f"The trim store ({root}) holds {sum(size for _, size, _ in files) / 1e9:.2f} GB "
+            f"in {len(files)} files.")
