@@ -97,7 +97,7 @@ class KeyInputs:
 
     def digest(self, which) -> bytes:
         """Content digest of source ``which`` (an index) or of the base, made once per entry (the
-        first time, with every other source's and the base's: hashed together on two threads)."""
+        first time, with every other source's and the base's; XXH3 at memory bandwidth)."""
         found = self._digests.get(which)
         if found is None:
             from .trim_store import tensor_digests
