@@ -69,6 +69,12 @@ def test_whole_merges_are_identical_off_cold_and_warm_and_warm_sorts_nothing(tin
         for d in (0.3, 0.55):
             assert same(ties(sources, base, cache, d), expected[d])
         assert cold.writes == len(files(root)) and files(root, "tie_order")  # ties were settled
+        filled = MergeCache(None)  # what the uncached arrays cost in memory ...
+        for d in (0.3, 0.55):
+            ties(sources, base, filled, d)
+        held = sum(t.numel() * t.element_size() for e in cache._entries.values()
+                   for slot, t in e._derived.items() if slot[0] in ("sorted", "tie_order"))
+        assert held > 0 and cache.nbytes() < filled.nbytes() - held // 2  # ... the cold store maps
         warm = TrimStore(root, 10 ** 9)
         cache = MergeCache(warm)
         for d in (0.55, 0.3):

@@ -127,11 +127,11 @@ class KeyInputs:
         made = []
 
         def counted():
-            made.append(True)
-            return make()
+            made.append(make())
+            return made[0]
         out = self.store.get(kind, entry_digest(kind, self.digest(i), self.digest("base"), n), n,
                              counted, check)
-        if not made:  # mapped from the store: page cache on the CPU, a copy on another device
+        if not made or out is not made[0]:  # mapped: page cache on the CPU, a copy elsewhere
             if self.device.type == "cpu":
                 self._mapped.add((kind, i))
             out = out.to(self.device)

@@ -103,17 +103,22 @@ class TrimStore:
     def get(self, kind: str, digest: str, n: int, make: Callable[[], Tensor],
             check: Callable[[np.ndarray], Optional[str]]) -> Tensor:
         """The stored array of ``kind`` (memory-mapped, as a CPU tensor) when a valid file is
-        there, else ``make()``, written to the store and returned. ``check(array)``: the live
-        tensors' sampled check (None when consistent, else what is wrong)."""
+        there, else ``make()``, written to the store and returned — as the file just written,
+        mapped, when it is a CPU array, so that even the search that fills the store holds these
+        arrays as page cache, not as process memory. ``check(array)``: the live tensors' sampled
+        check (None when consistent, else what is wrong)."""
         path = self.path(digest, kind)
         found = self._load(path, kind, n, check)
         if found is not None:
             return found
         made = make()
-        self.put(kind, digest, made)
+        if self.put(kind, digest, made) and made.device.type == "cpu":
+            mapped = self._load(path, kind, n, lambda array: None, hit=False)
+            if mapped is not None:
+                return mapped
         return made
 
-    def _load(self, path: Path, kind: str, n: int, check) -> Optional[Tensor]:
+    def _load(self, path: Path, kind: str, n: int, check, hit: bool = True) -> Optional[Tensor]:
         """The file's array, mapped copy-on-write, when it is valid; else None (a bad file is
         warned about and removed)."""
         try:
@@ -153,7 +158,7 @@ class TrimStore:
             os.utime(path)  # the LRU's clock
         except OSError:
             pass
-        self.hits += 1
+        self.hits += hit
         return mapped
 
     def _reject(self, path: Path, why: str) -> None:
@@ -166,11 +171,11 @@ class TrimStore:
             pass
         return None
 
-    def put(self, kind: str, digest: str, made: Tensor) -> None:
+    def put(self, kind: str, digest: str, made: Tensor) -> bool:
         """Writes ``made`` as the entry (atomically), then evicts down to the budget; a folder
-        that cannot be written is one warning per store, and nothing more."""
+        that cannot be written is one warning per store, and nothing more. True when written."""
         if self._unwritable or self.budget <= 0:
-            return
+            return False
         path = self.path(digest, kind)
         array = made.detach().cpu().numpy()
         tmp = None
@@ -186,7 +191,7 @@ class TrimStore:
             self._unwritable = True
             warnings.warn(f"could not write the trim store {self.root} ({exc}); merges go on "
                           f"with the arrays in memory only", RuntimeWarning, stacklevel=4)
-            return
+            return False
         finally:
             if tmp is not None:
                 try:
@@ -194,6 +199,7 @@ class TrimStore:
                 except OSError:
                     pass
         self.evict()
+        return True
 
     def files(self):
         """(mtime, size, path) of every stored file."""
