@@ -30,6 +30,10 @@ A folder that cannot be written is one warning; merges go on with the arrays in 
 
 Budget: least recently used files (by mtime, touched on every hit) are removed after a write
 until the store fits ``budget_bytes``.
+
+One-shot merges (no MergeCache: the Merge page, the CLI, exports, sweeps) use the store for tie
+orders only, and hash a tensor only when its cut lands on surplus ties (sparse_trim.stored_ties),
+so a merge without ties pays nothing for it.
 """
 from __future__ import annotations
 
@@ -218,6 +222,33 @@ class TrimStore:
                 except OSError:
                     pass
                 total -= size
+
+
+def workspace_store(ws) -> Optional[TrimStore]:
+    """The workspace's durable store of TIES sorts, shared by searches and one-shot merges:
+    ``<cache_dir>/trim/`` within ``Settings.trim_store_gb`` (None when that is 0)."""
+    budget = float(getattr(ws.settings, "trim_store_gb", 0) or 0)
+    return TrimStore(ws.cache_dir / "trim", int(budget * 1e9)) if budget > 0 else None
+
+
+def stored(store: TrimStore, kind: str, x: Tensor, b: Tensor, make: Callable[[], Tensor],
+           source_digest: bytes, base_digest: bytes,
+           sorted_size: Optional[Tensor] = None) -> Tensor:
+    """``make()``'s array of ``kind`` for source tensor ``x`` over base ``b`` (flat, float32),
+    from ``store`` when it holds a valid one (checked against the live tensors), else made and
+    written; the digests are the tensors' ``tensor_digest``."""
+    x, b = x.reshape(-1), b.reshape(-1)
+    n = x.numel()
+
+    def size_at(idx: np.ndarray) -> np.ndarray:  # |δ| at flat indices, as the sorts see it
+        if x.device.type == "cpu":
+            return np.abs(np.subtract(x.numpy()[idx], b.numpy()[idx]))
+        at = torch.from_numpy(np.array(idx)).to(x.device)
+        return torch.sub(x[at], b[at]).abs_().cpu().numpy()
+
+    check = (check_sorted(size_at, n) if kind == "sorted" else
+             check_order(size_at, n, sorted_size, descending=ORDERS[kind] == "descending"))
+    return store.get(kind, entry_digest(kind, source_digest, base_digest, n), n, make, check)
 
 
 # ---- the sampled checks against the live tensors ------------------------------------------------
