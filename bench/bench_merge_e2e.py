@@ -13,7 +13,8 @@ a merge really allocates). Tools:
 * ``ours-cold`` / ``ours-warm`` (with --trim-store DIR): ``ours`` with a TrimStore there (TIES'
   tie orders, engine/merge/trim_store.py): cold = the folder emptied first (a first merge sorts
   and writes them); warm = the next merge at --warm-density (a second merge of the same sources at
-  another density reads them). The folder's size is printed; put it on disk, not /dev/shm (it
+  another density reads them), beside ``ours-nostore-warm``: ``ours`` at --warm-density without a
+  store (the warm merge's own baseline). The folder's size is printed; put it on disk, not /dev/shm (it
   would count as memory).
 * ``mergekit``: mergekit.merge.run_merge from the config our export writes (mergekit_config).
 
@@ -60,7 +61,7 @@ def child(tool: str, job: dict) -> dict:
         config = MergeConfiguration.model_validate(job["mergekit"])
         options = MergeOptions(copy_tokenizer=False, lazy_unpickle=False, quiet=True)
         run = lambda: run_merge(config, job["out"], options)  # noqa: E731
-    elif tool in ("ours", "ours-torch", "ours-cold", "ours-warm"):
+    elif tool in ("ours", "ours-torch", "ours-cold", "ours-warm", "ours-nostore-warm"):
         from engine.merge import fused
         from engine.merge.files import merge_files
         from engine.merge.trim_store import TrimStore
@@ -69,7 +70,8 @@ def child(tool: str, job: dict) -> dict:
         store = TrimStore(job["store"], 64 * 10 ** 9) if tool in ("ours-cold", "ours-warm") else None
         if tool == "ours-cold":
             shutil.rmtree(job["store"], ignore_errors=True)
-        params = {**job["params"], "density": job["warm_density"]} if tool == "ours-warm" else job["params"]
+        params = ({**job["params"], "density": job["warm_density"]} if tool in ("ours-warm", "ours-nostore-warm")
+                  else job["params"])
 
         run = lambda: merge_files(job["method"], job["sources"], Path(job["out"]) / "model.safetensors",  # noqa: E731
                                   job["weights"], base_dir=job["base"], params=params, store=store)
@@ -157,7 +159,7 @@ def main():
     source_bytes = sum(f.stat().st_size for s in sources for f in Path(s).glob("*.safetensors"))
     base_bytes = sum(f.stat().st_size for f in Path(ws.zoo.base).glob("*.safetensors"))
     tools = ["ours", "mergekit"] + (["ours-whole"] if args.whole else []) + \
-        (["ours-torch"] if args.torch else []) + (["ours-cold"] if args.trim_store else [])
+        (["ours-torch"] if args.torch else []) + (["ours-cold", "ours-nostore-warm"] if args.trim_store else [])
     bandwidth = add_bandwidth()
     rows = []
     tmp = Path(tempfile.mkdtemp(prefix="bench_e2e_", dir=args.out_dir))
@@ -205,6 +207,7 @@ def main():
                     row[f"{t} s"] = f"{med[t]['seconds']:.2f}"
                     row[f"{t} store MB"] = f"{med[t]['store_bytes'] / 1e6:.0f}"
                     row[f"{t} writes/hits"] = f"{med[t]['store_writes']:.0f}/{med[t]['store_hits']:.0f}"
+                row["ours-nostore-warm s"] = f"{med['ours-nostore-warm']['seconds']:.2f}"
                 row["warm density"] = args.warm_density
             for t in results:
                 row[f"{t} anon GB"] = f"{med[t]['anon'] / 1e9:.2f}"
