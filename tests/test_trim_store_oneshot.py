@@ -150,3 +150,15 @@ def test_the_merge_job_uses_the_workspace_store(tiny_zoo_dir, tmp_path):
                                   device="cpu", trim_store_gb=0))
     assert same(build_merge(on, cand), build_merge(off, cand))
     assert orders(tmp_path / "on" / "trim") and not (tmp_path / "off" / "trim").exists()
+
+
+def test_orders_sorted_off_the_cpu_get_their_own_keys():
+    """A CUDA argsort orders ties its own way: its tie order must never answer a CPU merge (whose
+    keys stay as they were), while sorted magnitudes (the same values anywhere) are shared."""
+    from engine.merge.trim_store import entry_digest
+
+    a, b = b"s" * 16, b"b" * 16
+    assert entry_digest("tie_order", a, b, 10) == entry_digest("tie_order", a, b, 10, "cpu")
+    assert entry_digest("tie_order", a, b, 10, "cuda") != entry_digest("tie_order", a, b, 10)
+    assert entry_digest("order", a, b, 10, "cuda") != entry_digest("order", a, b, 10)
+    assert entry_digest("sorted", a, b, 10, "cuda") == entry_digest("sorted", a, b, 10)

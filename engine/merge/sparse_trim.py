@@ -40,7 +40,8 @@ def tied_kept(size: Tensor, above: int, k: int) -> Tensor:
     Only run when more entries tie at the cut than fit (trim_cut's ``exact`` is False): common
     in real task vectors (differences of float32 weights sit on a grid), and then the trim costs
     a full sort, mergekit's own cost (8.4 M entries: ~9x the selection), to settle a handful of
-    equally large entries. A MergeCache keeps the order, so a search sorts each tensor once."""
+    equally large entries. A MergeCache keeps the order, so a search sorts each tensor once,
+    and a TrimStore keeps it on disk for later searches and one-shot merges (stored_ties)."""
     order = torch.argsort(size, descending=True)
     return torch.sort(order[above:k]).values
 
@@ -73,7 +74,7 @@ def stored_ties(store, x: Tensor, base: Tensor,
 
     def ties(above: int, k: int) -> Tensor:
         order = stored(store, "tie_order", x, base, make, tensor_digest(x), base_digest())
-        return torch.sort(order[above:k].long()).values
+        return torch.sort(order[above:k].to(device=x.device, dtype=torch.long)).values
     return ties
 
 

@@ -10,7 +10,7 @@ What it keeps depends only on a source tensor and the base tensor, never on weig
 - ``order``: breadcrumbs' ascending sort order of |δ| (int64), the same pattern.
 
 The two orders are keyed by torch's version too, since another version may sort ties
-differently.
+differently, and off the CPU by the device type that sorted them.
 
 Entries are keyed by content: a SHA-1 of (kind, format, shape, the XXH3-128 digests of the
 source's and the base's float32 bytes); each tensor is hashed once per MergeCache entry
@@ -76,9 +76,13 @@ def tensor_digest(t: Tensor) -> bytes:
     return h.digest()
 
 
-def entry_digest(kind: str, source: bytes, base: bytes, n: int) -> str:
-    """The file name's key of ``kind`` derived from a source and base (by their tensor digests)."""
+def entry_digest(kind: str, source: bytes, base: bytes, n: int, device: str = "cpu") -> str:
+    """The file name's key of ``kind`` derived from a source and base (by their tensor digests).
+    Orders are keyed by torch's version and, off the CPU, the device type that sorted them (a
+    CUDA sort orders ties its own way; CPU keys stay as they were)."""
     version = torch.__version__ if kind in ORDERS else ""
+    if kind in ORDERS and device != "cpu":
+        version += f"|{device}"
     h = hashlib.sha1(f"{kind}|{FORMAT}|{version}|{DTYPES[kind].str}|{n}|".encode(),
                      usedforsecurity=False)
     h.update(source)
@@ -248,7 +252,8 @@ def stored(store: TrimStore, kind: str, x: Tensor, b: Tensor, make: Callable[[],
 
     check = (check_sorted(size_at, n) if kind == "sorted" else
              check_order(size_at, n, sorted_size, descending=ORDERS[kind] == "descending"))
-    return store.get(kind, entry_digest(kind, source_digest, base_digest, n), n, make, check)
+    key = entry_digest(kind, source_digest, base_digest, n, x.device.type)
+    return store.get(kind, key, n, make, check)
 
 
 # ---- the sampled checks against the live tensors ------------------------------------------------
