@@ -124,9 +124,7 @@ def _register(name: str, *, mergekit: str, params: list, sparsifier: str, consen
         stored_of = None  # one-shot TIES exact: tie orders from the store, hashed only when needed
         if inputs is None and store is not None and sparsifier == "magnitude":
             base_digest = digest_once(base)
-
-            def stored_of(i: int):
-                return stored_ties(store, tensors[i], base, base_digest)
+            stored_of = lambda i: stored_ties(store, tensors[i], base, base_digest)  # noqa: E731
         if rng not in RNGS:
             raise MergeError(f"{name}: rng must be one of {list(RNGS)}, got {rng!r}")
         if selection not in SELECTIONS:
