@@ -10,6 +10,12 @@ a merge really allocates). Tools:
   merge in memory, save_file — kept to show where the time went.
 * ``ours-torch`` (with --torch): ``ours`` with the fused numba kernels off (engine/merge/fused.py),
   the torch kernels instead; ``ours`` pays the kernels' compile (first call in its process).
+* ``ours-cold`` / ``ours-warm`` (with --trim-store DIR): ``ours`` with a TrimStore there (TIES'
+  tie orders, engine/merge/trim_store.py): cold = the folder emptied first (a first merge sorts
+  and writes them); warm = the next merge at --warm-density (a second merge of the same sources at
+  another density reads them), beside ``ours-nostore-warm``: ``ours`` at --warm-density without a
+  store (the warm merge's own baseline). The folder's size is printed; put it on disk, not /dev/shm (it
+  would count as memory).
 * ``mergekit``: mergekit.merge.run_merge from the config our export writes (mergekit_config).
 
 Each method's time is also given as a fraction of the machine's copy bandwidth: (bytes of the
@@ -17,6 +23,7 @@ sources + base read once + output written once) / time, over torch.add's bandwid
 the same run.
 
     python bench/bench_merge_e2e.py [--zoo DIR] [--methods linear ties] [--repeat 3] [--whole]
+        [--trim-store DIR [--warm-density 0.5]]
 """
 import argparse
 import json
@@ -54,14 +61,20 @@ def child(tool: str, job: dict) -> dict:
         config = MergeConfiguration.model_validate(job["mergekit"])
         options = MergeOptions(copy_tokenizer=False, lazy_unpickle=False, quiet=True)
         run = lambda: run_merge(config, job["out"], options)  # noqa: E731
-    elif tool in ("ours", "ours-torch"):
+    elif tool in ("ours", "ours-torch", "ours-cold", "ours-warm", "ours-nostore-warm"):
         from engine.merge import fused
         from engine.merge.files import merge_files
+        from engine.merge.trim_store import TrimStore
 
-        fused.ENABLED = fused.ENABLED and tool == "ours"
+        fused.ENABLED = fused.ENABLED and tool != "ours-torch"
+        store = TrimStore(job["store"], 64 * 10 ** 9) if tool in ("ours-cold", "ours-warm") else None
+        if tool == "ours-cold":
+            shutil.rmtree(job["store"], ignore_errors=True)
+        params = ({**job["params"], "density": job["warm_density"]} if tool in ("ours-warm", "ours-nostore-warm")
+                  else job["params"])
 
         run = lambda: merge_files(job["method"], job["sources"], Path(job["out"]) / "model.safetensors",  # noqa: E731
-                                  job["weights"], base_dir=job["base"], params=job["params"])
+                                  job["weights"], base_dir=job["base"], params=params, store=store)
     else:
         from safetensors.torch import save_file
 
@@ -92,7 +105,10 @@ def child(tool: str, job: dict) -> dict:
     done.set()
     sampler.join()
     written = sum(f.stat().st_size for f in Path(job["out"]).glob("*.safetensors"))
-    return {"seconds": seconds, "hwm": _status("VmHWM"), "anon": peak[0] - baseline, "written": written}
+    out = {"seconds": seconds, "hwm": _status("VmHWM"), "anon": peak[0] - baseline, "written": written}
+    if tool in ("ours-cold", "ours-warm"):
+        out.update(store_bytes=store.nbytes(), store_writes=store.writes, store_hits=store.hits)
+    return out
 
 
 def add_bandwidth(gib: float = 0.5) -> float:
@@ -124,6 +140,9 @@ def main():
                     "instead of the fused numba ones")
     ap.add_argument("--out-dir", default=None, help="where the merged files go (default: the system's temp "
                     "folder; /dev/shm takes a slow disk out of the comparison)")
+    ap.add_argument("--trim-store", default="", help="also time ours with a TIES trim store in this "
+                    "folder (emptied first): a cold first merge, then a warm one at --warm-density")
+    ap.add_argument("--warm-density", type=float, default=0.5)
     ap.add_argument("--child", nargs=2, metavar=("TOOL", "JOB_JSON"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -140,7 +159,7 @@ def main():
     source_bytes = sum(f.stat().st_size for s in sources for f in Path(s).glob("*.safetensors"))
     base_bytes = sum(f.stat().st_size for f in Path(ws.zoo.base).glob("*.safetensors"))
     tools = ["ours", "mergekit"] + (["ours-whole"] if args.whole else []) + \
-        (["ours-torch"] if args.torch else [])
+        (["ours-torch"] if args.torch else []) + (["ours-cold", "ours-nostore-warm"] if args.trim_store else [])
     bandwidth = add_bandwidth()
     rows = []
     tmp = Path(tempfile.mkdtemp(prefix="bench_e2e_", dir=args.out_dir))
@@ -153,11 +172,13 @@ def main():
                 print(f"skipping {method}: {why}")
                 continue
             job = {"method": method, "sources": sources, "weights": list(weights.values()), "params": params,
-                   "base": str(ws.zoo.base), "mergekit": kit}
-            results = {t: [] for t in tools}
+                   "base": str(ws.zoo.base), "mergekit": kit, "store": args.trim_store,
+                   "warm_density": args.warm_density}
+            results = {t: [] for t in tools + (["ours-warm"] if args.trim_store else [])}
             loads = []
             for rep in range(args.repeat):
                 order = tools[rep % len(tools):] + tools[:rep % len(tools)]
+                order = [t for tool in order for t in ([tool, "ours-warm"] if tool == "ours-cold" else [tool])]
                 for tool in order:
                     out = tmp / f"{tool}_{method}"
                     shutil.rmtree(out, ignore_errors=True)
@@ -181,9 +202,16 @@ def main():
                 row["ours-whole s"] = f"{med['ours-whole']['seconds']:.2f}"
             if args.torch:
                 row["ours-torch s"] = f"{med['ours-torch']['seconds']:.2f}"
-            for t in tools:
+            if args.trim_store:
+                for t in ("ours-cold", "ours-warm"):
+                    row[f"{t} s"] = f"{med[t]['seconds']:.2f}"
+                    row[f"{t} store MB"] = f"{med[t]['store_bytes'] / 1e6:.0f}"
+                    row[f"{t} writes/hits"] = f"{med[t]['store_writes']:.0f}/{med[t]['store_hits']:.0f}"
+                row["ours-nostore-warm s"] = f"{med['ours-nostore-warm']['seconds']:.2f}"
+                row["warm density"] = args.warm_density
+            for t in results:
                 row[f"{t} anon GB"] = f"{med[t]['anon'] / 1e9:.2f}"
-            for t in tools:
+            for t in results:
                 row[f"{t} HWM GB"] = f"{med[t]['hwm'] / 1e9:.2f}"
             for t in ("ours", "mergekit"):
                 row[f"{t} / add bw"] = f"{moved / med[t]['seconds'] / bandwidth:.3f}"

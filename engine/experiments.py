@@ -223,8 +223,10 @@ def merge_context(ws: Workspace, cand: Candidate):
 def build_merge(ws: Workspace, cand: Candidate, progress: Optional[ProgressFn] = None,
                 phases: Optional[Phases] = None):
     """Loads the sources (and base when the method needs it) and merges them in memory; the
-    progress of both phases is weighted by their work (engine/workplan.py)."""
+    progress of both phases is weighted by their work (engine/workplan.py). TIES reuses the
+    workspace's trim store (tie orders sorted by an earlier merge or search of these sources)."""
     from .merge import MERGES, merge_state_dicts
+    from .merge.trim_store import workspace_store
 
     method = MERGES.get(cand.method)
     if phases is None:
@@ -241,7 +243,8 @@ def build_merge(ws: Workspace, cand: Candidate, progress: Optional[ProgressFn] =
     context = merge_context(ws, cand) if method.traits.needs_data else None
     state = merge_state_dicts(cand.method, states, cand.weights, base=base, params=cand.params,
                               names=list(cand.sources), context=context, device=ws.evaluator.device,
-                              seed=cand.seed, progress=phases.child("merge", "merging: "))
+                              seed=cand.seed, progress=phases.child("merge", "merging: "),
+                              store=workspace_store(ws))
     phases.finish("merge", "merged")
     return state
 

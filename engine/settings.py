@@ -27,7 +27,7 @@ class Settings:
     cache_dir: str = ""
     batch_size: int = 64
     precision: str = "float32"       # evaluation on CUDA: float32, auto, bfloat16, float16 (CPU: float32)
-    trim_store_gb: float = 16.0      # searches' on-disk TIES sorts (<cache_dir>/trim/), GB; 0 = off
+    trim_store_gb: float = 16.0      # on-disk TIES sorts of searches and merges (<cache_dir>/trim/), GB; 0 = off
 
     def to_dict(self) -> Dict[str, object]:
         return asdict(self)

@@ -28,7 +28,7 @@ import torch
 
 from ..merge import MERGES, MergeCache, MergeContext, merge_state_dicts
 from ..merge.selection import layer_groups
-from ..merge.trim_store import TrimStore, folder as store_folder
+from ..merge.trim_store import workspace_store
 from .config import EvolveError
 from .genome import Genome
 from .resident import ResidentMerge, assemble, merge_group
@@ -53,7 +53,7 @@ class Sources:
                  resident: bool = True):
         self.names = list(names)
         self.device = ws.evaluator.device
-        self.cache: Optional[MergeCache] = MergeCache(trim_store(ws)) if cache else None
+        self.cache: Optional[MergeCache] = MergeCache(workspace_store(ws)) if cache else None
         self.resident: Optional[ResidentMerge] = ResidentMerge() if resident else None
         self.rows: Dict[str, torch.Tensor] = {}
         self.states = [self._on_device(ws.zoo.state_dict(n)) for n in self.names]
@@ -70,12 +70,6 @@ class Sources:
     @property
     def keys(self) -> List[str]:
         return list(self.states[0])
-
-
-def trim_store(ws) -> Optional[TrimStore]:
-    """The workspace's durable store of TIES sorts (None when its budget is 0)."""
-    budget = float(getattr(ws.settings, "trim_store_gb", 0) or 0)
-    return TrimStore(store_folder(ws.cache_dir), int(budget * 1e9)) if budget > 0 else None
 
 
 def build_evomerge(genome: Genome, sources: Sources, score=None, seed: int = 0) -> StateDict:

@@ -110,27 +110,15 @@ class KeyInputs:
 
     def _durable(self, kind: str, i: int, make) -> Tensor:
         """``make()``'s array from the store when it holds a valid one, else made and stored."""
-        from .trim_store import ORDERS, check_order, check_sorted, entry_digest
+        from .trim_store import stored
 
-        x, b = self.tensors[i].reshape(-1), self.base.reshape(-1)
-        n = x.numel()
-
-        def size_at(idx: np.ndarray) -> np.ndarray:  # |δ| at flat indices, as the sorts see it
-            if x.device.type == "cpu":
-                return np.abs(np.subtract(x.numpy()[idx], b.numpy()[idx]))
-            at = torch.from_numpy(np.array(idx)).to(x.device)
-            return torch.sub(x[at], b[at]).abs_().cpu().numpy()
-
-        check = (check_sorted(size_at, n) if kind == "sorted" else
-                 check_order(size_at, n, self._derived.get(("sorted", i)),
-                             descending=ORDERS[kind] == "descending"))
         made = []
 
         def counted():
             made.append(make())
             return made[0]
-        out = self.store.get(kind, entry_digest(kind, self.digest(i), self.digest("base"), n), n,
-                             counted, check)
+        out = stored(self.store, kind, self.tensors[i], self.base, counted, self.digest(i),
+                     self.digest("base"), self._derived.get(("sorted", i)))
         if not made or out is not made[0]:  # mapped: page cache on the CPU, a copy elsewhere
             if self.device.type == "cpu":
                 self._mapped.add((kind, i))

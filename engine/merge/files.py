@@ -44,9 +44,10 @@ def merge_files(method: str, source_dirs: Sequence[str | Path], out_file: str | 
                 weights: Optional[Sequence[float]] = None, base_dir: Optional[str | Path] = None,
                 params: Optional[Mapping[str, Any]] = None, names: Optional[Sequence[str]] = None,
                 seed: int = 0, dtype: Optional[torch.dtype] = None, base_prefix: str = "roberta",
-                progress=None) -> MergedStateDict:
+                progress=None, store=None) -> MergedStateDict:
     """Merges model folders into one safetensors file; returns the (empty) result with its report.
-    Methods that need data (Fisher, RegMean) take the in-memory path with a context instead."""
+    Methods that need data (Fisher, RegMean) take the in-memory path with a context instead.
+    ``store``: a TrimStore whose TIES tie orders the merge reuses (see merge_state_dicts)."""
     resolved = resolve_method(method)
     if resolved.traits.needs_data:
         raise MergeError(f"merge method '{resolved.name}' needs data: merge in memory with a context")
@@ -64,7 +65,7 @@ def merge_files(method: str, source_dirs: Sequence[str | Path], out_file: str | 
     try:
         result = merge_state_dicts(resolved, sources, weights, base=base, params=params, names=names,
                                    seed=seed, dtype=dtype, progress=progress, sink=writer.write,
-                                   write_slice=writer.write_slice)
+                                   write_slice=writer.write_slice, store=store)
     except BaseException:
         writer.abort()
         raise

@@ -239,8 +239,8 @@ def merge_state_dicts(method: Union[str, Method], sources: Sequence[StateDict],
                       progress: Optional[ProgressFn] = None,
                       cache: Optional[MergeCache] = None,
                       sink: Optional[Callable[[str, Tensor], None]] = None,
-                      write_slice: Optional[Callable[[str, int, Tensor], None]] = None
-                      ) -> MergedStateDict:
+                      write_slice: Optional[Callable[[str, int, Tensor], None]] = None,
+                      store=None) -> MergedStateDict:
     """Merges K state dicts with a registered method; returns the merged dict with ``.report``.
 
     weights: one non-negative number per source (None: equal), normalised to sum to one.
@@ -258,6 +258,9 @@ def merge_state_dicts(method: Union[str, Method], sources: Sequence[StateDict],
     write_slice: with a sink, called as (key, start, flat slice) for large tensors of elementwise
         methods (linear, task arithmetic), which are then merged slice by slice in the CPU cache
         and never held whole (merge_in_slices); the same bits, the same checks.
+    store: a TrimStore (engine/merge/trim_store.py) for a merge without a cache: TIES reads the
+        tie orders it would sort from it (and writes those it sorts), hashing only tensors whose
+        cut lands on surplus ties; the same bits. A cache brings its own store.
     """
     started = time.perf_counter()
     method = resolve_method(method)
@@ -368,6 +371,8 @@ def merge_state_dicts(method: Union[str, Method], sources: Sequence[StateDict],
             extras = dict(prepared.extras.get(key, {}))
             if aware:
                 extras["inputs"] = inputs
+            elif store is not None and traits.cache_aware:
+                extras["store"] = store
             merged = method.fn(tensors, weight_tensor, base_t, key=key,
                                generator=key_generator(seed, key, compute),
                                **kernel_params, **extras)

@@ -40,8 +40,9 @@ from .linear import SCALE, task_vector_to_mergekit
 from .sparse_drop import RNG_STREAM, RNGS, bernoulli, della_magprune, della_rank, dropped, dropped_fast
 from .sparse_shared import (EPSILON, GAMMA, RESCALES, as_rows, density_param, l1_norm,
                             normalize_param, rescale_param, task_merge)
-from .sparse_trim import (SELECTIONS, cached_ties, magnitude, magnitude_order, magnitude_outliers,
-                          tied_kept, trim_cut, trimmed, trimmed_fast)
+from .sparse_trim import (SELECTIONS, cached_ties, digest_once, magnitude, magnitude_order,
+                          magnitude_outliers, stored_ties, tied_kept, trim_cut, trimmed,
+                          trimmed_fast)
 
 __all__ = ["RESCALES", "RNGS", "SELECTIONS", "bernoulli", "cached_ties",
            "della_magprune", "della_rank", "dropped", "dropped_fast", "l1_norm", "magnitude",
@@ -77,7 +78,8 @@ def _register(name: str, *, mergekit: str, params: list, sparsifier: str, consen
               normalize_default: bool, doc: str) -> None:
     """One registry entry per mergekit flavour; the kernel closes over its sparsifier.
     ``inputs`` (a cache.KeyInputs, when the merge has a MergeCache) supplies the deltas, sorted
-    magnitudes, norms and draws instead of recomputing them; the result is the same.
+    magnitudes, norms and draws instead of recomputing them; the result is the same. ``store`` (a
+    TrimStore, for a one-shot merge without a cache) supplies TIES' tie orders (stored_ties).
     Keyword defaults are the flavour's Param defaults; settings it has no Param for stay fixed."""
     default = {p.name: p.default for p in params}
 
@@ -87,7 +89,7 @@ def _register(name: str, *, mergekit: str, params: list, sparsifier: str, consen
                normalize=default.get("normalize", normalize_default),
                rescale: str = default.get("rescale", "l1"), gamma=default.get("gamma", 0.01),
                epsilon=default.get("epsilon", 0.15), rng: str = "mergekit",
-               selection: str = "exact", inputs=None) -> Tensor:
+               selection: str = "exact", inputs=None, store=None) -> Tensor:
         k = len(tensors)
         dens, gams, epss = each(density, k, "density"), each(gamma, k, "gamma"), each(epsilon, k,
                                                                                      "epsilon")
@@ -119,6 +121,10 @@ def _register(name: str, *, mergekit: str, params: list, sparsifier: str, consen
                 rank = inputs.derived("della_rank", i, lambda: della_rank(d))
             return della_magprune(d, dens[i], epss[i], rescale, generator, uniform, l1, rank)
 
+        stored_of = None  # one-shot TIES exact: tie orders from the store, hashed only when needed
+        if inputs is None and store is not None and sparsifier == "magnitude":
+            base_digest = digest_once(base)
+            stored_of = lambda i: stored_ties(store, tensors[i], base, base_digest)  # noqa: E731
         if rng not in RNGS:
             raise MergeError(f"{name}: rng must be one of {list(RNGS)}, got {rng!r}")
         if selection not in SELECTIONS:
@@ -132,7 +138,7 @@ def _register(name: str, *, mergekit: str, params: list, sparsifier: str, consen
                     normalize=normalize, scale=scale,
                     sorted_sizes=[inputs.sorted_size(i) if dens[i] < 1 else None
                                   for i in range(k)] if cached else None,
-                    ties_of=(lambda i: cached_ties(inputs, i)) if cached else None)
+                    ties_of=(lambda i: cached_ties(inputs, i)) if cached else stored_of)
             if rng == "fast":
                 return fused.dare(tensors, base, w, dens, rescale=rescale, generator=generator,
                                   consensus=consensus, normalize=normalize, scale=scale)
@@ -146,8 +152,9 @@ def _register(name: str, *, mergekit: str, params: list, sparsifier: str, consen
                             for i, t in enumerate(tensors)], w, base, consensus=consensus,
                            normalize=normalize, scale=scale)
         if inputs is None and sparsifier == "magnitude":  # no full sparsified delta held
-            return combine([trimmed(t, base, dens[i], w[i]) for i, t in enumerate(tensors)], w,
-                           base, consensus=consensus, normalize=normalize, scale=scale)
+            return combine([trimmed(t, base, dens[i], w[i], ties=stored_of(i) if stored_of else None)
+                            for i, t in enumerate(tensors)], w, base, consensus=consensus,
+                           normalize=normalize, scale=scale)
         if inputs is None and sparsifier == "random":  # no full sparsified delta held
             return combine([dropped(t, base, dens[i], w[i], rescale, generator)
                             for i, t in enumerate(tensors)], w, base, consensus=consensus,

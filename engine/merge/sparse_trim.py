@@ -40,7 +40,8 @@ def tied_kept(size: Tensor, above: int, k: int) -> Tensor:
     Only run when more entries tie at the cut than fit (trim_cut's ``exact`` is False): common
     in real task vectors (differences of float32 weights sit on a grid), and then the trim costs
     a full sort, mergekit's own cost (8.4 M entries: ~9x the selection), to settle a handful of
-    equally large entries. A MergeCache keeps the order, so a search sorts each tensor once."""
+    equally large entries. A MergeCache keeps the order, so a search sorts each tensor once,
+    and a TrimStore keeps it on disk for later searches and one-shot merges (stored_ties)."""
     order = torch.argsort(size, descending=True)
     return torch.sort(order[above:k]).values
 
@@ -56,6 +57,38 @@ def cached_ties(inputs, i: int) -> Callable[[int, int], Tensor]:
     def ties(above: int, k: int) -> Tensor:
         return torch.sort(inputs.derived("tie_order", i, make)[above:k].long()).values
     return ties
+
+
+def stored_ties(store, x: Tensor, base: Tensor,
+                base_digest: Callable[[], bytes]) -> Callable[[int, int], Tensor]:
+    """tied_kept for a one-shot merge (no MergeCache) from a TrimStore: only when a cut lands on
+    surplus ties (trim_plan calls it then) are x and the base hashed and the descending argsort
+    of |x − base| read from the store, or made (mergekit's sort) and written there, so merging
+    the same sources again at another density or weights only slices it. ``base_digest()``: the
+    base's tensor_digest, made once for all sources (see digest_once)."""
+    from .trim_store import stored, tensor_digest
+
+    def make() -> Tensor:
+        size = torch.sub(x.reshape(-1), base.reshape(-1)).abs_()
+        return torch.argsort(size, descending=True).to(torch.int32)
+
+    def ties(above: int, k: int) -> Tensor:
+        order = stored(store, "tie_order", x, base, make, tensor_digest(x), base_digest())
+        return torch.sort(order[above:k].to(device=x.device, dtype=torch.long)).values
+    return ties
+
+
+def digest_once(t: Tensor) -> Callable[[], bytes]:
+    """``t``'s tensor_digest, computed on the first call only (the base's, shared by sources)."""
+    memo: list = []
+
+    def get() -> bytes:
+        if not memo:
+            from .trim_store import tensor_digest
+
+            memo.append(tensor_digest(t))
+        return memo[0]
+    return get
 
 
 def magnitude(delta: Tensor, density: float, sorted_size: Optional[Tensor] = None) -> Tensor:

@@ -10,7 +10,7 @@ What it keeps depends only on a source tensor and the base tensor, never on weig
 - ``order``: breadcrumbs' ascending sort order of |δ| (int64), the same pattern.
 
 The two orders are keyed by torch's version too, since another version may sort ties
-differently.
+differently, and off the CPU by the device type that sorted them.
 
 Entries are keyed by content: a SHA-1 of (kind, format, shape, the XXH3-128 digests of the
 source's and the base's float32 bytes); each tensor is hashed once per MergeCache entry
@@ -30,6 +30,10 @@ A folder that cannot be written is one warning; merges go on with the arrays in 
 
 Budget: least recently used files (by mtime, touched on every hit) are removed after a write
 until the store fits ``budget_bytes``.
+
+One-shot merges (no MergeCache: the Merge page, the CLI, exports, sweeps) use the store for tie
+orders only, and hash a tensor only when its cut lands on surplus ties (sparse_trim.stored_ties),
+so a merge without ties pays nothing for it.
 """
 from __future__ import annotations
 
@@ -77,9 +81,13 @@ def tensor_digest(t: Tensor) -> bytes:
     return h.digest()
 
 
-def entry_digest(kind: str, source: bytes, base: bytes, n: int) -> str:
-    """The file name's key of ``kind`` derived from a source and base (by their tensor digests)."""
+def entry_digest(kind: str, source: bytes, base: bytes, n: int, device: str = "cpu") -> str:
+    """The file name's key of ``kind`` derived from a source and base (by their tensor digests).
+    Orders are keyed by torch's version and, off the CPU, the device type that sorted them (a
+    CUDA sort orders ties its own way; CPU keys stay as they were)."""
     version = torch.__version__ if kind in ORDERS else ""
+    if kind in ORDERS and device != "cpu":
+        version += f"|{device}"
     h = hashlib.sha1(f"{kind}|{FORMAT}|{version}|{DTYPES[kind].str}|{n}|".encode(),
                      usedforsecurity=False)
     h.update(source)
@@ -229,6 +237,34 @@ class TrimStore:
                 except OSError:
                     pass
                 total -= size
+
+
+def workspace_store(ws) -> Optional[TrimStore]:
+    """The workspace's durable store of TIES sorts, shared by searches and one-shot merges:
+    ``<cache_dir>/trim/`` within ``Settings.trim_store_gb`` (None when that is 0)."""
+    budget = float(getattr(ws.settings, "trim_store_gb", 0) or 0)
+    return TrimStore(folder(ws.cache_dir), int(budget * 1e9)) if budget > 0 else None
+
+
+def stored(store: TrimStore, kind: str, x: Tensor, b: Tensor, make: Callable[[], Tensor],
+           source_digest: bytes, base_digest: bytes,
+           sorted_size: Optional[Tensor] = None) -> Tensor:
+    """``make()``'s array of ``kind`` for source tensor ``x`` over base ``b`` (flat, float32),
+    from ``store`` when it holds a valid one (checked against the live tensors), else made and
+    written; the digests are the tensors' ``tensor_digest``."""
+    x, b = x.reshape(-1), b.reshape(-1)
+    n = x.numel()
+
+    def size_at(idx: np.ndarray) -> np.ndarray:  # |δ| at flat indices, as the sorts see it
+        if x.device.type == "cpu":
+            return np.abs(np.subtract(x.numpy()[idx], b.numpy()[idx]))
+        at = torch.from_numpy(np.array(idx)).to(x.device)
+        return torch.sub(x[at], b[at]).abs_().cpu().numpy()
+
+    check = (check_sorted(size_at, n) if kind == "sorted" else
+             check_order(size_at, n, sorted_size, descending=ORDERS[kind] == "descending"))
+    key = entry_digest(kind, source_digest, base_digest, n, x.device.type)
+    return store.get(kind, key, n, make, check)
 
 
 # ---- the sampled checks against the live tensors ------------------------------------------------
