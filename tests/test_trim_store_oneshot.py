@@ -162,3 +162,38 @@ def test_orders_sorted_off_the_cpu_get_their_own_keys():
     assert entry_digest("tie_order", a, b, 10, "cuda") != entry_digest("tie_order", a, b, 10)
     assert entry_digest("order", a, b, 10, "cuda") != entry_digest("order", a, b, 10)
     assert entry_digest("sorted", a, b, 10, "cuda") == entry_digest("sorted", a, b, 10)
+
+
+@pytest.mark.parametrize("fused_on", [True, False])
+def test_the_sources_plans_made_side_by_side_give_the_same_bits(monkeypatch, tmp_path, fused_on):
+    """trim_plans runs the sources' selections and tie sorts on torch's threads for large
+    tensors (here: every tensor, 3 sources): the same merge as one plan after another, with and
+    without a store, on both kernels."""
+    from engine.merge import sparse_trim
+
+    monkeypatch.setattr(fused, "ENABLED", fused_on and fused.ENABLED)
+    names = ["a", "b", "c"]
+    sources, base = tied_inputs(600, seed=3)
+    sources.append({k: v + 0.125 * torch.sign(v - base[k]) for k, v in sources[0].items()})
+    sources = sources[1:] + sources[:1]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        merge = lambda store=None: merge_state_dicts(  # noqa: E731
+            "ties", sources, [0.5, 0.3, 0.2], base=base, params={"density": 0.3},
+            names=names, store=store)
+        serial = merge()
+        seen = []
+        real = sparse_trim.trim_plan
+
+        def where(*args, **kwargs):
+            import threading
+            seen.append(threading.current_thread().name)
+            return real(*args, **kwargs)
+        monkeypatch.setattr(sparse_trim, "trim_plan", where)
+        monkeypatch.setattr(sparse_trim, "PARALLEL_MIN", 0)
+        assert same(merge(), serial)
+        assert same(merge(TrimStore(tmp_path, 10 ** 9)), serial)
+        assert any(name.startswith("trim-plan") for name in seen)
+    finally:
+        torch.set_num_threads(threads)

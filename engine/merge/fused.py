@@ -290,19 +290,21 @@ def ties(tensors: Sequence[Tensor], base: Tensor, weights: List[float], densitie
     bracket applies (see the module docstring). ``sorted_sizes`` / ``ties_of(i)``: a MergeCache's
     sorted |δ_i| and tied-order lookups."""
     from .sparse_trim import (SAMPLE, below, bracketed_cut, fast_bracket, fast_cut, trim_cut,
-                              trim_plan)
+                              trim_plans)
 
     _count("ties")
     k, n = len(tensors), base.numel()
     plan = Plan(k)
     flat_base = base.reshape(-1)
     brackets = {}
+    plans = (trim_plans(tensors, base, densities, sorted_sizes, ties_of)
+             if selection == "exact" else None)  # the sources' plans side by side
     for i, (x, d, w) in enumerate(zip(tensors, densities, weights)):
         sorted_size = None if sorted_sizes is None else sorted_sizes[i]
         if d >= 1:
             plan.plain(i, w)
         elif selection == "exact":
-            threshold, kept = trim_plan(x, base, d, sorted_size, ties_of(i) if ties_of else None)
+            threshold, kept = plans[i]
             plan.trim(i, w, threshold, forced=None if kept is None else kept.numpy())
         elif sorted_size is not None or n <= 4 * SAMPLE:
             cut = (trim_cut(d, n, sorted_size=sorted_size)[0] if sorted_size is not None

@@ -42,7 +42,7 @@ from .sparse_shared import (EPSILON, GAMMA, RESCALES, as_rows, density_param, l1
                             normalize_param, rescale_param, task_merge)
 from .sparse_trim import (SELECTIONS, cached_ties, digest_once, magnitude, magnitude_order,
                           magnitude_outliers, stored_ties, tied_kept, trim_cut, trimmed,
-                          trimmed_fast)
+                          trim_plans, trimmed_fast)
 
 __all__ = ["RESCALES", "RNGS", "SELECTIONS", "bernoulli", "cached_ties",
            "della_magprune", "della_rank", "dropped", "dropped_fast", "l1_norm", "magnitude",
@@ -152,7 +152,8 @@ def _register(name: str, *, mergekit: str, params: list, sparsifier: str, consen
                             for i, t in enumerate(tensors)], w, base, consensus=consensus,
                            normalize=normalize, scale=scale)
         if inputs is None and sparsifier == "magnitude":  # no full sparsified delta held
-            return combine([trimmed(t, base, dens[i], w[i], ties=stored_of(i) if stored_of else None)
+            plans = trim_plans(tensors, base, dens, ties_of=stored_of)  # side by side
+            return combine([trimmed(t, base, dens[i], w[i], plan=plans[i])
                             for i, t in enumerate(tensors)], w, base, consensus=consensus,
                            normalize=normalize, scale=scale)
         if inputs is None and sparsifier == "random":  # no full sparsified delta held
