@@ -61,12 +61,14 @@ def child(tool: str, job: dict) -> dict:
         config = MergeConfiguration.model_validate(job["mergekit"])
         options = MergeOptions(copy_tokenizer=False, lazy_unpickle=False, quiet=True)
         run = lambda: run_merge(config, job["out"], options)  # noqa: E731
-    elif tool in ("ours", "ours-torch", "ours-cold", "ours-warm", "ours-nostore-warm"):
-        from engine.merge import fused
+    elif tool in ("ours", "ours-torch", "ours-cold", "ours-warm", "ours-nostore-warm", "ours-serial"):
+        from engine.merge import fused, sparse_trim
         from engine.merge.files import merge_files
         from engine.merge.trim_store import TrimStore
 
         fused.ENABLED = fused.ENABLED and tool != "ours-torch"
+        if tool == "ours-serial":  # TIES' per-source plans one after another, as before they ran side by side
+            sparse_trim.PARALLEL_MIN = 1 << 62
         store = TrimStore(job["store"], 64 * 10 ** 9) if tool in ("ours-cold", "ours-warm") else None
         if tool == "ours-cold":
             shutil.rmtree(job["store"], ignore_errors=True)
@@ -143,6 +145,8 @@ def main():
     ap.add_argument("--trim-store", default="", help="also time ours with a TIES trim store in this "
                     "folder (emptied first): a cold first merge, then a warm one at --warm-density")
     ap.add_argument("--warm-density", type=float, default=0.5)
+    ap.add_argument("--serial-plans", action="store_true", help="also time ours with TIES' per-source "
+                    "plans (selection, tie sort) one after another instead of on torch's threads")
     ap.add_argument("--child", nargs=2, metavar=("TOOL", "JOB_JSON"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -159,7 +163,8 @@ def main():
     source_bytes = sum(f.stat().st_size for s in sources for f in Path(s).glob("*.safetensors"))
     base_bytes = sum(f.stat().st_size for f in Path(ws.zoo.base).glob("*.safetensors"))
     tools = ["ours", "mergekit"] + (["ours-whole"] if args.whole else []) + \
-        (["ours-torch"] if args.torch else []) + (["ours-cold", "ours-nostore-warm"] if args.trim_store else [])
+        (["ours-torch"] if args.torch else []) + (["ours-cold", "ours-nostore-warm"] if args.trim_store else []) + \
+        (["ours-serial"] if args.serial_plans else [])
     bandwidth = add_bandwidth()
     rows = []
     tmp = Path(tempfile.mkdtemp(prefix="bench_e2e_", dir=args.out_dir))
@@ -202,6 +207,8 @@ def main():
                 row["ours-whole s"] = f"{med['ours-whole']['seconds']:.2f}"
             if args.torch:
                 row["ours-torch s"] = f"{med['ours-torch']['seconds']:.2f}"
+            if args.serial_plans:
+                row["ours-serial s"] = f"{med['ours-serial']['seconds']:.2f}"
             if args.trim_store:
                 for t in ("ours-cold", "ours-warm"):
                     row[f"{t} s"] = f"{med[t]['seconds']:.2f}"
