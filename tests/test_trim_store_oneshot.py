@@ -197,3 +197,30 @@ def test_the_sources_plans_made_side_by_side_give_the_same_bits(monkeypatch, tmp
         assert any(name.startswith("trim-plan") for name in seen)
     finally:
         torch.set_num_threads(threads)
+
+
+def test_plans_run_one_after_another_when_memory_is_short(monkeypatch):
+    """Side by side only while twice each running plan's memory is available."""
+    import threading
+
+    from engine.merge import sparse_trim
+
+    sources, base = tied_inputs(600, seed=4)
+    seen = []
+    real = sparse_trim.trim_plan
+    monkeypatch.setattr(sparse_trim, "trim_plan", lambda *a, **kw: (
+        seen.append(threading.current_thread().name), real(*a, **kw))[1])
+    monkeypatch.setattr(sparse_trim, "PARALLEL_MIN", 0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        n = base["w"].numel()
+        monkeypatch.setattr(sparse_trim, "available_bytes", lambda: 3 * sparse_trim.PLAN_BYTES * n)
+        sparse_trim.trim_plans([s["w"] for s in sources], base["w"], [0.3, 0.3])
+        assert seen and not any(name.startswith("trim-plan") for name in seen)
+        monkeypatch.setattr(sparse_trim, "available_bytes", lambda: 4 * sparse_trim.PLAN_BYTES * n)
+        sparse_trim.trim_plans([s["w"] for s in sources], base["w"], [0.3, 0.3])
+        assert any(name.startswith("trim-plan") for name in seen)
+    finally:
+        torch.set_num_threads(threads)
+    assert sparse_trim.available_bytes() > 0

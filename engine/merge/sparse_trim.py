@@ -142,7 +142,22 @@ def trim_plan(x: Tensor, base: Tensor, density: float, sorted_size: Optional[Ten
 
 
 PARALLEL_MIN = 1 << 22  # entries: below this, the plans' thread hand-offs cost more than they save
+PLAN_BYTES = 16  # a running plan's memory an entry: |δ| (4), torch's argsort (int64 + values: 12)
 Plan = Tuple[float, Optional[Tensor]]
+
+
+def available_bytes() -> int:
+    """Memory the kernel says is available (MemAvailable: free plus reclaimable page cache)."""
+    import os
+
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
 
 
 def trim_plans(tensors: Sequence[Tensor], base: Tensor, densities: Sequence[float],
@@ -154,15 +169,20 @@ def trim_plans(tensors: Sequence[Tensor], base: Tensor, densities: Sequence[floa
     mergekit's argsort are single-threaded calls that let go of the GIL, so the K sources'
     plans of an XLM-R embedding take about K / threads times one instead of K times. The same
     plans, in source order. Each running plan holds |δ| and, with ties, its argsort (~16 bytes
-    an entry)."""
+    an entry: 3 GB for an XLM-R embedding), so only as many run at once as twice that fits in
+    the available memory (measured at XLM-R size, 5 sources: 82 s instead of 114 s, 9.1 GB peak
+    instead of 4.6 GB; mergekit 13.3 GB)."""
     def one(i: int) -> Optional[Plan]:
         if densities[i] >= 1:
             return None
         sorted_size = None if sorted_sizes is None else sorted_sizes[i]
         return trim_plan(tensors[i], base, densities[i], sorted_size,
                          ties_of(i) if ties_of is not None else None)
+    n = base.numel()
     workers = min(torch.get_num_threads(), len(tensors))
-    if workers <= 1 or base.numel() < PARALLEL_MIN or base.device.type != "cpu":
+    if workers > 1 and n >= PARALLEL_MIN and base.device.type == "cpu":
+        workers = min(workers, int(available_bytes() // (2 * PLAN_BYTES * n)))
+    if workers <= 1 or n < PARALLEL_MIN or base.device.type != "cpu":
         return [one(i) for i in range(len(tensors))]
     from concurrent.futures import ThreadPoolExecutor
 
