@@ -123,17 +123,14 @@ def _workers() -> int:
 class Deferred:
     """What a bracketed merge pass leaves, per slice in entry order (``parts``: the undecided
     entries, ascending, their δ_i as a k × m array and their base values), and per source the
-    in-bracket |δ| and the count above the bracket. Kept per slice: joining them would copy
+    in-bracket |δ| (``inside``, in no particular order: only their k-th largest is read) and the
+    count above the bracket. Kept per slice as views into one ``Pool``: joining them would copy
     ~0.5 GB at 250002×768 with 5 sources for nothing (``index``, ``deltas``, ``base`` join them
     for inspection)."""
 
-    def __init__(self, k: int, parts: dict):
-        order = sorted(parts)
-        self.parts = [parts[s][:3] for s in order]
-        self.inside = [np.concatenate([parts[s][3][i] for s in order]) if order
-                       else np.zeros(0, np.float32) for i in range(k)]
-        self.above = [sum(int(parts[s][4][i]) for s in order) for i in range(k)]
-        self.k = k
+    def __init__(self, k: int, parts: dict, inside: List[np.ndarray], above: np.ndarray):
+        self.parts = [parts[s] for s in sorted(parts)]
+        self.inside, self.above, self.k = inside, [int(a) for a in above], k
 
     @property
     def size(self) -> int:
@@ -152,6 +149,54 @@ class Deferred:
     def base(self) -> np.ndarray:
         return np.concatenate([p[2] for p in self.parts]) if self.parts \
             else np.zeros(0, np.float32)
+
+
+class Pool:
+    """One allocation per merge for what the bracketed pass keeps, handed out slice by slice
+    under a lock. Per-slice copies cost ~60 K page faults and malloc churn per 250002×768 merge at
+    k=5 (the pass's time swung 0.5-1.6 s); numpy's one large array takes huge pages, and pages
+    never handed out are never touched. A slice that does not fit (entries bunched near the cut
+    in a few slices) gets copies of its own."""
+
+    def __init__(self, k: int, entries: int, inside: int):
+        self.index = np.empty(entries, np.int64)
+        self.deltas = np.empty((k, entries), np.float32)
+        self.base = np.empty(entries, np.float32)
+        self.values = np.empty((k, inside), np.float32)
+        self.used, self.used_values = 0, np.zeros(k, np.int64)
+        self.spilled = [[] for _ in range(k)]  # in-bracket values that did not fit
+        self.above = np.zeros(k, np.int64)
+        self.lock = threading.Lock()
+
+    def keep(self, got: int, deferred, dvals, bvals, inside, counts, above):
+        """Copies one slice's deferred entries and in-bracket values in; returns its part."""
+        k = len(counts)
+        with self.lock:
+            at = self.used
+            fits = at + got <= self.index.size
+            self.used += got if fits else 0
+            spots = self.used_values.copy()
+            room = spots + counts <= self.values.shape[1]
+            self.used_values += np.where(room, counts, 0)
+            self.above += above
+        for i in range(k):
+            c = int(counts[i])
+            if room[i]:
+                self.values[i, spots[i]:spots[i] + c] = inside[i, :c]
+            else:
+                with self.lock:
+                    self.spilled[i].append(inside[i, :c].copy())
+        if not fits:
+            return deferred[:got].copy(), dvals[:, :got].copy(), bvals[:got].copy()
+        self.index[at:at + got] = deferred[:got]
+        self.deltas[:, at:at + got] = dvals[:, :got]
+        self.base[at:at + got] = bvals[:got]
+        return self.index[at:at + got], self.deltas[:, at:at + got], self.base[at:at + got]
+
+    def inside(self) -> List[np.ndarray]:
+        return [np.concatenate([self.values[i, :self.used_values[i]], *self.spilled[i]])
+                if self.spilled[i] else self.values[i, :self.used_values[i]]
+                for i in range(len(self.spilled))]
 
 
 _SCRATCH = threading.local()  # per worker thread: the bracketed pass's buffers, reused
@@ -174,10 +219,11 @@ def _divisor(weights: List[float]):
 
 
 def merge(tensors: Sequence[Tensor], base: Tensor, weights: List[float], plan: Plan, *,
-          consensus: bool, normalize: bool, scale: float):
+          consensus: bool, normalize: bool, scale: float, shares: Sequence[float] = ()):
     """base + λ·[Σ m_i p_i]/[Σ w_i m_i] in one pass per slice (``combine``'s result, bit for bit).
     Returns (out, Deferred): the entries a bracket left undecided are merged by
-    ``fix_deferred`` once the cuts are known."""
+    ``fix_deferred`` once the cuts are known. ``shares``: the brackets' expected shares of the
+    entries, which size the Pool (twice their sum; only what is used is ever touched)."""
     from .combine import run_slices
 
     consensus, normalize = bool(consensus), bool(normalize)  # one compiled signature per k
@@ -187,6 +233,9 @@ def merge(tensors: Sequence[Tensor], base: Tensor, weights: List[float], plan: P
     w = np.asarray(weights, np.float32)
     bracketed = bool(np.any((plan.mode == TRIM) & (plan.lo <= plan.hi)))
     parts = {}
+    pool = (Pool(k, min(n, int(2 * sum(shares) * n) + SLICE), min(n, int(2 * max(shares) * n)
+                                                                   + SLICE))
+            if bracketed and shares else None)
 
     def work(start: int, stop: int) -> None:
         if bracketed:
@@ -199,7 +248,9 @@ def merge(tensors: Sequence[Tensor], base: Tensor, weights: List[float], plan: P
             xs, b, b, out, start, stop, plan.mode, plan.lo, plan.hi, plan.pw, w, plan.seed,
             plan.bound, consensus, normalize, _divisor(weights), np.float32(scale), scale != 1,
             deferred, dvals, bvals, inside, counts, above)
-        if bracketed:
+        if pool is not None:
+            parts[start] = pool.keep(got, deferred, dvals, bvals, inside, counts, above)
+        elif bracketed:
             parts[start] = (deferred[:got].copy(), dvals[:, :got].copy(), bvals[:got].copy(),
                             [inside[i, :counts[i]].copy() for i in range(k)], above)
     run_slices(n, work, chunk=SLICE, workers=_workers())
@@ -208,7 +259,13 @@ def merge(tensors: Sequence[Tensor], base: Tensor, weights: List[float], plan: P
         fix(xs, b, out, np.unique(np.concatenate(forced)), plan, w, consensus=consensus,
             normalize=normalize, divisor=_divisor(weights), scale=scale)
     COMPILED.add(k)
-    return out, Deferred(k, parts)
+    if pool is not None:
+        return out, Deferred(k, parts, pool.inside(), pool.above)
+    order = sorted(parts)
+    inside = [np.concatenate([parts[s][3][i] for s in order]) if order
+              else np.zeros(0, np.float32) for i in range(k)]
+    above = np.sum([parts[s][4] for s in order], axis=0) if order else np.zeros(k, np.int64)
+    return out, Deferred(k, {s: parts[s][:3] for s in order}, inside, above)
 
 
 def fix_deferred(out: np.ndarray, deferred: Deferred, plan: Plan, weights: List[float], *,
@@ -296,7 +353,7 @@ def ties(tensors: Sequence[Tensor], base: Tensor, weights: List[float], densitie
     k, n = len(tensors), base.numel()
     plan = Plan(k)
     flat_base = base.reshape(-1)
-    brackets = {}
+    brackets, shares = {}, []
     plans = (trim_plans(tensors, base, densities, sorted_sizes, ties_of)
              if selection == "exact" else None)  # the sources' plans side by side
     for i, (x, d, w) in enumerate(zip(tensors, densities, weights)):
@@ -312,6 +369,7 @@ def ties(tensors: Sequence[Tensor], base: Tensor, weights: List[float], densitie
             plan.trim(i, w, below(cut) if cut != 0 else 0.0)
         else:
             kth, lo, hi, share = fast_bracket(x.reshape(-1), flat_base, d)
+            shares.append(share)
             if share > 0.1:  # an extreme density: a wide bracket would defer too much
                 cut = fast_cut(x.reshape(-1), flat_base, d)
                 plan.trim(i, w, below(cut) if cut != 0 else 0.0)
@@ -319,7 +377,7 @@ def ties(tensors: Sequence[Tensor], base: Tensor, weights: List[float], densitie
                 brackets[i] = kth
                 plan.trim(i, w, np.float32(hi), lo=np.float32(lo))
     out, deferred = merge(tensors, base, weights, plan, consensus=consensus,
-                          normalize=normalize, scale=scale)
+                          normalize=normalize, scale=scale, shares=shares)
     if brackets:
         missed = False
         for i, kth in brackets.items():
