@@ -79,21 +79,29 @@ def test_ties_fused_at_surplus_ties_keeps_mergekits_entries_and_fast_keeps_them_
             assert torch.equal(bits(got), bits(want)), (k, selection)
 
 
-def test_ties_fast_defers_only_bracketed_entries_and_resolves_them():
+@pytest.mark.parametrize("pool", ["none", "fits", "spills"])
+def test_ties_fast_defers_only_bracketed_entries_and_resolves_them(pool, monkeypatch):
     """The merge pass leaves undecided only entries inside a source's bracket (a few %), and
-    the cut selected from the collected values is the k-th largest |δ|."""
+    the cut selected from the collected values is the k-th largest |δ|; the same whether they are
+    kept as copies per slice, in one Pool, or in a Pool too small for them (slices spill)."""
     from engine.merge.sparse_trim import bracketed_cut, fast_bracket
 
     base, sources = tensors(3, N_BIG, seed=4)
     plan = fused.Plan(3)
-    brackets = []
+    brackets, shares = [], []
     for i, x in enumerate(sources):
         kth, lo, hi, share = fast_bracket(x, base, 0.2)
         assert share < 0.05
         brackets.append(kth)
+        shares.append(share)
         plan.trim(i, 1 / 3, np.float32(hi), lo=np.float32(lo))
-    _, deferred = fused.merge(sources, base, [1 / 3] * 3, plan, consensus=True, normalize=True,
-                              scale=1.0)
+    if pool == "spills":
+        monkeypatch.setattr(fused, "POOL_SLACK", 1000)
+    shares = {"none": (), "fits": shares, "spills": [1e-9]}[pool]
+    out, deferred = fused.merge(sources, base, [1 / 3] * 3, plan, consensus=True,
+                                normalize=True, scale=1.0, shares=shares)
+    if pool == "spills":  # the Pool held one slice's worth: the rest were copied apart
+        assert deferred.index.size > 1000 and deferred.inside[0].size > 1000
     index = deferred.index
     assert 0 < index.size < 0.1 * N_BIG and np.all(np.diff(index) > 0)
     assert np.array_equal(deferred.base, base.numpy()[index])

@@ -38,6 +38,8 @@ ENABLED = AVAILABLE  # tests switch it off to run the torch path where numba is 
 
 SLICE = 1 << 18  # entries per worker call: Python's per-call cost spread over 256K entries
 
+POOL_SLACK = SLICE  # entries a Pool holds beyond twice the brackets' expected shares
+
 MIN_ENTRIES = 1 << 17  # smaller tensors (biases, norms, the tiny test zoo) take the torch path
 COLD_MIN = 1 << 22  # the kernels compile on first use (2.7-3.5 s per process and source count,
 # measured under load): before that only a tensor this large starts them (an XLM-R embedding, 192 M
@@ -233,9 +235,8 @@ def merge(tensors: Sequence[Tensor], base: Tensor, weights: List[float], plan: P
     w = np.asarray(weights, np.float32)
     bracketed = bool(np.any((plan.mode == TRIM) & (plan.lo <= plan.hi)))
     parts = {}
-    pool = (Pool(k, min(n, int(2 * sum(shares) * n) + SLICE), min(n, int(2 * max(shares) * n)
-                                                                   + SLICE))
-            if bracketed and shares else None)
+    pool = (Pool(k, min(n, int(2 * sum(shares) * n) + POOL_SLACK),
+                 min(n, int(2 * max(shares) * n) + POOL_SLACK)) if bracketed and shares else None)
 
     def work(start: int, stop: int) -> None:
         if bracketed:
