@@ -171,13 +171,15 @@ def main():
     try:
         for method in args.methods:
             params = {}
-            kit, why = mergekit_config({"method": method, "sources": sources, "weights": list(weights.values()),
-                                        "params": params, "base": str(ws.zoo.base)})
+            k = min(len(sources), MERGES.get(method).traits.max_sources or len(sources))  # SLERP: 2
+            kit, why = mergekit_config({"method": method, "sources": sources[:k],
+                                        "weights": list(weights.values())[:k], "params": params,
+                                        "base": str(ws.zoo.base)})
             if kit is None:
                 print(f"skipping {method}: {why}")
                 continue
-            job = {"method": method, "sources": sources, "weights": list(weights.values()), "params": params,
-                   "base": str(ws.zoo.base), "mergekit": kit, "store": args.trim_store,
+            job = {"method": method, "sources": sources[:k], "weights": list(weights.values())[:k],
+                   "params": params, "base": str(ws.zoo.base), "mergekit": kit, "store": args.trim_store,
                    "warm_density": args.warm_density}
             results = {t: [] for t in tools + (["ours-warm"] if args.trim_store else [])}
             loads = []
@@ -199,8 +201,8 @@ def main():
                     shutil.rmtree(out, ignore_errors=True)
             med = {t: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for t, rs in results.items()}
             needs_base = MERGES.get(method).traits.needs_base
-            moved = source_bytes + (base_bytes if needs_base else 0) + med["ours"]["written"]
-            row = {"method": method, "ours s": f"{med['ours']['seconds']:.2f}",
+            moved = source_bytes * k / len(sources) + (base_bytes if needs_base else 0) + med["ours"]["written"]
+            row = {"method": method, "sources": k, "ours s": f"{med['ours']['seconds']:.2f}",
                    "mergekit s": f"{med['mergekit']['seconds']:.2f}",
                    "speed-up": f"{med['mergekit']['seconds'] / med['ours']['seconds']:.2f}×"}
             if args.whole:
@@ -227,7 +229,7 @@ def main():
             print(json.dumps(row, ensure_ascii=False), flush=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    print_table(rows, f"disk→disk merge of {len(sources)} sources → {target} on {ws.zoo.name} "
+    print_table(rows, f"disk→disk merge of up to {len(sources)} sources → {target} on {ws.zoo.name} "
                       f"({ws.zoo.parameter_count() / 1e6:.1f} M params; {len(tools)} tools alternating, "
                       f"each run in its own process, median of {args.repeat}; torch.add bandwidth "
                       f"{bandwidth / 1e9:.1f} GB/s; load average {load()} on {os.cpu_count()} CPUs; output to {tmp.parent})")

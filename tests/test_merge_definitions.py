@@ -83,6 +83,41 @@ def test_breadcrumbs_drops_outliers_and_small_entries():
     close(got, [0, 0, 0, 4, 5, 6, 7, 8, 0, 0])
 
 
+
+@pytest.mark.parametrize("grid", [None, 64.0])
+@pytest.mark.parametrize("n", [1000, 50_000])
+def test_breadcrumbs_band_keeps_the_ranks_mergekit_sorts(monkeypatch, grid, n):
+    """Breadcrumbs keeps ascending |δ| ranks [bottom, bottom + target) of torch.sort(|δ|): the
+    value band from a selection (or from sorted magnitudes) keeps the same entries as the sort
+    wherever no band edge splits equal magnitudes, and the sort decides where one does (a grid
+    makes thousands of equal magnitudes)."""
+    from engine.merge import sparse_trim
+    from engine.merge.sparse_trim import magnitude_order, magnitude_outliers, outlier_band
+
+    g = torch.Generator().manual_seed(n)
+    delta = torch.randn(n, generator=g)
+    if grid:
+        delta = (delta * grid).round() / grid
+    sorts, split = [], 0
+    monkeypatch.setattr(sparse_trim, "magnitude_order",
+                        lambda d: sorts.append(1) or magnitude_order(d))
+    for density, gamma in [(0.5, 0.1), (0.9, 0.01), (0.3, 0.0), (0.99, 0.05)]:
+        target, top = int(density * n), int(gamma * n)
+        bottom = max(0, n - target - top)
+        want = torch.zeros(n)
+        keep = magnitude_order(delta)[bottom:bottom + target]
+        want[keep] = delta[keep]
+        sorted_size = torch.sort(delta.abs()).values
+        for given in (None, sorted_size):
+            sorts.clear()
+            got = magnitude_outliers(delta, density, gamma, sorted_size=given)
+            assert torch.equal(got, want), (density, gamma)
+            band = outlier_band(delta, bottom, target, given)
+            assert (band is None) == bool(sorts)  # sorted only where the band cannot decide
+            split += band is None
+    assert split == 0 if grid is None else split > 0  # distinct magnitudes: never a sort
+
+
 def test_della_keep_probability_follows_magnitude_rank():
     rows = T([1., 2., 3., 4., 5.]).repeat(20000, 1)
     got = run("della_linear", [rows], [1], torch.zeros_like(rows), density=0.5, epsilon=0.2,

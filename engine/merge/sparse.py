@@ -106,10 +106,12 @@ def _register(name: str, *, mergekit: str, params: list, sparsifier: str, consen
                 return d
             if sparsifier == "magnitude":
                 return magnitude(d, dens[i])
-            if sparsifier == "outliers":
-                order = None if inputs is None else inputs.derived(
-                    "order", i, lambda: magnitude_order(d))
-                return magnitude_outliers(d, dens[i], gams[i], order)
+            if sparsifier == "outliers":  # the cached sort only where a band edge splits ties
+                if inputs is None:
+                    return magnitude_outliers(d, dens[i], gams[i])
+                return magnitude_outliers(d, dens[i], gams[i], sorted_size=inputs.sorted_size(i),
+                                          order_of=lambda: inputs.derived(
+                                              "order", i, lambda: magnitude_order(d)))
             uniform = l1 = rank = None
             if inputs is not None:
                 shape = d.shape if sparsifier == "random" else as_rows(d).shape

@@ -221,21 +221,57 @@ def trimmed(x: Tensor, base: Tensor, density: float, weight: float,
 
 
 def magnitude_outliers(delta: Tensor, density: float, gamma: float,
-                       order: Optional[Tensor] = None) -> Tensor:
-    """Breadcrumbs: drops the ⌊γn⌋ largest |δ| and then the smallest, so ⌊density·n⌋ remain.
-    ``order``: the argsort of |δ| (cached between merges)."""
+                       order: Optional[Tensor] = None, sorted_size: Optional[Tensor] = None,
+                       order_of: Optional[Callable[[], Tensor]] = None) -> Tensor:
+    """Breadcrumbs: drops the ⌊γn⌋ largest |δ| and then the smallest, so ⌊density·n⌋ remain:
+    mergekit 0.1.5 keeps ranks [bottom, bottom + target) of ``torch.sort(|δ|).indices``. The two
+    boundary values come from a selection (or ``sorted_size``, cached); only where a boundary
+    splits a run of equal magnitudes does the order among them matter, and then mergekit's own
+    sort decides (``order``, or ``order_of()`` for a cached one, else sorted here)."""
     if density >= 1:
         return delta
     n = delta.numel()
     target, top = int(density * n), int(gamma * n)
     bottom = max(0, n - target - top)
     flat = delta.reshape(-1)
-    if order is None:
-        order = magnitude_order(flat)
-    keep = order[bottom:bottom + target]
+    if order is None and target > 0:
+        kept = outlier_band(flat, bottom, target, sorted_size)
+        if kept is not None:
+            return torch.where(kept, flat, torch.zeros((), dtype=flat.dtype,
+                                                       device=flat.device)).reshape(delta.shape)
+        order = order_of() if order_of is not None else magnitude_order(flat)
     out = torch.zeros_like(flat)
-    out[keep] = flat[keep]
+    if target > 0:
+        keep = order[bottom:bottom + target]
+        out[keep] = flat[keep]
     return out.reshape(delta.shape)
+
+
+def outlier_band(flat: Tensor, bottom: int, target: int,
+                 sorted_size: Optional[Tensor] = None) -> Optional[Tensor]:
+    """The mask of ascending |δ| ranks [bottom, bottom + target) as a band of values lo ≤ |δ| ≤ hi,
+    or None where a band edge splits entries of equal magnitude (which of them fall inside is
+    then the sort's tie order). lo and hi by one two-rank selection (numpy's introselect), or by
+    index lookups in ``sorted_size``."""
+    last = bottom + target - 1
+    size = flat.abs()
+    if sorted_size is not None:
+        lo, hi = sorted_size[bottom], sorted_size[last]
+        under = int(torch.searchsorted(sorted_size, lo.reshape(1)))
+        upto = int(torch.searchsorted(sorted_size, hi.reshape(1), right=True))
+    else:
+        if size.device.type == "cpu" and size.numel() >= 1024:
+            import numpy as np
+
+            part = np.partition(size.detach().numpy(), [bottom, last])
+            lo, hi = torch.tensor(part[bottom]), torch.tensor(part[last])
+            del part
+        else:
+            lo, hi = torch.kthvalue(size, bottom + 1).values, torch.kthvalue(size, last + 1).values
+        under, upto = int(torch.count_nonzero(size < lo)), int(torch.count_nonzero(size <= hi))
+    if under != bottom or upto != last + 1:
+        return None
+    return (size >= lo) & (size <= hi)
 
 
 def magnitude_order(delta: Tensor) -> Tensor:
