@@ -171,14 +171,19 @@ def main():
     try:
         for method in args.methods:
             params = {}
-            k = min(len(sources), MERGES.get(method).traits.max_sources or len(sources))  # SLERP: 2
-            kit, why = mergekit_config({"method": method, "sources": sources[:k],
-                                        "weights": list(weights.values())[:k], "params": params,
-                                        "base": str(ws.zoo.base)})
+            most = min(len(sources), MERGES.get(method).traits.max_sources or len(sources))
+            # what mergekit can run: all sources, else equal weights (karcher, model stock, SCE),
+            # else two (SLERP)
+            for k, equal in [(most, False), (most, True), (2, False), (2, True)]:
+                w = [1.0 / k] * k if equal else list(weights.values())[:k]
+                kit, why = mergekit_config({"method": method, "sources": sources[:k], "weights": w,
+                                            "params": params, "base": str(ws.zoo.base)})
+                if kit is not None:
+                    break
             if kit is None:
                 print(f"skipping {method}: {why}")
                 continue
-            job = {"method": method, "sources": sources[:k], "weights": list(weights.values())[:k],
+            job = {"method": method, "sources": sources[:k], "weights": w,
                    "params": params, "base": str(ws.zoo.base), "mergekit": kit, "store": args.trim_store,
                    "warm_density": args.warm_density}
             results = {t: [] for t in tools + (["ours-warm"] if args.trim_store else [])}
@@ -202,7 +207,7 @@ def main():
             med = {t: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for t, rs in results.items()}
             needs_base = MERGES.get(method).traits.needs_base
             moved = source_bytes * k / len(sources) + (base_bytes if needs_base else 0) + med["ours"]["written"]
-            row = {"method": method, "sources": k, "ours s": f"{med['ours']['seconds']:.2f}",
+            row = {"method": method, "sources": f"{k}{' equal' if equal else ''}", "ours s": f"{med['ours']['seconds']:.2f}",
                    "mergekit s": f"{med['mergekit']['seconds']:.2f}",
                    "speed-up": f"{med['mergekit']['seconds'] / med['ours']['seconds']:.2f}×"}
             if args.whole:
